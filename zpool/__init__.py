@@ -1,0 +1,81 @@
+"""zpool: a drop-in replacement for :class:`multiprocessing.Pool` on a ZeroMQ cluster.
+
+Layers (imports flow downward only)::
+
+    pool ─▶ client · cluster · asyncresult · _partition
+    client · controller · engine ─▶ protocol · serialize · _process
+    protocol · serialize · _partition · _process ─▶ error ─▶ stdlib
+
+The controller and engines are separate processes (``python -m
+zpool.controller``, ``python -m zpool.engine``); neither imports the client.
+Public names are re-exported lazily (PEP 562), so importing ``zpool`` in an
+engine does not load the client side.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+_EXPORTS = {
+    "Pool": "zpool.pool",
+    "AsyncResult": "zpool.asyncresult",
+    "MapResult": "zpool.asyncresult",
+    "Metadata": "zpool.asyncresult",
+    "ZPoolError": "zpool.error",
+    "PoolClosedError": "zpool.error",
+    "TimeoutError": "zpool.error",
+    "BrokenPoolError": "zpool.error",
+    "EngineError": "zpool.error",
+    "SerializationError": "zpool.error",
+    "AuthenticationError": "zpool.error",
+    "ProtocolError": "zpool.error",
+    "RemoteError": "zpool.error",
+    "RemoteTraceback": "zpool.error",
+    "TaskAborted": "zpool.error",
+    "UnmetDependency": "zpool.error",
+    "ImpossibleDependency": "zpool.error",
+    "DependencyTimeout": "zpool.error",
+    "InvalidDependency": "zpool.error",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from zpool.asyncresult import AsyncResult, MapResult, Metadata
+    from zpool.error import (
+        AuthenticationError,
+        BrokenPoolError,
+        DependencyTimeout,
+        EngineError,
+        ImpossibleDependency,
+        InvalidDependency,
+        PoolClosedError,
+        ProtocolError,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+        TaskAborted,
+        TimeoutError,
+        UnmetDependency,
+        ZPoolError,
+    )
+    from zpool.pool import Pool
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zpool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

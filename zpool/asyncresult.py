@@ -1,0 +1,200 @@
+"""Results of submitted work: :class:`AsyncResult` and :class:`MapResult`.
+
+An :class:`AsyncResult` is at once a :class:`multiprocessing.pool.AsyncResult`
+(``get``, ``wait``, ``ready``, ``successful``), a
+:class:`concurrent.futures.Future` and an awaitable. It covers one or more
+tasks (a ``map`` is one task per chunk); each task has its id in
+:attr:`AsyncResult.msg_ids` and its own :class:`Metadata`.
+
+Task outcomes arrive on the client's I/O thread, which calls
+:meth:`AsyncResult._task_done`; nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import itertools
+import time
+from typing import Any, Generator, Generic, TypeVar
+
+from zpool.error import TimeoutError
+
+__all__ = ["AsyncResult", "MapResult", "Metadata"]
+
+T = TypeVar("T")
+
+
+class Metadata(dict):  # type: ignore[type-arg]
+    """Per-task facts: ``engine_id``, ``status``, ``submitted``, ``started``,
+    ``completed``, ``received``; readable as keys or attributes
+    (``md["engine_id"]`` or ``md.engine_id``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _stamp(seconds: float | None) -> datetime.datetime | None:
+    return None if seconds is None else datetime.datetime.fromtimestamp(seconds)
+
+
+class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-arg]
+    """The pending result of :meth:`Pool.apply_async` and friends.
+
+    Parameters
+    ----------
+    msg_ids : list of str
+        One id per task this result is made of.
+    label : str
+        What was called, for messages (e.g. ``"square"``).
+
+    Notes
+    -----
+    ``wait`` returns ``True`` when the result is ready and ``False`` on
+    timeout (the standard library returns ``None``). ``get`` raises
+    :class:`zpool.TimeoutError`, which is also a
+    :class:`multiprocessing.TimeoutError` and a builtin ``TimeoutError``.
+    """
+
+    def __init__(self, msg_ids: list[str], label: str = "") -> None:
+        super().__init__()
+        self.msg_ids = msg_ids
+        self.label = label
+        self.submitted = time.time()
+        self._values: list[Any] = [None] * len(msg_ids)
+        self._metadata: list[Metadata | None] = [None] * len(msg_ids)
+        self._pending = len(msg_ids)
+        self._finished_at: float | None = None
+        if not msg_ids:
+            self._finish()
+
+    # -- multiprocessing.pool.AsyncResult ---------------------------------------
+
+    def get(self, timeout: float | None = None) -> T:
+        """Return the result when it arrives; re-raise the task's exception.
+
+        Raises
+        ------
+        zpool.TimeoutError
+            If `timeout` seconds pass first (the work goes on).
+        """
+        if not self.wait(timeout):
+            raise TimeoutError(
+                f"{self._what()} not ready after {timeout} s; the task keeps running, call get() again to wait more"
+            )
+        return self.result()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the result is ready or `timeout` seconds pass; return whether it is ready."""
+        try:
+            self.exception(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+        except concurrent.futures.CancelledError:
+            pass
+        return True
+
+    def ready(self) -> bool:
+        """Whether the call has completed."""
+        return self.done()
+
+    def successful(self) -> bool:
+        """Whether the call completed without raising.
+
+        Raises
+        ------
+        ValueError
+            If the result is not ready yet (as the standard library does).
+        """
+        if not self.done():
+            raise ValueError(f"{self._what()} not ready")
+        return not self.cancelled() and self.exception() is None
+
+    # -- extras -------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> Metadata | list[Metadata | None] | None:
+        """Per-task :class:`Metadata`: a dict for one task, a list for several."""
+        if len(self._metadata) == 1:
+            return self._metadata[0]
+        return list(self._metadata)
+
+    @property
+    def progress(self) -> int:
+        """How many of this result's tasks have finished."""
+        return len(self.msg_ids) - self._pending
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from submission until completion (or until now)."""
+        end = self._finished_at if self._finished_at is not None else time.time()
+        return end - self.submitted
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        state = "pending" if not self.done() else ("error" if self.exception() else "finished")
+        return f"<{type(self).__name__} {self._what()}: {state}>"
+
+    # -- called by the client's I/O thread -----------------------------------------
+
+    def _task_done(self, index: int, ok: bool, value: Any, metadata: dict[str, Any]) -> None:
+        md = Metadata(metadata)
+        md["submitted"] = _stamp(self.submitted)
+        for key in ("started", "completed", "received"):
+            md[key] = _stamp(md.get(key))
+        self._metadata[index] = md
+        if self.done():
+            return
+        if ok:
+            self._values[index] = value
+            self._pending -= 1
+            if self._pending == 0:
+                self._finish()
+        else:
+            self._pending -= 1
+            self._finished_at = time.time()
+            self._values = []
+            self._set(exception=value)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done():
+            self._finished_at = time.time()
+            self._values = []
+            self._set(exception=exc)
+
+    def _finish(self) -> None:
+        self._finished_at = time.time()
+        value = self._combine(self._values)
+        self._values = []
+        self._set(result=value)
+
+    def _set(self, result: Any = None, exception: BaseException | None = None) -> None:
+        try:
+            if exception is not None:
+                self.set_exception(exception)
+            else:
+                self.set_result(result)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled or failed meanwhile
+
+    def _combine(self, values: list[Any]) -> Any:
+        return values[0] if values else None
+
+    def _what(self) -> str:
+        return f"{self.label}()" if self.label else "result"
+
+
+class MapResult(AsyncResult[list[T]]):
+    """The pending result of :meth:`Pool.map_async`: one task per chunk."""
+
+    def _combine(self, values: list[Any]) -> Any:
+        return list(itertools.chain.from_iterable(values))
+
+    def _what(self) -> str:
+        return f"map({self.label})" if self.label else "map result"

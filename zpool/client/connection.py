@@ -1,0 +1,254 @@
+"""The client's I/O thread: the only thread that touches the client's sockets.
+
+::
+
+    user threads ── submit()/request() ──▶ out-queue + wake pipe ──▶ I/O thread ──DEALER──▶ controller
+    AsyncResults ◀── ResultTable.handle_reply ◀──────────────────── I/O thread ◀─────────── replies
+
+Submitting threads serialize their calls themselves (so errors surface in
+the caller) and append them to the out-queue; the I/O thread takes
+whatever has accumulated since it last looked and sends it as one signed
+message, so a burst of ``apply_async`` calls travels as a few batches.
+The wake pipe is written only when the queue goes from empty to non-empty.
+
+The I/O thread also asks a watch function, a few times a second, whether
+the controller still lives; when it does not, every outstanding task fails
+with :class:`~zpool.error.BrokenPoolError` instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import zmq
+
+from zpool.client.results import ResultTable
+from zpool.error import BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
+from zpool.protocol import ConnectionInfo, Message, MsgType, Session, encode
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger(__name__)
+
+# One message carries at most this many tasks or this many payload bytes.
+BATCH_MAX_TASKS = 4096
+BATCH_MAX_BYTES = 64 << 20
+WATCH_INTERVAL_S = 0.1
+
+
+class _Request:
+    __slots__ = ("msg_type", "content", "future")
+
+    def __init__(self, msg_type: MsgType, content: dict[str, Any]) -> None:
+        self.msg_type = msg_type
+        self.content = content
+        self.future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+
+class Connection:
+    """A client's connection to a controller, with its I/O thread.
+
+    Parameters
+    ----------
+    info : ConnectionInfo
+        The controller's addresses and key.
+    results : ResultTable
+        Where replies are settled.
+    watch : callable, optional
+        Returns a reason string once the controller is known to be gone.
+    """
+
+    def __init__(
+        self, info: ConnectionInfo, results: ResultTable, watch: Callable[[], str | None] | None = None
+    ) -> None:
+        self.session = Session(info.key)
+        self.results = results
+        self.broken: str | None = None
+        self._watch = watch
+        self._lock = threading.Lock()
+        self._queue: list[Any] = []
+        self._signaled = False
+        self._closing = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.SNDHWM, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(info.client)
+        self._requests: dict[str, _Request] = {}
+        self._thread = threading.Thread(target=self._run, name="zpool-io", daemon=True)
+        self._thread.start()
+
+    # -- user threads -------------------------------------------------------------
+
+    def submit(self, entries: list[list[Any]], frames: list[Any]) -> None:
+        """Queue tasks for sending: header `entries` and their payload `frames`."""
+        self._enqueue((entries, frames))
+
+    def request(self, msg_type: MsgType, content: dict[str, Any] | None = None, timeout: float | None = 30.0
+                ) -> dict[str, Any]:
+        """Send a control request and wait for the reply's content.
+
+        Raises
+        ------
+        BrokenPoolError
+            If the controller is gone.
+        zpool.TimeoutError
+            If no reply arrives within `timeout` seconds.
+        """
+        req = _Request(msg_type, content or {})
+        self._enqueue(req)
+        try:
+            return req.future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"the controller did not answer {msg_type.value} within {timeout} s") from None
+
+    def _enqueue(self, item: Any) -> None:
+        if self.broken:
+            raise BrokenPoolError(self.broken)
+        if self._closing:
+            raise PoolClosedError("the connection to the controller is closed")
+        with self._lock:
+            self._queue.append(item)
+            if self._signaled:
+                return
+            self._signaled = True
+        os.write(self._wake_w, b"x")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the I/O thread and close the sockets."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the I/O thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_watch = time.monotonic() + WATCH_INTERVAL_S
+        try:
+            while not self._closing:
+                for sock, _ in poller.poll(WATCH_INTERVAL_S * 1000):
+                    if sock is self._sock:
+                        self._receive()
+                    else:
+                        self._send_queued()
+                if time.monotonic() >= next_watch:
+                    next_watch = time.monotonic() + WATCH_INTERVAL_S
+                    self._check_controller()
+        except Exception as exc:  # a bug here must not leave callers waiting forever
+            logger.exception("zpool I/O thread failed")
+            self._break(f"the client's I/O thread failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._sock.close(linger=0)
+            self._ctx.term()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._fail_requests(PoolClosedError("the connection to the controller was closed"))
+
+    def _take_queue(self) -> list[Any]:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            items, self._queue = self._queue, []
+            self._signaled = False
+        return items
+
+    def _send_queued(self) -> None:
+        items = self._take_queue()
+        if self.broken:
+            reason = self.broken
+            self._fail_items(items, lambda: BrokenPoolError(reason))
+            return
+        entries: list[list[Any]] = []
+        frames: list[Any] = []
+        size = 0
+        for item in items:
+            if isinstance(item, _Request):
+                msg_id = self.session.new_id()
+                self._requests[msg_id] = item
+                self._sock.send_multipart(self.session.build(item.msg_type, content=encode(item.content),
+                                                             msg_id=msg_id))
+                continue
+            item_entries, item_frames = item
+            entries += item_entries
+            frames += item_frames
+            size += sum(memoryview(f).nbytes for f in item_frames)
+            if len(entries) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
+                self._send_batch(entries, frames)
+                entries, frames, size = [], [], 0
+        if entries:
+            self._send_batch(entries, frames)
+
+    def _send_batch(self, entries: list[list[Any]], frames: list[Any]) -> None:
+        msg = self.session.build(MsgType.APPLY_REQUEST, {"tasks": entries}, buffers=frames)
+        self._sock.send_multipart(msg, copy=False)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = self.session.unpack(frames)
+                if msg.msg_type == MsgType.APPLY_REPLY.value:
+                    self.results.handle_reply(msg)
+                else:
+                    self._settle_request(msg)
+            except ZPoolError as exc:
+                logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
+
+    def _settle_request(self, msg: Message) -> None:
+        parent_id = msg.parent.get("msg_id")
+        req = self._requests.pop(parent_id, None) if isinstance(parent_id, str) else None
+        if req is None:
+            raise ProtocolError(f"a {msg.msg_type} answering no request of ours")
+        if not req.future.done():
+            req.future.set_result(msg.content)
+
+    def _check_controller(self) -> None:
+        if self._watch is None or self.broken:
+            return
+        reason = self._watch()
+        if reason:
+            self._break(reason)
+
+    def _break(self, reason: str) -> None:
+        self.broken = reason
+        self.results.fail_all(lambda: BrokenPoolError(reason))
+        self._fail_requests(BrokenPoolError(reason))
+        self._fail_items(self._take_queue(), lambda: BrokenPoolError(reason))
+
+    def _fail_requests(self, exc: BaseException) -> None:
+        requests, self._requests = self._requests, {}
+        for req in requests.values():
+            if not req.future.done():
+                req.future.set_exception(exc)
+
+    def _fail_items(self, items: list[Any], exc_for: Callable[[], BaseException]) -> None:
+        for item in items:
+            if isinstance(item, _Request):
+                if not item.future.done():
+                    item.future.set_exception(exc_for())
+            else:
+                self.results.fail([entry[0] for entry in item[0]], exc_for)
+

@@ -1,0 +1,141 @@
+"""The client's table of outstanding tasks, and turning replies into outcomes.
+
+``task_id → (AsyncResult, index)``. Entries are added by the submitting
+thread before the task is sent and removed by the I/O thread when the
+reply arrives, so a finished call leaves no reference to its arguments or
+results behind. Remote exceptions are rebuilt as their own type where
+possible, with the remote traceback attached as ``__cause__``
+(:class:`~zpool.error.RemoteTraceback`); otherwise as
+:class:`~zpool.error.RemoteError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable, Protocol
+
+from zpool import error as _errors
+from zpool.error import ProtocolError, RemoteError, RemoteTraceback, SerializationError
+from zpool.protocol import Message, TaskStatus
+from zpool.serialize import loads
+
+__all__ = ["ResultTable", "rebuild_exception"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Outcome(Protocol):
+    msg_ids: list[str]
+
+    def _task_done(self, index: int, ok: bool, value: Any, metadata: dict[str, Any]) -> None: ...
+
+    def _fail(self, exc: BaseException) -> None: ...
+
+
+def rebuild_exception(error: dict[str, Any], exc_frames: list[Any]) -> BaseException:
+    """Turn an error reply into the exception to raise in the caller."""
+    text = str(error.get("traceback") or "")
+    ename = str(error.get("ename", "Exception"))
+    evalue = str(error.get("evalue", ""))
+    engine_id = error.get("engine_id")
+    exc: BaseException | None = None
+    if exc_frames:
+        try:
+            exc = loads(exc_frames)
+        except Exception:
+            exc = None
+        if not isinstance(exc, BaseException):
+            exc = None
+    if exc is None:
+        module = error.get("emodule")
+        cls: Any = None
+        if module == "builtins":
+            cls = getattr(builtins, ename, None)
+        elif module in (None, "zpool.error") and ename in _errors.__all__:
+            cls = getattr(_errors, ename)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            try:
+                exc = cls(evalue)
+            except Exception:
+                exc = None
+    if exc is None:
+        exc = RemoteError(ename, evalue, text, engine_id if isinstance(engine_id, int) else None)
+    if text:
+        exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+class ResultTable:
+    """Outstanding tasks of one client, by task id."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, tuple[_Outcome, int]] = {}
+        self._empty = threading.Condition()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, outcome: _Outcome) -> None:
+        for index, task_id in enumerate(outcome.msg_ids):
+            self._tasks[task_id] = (outcome, index)
+
+    def handle_reply(self, msg: Message) -> None:
+        """Settle every task an ``apply_reply`` carries (I/O thread)."""
+        entries = msg.header.get("tasks")
+        if not isinstance(entries, list):
+            raise ProtocolError("apply_reply without a task list")
+        buffers = msg.buffers
+        received = time.time()
+        offset = 0
+        pop = self._tasks.pop
+        for task_id, status, n, engine_id, started, completed in entries:
+            frames = buffers[offset : offset + n]
+            offset += n
+            slot = pop(task_id, None)
+            if slot is None:
+                continue  # already failed locally (terminate, controller loss)
+            outcome, index = slot
+            metadata = {
+                "engine_id": engine_id,
+                "status": status,
+                "started": started,
+                "completed": completed,
+                "received": received,
+            }
+            ok = status == TaskStatus.OK.value
+            try:
+                if ok:
+                    value: Any = loads(frames)
+                else:
+                    value = rebuild_exception(json.loads(bytes(frames[0])), frames[1:])
+            except Exception as exc:
+                ok = False
+                value = SerializationError(f"the reply to task {task_id} could not be deserialized here: {exc}")
+                value.__cause__ = exc
+            outcome._task_done(index, ok, value, metadata)
+        self._notify_if_empty()
+
+    def fail(self, task_ids: Iterable[str], exc_for: Callable[[], BaseException]) -> None:
+        """Fail the given tasks locally (they will never be answered)."""
+        for task_id in task_ids:
+            slot = self._tasks.pop(task_id, None)
+            if slot is not None:
+                slot[0]._fail(exc_for())
+        self._notify_if_empty()
+
+    def fail_all(self, exc_for: Callable[[], BaseException]) -> None:
+        self.fail(list(self._tasks), exc_for)
+
+    def wait_empty(self, timeout: float | None = None) -> bool:
+        """Wait until no task is outstanding; return whether that happened."""
+        with self._empty:
+            return self._empty.wait_for(lambda: not self._tasks, timeout)
+
+    def _notify_if_empty(self) -> None:
+        if not self._tasks:
+            with self._empty:
+                self._empty.notify_all()

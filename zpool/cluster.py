@@ -1,0 +1,156 @@
+"""The hidden local cluster: a controller and its engines as child processes.
+
+:class:`LocalCluster` makes a private directory (mode 0700) holding the
+ZeroMQ ``ipc://`` endpoints, the connection file with the random key (mode
+0600) and the controller's log, then starts ``python -m zpool.controller``
+in a session of its own (so a Ctrl-C meant for the caller does not kill the
+workers mid-task). The controller starts and supervises the engines, and
+exits, ending them, when this process goes away, however it goes.
+
+Engines run with the caller's environment, working directory and
+``sys.path`` (passed as ``PYTHONPATH``), so whatever the caller imports by
+name, they can import too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import psutil
+import zmq
+
+from zpool._process import describe_exit, kill_process_tree
+from zpool.error import ZPoolError
+from zpool.protocol import ConnectionInfo, new_key
+
+__all__ = ["ClusterSettings", "LocalCluster"]
+
+logger = logging.getLogger(__name__)
+
+LOG_TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    n_engines: int
+    scheme: str = "leastload"
+    hwm: int | None = None
+    heartbeat_interval: float = 1.0
+    heartbeat_misses: int = 10
+    log_level: str = "WARNING"
+
+
+class LocalCluster:
+    """Start, watch and stop a controller with `n_engines` local engines."""
+
+    def __init__(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+        self.workdir: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: ConnectionInfo | None = None
+
+    def start(self) -> ConnectionInfo:
+        """Launch the controller (which launches the engines); return where to connect."""
+        if not zmq.has("ipc"):
+            raise ZPoolError(
+                "this platform's ZeroMQ has no ipc:// transport, which the hidden local cluster needs;"
+                " start a cluster with `python -m zpool.controller` and pass its connection file instead"
+            )
+        self.workdir = tempfile.mkdtemp(prefix="zpool-")
+        os.chmod(self.workdir, 0o700)
+        base = f"ipc://{self.workdir}"
+        info = ConnectionInfo(f"{base}/client", f"{base}/engine", f"{base}/heartbeat", new_key())
+        path = os.path.join(self.workdir, "cluster.json")
+        info.write(path)
+        s = self.settings
+        argv = [
+            sys.executable, "-m", "zpool.controller",
+            "--connection-file", path,
+            "--engines", str(s.n_engines),
+            "--parent-pid", str(os.getpid()),
+            "--scheme", s.scheme,
+            "--heartbeat-interval", str(s.heartbeat_interval),
+            "--heartbeat-misses", str(s.heartbeat_misses),
+            "--log-file", self.log_path,
+            "--log-level", s.log_level,
+            "--remove-dir", self.workdir,
+        ]
+        if s.hwm is not None:
+            argv += ["--hwm", str(s.hwm)]
+        try:
+            self.proc = subprocess.Popen(
+                argv, env=_child_env(), stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
+            )
+        except OSError:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        self.info = info
+        return info
+
+    @property
+    def log_path(self) -> str:
+        assert self.workdir is not None
+        return os.path.join(self.workdir, "controller.log")
+
+    def pids(self) -> list[int]:
+        """Pids of the controller and every engine it runs."""
+        return [p.pid for p in self._tree()]
+
+    def _tree(self) -> list[psutil.Process]:
+        if self.proc is None:
+            return []
+        try:
+            proc = psutil.Process(self.proc.pid)
+            return [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def failure(self) -> str | None:
+        """Why the controller is gone, or None while it runs."""
+        if self.proc is None:
+            return "the cluster was never started"
+        code = self.proc.poll()
+        if code is None:
+            return None
+        return f"the controller process (pid {self.proc.pid}) ended with {describe_exit(code)}{self._log_tail()}"
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                text = f.read()[-LOG_TAIL_CHARS:].strip()
+        except OSError:
+            return ""
+        return f"; its log ends:\n{text}" if text else ""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Wait up to `timeout` s for the controller and engines to exit, then kill what is left."""
+        tree = self._tree()
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("controller pid %d did not exit in %.1f s; killing its processes", proc.pid, timeout)
+        _, alive = psutil.wait_procs(tree, timeout=3.0)
+        if alive:
+            kill_process_tree([p.pid for p in alive], timeout=2.0)
+        if proc is not None and proc.returncode is None:
+            proc.wait(2.0)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    return env

@@ -1,0 +1,77 @@
+"""``python -m zpool.controller``: run a controller (and, optionally, local engines).
+
+The hidden cluster of :class:`zpool.Pool` starts this with ``--engines N``
+and ``--parent-pid``: the controller then launches the engines itself,
+replaces any that die, and exits (ending them) when its parent goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+
+from zpool.controller.hub import Hub, HubSettings
+from zpool.controller.launcher import LocalEngines
+from zpool.protocol import SCHEMES, ConnectionInfo
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m zpool.controller", description=__doc__.splitlines()[0])
+    p.add_argument("--connection-file", required=True, help="JSON file with addresses and key (mode 0600)")
+    p.add_argument("--engines", type=int, default=0, help="local engines to start and supervise")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process ends")
+    p.add_argument("--scheme", choices=SCHEMES, default="leastload")
+    p.add_argument("--hwm", type=int, default=None, help="tasks per engine; 0 unlimited; omit for adaptive")
+    p.add_argument("--heartbeat-interval", type=float, default=1.0)
+    p.add_argument("--heartbeat-misses", type=int, default=10)
+    p.add_argument("--log-file", default=None)
+    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--remove-dir", default=None, help="directory to delete on exit (the hidden cluster's)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    engines = None
+    if args.engines:
+        # Start the engines first: they import while the controller sets up.
+        engine_argv = [
+            sys.executable, "-m", "zpool.engine",
+            "--connection-file", args.connection_file,
+            "--parent-pid", str(os.getpid()),
+            "--log-level", args.log_level,
+        ]
+        if args.log_file:
+            engine_argv += ["--log-file", args.log_file]
+        engines = LocalEngines(engine_argv)
+        engines.start(args.engines)
+    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s zpool.controller[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger("zpool")
+    root.addHandler(handler)
+    root.setLevel(args.log_level.upper())
+    try:
+        info = ConnectionInfo.read(args.connection_file)
+        settings = HubSettings(
+            scheme=args.scheme,
+            hwm=args.hwm,
+            heartbeat_interval=args.heartbeat_interval,
+            heartbeat_misses=args.heartbeat_misses,
+            parent_pid=args.parent_pid,
+        )
+        Hub(info, settings, engines).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if engines is not None:
+            engines.stop(timeout=2.0)
+        if args.remove_dir:
+            shutil.rmtree(args.remove_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""The controller's event loop: sockets, engine registry, routing.
+
+::
+
+    clients ──ROUTER "client"──▶ Hub ──▶ Scheduler.assign ──ROUTER "engine"──▶ engines
+            ◀──────────────────  Hub ◀── apply_reply ◀─────────────────────────
+                                 Hub ──ROUTER "heartbeat"──▶ engines' heartbeat threads
+
+One thread owns every socket. Each pass of the loop drains whatever the
+sockets hold without blocking, hands new tasks to the scheduler, sends the
+batches it assigns (one message per engine), and on a timer sends
+heartbeats, reaps engine processes and checks that its parent lives.
+
+Messages are verified (signature, replay) before anything else; a message
+that fails, or whose handler raises, is logged and dropped, and the loop
+goes on. Payload frames are never deserialized here: a client message whose
+tasks all go to one engine is forwarded whole, signature included, and an
+engine reply whose tasks all belong to one client likewise; otherwise the
+hub re-batches the untouched payload frames under a header of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zmq
+
+from zpool._process import ParentWatch
+from zpool.controller.heartbeat import HeartMonitor
+from zpool.controller.launcher import LocalEngines
+from zpool.controller.scheduler import EngineSlot, Scheduler, Task
+from zpool.error import ProtocolError, ZPoolError
+from zpool.protocol import ConnectionInfo, Message, MsgType, Session, TaskStatus, encode
+
+__all__ = ["Hub", "HubSettings"]
+
+logger = logging.getLogger(__name__)
+
+# Messages read from one socket before the loop looks at the others.
+DRAIN_BATCH = 256
+# How often engine processes and the parent are checked, in seconds.
+WATCH_INTERVAL_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    scheme: str = "leastload"
+    hwm: int | None = None
+    heartbeat_interval: float = 1.0
+    heartbeat_misses: int = 10
+    parent_pid: int | None = None
+
+
+class HubState(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class _Source:
+    """A client message kept so it can be forwarded whole."""
+
+    frames: list[Any]
+    count: int
+
+
+@dataclass(slots=True)
+class EngineRecord:
+    engine_id: int
+    ident: bytes
+    pid: int | None
+    hostname: str
+
+
+class Hub:
+    """Registry, router and heartbeat owner of one cluster."""
+
+    def __init__(self, info: ConnectionInfo, settings: HubSettings, engines: LocalEngines | None = None) -> None:
+        self.info = info
+        self.settings = settings
+        self.session = Session(info.key)
+        self.scheduler = Scheduler(settings.scheme, settings.hwm)
+        self.monitor = HeartMonitor(settings.heartbeat_misses)
+        self.launcher = engines
+        self.parent = ParentWatch(settings.parent_pid) if settings.parent_pid else None
+        self.engines: dict[bytes, EngineRecord] = {}
+        self.by_pid: dict[int, bytes] = {}
+        self.dropped = 0
+        self._next_engine_id = 0
+        self._state = HubState.RUNNING
+        self._shutdown_requests: list[Message] = []
+
+        self.ctx = zmq.Context()
+        self.client = self._bind(zmq.ROUTER, info.client)
+        self.engine = self._bind(zmq.ROUTER, info.engine)
+        self.heartbeat = self._bind(zmq.ROUTER, info.heartbeat)
+        self._handlers: dict[zmq.Socket[Any], dict[str, Callable[[Message, list[Any]], None]]] = {
+            self.client: {
+                MsgType.APPLY_REQUEST.value: self._on_apply_request,
+                MsgType.CONNECT_REQUEST.value: self._on_connect_request,
+                MsgType.QUEUE_REQUEST.value: self._on_queue_request,
+                MsgType.SHUTDOWN_REQUEST.value: self._on_shutdown_request,
+            },
+            self.engine: {
+                MsgType.REGISTER_REQUEST.value: self._on_register_request,
+                MsgType.APPLY_REPLY.value: self._on_apply_reply,
+            },
+            self.heartbeat: {
+                MsgType.HEARTBEAT_REPLY.value: self._on_heartbeat_reply,
+            },
+        }
+
+    def _bind(self, kind: int, address: str) -> zmq.Socket[Any]:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.bind(address)
+        return sock
+
+    # -- loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until shut down or until the parent process disappears."""
+        poller = zmq.Poller()
+        for sock in self._handlers:
+            poller.register(sock, zmq.POLLIN)
+        interval = self.settings.heartbeat_interval
+        next_beat = time.monotonic() + interval
+        next_watch = 0.0
+        try:
+            while self._state is HubState.RUNNING:
+                now = time.monotonic()
+                timeout_ms = max(0.0, min(next_beat, next_watch) - now) * 1000
+                for sock, _ in poller.poll(timeout_ms):
+                    self._drain(sock)
+                self._dispatch()
+                now = time.monotonic()
+                if now >= next_watch:
+                    next_watch = now + WATCH_INTERVAL_S
+                    self._watch_processes()
+                if now >= next_beat:
+                    next_beat = now + interval
+                    self._beat()
+        finally:
+            self._stop()
+
+    def _drain(self, sock: zmq.Socket[Any]) -> None:
+        handlers = self._handlers[sock]
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = self.session.unpack(frames)
+                handler = handlers.get(msg.msg_type)
+                if handler is None:
+                    raise ProtocolError(f"unexpected message type {msg.msg_type!r} on this socket")
+                handler(msg, frames)
+            except Exception as exc:
+                self.dropped += 1
+                level = logging.WARNING if isinstance(exc, ZPoolError) else logging.ERROR
+                logger.log(
+                    level,
+                    "dropped a message of %d frames: %s: %s",
+                    len(frames),
+                    type(exc).__name__,
+                    exc,
+                    exc_info=not isinstance(exc, ZPoolError),
+                )
+
+    def _send(self, sock: zmq.Socket[Any], ident: bytes, frames: list[Any]) -> bool:
+        try:
+            sock.send_multipart([ident, *frames], copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            logger.warning("could not send to %r: %s", ident, exc)
+            return False
+
+    def _reply(self, msg: Message, msg_type: MsgType, content: dict[str, Any]) -> None:
+        frames = self.session.build(msg_type, parent=encode(msg.header), content=encode(content))
+        self._send(self.client, _ident(msg), frames)
+
+    # -- clients ----------------------------------------------------------
+
+    def _on_apply_request(self, msg: Message, frames: list[Any]) -> None:
+        client = _ident(msg)
+        entries = msg.header.get("tasks")
+        buffers = msg.buffers
+        tasks = []
+        offset = 0
+        if not isinstance(entries, list):
+            raise ProtocolError("apply_request without a task list")
+        for entry in entries:
+            task_id, n = entry[0], entry[1]
+            if not isinstance(task_id, str) or not isinstance(n, int) or n < 1:
+                raise ProtocolError(f"bad task entry {entry!r}")
+            tasks.append(Task(task_id, client, buffers[offset : offset + n]))
+            offset += n
+        if offset != len(buffers):
+            raise ProtocolError(f"task list names {offset} buffers, message has {len(buffers)}")
+        if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
+            self._fail_tasks(tasks, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
+            return
+        source = _Source(frames[len(msg.idents) :], len(tasks))
+        for task in tasks:
+            task.source = source
+        self.scheduler.submit(tasks)
+
+    def _on_connect_request(self, msg: Message, frames: list[Any]) -> None:
+        self._reply(msg, MsgType.CONNECT_REPLY, self._describe())
+
+    def _on_queue_request(self, msg: Message, frames: list[Any]) -> None:
+        self._reply(msg, MsgType.QUEUE_REPLY, self._describe())
+
+    def _on_shutdown_request(self, msg: Message, frames: list[Any]) -> None:
+        logger.info("shutdown requested by a client")
+        self._shutdown_requests.append(msg)
+        self._state = HubState.STOPPING
+
+    def _describe(self) -> dict[str, Any]:
+        status = self.scheduler.status()
+        status["engine_pids"] = {str(r.engine_id): r.pid for r in self.engines.values()}
+        status["scheme"] = self.scheduler.scheme
+        status["hwm"] = self.scheduler.hwm
+        status["dropped_messages"] = self.dropped
+        status["broken"] = self.launcher.gave_up if self.launcher else None
+        return status
+
+    # -- engines ----------------------------------------------------------
+
+    def _on_register_request(self, msg: Message, frames: list[Any]) -> None:
+        ident = _ident(msg)
+        content = msg.content
+        pid = content.get("pid")
+        record = self.engines.get(ident)
+        if record is None:
+            record = EngineRecord(self._next_engine_id, ident, pid if isinstance(pid, int) else None,
+                                  str(content.get("hostname", "")))
+            self._next_engine_id += 1
+            self.engines[ident] = record
+            self.scheduler.add_engine(record.engine_id, ident)
+            self.monitor.add(ident)
+            if record.pid is not None:
+                self.by_pid[record.pid] = ident
+                if self.launcher is not None:
+                    self.launcher.mark_registered(record.pid)
+            logger.info("engine %d registered (pid %s)", record.engine_id, record.pid)
+        reply = self.session.build(
+            MsgType.REGISTER_REPLY,
+            parent=encode(msg.header),
+            content=encode(
+                {
+                    "engine_id": record.engine_id,
+                    "heartbeat_interval": self.settings.heartbeat_interval,
+                    "heartbeat_misses": self.settings.heartbeat_misses,
+                }
+            ),
+        )
+        self._send(self.engine, ident, reply)
+
+    def _on_apply_reply(self, msg: Message, frames: list[Any]) -> None:
+        ident = _ident(msg)
+        slot = self.scheduler.engines.get(ident)
+        if slot is None:
+            raise ProtocolError("apply_reply from an engine that is not registered (or was declared dead)")
+        entries = msg.header.get("tasks")
+        if not isinstance(entries, list):
+            raise ProtocolError("apply_reply without a task list")
+        buffers = msg.buffers
+        per_client: dict[bytes, list[tuple[list[Any], list[Any]]]] = {}
+        offset = 0
+        finish = self.scheduler.finish
+        for entry in entries:
+            task_id, status, n, started, completed = entry[0], entry[1], entry[2], entry[4], entry[5]
+            task = finish(slot, task_id, status == "ok", completed - started)
+            if task is not None:
+                per_client.setdefault(task.client, []).append((entry, buffers[offset : offset + n]))
+            else:
+                logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
+            offset += n
+        if offset != len(buffers):
+            raise ProtocolError(f"reply names {offset} buffers, message has {len(buffers)}")
+        if len(per_client) == 1:
+            client, items = next(iter(per_client.items()))
+            if len(items) == len(entries):
+                self._send(self.client, client, frames[len(msg.idents) :])
+                return
+        for client, items in per_client.items():
+            self._send_reply(client, items)
+
+    def _send_reply(self, client: bytes, items: list[tuple[list[Any], list[Any]]]) -> None:
+        buffers: list[Any] = []
+        for _, bufs in items:
+            buffers += bufs
+        frames = self.session.build(MsgType.APPLY_REPLY, {"tasks": [e for e, _ in items]}, buffers=buffers)
+        self._send(self.client, client, frames)
+
+    def _fail_tasks(self, tasks: list[Task], ename: str, evalue: str, engine_id: int | None = None) -> None:
+        """Answer `tasks` with an error reply each, grouped per client."""
+        now = time.time()
+        per_client: dict[bytes, list[tuple[list[Any], list[Any]]]] = {}
+        for task in tasks:
+            error = encode({"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id})
+            entry = [task.task_id, TaskStatus.ERROR.value, 1, engine_id, now, now]
+            per_client.setdefault(task.client, []).append((entry, [error]))
+        for client, items in per_client.items():
+            self._send_reply(client, items)
+
+    def _dispatch(self) -> None:
+        for slot, tasks in self.scheduler.assign().items():
+            source = tasks[0].source
+            if source is not None and len(tasks) == source.count and all(t.source is source for t in tasks):
+                frames = source.frames
+            else:
+                entries = [[t.task_id, len(t.frames), 0] for t in tasks]
+                buffers: list[Any] = []
+                for t in tasks:
+                    buffers += t.frames
+                frames = self.session.build(MsgType.APPLY_REQUEST, {"tasks": entries}, buffers=buffers)
+            for t in tasks:
+                t.source = None
+                t.frames = []
+            if not self._send(self.engine, slot.ident, frames):
+                self._engine_gone(slot.ident, "could not be reached")
+
+    def _on_heartbeat_reply(self, msg: Message, frames: list[Any]) -> None:
+        beat = msg.header.get("beat")
+        if isinstance(beat, int):
+            self.monitor.pong(_ident(msg), beat)
+
+    def _beat(self) -> None:
+        beat, dead = self.monitor.tick()
+        for ident in dead:
+            record = self.engines.get(ident)
+            if record is not None and record.pid is not None and self.launcher is not None:
+                self.launcher.kill(record.pid)
+            self._engine_gone(ident, f"stopped answering heartbeats ({self.monitor.max_misses} missed)")
+        ping = self.session.build(MsgType.HEARTBEAT_REQUEST, {"beat": beat})
+        for ident in self.engines:
+            try:
+                self.heartbeat.send_multipart([ident, *ping])
+            except zmq.ZMQError:
+                pass  # not connected yet, or gone: the miss count decides
+
+    def _watch_processes(self) -> None:
+        if self.parent is not None and not self.parent.alive():
+            logger.warning("parent process %d is gone; shutting down", self.parent.parent_pid)
+            self._state = HubState.STOPPING
+            return
+        if self.launcher is None:
+            return
+        for pid, how, registered in self.launcher.reap():
+            ident = self.by_pid.get(pid)
+            if ident is not None:
+                self._engine_gone(ident, f"died from {how}" if how.startswith("SIG") else f"exited with {how}")
+            else:
+                logger.error("engine process %d ended (%s) before registering", pid, how)
+            if self._state is HubState.RUNNING:
+                self.launcher.start(1)
+        if self.launcher.gave_up and not self.scheduler.engines and self.scheduler.queue:
+            stranded = self.scheduler.drop_where(lambda task: True)
+            self._fail_tasks(stranded, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
+
+    def _engine_gone(self, ident: bytes, how: str) -> None:
+        record = self.engines.pop(ident, None)
+        if record is None:
+            return
+        self.monitor.remove(ident)
+        if record.pid is not None:
+            self.by_pid.pop(record.pid, None)
+        stranded = self.scheduler.remove_engine(ident)
+        logger.warning("engine %d (pid %s) %s; failing %d task(s) it held", record.engine_id, record.pid, how,
+                       len(stranded))
+        hint = " SIGKILL usually means the machine ran out of memory." if "SIGKILL" in how else ""
+        for task in stranded:
+            self._fail_tasks(
+                [task],
+                "EngineError",
+                f"engine {record.engine_id} (pid {record.pid}) {how} while holding task {task.task_id};"
+                f" other engines carry on.{hint}",
+                record.engine_id,
+            )
+
+    # -- shutdown ---------------------------------------------------------
+
+    def _stop(self) -> None:
+        bye = self.session.build(MsgType.SHUTDOWN_REQUEST)
+        for ident in list(self.engines):
+            try:
+                self.heartbeat.send_multipart([ident, *bye])
+            except zmq.ZMQError:
+                pass
+        if self.launcher is not None:
+            self.launcher.stop(timeout=2.0)
+        for msg in self._shutdown_requests:
+            self._reply(msg, MsgType.SHUTDOWN_REPLY, {"status": "ok"})
+        self._state = HubState.STOPPED
+        self.client.close(linger=500)
+        self.engine.close(linger=0)
+        self.heartbeat.close(linger=1000)
+        self.ctx.term()
+
+
+def _ident(msg: Message) -> bytes:
+    if not msg.idents:
+        raise ProtocolError("message without a routing identity")
+    frame = msg.idents[0]
+    return frame if isinstance(frame, bytes) else frame.bytes

@@ -1,0 +1,85 @@
+"""Start, watch and stop the engine processes of a hidden local cluster."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from typing import Sequence
+
+from zpool._process import describe_exit, kill_process_tree
+
+__all__ = ["LocalEngines"]
+
+logger = logging.getLogger(__name__)
+
+
+class LocalEngines:
+    """The engine processes this controller started itself.
+
+    Parameters
+    ----------
+    argv : sequence of str
+        Command line of one engine (``python -m zpool.engine ...``).
+    max_failed_starts : int
+        Engines in a row that may exit before registering before the
+        launcher gives up (a broken environment would otherwise respawn
+        engines forever).
+    """
+
+    def __init__(self, argv: Sequence[str], max_failed_starts: int = 3) -> None:
+        self.argv = list(argv)
+        self.max_failed_starts = max_failed_starts
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.registered: set[int] = set()
+        self.failed_starts = 0
+        self.gave_up: str | None = None
+
+    def start(self, n: int) -> None:
+        if self.gave_up:
+            return
+        for _ in range(n):
+            proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True)
+            self.procs[proc.pid] = proc
+            logger.info("started engine process %d", proc.pid)
+
+    def mark_registered(self, pid: int) -> None:
+        if pid in self.procs:
+            self.registered.add(pid)
+            self.failed_starts = 0
+
+    def reap(self) -> list[tuple[int, str, bool]]:
+        """Collect engines that exited: ``(pid, how, had_registered)`` each."""
+        ended = []
+        for pid, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.procs[pid]
+            registered = pid in self.registered
+            self.registered.discard(pid)
+            how = describe_exit(code)
+            if not registered:
+                self.failed_starts += 1
+                if self.failed_starts >= self.max_failed_starts:
+                    self.gave_up = (
+                        f"{self.failed_starts} engine processes in a row exited ({how}) before registering;"
+                        " their error output is on the terminal or in the controller log"
+                    )
+            ended.append((pid, how, registered))
+        return ended
+
+    def kill(self, pid: int) -> None:
+        proc = self.procs.get(pid)
+        if proc is not None:
+            proc.kill()
+
+    def stop(self, timeout: float) -> None:
+        """End every engine: they were told to exit; kill what is left after `timeout`."""
+        procs = list(self.procs.values())
+        for proc in procs:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                kill_process_tree([proc.pid], timeout=1.0)
+                timeout = 0.1
+        self.procs.clear()

@@ -1,0 +1,33 @@
+"""``python -m zpool.engine``: connect to a controller and run tasks until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from zpool.engine.worker import Engine
+from zpool.protocol import ConnectionInfo
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m zpool.engine", description=__doc__.splitlines()[0])
+    p.add_argument("--connection-file", required=True, help="JSON file with addresses and key")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process ends")
+    p.add_argument("--log-file", default=None)
+    p.add_argument("--log-level", default="WARNING")
+    args = p.parse_args(argv)
+    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s zpool.engine[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger("zpool")
+    root.addHandler(handler)
+    root.setLevel(args.log_level.upper())
+    try:
+        Engine(ConnectionInfo.read(args.connection_file), parent_pid=args.parent_pid).run()
+    except KeyboardInterrupt:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

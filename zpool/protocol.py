@@ -1,0 +1,328 @@
+"""zpool's wire format: framing, signing and the replay guard.
+
+A message is a list of ZeroMQ frames::
+
+    [ident..., DELIMITER, signature, header, parent_header, metadata, content, buffer...]
+
+* ``ident...``: routing identities added by ROUTER sockets (not signed).
+* ``signature``: HMAC-SHA256 under the cluster key over every frame after
+  it, each preceded by its length as 8 little-endian bytes (so bytes cannot
+  be shifted from one frame to the next without breaking the signature).
+* ``header``, ``parent_header``, ``metadata``, ``content``: compact JSON
+  objects. ``header`` always has ``msg_id``, ``msg_type``, ``session`` and
+  ``date`` (seconds since the epoch, a float).
+* ``buffer...``: opaque payload frames (pickles and raw array data).
+
+A batch of tasks is one message: ``header["tasks"]`` lists, per task, its
+id and how many buffers it owns; the buffers follow in the same order.
+Requests list ``[task_id, n_buffers, flags]``; replies list
+``[task_id, status, n_buffers, engine_id, started, completed]``.
+
+Verification happens before any frame is interpreted: the signature is
+compared in constant time, then checked against the :class:`ReplayGuard`,
+and only then is the header decoded. Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from zpool.error import AuthenticationError, ProtocolError
+
+__all__ = [
+    "DELIMITER",
+    "ConnectionInfo",
+    "Message",
+    "MsgType",
+    "ReplayGuard",
+    "SCHEMES",
+    "Session",
+    "TaskStatus",
+    "new_key",
+]
+
+DELIMITER = b"<IDS|MSG>"
+# Load-balancing schemes the scheduler knows (rules in zpool.controller.scheduler).
+SCHEMES = ("leastload", "lru", "plainrandom", "twobin", "weighted")
+SIGNATURE_BYTES = 32
+# Headers list a batch's task ids; even a batch of 100,000 tasks stays far below this.
+MAX_HEADER_BYTES = 16 << 20
+EMPTY = b"{}"
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_LENGTHS = [n.to_bytes(8, "little") for n in range(256)]
+
+
+class MsgType(str, enum.Enum):
+    """Every message type on zpool's sockets."""
+
+    APPLY_REQUEST = "apply_request"
+    APPLY_REPLY = "apply_reply"
+    REGISTER_REQUEST = "register_request"
+    REGISTER_REPLY = "register_reply"
+    CONNECT_REQUEST = "connect_request"
+    CONNECT_REPLY = "connect_reply"
+    QUEUE_REQUEST = "queue_request"
+    QUEUE_REPLY = "queue_reply"
+    SHUTDOWN_REQUEST = "shutdown_request"
+    SHUTDOWN_REPLY = "shutdown_reply"
+    HEARTBEAT_REQUEST = "heartbeat_request"
+    HEARTBEAT_REPLY = "heartbeat_reply"
+    ENGINE_EVENT = "engine_event"
+
+
+class TaskStatus(str, enum.Enum):
+    """Outcome of one task, as carried in reply headers."""
+
+    OK = "ok"
+    ERROR = "error"
+    ABORTED = "aborted"
+
+
+def new_key() -> bytes:
+    """Return a fresh random cluster key (hex text, 256 bits)."""
+    return os.urandom(32).hex().encode("ascii")
+
+
+def encode(obj: Any) -> bytes:
+    """Encode a JSON-able object as compact UTF-8 JSON."""
+    return _ENCODE(obj).encode()
+
+
+def _nbytes(frame: Any) -> int:
+    if type(frame) is bytes:
+        return len(frame)
+    return memoryview(frame).nbytes
+
+
+class ReplayGuard:
+    """Reject signatures seen before, in bounded memory.
+
+    Signatures are kept in two generations of at most ``generation_size``
+    entries. When the newer one fills up, the older is forgotten and every
+    message dated at or before the newest message of the forgotten
+    generation is refused from then on (it might be a replay we can no
+    longer recognise). Senders sign messages just before sending and each
+    socket delivers in order, so genuine traffic is never that old.
+    """
+
+    def __init__(self, generation_size: int = 1 << 16) -> None:
+        self._generation_size = generation_size
+        self._current: set[bytes] = set()
+        self._previous: set[bytes] = set()
+        self._current_newest = float("-inf")
+        self._previous_newest = float("-inf")
+        self._horizon = float("-inf")
+
+    def check(self, signature: bytes, date: float) -> bool:
+        """Record `signature`; return False if it is a replay or too old to tell."""
+        if date <= self._horizon or signature in self._current or signature in self._previous:
+            return False
+        self._current.add(signature)
+        if date > self._current_newest:
+            self._current_newest = date
+        if len(self._current) >= self._generation_size:
+            self._horizon = max(self._horizon, self._previous_newest)
+            self._previous, self._current = self._current, set()
+            self._previous_newest, self._current_newest = self._current_newest, float("-inf")
+        return True
+
+
+@dataclass(slots=True)
+class Message:
+    """A received, verified message. Only the header is decoded eagerly."""
+
+    idents: list[Any]
+    header: dict[str, Any]
+    frames: list[Any]  # [parent, metadata, content, *buffers], as received
+
+    @property
+    def msg_type(self) -> str:
+        return self.header["msg_type"]
+
+    @property
+    def parent(self) -> dict[str, Any]:
+        return _decode_dict(self.frames[0], "parent_header")
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return _decode_dict(self.frames[1], "metadata")
+
+    @property
+    def content(self) -> dict[str, Any]:
+        return _decode_dict(self.frames[2], "content")
+
+    @property
+    def buffers(self) -> list[Any]:
+        return self.frames[3:]
+
+
+def _as_bytes(frame: Any) -> bytes:
+    return frame if type(frame) is bytes else frame.bytes
+
+
+def _decode_dict(frame: Any, what: str) -> dict[str, Any]:
+    raw = _as_bytes(frame)
+    if raw == EMPTY:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+class Session:
+    """Builds, signs and verifies messages for one process.
+
+    Parameters
+    ----------
+    key : bytes
+        The cluster's secret key; every peer must hold the same one.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ValueError("a cluster key is required: messages are always signed")
+        self.key = key
+        self.session = uuid.uuid4().hex
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._counter = itertools.count()
+        self.guard = ReplayGuard()
+
+    def new_id(self) -> str:
+        """Return an id unique across the cluster (session id + counter)."""
+        return f"{self.session[:12]}-{next(self._counter)}"
+
+    def sign(self, frames: Iterable[Any]) -> bytes:
+        """Return the HMAC-SHA256 signature of `frames` (length-prefixed)."""
+        mac = self._mac.copy()
+        update = mac.update
+        for frame in frames:
+            n = _nbytes(frame)
+            update(_LENGTHS[n] if n < 256 else n.to_bytes(8, "little"))
+            update(frame)
+        return mac.digest()
+
+    def build(
+        self,
+        msg_type: MsgType | str,
+        fields: dict[str, Any] | None = None,
+        *,
+        parent: bytes = EMPTY,
+        metadata: bytes = EMPTY,
+        content: bytes = EMPTY,
+        buffers: Sequence[Any] = (),
+        msg_id: str | None = None,
+    ) -> list[Any]:
+        """Build a signed message (without routing identities).
+
+        Frame layout: ``[DELIMITER, signature, header, parent, metadata,
+        content, *buffers]``; `parent`, `metadata` and `content` are
+        already-encoded JSON (see :func:`encode`).
+        """
+        header: dict[str, Any] = {
+            "msg_id": msg_id or self.new_id(),
+            "msg_type": msg_type.value if isinstance(msg_type, MsgType) else msg_type,
+            "session": self.session,
+            "date": time.time(),
+        }
+        if fields:
+            header.update(fields)
+        frames = [encode(header), parent, metadata, content, *buffers]
+        return [DELIMITER, self.sign(frames), *frames]
+
+    def unpack(self, frames: list[Any]) -> Message:
+        """Verify and split a received multipart message.
+
+        Raises
+        ------
+        ProtocolError
+            If the frames do not follow the layout.
+        AuthenticationError
+            If the signature is wrong or was seen before.
+        """
+        for i, frame in enumerate(frames):
+            if len(frame) == len(DELIMITER) and _as_bytes(frame) == DELIMITER:
+                break
+        else:
+            raise ProtocolError(f"no delimiter among {len(frames)} frames")
+        if len(frames) < i + 6:
+            raise ProtocolError(f"truncated message: {len(frames) - i - 1} frames after the delimiter, need 5")
+        signature = _as_bytes(frames[i + 1])
+        if len(signature) != SIGNATURE_BYTES:
+            raise AuthenticationError(f"signature of {len(signature)} bytes, need {SIGNATURE_BYTES}")
+        body = frames[i + 2 :]
+        if len(body[0]) > MAX_HEADER_BYTES:
+            raise ProtocolError(f"header of {len(body[0])} bytes exceeds {MAX_HEADER_BYTES}")
+        if not hmac.compare_digest(signature, self.sign(body)):
+            raise AuthenticationError("bad signature (wrong cluster key or altered message)")
+        header = _decode_dict(body[0], "header")
+        date = header.get("date")
+        if (
+            not isinstance(header.get("msg_type"), str)
+            or not isinstance(header.get("msg_id"), str)
+            or not isinstance(date, (int, float))
+        ):
+            raise ProtocolError("header lacks msg_id, msg_type or date")
+        if not self.guard.check(signature, date):
+            raise AuthenticationError(f"replayed message {header['msg_id']!r} refused")
+        return Message(list(frames[:i]), header, body[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """Where a cluster's controller listens, and its key.
+
+    Stored as a JSON *connection file*, readable only by its owner (mode
+    0600), since the key lets its holder run code on the engines.
+    """
+
+    client: str
+    engine: str
+    heartbeat: str
+    key: bytes
+    controller_pid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "engine": self.engine,
+            "heartbeat": self.heartbeat,
+            "key": self.key.decode("ascii"),
+            "signature_scheme": "hmac-sha256",
+            "controller_pid": self.controller_pid,
+        }
+
+    def write(self, path: str) -> None:
+        """Write the connection file at `path` with mode 0600."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+
+    @classmethod
+    def read(cls, path: str) -> ConnectionInfo:
+        """Read a connection file written by :meth:`write`."""
+        with open(path) as f:
+            data = json.load(f)
+        try:
+            return cls(
+                client=data["client"],
+                engine=data["engine"],
+                heartbeat=data["heartbeat"],
+                key=data["key"].encode("ascii"),
+                controller_pid=data.get("controller_pid"),
+            )
+        except (KeyError, AttributeError, TypeError) as exc:
+            raise ProtocolError(f"connection file {path} is incomplete: missing {exc}") from exc

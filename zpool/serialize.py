@@ -1,0 +1,219 @@
+"""Turning calls and results into frames, and back.
+
+Everything goes through pickle protocol 5 with a pickler that
+
+* sends importable module-level functions and classes by reference (cheap),
+  and functions or classes that cannot be found by name on the other side —
+  lambdas, closures, anything defined in ``__main__`` — by value with dill;
+* moves large buffers out of band: numpy arrays (through their own
+  protocol-5 support), ``memoryview``, ``bytearray`` and top-level ``bytes``
+  arguments and results become frames of their own, referencing the
+  original memory, so ZeroMQ sends them with ``copy=False``.
+
+On the receiving side the out-of-band frames are handed to pickle as
+read-only buffers: arrays come back as read-only views on the received
+frames, with no copy. ``bytes`` and ``bytearray`` own their memory in
+Python, so rebuilding them costs one copy.
+
+A serialized object is a list of frames: ``[pickle, buffer_0, buffer_1, ...]``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import types
+from typing import Any, Callable, Mapping, Sequence
+
+from zpool.error import SerializationError
+
+__all__ = [
+    "OOB_THRESHOLD",
+    "dumps",
+    "dumps_call",
+    "loads",
+    "loads_call",
+]
+
+# Below this many bytes a buffer is copied into the pickle: a separate frame
+# costs more than copying it (ZeroMQ's own zero-copy threshold is 64 KiB).
+OOB_THRESHOLD = 64 * 1024
+
+
+def _loads_dill(data: bytes) -> Any:
+    import dill  # imported on demand: engines that never see a lambda skip it
+
+    return dill.loads(data)
+
+
+def _dumps_dill(obj: Any) -> bytes:
+    import dill
+
+    return dill.dumps(obj, protocol=5, recurse=True)
+
+
+def _rebuild_memoryview(buf: Any) -> memoryview:
+    return memoryview(buf).toreadonly()
+
+
+def _findable_by_name(obj: Any) -> bool:
+    """True if pickle-by-reference will find `obj` again in another process."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        return False
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is obj
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is types.FunctionType or isinstance(obj, type):
+            if _findable_by_name(obj):
+                return NotImplemented
+            return _loads_dill, (_dumps_dill(obj),)
+        if kind is memoryview:
+            if obj.contiguous and obj.nbytes >= OOB_THRESHOLD:
+                return _rebuild_memoryview, (pickle.PickleBuffer(obj),)
+            return _rebuild_memoryview, (obj.tobytes(),)
+        if kind is bytearray and len(obj) >= OOB_THRESHOLD:
+            return bytearray, (pickle.PickleBuffer(obj),)
+        return NotImplemented
+
+
+class _LargeBytes:
+    """Stands in for a large ``bytes`` object so that it leaves the pickle."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _lift(obj: Any) -> Any:
+    if type(obj) is bytes and len(obj) >= OOB_THRESHOLD:
+        return _LargeBytes(obj)
+    return obj
+
+
+def dumps(obj: Any) -> list[Any]:
+    """Serialize `obj` into ``[pickle, *buffers]``; large buffers are not copied.
+
+    Raises
+    ------
+    SerializationError
+        If `obj` (or something inside it) cannot be serialized.
+    """
+    buffers: list[Any] = []
+
+    def keep_out_of_band(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        if raw.nbytes < OOB_THRESHOLD:
+            return True  # small: copy it into the pickle
+        buffers.append(raw)
+        return False
+
+    stream = io.BytesIO()
+    try:
+        _Pickler(stream, protocol=5, buffer_callback=keep_out_of_band).dump(_lift(obj))
+    except Exception as exc:
+        raise SerializationError(f"cannot serialize {_short_repr(obj)}: {exc}") from exc
+    return [stream.getbuffer(), *buffers]
+
+
+def loads(frames: Sequence[Any]) -> Any:
+    """Rebuild an object from ``[pickle, *buffers]`` (zmq Frames or bytes).
+
+    Out-of-band buffers become read-only views on the frames, so received
+    arrays are read-only and were never copied.
+    """
+    buffers = [_readonly_view(f) for f in frames[1:]]
+    return pickle.loads(_readonly_view(frames[0]), buffers=buffers)
+
+
+def _readonly_view(frame: Any) -> memoryview:
+    buf = getattr(frame, "buffer", frame)
+    return memoryview(buf).toreadonly()
+
+
+def _short_repr(obj: Any, limit: int = 80) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def callable_name(func: Any) -> str:
+    """A short human name for `func`, for error messages."""
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or _short_repr(func, 40)
+
+
+def _hint(exc: BaseException, obj: Any) -> str:
+    name = type(obj).__name__.lower()
+    if any(word in name for word in ("lock", "socket", "file", "textiowrapper", "bufferedreader", "generator", "thread")):
+        return (
+            " Locks, sockets, open files, threads and generators cannot cross processes;"
+            " create the object inside the task, or once per engine with initializer=."
+        )
+    return " Make it picklable (see the pickle docs), or create it inside the task."
+
+
+def dumps_call(
+    func: Callable[..., Any],
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    describe_arg: Callable[[int, str], str] | None = None,
+) -> list[Any]:
+    """Serialize a call ``func(*args, **kwargs)``.
+
+    Raises
+    ------
+    SerializationError
+        Naming the function, argument or keyword argument that failed.
+    """
+    args = tuple(_lift(a) for a in args)
+    kwargs = {k: _lift(v) for k, v in (kwargs or {}).items()}
+    try:
+        return dumps((func, args, kwargs))
+    except SerializationError as exc:
+        raise _explain_call(func, args, kwargs, describe_arg) from exc.__cause__
+
+
+def _explain_call(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    describe_arg: Callable[[int, str], str] | None,
+) -> SerializationError:
+    name = callable_name(func)
+    parts: list[tuple[str, Any]] = [(f"the function {name}", func)]
+    for i, arg in enumerate(args):
+        what = describe_arg(i, name) if describe_arg else f"argument {i} of {name}()"
+        parts.append((what, arg))
+    parts += [(f"keyword argument {key!r} of {name}()", value) for key, value in kwargs.items()]
+    for what, obj in parts:
+        try:
+            dumps(obj)
+        except SerializationError as exc:
+            cause = exc.__cause__ or exc
+            obj = obj.data if isinstance(obj, _LargeBytes) else obj
+            return SerializationError(
+                f"cannot serialize {what}: {_short_repr(obj)} ({type(cause).__name__}: {cause})."
+                + _hint(cause, obj)
+            )
+    return SerializationError(f"cannot serialize the call {name}(...)")
+
+
+def loads_call(frames: Sequence[Any]) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """Rebuild ``(func, args, kwargs)`` serialized by :func:`dumps_call`."""
+    func, args, kwargs = loads(frames)
+    return func, args, kwargs
