@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 LOG_TAIL_CHARS = 2000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ClusterSettings:
     n_engines: int
     scheme: str = "leastload"

@@ -137,7 +137,7 @@ class ReplayGuard:
         return True
 
 
-@dataclass(slots=True)
+@dataclass
 class Message:
     """A received, verified message. Only the header is decoded eagerly."""
 
@@ -281,7 +281,7 @@ class Session:
         return Message(list(frames[:i]), header, body[1:])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ConnectionInfo:
     """Where a cluster's controller listens, and its key.
 

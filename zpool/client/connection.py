@@ -31,6 +31,9 @@ from zpool.client.results import ResultTable
 from zpool.error import BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
 from zpool.protocol import ConnectionInfo, Message, MsgType, Session, encode
 
+# The controller may bind after we connect (they start together): retry soon.
+RECONNECT_IVL_MS = 10
+
 __all__ = ["Connection"]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class Connection:
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self._sock.connect(info.client)
         self._requests: dict[str, _Request] = {}
         self._thread = threading.Thread(target=self._run, name="zpool-io", daemon=True)

@@ -13,9 +13,11 @@ import os
 import shutil
 import sys
 
-from zpool.controller.hub import Hub, HubSettings
+# Only what launching the engines needs is imported up front: the engines
+# start importing while this process loads the rest (hub, zmq).
 from zpool.controller.launcher import LocalEngines
-from zpool.protocol import SCHEMES, ConnectionInfo
+
+SCHEMES = ("leastload", "lru", "plainrandom", "twobin", "weighted")  # checked again by the Scheduler
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     root.addHandler(handler)
     root.setLevel(args.log_level.upper())
     try:
+        from zpool.controller.hub import Hub, HubSettings
+        from zpool.protocol import ConnectionInfo
+
         info = ConnectionInfo.read(args.connection_file)
         settings = HubSettings(
             scheme=args.scheme,

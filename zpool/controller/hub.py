@@ -46,7 +46,7 @@ DRAIN_BATCH = 256
 WATCH_INTERVAL_S = 0.05
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class HubSettings:
     scheme: str = "leastload"
     hwm: int | None = None
@@ -61,7 +61,7 @@ class HubState(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(slots=True)
+@dataclass
 class _Source:
     """A client message kept so it can be forwarded whole."""
 
@@ -69,7 +69,7 @@ class _Source:
     count: int
 
 
-@dataclass(slots=True)
+@dataclass
 class EngineRecord:
     engine_id: int
     ident: bytes

@@ -46,18 +46,21 @@ ADAPTIVE_MAX = 512
 EWMA_ALPHA = 0.2
 
 
-@dataclass(slots=True)
 class Task:
     """One task waiting in, or passing through, the scheduler."""
 
-    task_id: str
-    client: bytes
-    frames: list[Any]
-    source: Any = None  # the client message it came in, while forwarding it whole is possible
-    engine: EngineSlot | None = None
+    __slots__ = ("task_id", "client", "frames", "source", "engine")
+
+    def __init__(self, task_id: str, client: bytes, frames: list[Any]) -> None:
+        self.task_id = task_id
+        self.client = client
+        self.frames = frames
+        # The client message it came in, while forwarding that whole is possible.
+        self.source: Any = None
+        self.engine: EngineSlot | None = None
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class EngineSlot:
     """The scheduler's view of one engine."""
 

@@ -35,6 +35,9 @@ from zpool.error import ProtocolError, SerializationError, ZPoolError
 from zpool.protocol import ConnectionInfo, Message, MsgType, Session, TaskStatus, encode
 from zpool.serialize import callable_name, dumps, loads, loads_call
 
+# The controller may bind after we connect (they start together): retry soon.
+RECONNECT_IVL_MS = 10
+
 __all__ = ["Engine"]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ class Engine:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self.sock.connect(info.engine)
         self.pending: collections.deque[tuple[str, list[Any], float]] = collections.deque()
         self.outbox: list[tuple[list[Any], list[Any]]] = []
@@ -276,6 +280,7 @@ class _HeartbeatThread(threading.Thread):
         sock = self.engine.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self.engine.ident)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.connect(self.engine.info.heartbeat)
         parent = self.engine.parent
         while True:

@@ -1,0 +1,32 @@
+"""zpool: a drop-in replacement for multiprocessing.Pool on a ZeroMQ cluster."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+for line in (here / "zpool" / "__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        exec(line, version)
+
+setup(
+    name="zpool",
+    version=version["__version__"],
+    description="A drop-in replacement for multiprocessing.Pool on a ZeroMQ cluster with a Python scheduler",
+    long_description=(here / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["zpool", "zpool.*"]),
+    package_data={"zpool": ["py.typed"]},
+    python_requires=">=3.9",
+    install_requires=["pyzmq>=25", "dill>=0.3.6", "numpy>=1.22", "psutil>=5.9"],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+    },
+    entry_points={},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX",
+        "Topic :: System :: Distributed Computing",
+    ],
+)

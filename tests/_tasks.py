@@ -1,0 +1,88 @@
+"""Module-level task functions for the tests (importable by the engines)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+
+class CustomError(Exception):
+    """An exception type that can be rebuilt in the caller."""
+
+
+class UnpicklableError(Exception):
+    """An exception that cannot cross processes (it holds a lock)."""
+
+    def __init__(self, msg):
+        super().__init__(msg)
+        self.lock = threading.Lock()
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b=0):
+    return a + b
+
+
+def identity(x):
+    return x
+
+
+def getpid(_=None):
+    return os.getpid()
+
+
+def sleep_then(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def sleep_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def raise_value_error(msg):
+    raise ValueError(msg)
+
+
+def raise_custom(msg):
+    raise CustomError(msg)
+
+
+def raise_unpicklable(msg):
+    raise UnpicklableError(msg)
+
+
+def return_lock():
+    return threading.Lock()
+
+
+def exit_now(code=3):
+    os._exit(code)
+
+
+def frame_address_proof(arr):
+    """Report whether `arr` is a read-only view on the received ZeroMQ frame itself."""
+    import numpy as np
+
+    return arr, in_received_frame(arr), arr.flags.writeable
+
+
+def in_received_frame(arr) -> bool:
+    """True if `arr`'s data lies inside the memory of a zmq.Frame (no copy was made)."""
+    import numpy as np
+    import zmq
+
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    owner = getattr(base, "obj", None)
+    if not isinstance(owner, zmq.Frame):
+        return False
+    frame_start = np.frombuffer(owner, dtype=np.uint8).ctypes.data
+    start = arr.ctypes.data
+    return frame_start <= start and start + arr.nbytes <= frame_start + len(owner)

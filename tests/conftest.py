@@ -1,0 +1,93 @@
+"""Shared fixtures: pools, and the check that no test leaves a process behind."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+import zpool
+
+# Generous bound for processes to exit after a pool is stopped (2-core CI machines).
+EXIT_GRACE_S = 10.0
+
+
+def _descendants() -> dict[int, psutil.Process]:
+    try:
+        return {p.pid: p for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
+def _describe(procs: list[psutil.Process]) -> str:
+    lines = []
+    for p in procs:
+        try:
+            lines.append(f"  pid {p.pid}: {' '.join(p.cmdline())}")
+        except psutil.Error:
+            lines.append(f"  pid {p.pid}: (gone)")
+    return "\n".join(lines)
+
+
+def assert_no_new_processes(before: set[int], timeout: float = EXIT_GRACE_S) -> None:
+    """Fail, listing command lines, if descendants not in `before` outlive `timeout`."""
+    new = [p for pid, p in _descendants().items() if pid not in before]
+    _, alive = psutil.wait_procs(new, timeout=timeout)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if alive:
+        text = _describe(alive)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        pytest.fail(f"{len(alive)} process(es) outlived the test:\n{text}")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes():
+    """Every test: processes it started must be gone when it ends."""
+    before = set(_descendants())
+    yield
+    assert_no_new_processes(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_processes_at_exit():
+    before = set(_descendants())
+    yield
+    assert_no_new_processes(before)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """A 2-engine pool shared by one test module (tests must leave it usable)."""
+    p = zpool.Pool(2, heartbeat_interval=0.2, heartbeat_misses=25)
+    p.wait_for_engines(timeout=60)
+    yield p
+    p.terminate()
+    p.join()
+
+
+@pytest.fixture
+def fresh_pool(request):
+    """Factory for pools owned by one test (for tests that break things)."""
+    made = []
+
+    def make(processes: int = 2, **kwargs):
+        kwargs.setdefault("heartbeat_interval", 0.2)
+        kwargs.setdefault("heartbeat_misses", 25)
+        p = zpool.Pool(processes, **kwargs)
+        made.append(p)
+        p.wait_for_engines(timeout=60)
+        return p
+
+    yield make
+    for p in made:
+        p.terminate()
+        p.join()
+
+
+def pytest_report_header(config):
+    return f"zpool {zpool.__version__}, {os.cpu_count()} CPUs"
