@@ -308,6 +308,7 @@ class ConnectionInfo:
     def write(self, path: str) -> None:
         """Write the connection file at `path` with mode 0600."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as f:
             json.dump(self.to_json(), f, indent=1)
 

@@ -1,0 +1,127 @@
+"""Wrong signatures, truncated messages, garbage and replays on every controller socket.
+
+Each is dropped (the controller counts it in ``queue_status()["dropped_messages"]``)
+and the cluster keeps serving.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import zmq
+
+from tests import _tasks
+from zpool.protocol import DELIMITER, MsgType, Session, encode
+
+T = 60
+
+
+@pytest.fixture
+def attacker():
+    ctx = zmq.Context()
+    socks = []
+
+    def connect(address: str) -> zmq.Socket:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(address)
+        socks.append(s)
+        return s
+
+    yield connect
+    for s in socks:
+        s.close(0)
+    ctx.term()
+
+
+def _dropped(pool) -> int:
+    return pool.queue_status()["dropped_messages"]
+
+
+def _wait_dropped(pool, at_least: int) -> int:
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline:
+        n = _dropped(pool)
+        if n >= at_least:
+            return n
+        time.sleep(0.02)
+    raise AssertionError(f"controller dropped {_dropped(pool)} messages, expected at least {at_least}")
+
+
+def _bad_messages(info):
+    wrong_key = Session(b"0" * 64)
+    right = Session(info.key)
+    good = right.build(MsgType.QUEUE_REQUEST)
+    return {
+        "wrong signature": wrong_key.build(MsgType.QUEUE_REQUEST),
+        "unsigned": [DELIMITER, b"", *good[2:]],
+        "tampered header": [*good[:2], good[2].replace(b"queue", b"QUEUE"), *good[3:]],
+        "truncated": good[:4],
+        "no delimiter": [os.urandom(40) for _ in range(6)],
+        "random garbage": [os.urandom(1000)],
+        "huge garbage": [DELIMITER, os.urandom(32), os.urandom(8 << 20), b"{}", b"{}", b"{}"],
+        "unknown type": right.build("launch_missiles_request"),
+        "non-json header": [DELIMITER, *_signed(right, [b"\xff\xfe", b"{}", b"{}", b"{}"])],
+    }
+
+
+def _signed(session, frames):
+    return [session.sign(frames), *frames]
+
+
+@pytest.mark.parametrize("socket_name", ["client", "engine", "heartbeat"])
+def test_bad_messages_are_dropped_and_cluster_serves(pool, attacker, socket_name):
+    info = pool._cluster.info
+    sock = attacker(getattr(info, socket_name))
+    before = _dropped(pool)
+    bad = _bad_messages(info)
+    for frames in bad.values():
+        sock.send_multipart(frames)
+    _wait_dropped(pool, before + len(bad))
+    assert pool.apply(_tasks.square, (12,)) == 144
+    assert pool.map(_tasks.square, range(10)) == [x * x for x in range(10)]
+    assert len(pool.queue_status()["engines"]) == 2
+
+
+def test_replayed_message_is_dropped(pool, attacker):
+    info = pool._cluster.info
+    sock = attacker(info.client)
+    message = Session(info.key).build(MsgType.QUEUE_REQUEST)
+    sock.send_multipart(message)
+    assert sock.poll(T * 1000), "the genuine request got no answer"
+    sock.recv_multipart()
+    before = _dropped(pool)
+    sock.send_multipart(message)  # the very same signed frames again
+    _wait_dropped(pool, before + 1)
+    assert not sock.poll(300), "a replayed request was answered"
+    assert pool.apply(_tasks.square, (3,)) == 9
+
+
+def test_task_with_wrong_key_never_runs(pool, attacker, tmp_path):
+    """A forged apply_request (valid layout, wrong key) must not execute."""
+    from zpool.serialize import dumps_call
+
+    marker = tmp_path / "pwned"
+    info = pool._cluster.info
+    sock = attacker(info.client)
+    frames = dumps_call(open, (str(marker), "w"))
+    forged = Session(b"f" * 64).build(
+        MsgType.APPLY_REQUEST, {"tasks": [["forged-1", len(frames), 0]]}, buffers=frames
+    )
+    before = _dropped(pool)
+    sock.send_multipart(forged)
+    _wait_dropped(pool, before + 1)
+    assert pool.apply(_tasks.square, (2,)) == 4
+    assert not marker.exists()
+
+
+def test_connection_file_and_directory_are_private(pool):
+    import stat
+
+    workdir = pool._cluster.workdir
+    assert stat.S_IMODE(os.stat(workdir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(os.path.join(workdir, "cluster.json")).st_mode) == 0o600
+    for address in (pool._cluster.info.client, pool._cluster.info.engine, pool._cluster.info.heartbeat):
+        assert address.startswith("ipc://" + workdir)

@@ -1,0 +1,142 @@
+"""Processes dying: engines, the controller, and the user process itself.
+
+Nothing hangs and nothing outlives its Pool: a dead engine fails only the
+task it held (and is replaced), a dead controller breaks waiting calls
+within a bounded time, and a dead user process takes its cluster along.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import zpool
+from tests import _tasks
+
+T = 60
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _engine_holding_task(pool):
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline:
+        status = pool.queue_status()
+        for engine_id, q in status["engines"].items():
+            if q["queue"]:
+                return int(engine_id), status["engine_pids"][engine_id]
+        time.sleep(0.01)
+    raise AssertionError("no engine ever held the task")
+
+
+def test_engine_killed_mid_task_fails_that_task_and_is_replaced(fresh_pool):
+    pool = fresh_pool(2)
+    ar = pool.apply_async(_tasks.sleep_then, (30,))
+    engine_id, pid = _engine_holding_task(pool)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(zpool.EngineError, match=rf"engine {engine_id} \(pid {pid}\) died from SIGKILL\(-9\)") as info:
+        ar.get(T)
+    assert "ran out of memory" in str(info.value)
+    ids = pool.wait_for_engines(2, timeout=T)
+    assert engine_id not in ids and len(ids) == 2
+    assert pool.map(_tasks.square, range(20)) == [x * x for x in range(20)]
+
+
+def test_task_that_exits_the_engine(fresh_pool):
+    pool = fresh_pool(1)
+    with pytest.raises(zpool.EngineError, match="exited with exit code 3"):
+        pool.apply_async(_tasks.exit_now, (3,)).get(T)
+    pool.wait_for_engines(1, timeout=T)
+    assert pool.apply(_tasks.square, (5,)) == 25
+
+
+def test_controller_killed_breaks_waiting_calls(fresh_pool):
+    pool = fresh_pool(2)
+    ar = pool.apply_async(_tasks.sleep_then, (30,))
+    _engine_holding_task(pool)
+    started = time.monotonic()
+    os.kill(pool._cluster.proc.pid, signal.SIGKILL)
+    with pytest.raises(zpool.BrokenPoolError, match="controller process .* ended with SIGKILL"):
+        ar.get(T)
+    assert time.monotonic() - started < 5
+    with pytest.raises(zpool.BrokenPoolError):
+        pool.apply_async(_tasks.square, (1,))
+    with pytest.raises(zpool.BrokenPoolError):
+        pool.queue_status()
+    # The orphaned engines notice their parent is gone; the leak check verifies they exit.
+
+
+def _run_script(body: str, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, "-c", body],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, **kwargs
+    )
+
+
+PRINT_TREE = textwrap.dedent("""
+    import sys, time, zpool
+    from tests import _tasks
+    pool = zpool.Pool(2)
+    pool.wait_for_engines(timeout=60)
+    assert pool.apply(_tasks.square, (3,)) == 9
+    print(pool._cluster.workdir, *pool._cluster.pids(), flush=True)
+""")
+
+
+def _read_tree(proc: subprocess.Popen) -> tuple[str, list[psutil.Process]]:
+    line = proc.stdout.readline().split()
+    assert line, proc.stderr.read()
+    workdir, pids = line[0], [int(p) for p in line[1:]]
+    assert len(pids) == 3  # controller and two engines
+    return workdir, [psutil.Process(pid) for pid in pids]
+
+
+def test_sigkill_of_user_process_leaves_no_survivors():
+    proc = _run_script(PRINT_TREE + "time.sleep(120)\n", cwd=REPO)
+    try:
+        workdir, tree = _read_tree(proc)
+        proc.kill()
+        proc.wait(T)
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        assert not alive, [p.pid for p in alive]
+        assert not os.path.exists(workdir)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "",  # interpreter exit with the pool still running
+        "raise RuntimeError('user bug')\n",  # uncaught exception at top level
+        "pool.terminate()\n",
+        "pool.close(); pool.join()\n",
+        "del pool\n",
+    ],
+    ids=["exit", "exception", "terminate", "close-join", "del"],
+)
+def test_every_way_out_cleans_up(ending):
+    proc = _run_script(PRINT_TREE + ending, cwd=REPO)
+    try:
+        workdir, tree = _read_tree(proc)
+        proc.wait(T)
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        assert not alive, [p.pid for p in alive]
+        assert not os.path.exists(workdir)
+        err = proc.stderr.read()
+        if "raise" in ending:
+            assert "user bug" in err
+            assert proc.returncode == 1
+        else:
+            assert proc.returncode == 0, err
+    finally:
+        proc.kill()
+        proc.communicate()
