@@ -212,7 +212,7 @@ def test_large_bytes_out_of_band():
 def test_large_bytearray_out_of_band():
     data = bytearray(b"\x07" * OOB_THRESHOLD)
     frames = dumps(data)
-    assert len(frames) == 2
+    assert len(frames) == 2, f"bytearray copied into a pickle of {len(frames[0])} bytes"
     assert address(frames[1]) == address(data)
     back = loads(frames)
     assert type(back) is bytearray
