@@ -64,12 +64,16 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         self.msg_ids = msg_ids
         self.label = label
         self.submitted = time.time()
-        self._values: list[Any] = [None] * len(msg_ids)
-        self._metadata: list[Metadata | None] = [None] * len(msg_ids)
+        # Per-task values and metadata; kept in plain attributes for one task
+        # (the common case) to allocate as little as possible per call.
+        self._values: list[Any] | None = [None] * len(msg_ids) if len(msg_ids) != 1 else None
+        self._metadata: list[Metadata | None] | Metadata | None = (
+            [None] * len(msg_ids) if len(msg_ids) != 1 else None
+        )
         self._pending = len(msg_ids)
         self._finished_at: float | None = None
         if not msg_ids:
-            self._finish()
+            self._finish(self._combine([]))
 
     # -- multiprocessing.pool.AsyncResult ---------------------------------------
 
@@ -118,9 +122,8 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
     @property
     def metadata(self) -> Metadata | list[Metadata | None] | None:
         """Per-task :class:`Metadata`: a dict for one task, a list for several."""
-        if len(self._metadata) == 1:
-            return self._metadata[0]
-        return list(self._metadata)
+        md = self._metadata
+        return list(md) if isinstance(md, list) else md
 
     @property
     def progress(self) -> int:
@@ -144,35 +147,39 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
 
     # -- called by the client's I/O thread -----------------------------------------
 
-    def _task_done(self, index: int, ok: bool, value: Any, metadata: dict[str, Any]) -> None:
-        md = Metadata(metadata)
-        md["submitted"] = _stamp(self.submitted)
-        for key in ("started", "completed", "received"):
+    def _task_done(self, index: int, ok: bool, value: Any, md: Metadata) -> None:
+        """Record one task's outcome; `md` holds epoch floats, made datetimes here."""
+        md["submitted"] = self.submitted
+        for key in ("submitted", "started", "completed", "received"):
             md[key] = _stamp(md.get(key))
-        self._metadata[index] = md
+        values = self._values
+        if values is None:
+            self._metadata = md
+        else:
+            self._metadata[index] = md  # type: ignore[index]
         if self.done():
             return
-        if ok:
-            self._values[index] = value
-            self._pending -= 1
-            if self._pending == 0:
-                self._finish()
-        else:
-            self._pending -= 1
+        self._pending -= 1
+        if not ok:
+            self._values = None
             self._finished_at = time.time()
-            self._values = []
             self._set(exception=value)
+        elif values is None:
+            self._finish(value)
+        else:
+            values[index] = value
+            if self._pending == 0:
+                self._values = None
+                self._finish(self._combine(values))
 
     def _fail(self, exc: BaseException) -> None:
         if not self.done():
             self._finished_at = time.time()
-            self._values = []
+            self._values = None
             self._set(exception=exc)
 
-    def _finish(self) -> None:
+    def _finish(self, value: Any) -> None:
         self._finished_at = time.time()
-        value = self._combine(self._values)
-        self._values = []
         self._set(result=value)
 
     def _set(self, result: Any = None, exception: BaseException | None = None) -> None:
@@ -185,7 +192,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
             pass  # cancelled or failed meanwhile
 
     def _combine(self, values: list[Any]) -> Any:
-        return values[0] if values else None
+        return values
 
     def _what(self) -> str:
         return f"{self.label}()" if self.label else "result"

@@ -6,8 +6,8 @@ Everything goes through pickle protocol 5 with a pickler that
   and functions or classes that cannot be found by name on the other side —
   lambdas, closures, anything defined in ``__main__`` — by value with dill;
 * moves large buffers out of band: numpy arrays (through their own
-  protocol-5 support), ``memoryview``, ``bytearray`` and top-level ``bytes``
-  arguments and results become frames of their own, referencing the
+  protocol-5 support), ``memoryview``, and ``bytes``/``bytearray`` passed as top-level
+  arguments or returned as results become frames of their own, referencing the
   original memory, so ZeroMQ sends them with ``copy=False``.
 
 On the receiving side the out-of-band frames are handed to pickle as
@@ -80,25 +80,28 @@ class _Pickler(pickle.Pickler):
             if obj.contiguous and obj.nbytes >= OOB_THRESHOLD:
                 return _rebuild_memoryview, (pickle.PickleBuffer(obj),)
             return _rebuild_memoryview, (obj.tobytes(),)
-        if kind is bytearray and len(obj) >= OOB_THRESHOLD:
-            return bytearray, (pickle.PickleBuffer(obj),)
         return NotImplemented
 
 
 class _LargeBytes:
-    """Stands in for a large ``bytes`` object so that it leaves the pickle."""
+    """Stands in for a large ``bytes``/``bytearray`` so that its data leaves the pickle.
+
+    The pickler handles these types itself, in band, without consulting
+    ``reducer_override``; wrapping them is the only way out.
+    """
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        return bytes, (pickle.PickleBuffer(self.data),)
+        return type(self.data), (pickle.PickleBuffer(self.data),)
 
 
 def _lift(obj: Any) -> Any:
-    if type(obj) is bytes and len(obj) >= OOB_THRESHOLD:
+    kind = type(obj)
+    if (kind is bytes or kind is bytearray) and len(obj) >= OOB_THRESHOLD:
         return _LargeBytes(obj)
     return obj
 
@@ -135,10 +138,15 @@ def loads(frames: Sequence[Any]) -> Any:
     arrays are read-only and were never copied.
     """
     buffers = [_readonly_view(f) for f in frames[1:]]
-    return pickle.loads(_readonly_view(frames[0]), buffers=buffers)
+    head = frames[0]
+    # The pickle itself is never exposed to the caller: copy a small one, it is cheaper.
+    head = head.bytes if len(head) < OOB_THRESHOLD and hasattr(head, "bytes") else _readonly_view(head)
+    return pickle.loads(head, buffers=buffers)
 
 
-def _readonly_view(frame: Any) -> memoryview:
+def _readonly_view(frame: Any) -> Any:
+    if type(frame) is bytes:
+        return frame
     buf = getattr(frame, "buffer", frame)
     return memoryview(buf).toreadonly()
 

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Iterable, Protocol
 
 from zpool import error as _errors
+from zpool.asyncresult import Metadata
 from zpool.error import ProtocolError, RemoteError, RemoteTraceback, SerializationError
 from zpool.protocol import Message, TaskStatus
 from zpool.serialize import loads
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 class _Outcome(Protocol):
     msg_ids: list[str]
 
-    def _task_done(self, index: int, ok: bool, value: Any, metadata: dict[str, Any]) -> None: ...
+    def _task_done(self, index: int, ok: bool, value: Any, md: Metadata) -> None: ...
 
     def _fail(self, exc: BaseException) -> None: ...
 
@@ -99,13 +100,9 @@ class ResultTable:
             if slot is None:
                 continue  # already failed locally (terminate, controller loss)
             outcome, index = slot
-            metadata = {
-                "engine_id": engine_id,
-                "status": status,
-                "started": started,
-                "completed": completed,
-                "received": received,
-            }
+            metadata = Metadata(
+                engine_id=engine_id, status=status, started=started, completed=completed, received=received
+            )
             ok = status == TaskStatus.OK.value
             try:
                 if ok:

@@ -1,0 +1,307 @@
+"""Placement rules (choose_engine) and the Scheduler's bookkeeping, without sockets."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import pytest
+
+from zpool.controller.scheduler import (
+    ADAPTIVE_MAX,
+    SCHEMES,
+    EngineSlot,
+    Scheduler,
+    Task,
+    choose_engine,
+)
+
+UNKNOWN_SCHEME = r"^unknown scheme 'fastest'; choose one of leastload, lru, plainrandom, twobin, weighted$"
+
+
+def slot(engine_id: int, load: int = 0, last_used: int = -1) -> EngineSlot:
+    s = EngineSlot(engine_id, b"engine-%d" % engine_id, last_used=last_used)
+    for k in range(load):
+        s.outstanding[f"busy-{engine_id}-{k}"] = Task(f"busy-{engine_id}-{k}", b"client", [])
+    return s
+
+
+def tasks(n: int, prefix: str = "t") -> list[Task]:
+    return [Task(f"{prefix}{i}", b"client", [b"payload"]) for i in range(n)]
+
+
+def pick_counts(scheme: str, candidates: list[EngineSlot], n: int = 10_000, seed: int = 1) -> list[int]:
+    rng = random.Random(seed)
+    counts = collections.Counter(choose_engine(scheme, candidates, rng).engine_id for _ in range(n))
+    return [counts[e.engine_id] for e in candidates]
+
+
+def ids(batches: dict[EngineSlot, list[Task]]) -> dict[int, list[str]]:
+    return {e.engine_id: [t.task_id for t in batch] for e, batch in batches.items()}
+
+
+# -- choose_engine -----------------------------------------------------------
+
+
+def test_schemes_listed():
+    assert SCHEMES == ("leastload", "lru", "plainrandom", "twobin", "weighted")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_single_candidate(scheme):
+    only = slot(0, load=5, last_used=99)
+    assert choose_engine(scheme, [only], random.Random(0)) is only
+
+
+def test_leastload_picks_fewest_outstanding():
+    engines = [slot(0, load=2, last_used=0), slot(1, load=0, last_used=9), slot(2, load=1, last_used=1)]
+    assert choose_engine("leastload", engines, random.Random(0)) is engines[1]
+
+
+def test_leastload_ties_go_to_least_recently_used():
+    engines = [slot(0, load=1, last_used=0), slot(1, load=0, last_used=7), slot(2, load=0, last_used=3)]
+    assert choose_engine("leastload", engines, random.Random(0)) is engines[2]
+
+
+def test_lru_ignores_load():
+    engines = [slot(0, load=0, last_used=4), slot(1, load=5, last_used=1), slot(2, load=0, last_used=9)]
+    assert choose_engine("lru", engines, random.Random(0)) is engines[1]
+
+
+def test_plainrandom_is_roughly_uniform():
+    engines = [slot(i, load=i, last_used=-i) for i in range(4)]
+    counts = pick_counts("plainrandom", engines)
+    assert sum(counts) == 10_000
+    for c in counts:
+        assert 2250 < c < 2750, counts
+
+
+def test_plainrandom_is_reproducible_with_a_seed():
+    engines = [slot(i) for i in range(5)]
+    rng_a, rng_b = random.Random(42), random.Random(42)
+    a = [choose_engine("plainrandom", engines, rng_a).engine_id for _ in range(200)]
+    b = [choose_engine("plainrandom", engines, rng_b).engine_id for _ in range(200)]
+    assert a == b
+    assert set(a) == {0, 1, 2, 3, 4}
+
+
+def test_twobin_returns_lru_of_its_two_samples():
+    engines = [slot(i, last_used=lu) for i, lu in enumerate([5, 2, 8, 0, 3])]
+    rng, mirror = random.Random(3), random.Random(3)
+    for _ in range(500):
+        a, b = mirror.sample(engines, 2)
+        expected = a if a.last_used <= b.last_used else b
+        assert choose_engine("twobin", engines, rng) is expected
+
+
+def test_twobin_avoids_the_most_recently_used():
+    # Of three engines, the most recent always loses its pair; the oldest always wins its.
+    engines = [slot(0, last_used=0), slot(1, last_used=1), slot(2, last_used=2)]
+    oldest, middle, newest = pick_counts("twobin", engines)
+    assert newest == 0
+    assert 6300 < oldest < 7000  # 2/3
+    assert 3000 < middle < 3700  # 1/3
+
+
+def test_twobin_ignores_load():
+    engines = [slot(0, load=9, last_used=0), slot(1, load=0, last_used=1), slot(2, load=0, last_used=2)]
+    assert pick_counts("twobin", engines)[0] > 6000
+
+
+def test_weighted_prefers_less_loaded():
+    engines = [slot(0, load=0), slot(1, load=4), slot(2, load=9)]
+    idle, busy, busiest = pick_counts("weighted", engines)
+    assert busiest == 0  # it always loses against its partner
+    assert idle > 9000  # ~97%
+    assert busy > 0
+
+
+def test_weighted_equal_loads_is_roughly_uniform():
+    engines = [slot(i, load=2) for i in range(3)]
+    for c in pick_counts("weighted", engines, n=9000):
+        assert 2700 < c < 3300
+
+
+def test_unknown_scheme_rejected():
+    engines = [slot(0), slot(1)]
+    with pytest.raises(ValueError, match=UNKNOWN_SCHEME):
+        choose_engine("fastest", engines, random.Random(0))
+    with pytest.raises(ValueError, match=UNKNOWN_SCHEME):
+        Scheduler("fastest")
+
+
+# -- Scheduler ---------------------------------------------------------------
+
+
+def make_scheduler(n_engines: int, **kwargs) -> Scheduler:
+    s = Scheduler(**kwargs)
+    for i in range(n_engines):
+        s.add_engine(i, b"engine-%d" % i)
+    return s
+
+
+def test_hwm_1_places_one_task_per_engine():
+    s = make_scheduler(3, hwm=1)
+    s.submit(tasks(10))
+    batches = s.assign()
+    assert ids(batches) == {0: ["t0"], 1: ["t1"], 2: ["t2"]}
+    assert len(s.queue) == 7
+    assert s.assign() == {}
+
+    engine1 = s.engines[b"engine-1"]
+    assert s.finish(engine1, "t1", ok=True, run_s=0.5).task_id == "t1"
+    assert ids(s.assign()) == {1: ["t3"]}
+    assert len(s.queue) == 6
+
+
+def test_hwm_0_places_everything():
+    s = make_scheduler(2, hwm=0)
+    s.submit(tasks(9))
+    batches = s.assign()
+    assert sum(len(b) for b in batches.values()) == 9
+    assert not s.queue
+    assert sorted(e.load for e in s.engines.values()) == [4, 5]
+
+
+def test_hwm_3_caps_each_engine():
+    s = make_scheduler(2, hwm=3)
+    s.submit(tasks(10))
+    s.assign()
+    assert [e.load for e in s.engines.values()] == [3, 3]
+    assert len(s.queue) == 4
+
+
+def test_assigned_tasks_know_their_engine():
+    s = make_scheduler(2, hwm=0)
+    s.submit(tasks(4))
+    for engine, batch in s.assign().items():
+        for task in batch:
+            assert task.engine is engine
+            assert engine.outstanding[task.task_id] is task
+
+
+def test_leastload_spreads_a_burst():
+    s = make_scheduler(4, hwm=0, scheme="leastload")
+    s.submit(tasks(8))
+    assert ids(s.assign()) == {0: ["t0", "t4"], 1: ["t1", "t5"], 2: ["t2", "t6"], 3: ["t3", "t7"]}
+
+
+def test_leastload_fills_the_idle_engine_first():
+    s = make_scheduler(3, hwm=0)
+    s.submit(tasks(3, "a"))
+    s.assign()
+    engine0 = s.engines[b"engine-0"]
+    s.finish(engine0, "a0", ok=True, run_s=0.1)
+    s.submit(tasks(2, "b"))
+    # engine 0 is idle; then all three hold one and engine 1 is the least recently used.
+    assert ids(s.assign()) == {0: ["b0"], 1: ["b1"]}
+
+
+def test_adaptive_hwm_starts_at_one_and_grows_for_tiny_tasks():
+    s = make_scheduler(1, hwm=None)
+    assert s.limit() == 1
+    s.submit(tasks(50))
+    assert ids(s.assign()) == {0: ["t0"]}
+
+    engine = s.engines[b"engine-0"]
+    s.finish(engine, "t0", ok=True, run_s=1e-4)  # 1 + 0.002 / 1e-4
+    assert s.limit() == 21
+    assert len(s.assign()[engine]) == 21
+    assert len(s.queue) == 28
+
+    s.finish(engine, "t1", ok=True, run_s=1e-9)
+    assert 21 < s.limit() <= ADAPTIVE_MAX
+
+
+def test_adaptive_hwm_capped():
+    s = make_scheduler(1, hwm=None)
+    engine = s.engines[b"engine-0"]
+    s.submit(tasks(1))
+    s.assign()
+    s.finish(engine, "t0", ok=True, run_s=0.0)
+    assert s.limit() == ADAPTIVE_MAX
+
+
+def test_adaptive_hwm_shrinks_back_for_long_tasks():
+    s = make_scheduler(1, hwm=None)
+    engine = s.engines[b"engine-0"]
+    s.submit(tasks(20))
+    s.assign()
+    s.finish(engine, "t0", ok=True, run_s=1e-5)
+    assert s.limit() > 100
+    placed = s.assign()[engine]
+    for task in placed[:3]:
+        s.finish(engine, task.task_id, ok=True, run_s=2.0)
+    assert s.limit() == 1
+    assert s.assign() == {}  # the engine still holds more than one
+
+
+def test_negative_run_time_is_ignored():
+    s = make_scheduler(1, hwm=None)
+    engine = s.engines[b"engine-0"]
+    s.submit(tasks(1))
+    s.assign()
+    assert s.finish(engine, "t0", ok=False, run_s=-1.0).task_id == "t0"
+    assert s.limit() == 1
+    assert engine.failed == 1
+
+
+def test_finish_unknown_task_returns_none():
+    s = make_scheduler(2, hwm=0)
+    s.submit(tasks(2))
+    s.assign()
+    engine0, engine1 = s.engines.values()
+    assert s.finish(engine0, "nope", ok=True, run_s=0.1) is None
+    assert s.finish(engine0, "t1", ok=True, run_s=0.1) is None  # held by engine 1
+    assert (engine0.completed, engine0.failed, engine0.load) == (0, 0, 1)
+    assert s.finish(engine1, "t1", ok=True, run_s=0.1).task_id == "t1"
+    assert s.finish(engine1, "t1", ok=True, run_s=0.1) is None  # already finished
+    assert engine1.completed == 1
+
+
+def test_remove_engine_returns_stranded_tasks():
+    s = make_scheduler(2, hwm=0)
+    s.submit(tasks(6))
+    s.assign()
+    stranded = s.remove_engine(b"engine-1")
+    assert sorted(t.task_id for t in stranded) == ["t1", "t3", "t5"]
+    assert list(s.engines) == [b"engine-0"]
+    assert s.remove_engine(b"engine-1") == []
+    assert s.remove_engine(b"never-there") == []
+
+    s.submit(stranded)
+    assert ids(s.assign()) == {0: ["t1", "t3", "t5"]}
+
+
+def test_assign_without_engines_keeps_the_queue():
+    s = Scheduler(hwm=0)
+    s.submit(tasks(3))
+    assert s.assign() == {}
+    assert len(s.queue) == 3
+
+
+def test_drop_where():
+    s = Scheduler()
+    s.submit(tasks(5))
+    dropped = s.drop_where(lambda t: t.task_id in {"t1", "t3"})
+    assert [t.task_id for t in dropped] == ["t1", "t3"]
+    assert [t.task_id for t in s.queue] == ["t0", "t2", "t4"]
+
+
+def test_status_counts():
+    s = make_scheduler(2, hwm=1)
+    s.submit(tasks(5))
+    s.assign()
+    engine0, engine1 = s.engines.values()
+    s.finish(engine0, "t0", ok=True, run_s=0.5)
+    s.finish(engine1, "t1", ok=False, run_s=0.5)
+    s.assign()
+    s.finish(engine0, "t2", ok=True, run_s=0.5)
+    assert s.status() == {
+        "engines": {
+            "0": {"queue": 0, "completed": 2, "failed": 0},
+            "1": {"queue": 1, "completed": 0, "failed": 1},
+        },
+        "unassigned": 1,
+        "limit": 1,
+    }
