@@ -123,7 +123,23 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
     def metadata(self) -> Metadata | list[Metadata | None] | None:
         """Per-task :class:`Metadata`: a dict for one task, a list for several."""
         md = self._metadata
-        return list(md) if isinstance(md, list) else md
+        if isinstance(md, list):
+            return [self._build_metadata(raw) for raw in md]
+        return self._build_metadata(md)
+
+    def _build_metadata(self, raw: Any) -> Metadata | None:
+        # Built on first access: most callers never look, and replies arrive in bulk.
+        if raw is None or isinstance(raw, Metadata):
+            return raw
+        engine_id, status, started, completed, received = raw
+        return Metadata(
+            engine_id=engine_id,
+            status=status,
+            submitted=_stamp(self.submitted),
+            started=_stamp(started),
+            completed=_stamp(completed),
+            received=_stamp(received),
+        )
 
     @property
     def progress(self) -> int:
@@ -147,11 +163,8 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
 
     # -- called by the client's I/O thread -----------------------------------------
 
-    def _task_done(self, index: int, ok: bool, value: Any, md: Metadata) -> None:
-        """Record one task's outcome; `md` holds epoch floats, made datetimes here."""
-        md["submitted"] = self.submitted
-        for key in ("submitted", "started", "completed", "received"):
-            md[key] = _stamp(md.get(key))
+    def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
+        """Record one task's outcome; `md` is ``(engine_id, status, started, completed, received)``."""
         values = self._values
         if values is None:
             self._metadata = md

@@ -93,8 +93,10 @@ class _Callbacks:
                 self._thread = None
 
 
-def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, graceful: bool) -> None:
+def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, graceful: bool, owner: int) -> None:
     """Stop the cluster and the client; called at most once per pool (weakref.finalize)."""
+    if os.getpid() != owner:
+        return  # a forked child inherited the pool object: the cluster is its parent's
     reason = "the pool was terminated before this task finished"
     conn.results.fail_all(lambda: TaskAborted(reason))
     try:
@@ -178,7 +180,9 @@ class Pool:
             if isinstance(exc, ZPoolError) and not isinstance(exc, BrokenPoolError):
                 raise BrokenPoolError(f"the hidden cluster did not start: {exc}") from exc
             raise
-        self._finalizer = weakref.finalize(self, _shutdown, self._conn, self._cluster, self._callbacks, False)
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._conn, self._cluster, self._callbacks, False, os.getpid()
+        )
         self._state = PoolState.RUN
 
     # -- the standard library's API ------------------------------------------------
@@ -229,7 +233,7 @@ class Pool:
         task_id = self._conn.session.new_id()
         ar: AsyncResult[T] = AsyncResult([task_id], callable_name(func))
         self._callbacks.attach(ar, callback, error_callback)
-        self._submit(ar, [[task_id, len(frames), 0]], frames)
+        self._submit(ar, [([task_id, 0], frames)])
         return ar
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> list[T]:
@@ -259,22 +263,19 @@ class Pool:
         self._check_running()
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
-        items = iterable if hasattr(iterable, "__len__") and hasattr(iterable, "__getitem__") else list(iterable)
+        items_in = iterable if hasattr(iterable, "__len__") and hasattr(iterable, "__getitem__") else list(iterable)
         if chunksize is None:
-            chunksize = default_chunksize(len(items), self._processes)
+            chunksize = default_chunksize(len(items_in), self._processes)
         elif not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        entries: list[list[Any]] = []
-        frames: list[Any] = []
+        items: list[tuple[list[Any], list[Any]]] = []
         new_id = self._conn.session.new_id
-        for chunk in split(items, chunksize) if len(items) else []:
-            chunk_frames = self._dump_chunk(func, chunk)
-            entries.append([new_id(), len(chunk_frames), 0])
-            frames += chunk_frames
-        ar: MapResult[T] = MapResult([e[0] for e in entries], callable_name(func))
+        for chunk in split(items_in, chunksize) if len(items_in) else []:
+            items.append(([new_id(), 0], self._dump_chunk(func, chunk)))
+        ar: MapResult[T] = MapResult([entry[0] for entry, _ in items], callable_name(func))
         self._callbacks.attach(ar, callback, error_callback)
-        if entries:
-            self._submit(ar, entries, frames)
+        if items:
+            self._submit(ar, items)
         return ar
 
     def close(self) -> None:
@@ -300,7 +301,7 @@ class Pool:
         if self._state is PoolState.CLOSE:
             self._results.wait_empty()
             self._finalizer.detach()
-            _shutdown(self._conn, self._cluster, self._callbacks, graceful=True)
+            _shutdown(self._conn, self._cluster, self._callbacks, True, os.getpid())
         else:
             self._finalizer()
 
@@ -367,10 +368,10 @@ class Pool:
         if self._conn.broken:
             raise BrokenPoolError(self._conn.broken)
 
-    def _submit(self, ar: AsyncResult[Any], entries: list[list[Any]], frames: list[Any]) -> None:
+    def _submit(self, ar: AsyncResult[Any], items: list[tuple[list[Any], list[Any]]]) -> None:
         self._results.add(ar)
         try:
-            self._conn.submit(entries, frames)
+            self._conn.submit(items)
         except BaseException as exc:
             self._results.fail(ar.msg_ids, lambda: exc)
             raise

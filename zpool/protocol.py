@@ -13,10 +13,15 @@ A message is a list of ZeroMQ frames::
   ``date`` (seconds since the epoch, a float).
 * ``buffer...``: opaque payload frames (pickles and raw array data).
 
-A batch of tasks is one message: ``header["tasks"]`` lists, per task, its
-id and how many buffers it owns; the buffers follow in the same order.
-Requests list ``[task_id, n_buffers, flags]``; replies list
-``[task_id, status, n_buffers, engine_id, started, completed]``.
+A batch of tasks is one message (see :func:`encode_batch`): ``header["tasks"]``
+lists, per task, ``[task_id, n_frames, inline_bytes, *fields]``. A task whose
+payload is one small frame travels *inline*: its bytes are concatenated with
+the other inline payloads into a single pack frame (the first buffer, present
+when ``header["packed"]`` is non-zero), so ten thousand tiny tasks cost one
+frame, one hash update and one allocation instead of ten thousand. Other
+tasks own ``n_frames`` frames each, after the pack, in task order. Request
+fields are ``[flags]``; reply fields are ``[status, engine_id, started,
+completed]``.
 
 Verification happens before any frame is interpreted: the signature is
 compared in constant time, then checked against the :class:`ReplayGuard`,
@@ -47,6 +52,8 @@ __all__ = [
     "SCHEMES",
     "Session",
     "TaskStatus",
+    "decode_batch",
+    "encode_batch",
     "new_key",
 ]
 
@@ -57,6 +64,8 @@ SIGNATURE_BYTES = 32
 # Headers list a batch's task ids; even a batch of 100,000 tasks stays far below this.
 MAX_HEADER_BYTES = 16 << 20
 EMPTY = b"{}"
+# A one-frame payload up to this size travels inside the batch's pack frame.
+INLINE_MAX_BYTES = 16 * 1024
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _LENGTHS = [n.to_bytes(8, "little") for n in range(256)]
@@ -181,6 +190,86 @@ def _decode_dict(frame: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} is a JSON {type(value).__name__}, not an object")
     return value
+
+
+def encode_batch(items: Iterable[tuple[list[Any], Sequence[Any]]]) -> tuple[dict[str, Any], list[Any]]:
+    """Lay out tasks as one message's header fields and buffer frames.
+
+    Parameters
+    ----------
+    items : iterable of (entry, frames)
+        `entry` is ``[task_id, *fields]``; `frames` is the task's payload.
+
+    Returns
+    -------
+    fields : dict
+        ``{"tasks": [[task_id, n_frames, inline_bytes, *fields], ...], "packed": n}``
+    buffers : list
+        ``[pack, *frames of non-inline tasks]`` (no pack when ``n`` is 0).
+    """
+    entries: list[list[Any]] = []
+    inline: list[Any] = []
+    own: list[Any] = []
+    packed = 0
+    for entry, frames in items:
+        if len(frames) == 1:
+            size = _nbytes(frames[0])
+            if size <= INLINE_MAX_BYTES:
+                inline.append(frames[0])
+                packed += size
+                entries.append([entry[0], 0, size, *entry[1:]])
+                continue
+        own += frames
+        entries.append([entry[0], len(frames), 0, *entry[1:]])
+    buffers = [b"".join(inline), *own] if packed else own
+    return {"tasks": entries, "packed": packed}, buffers
+
+
+def decode_batch(header: dict[str, Any], buffers: Sequence[Any]) -> list[tuple[list[Any], list[Any]]]:
+    """Split a batch built by :func:`encode_batch` into ``(entry, frames)`` per task.
+
+    Inline payloads come back as read-only memoryview slices of the pack
+    frame (no copy). `entry` keeps its wire form ``[task_id, n, inline, *fields]``.
+
+    Raises
+    ------
+    ProtocolError
+        If the header's task list does not match the frames.
+    """
+    entries = header.get("tasks")
+    packed = header.get("packed", 0)
+    if not isinstance(entries, list) or not isinstance(packed, int) or packed < 0:
+        raise ProtocolError("batch header lacks a valid task list")
+    index = 0
+    pack: memoryview | None = None
+    if packed:
+        if not buffers:
+            raise ProtocolError("batch announces a pack frame but has no buffers")
+        pack = memoryview(getattr(buffers[0], "buffer", buffers[0])).toreadonly()
+        if pack.nbytes != packed:
+            raise ProtocolError(f"pack frame has {pack.nbytes} bytes, header says {packed}")
+        index = 1
+    offset = 0
+    out: list[tuple[list[Any], list[Any]]] = []
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) < 3:
+            raise ProtocolError(f"bad task entry {entry!r}")
+        task_id, n, size = entry[0], entry[1], entry[2]
+        if not isinstance(task_id, str) or type(n) is not int or type(size) is not int or n < 0 or size < 0:
+            raise ProtocolError(f"bad task entry {entry!r}")
+        if size:
+            if pack is None or n or offset + size > packed:
+                raise ProtocolError(f"task {task_id!r} inline payload does not fit the pack frame")
+            out.append((entry, [pack[offset : offset + size]]))
+            offset += size
+        else:
+            if n < 1 or index + n > len(buffers):
+                raise ProtocolError(f"task {task_id!r} names frames the message does not have")
+            out.append((entry, list(buffers[index : index + n])))
+            index += n
+    if index != len(buffers) or offset != packed:
+        raise ProtocolError(f"task list accounts for {index} of {len(buffers)} frames, {offset} of {packed} packed bytes")
+    return out
 
 
 class Session:

@@ -57,8 +57,28 @@ def _rebuild_memoryview(buf: Any) -> memoryview:
     return memoryview(buf).toreadonly()
 
 
+# Functions and classes known to pickle by reference. Only module-level objects
+# land here, and those live as long as their module anyway; bounded all the same.
+_FINDABLE: dict[Any, bool] = {}
+_FINDABLE_MAX = 4096
+
+
 def _findable_by_name(obj: Any) -> bool:
     """True if pickle-by-reference will find `obj` again in another process."""
+    try:
+        if obj in _FINDABLE:
+            return True
+    except TypeError:  # a class whose metaclass makes it unhashable
+        return _check_findable(obj)
+    if _check_findable(obj):
+        if len(_FINDABLE) >= _FINDABLE_MAX:
+            _FINDABLE.clear()
+        _FINDABLE[obj] = True
+        return True
+    return False
+
+
+def _check_findable(obj: Any) -> bool:
     module = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", "")
     if not module or module == "__main__" or "<" in qualname:
@@ -128,7 +148,9 @@ def dumps(obj: Any) -> list[Any]:
         _Pickler(stream, protocol=5, buffer_callback=keep_out_of_band).dump(_lift(obj))
     except Exception as exc:
         raise SerializationError(f"cannot serialize {_short_repr(obj)}: {exc}") from exc
-    return [stream.getbuffer(), *buffers]
+    # A small pickle is cheaper to handle as bytes than as a view on the stream.
+    head = stream.getvalue() if stream.tell() < OOB_THRESHOLD else stream.getbuffer()
+    return [head, *buffers]
 
 
 def loads(frames: Sequence[Any]) -> Any:

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from tests import _tasks
-from zpool.protocol import DELIMITER, MsgType, Session, encode
+from zpool.protocol import DELIMITER, MsgType, Session, encode, encode_batch
 
 T = 60
 
@@ -107,9 +107,8 @@ def test_task_with_wrong_key_never_runs(pool, attacker, tmp_path):
     info = pool._cluster.info
     sock = attacker(info.client)
     frames = dumps_call(open, (str(marker), "w"))
-    forged = Session(b"f" * 64).build(
-        MsgType.APPLY_REQUEST, {"tasks": [["forged-1", len(frames), 0]]}, buffers=frames
-    )
+    fields, buffers = encode_batch([(["forged-1", 0], frames)])
+    forged = Session(b"f" * 64).build(MsgType.APPLY_REQUEST, fields, buffers=buffers)
     before = _dropped(pool)
     sock.send_multipart(forged)
     _wait_dropped(pool, before + 1)

@@ -29,7 +29,7 @@ import zmq
 
 from zpool.client.results import ResultTable
 from zpool.error import BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
-from zpool.protocol import ConnectionInfo, Message, MsgType, Session, encode
+from zpool.protocol import ConnectionInfo, Message, MsgType, Session, encode, encode_batch
 
 # The controller may bind after we connect (they start together): retry soon.
 RECONNECT_IVL_MS = 10
@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 BATCH_MAX_TASKS = 4096
 BATCH_MAX_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.1
+
+
+def _nbytes(frame: Any) -> int:
+    return len(frame) if type(frame) is bytes else memoryview(frame).nbytes
 
 
 class _Request:
@@ -92,9 +96,9 @@ class Connection:
 
     # -- user threads -------------------------------------------------------------
 
-    def submit(self, entries: list[list[Any]], frames: list[Any]) -> None:
-        """Queue tasks for sending: header `entries` and their payload `frames`."""
-        self._enqueue((entries, frames))
+    def submit(self, items: list[tuple[list[Any], list[Any]]]) -> None:
+        """Queue tasks for sending: ``(entry, frames)`` each, `entry` being ``[task_id, flags]``."""
+        self._enqueue(items)
 
     def request(self, msg_type: MsgType, content: dict[str, Any] | None = None, timeout: float | None = 30.0
                 ) -> dict[str, Any]:
@@ -182,8 +186,7 @@ class Connection:
             reason = self.broken
             self._fail_items(items, lambda: BrokenPoolError(reason))
             return
-        entries: list[list[Any]] = []
-        frames: list[Any] = []
+        batch: list[tuple[list[Any], list[Any]]] = []
         size = 0
         for item in items:
             if isinstance(item, _Request):
@@ -192,19 +195,17 @@ class Connection:
                 self._sock.send_multipart(self.session.build(item.msg_type, content=encode(item.content),
                                                              msg_id=msg_id))
                 continue
-            item_entries, item_frames = item
-            entries += item_entries
-            frames += item_frames
-            size += sum(memoryview(f).nbytes for f in item_frames)
-            if len(entries) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
-                self._send_batch(entries, frames)
-                entries, frames, size = [], [], 0
-        if entries:
-            self._send_batch(entries, frames)
+            batch += item
+            size += sum(_nbytes(f) for _, frames in item for f in frames)
+            if len(batch) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
+                self._send_batch(batch)
+                batch, size = [], 0
+        if batch:
+            self._send_batch(batch)
 
-    def _send_batch(self, entries: list[list[Any]], frames: list[Any]) -> None:
-        msg = self.session.build(MsgType.APPLY_REQUEST, {"tasks": entries}, buffers=frames)
-        self._sock.send_multipart(msg, copy=False)
+    def _send_batch(self, batch: list[tuple[list[Any], list[Any]]]) -> None:
+        fields, buffers = encode_batch(batch)
+        self._sock.send_multipart(self.session.build(MsgType.APPLY_REQUEST, fields, buffers=buffers), copy=False)
 
     def _receive(self) -> None:
         while True:
@@ -254,5 +255,5 @@ class Connection:
                 if not item.future.done():
                     item.future.set_exception(exc_for())
             else:
-                self.results.fail([entry[0] for entry in item[0]], exc_for)
+                self.results.fail([entry[0] for entry, _ in item], exc_for)
 

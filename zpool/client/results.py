@@ -19,9 +19,8 @@ import time
 from typing import Any, Callable, Iterable, Protocol
 
 from zpool import error as _errors
-from zpool.asyncresult import Metadata
 from zpool.error import ProtocolError, RemoteError, RemoteTraceback, SerializationError
-from zpool.protocol import Message, TaskStatus
+from zpool.protocol import Message, TaskStatus, decode_batch
 from zpool.serialize import loads
 
 __all__ = ["ResultTable", "rebuild_exception"]
@@ -32,7 +31,7 @@ logger = logging.getLogger(__name__)
 class _Outcome(Protocol):
     msg_ids: list[str]
 
-    def _task_done(self, index: int, ok: bool, value: Any, md: Metadata) -> None: ...
+    def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None: ...
 
     def _fail(self, exc: BaseException) -> None: ...
 
@@ -81,28 +80,24 @@ class ResultTable:
         return len(self._tasks)
 
     def add(self, outcome: _Outcome) -> None:
-        for index, task_id in enumerate(outcome.msg_ids):
-            self._tasks[task_id] = (outcome, index)
+        ids = outcome.msg_ids
+        if len(ids) == 1:
+            self._tasks[ids[0]] = (outcome, 0)
+        else:
+            for index, task_id in enumerate(ids):
+                self._tasks[task_id] = (outcome, index)
 
     def handle_reply(self, msg: Message) -> None:
         """Settle every task an ``apply_reply`` carries (I/O thread)."""
-        entries = msg.header.get("tasks")
-        if not isinstance(entries, list):
-            raise ProtocolError("apply_reply without a task list")
-        buffers = msg.buffers
         received = time.time()
-        offset = 0
         pop = self._tasks.pop
-        for task_id, status, n, engine_id, started, completed in entries:
-            frames = buffers[offset : offset + n]
-            offset += n
+        for entry, frames in decode_batch(msg.header, msg.buffers):
+            task_id, status, engine_id, started, completed = entry[0], entry[3], entry[4], entry[5], entry[6]
             slot = pop(task_id, None)
             if slot is None:
                 continue  # already failed locally (terminate, controller loss)
             outcome, index = slot
-            metadata = Metadata(
-                engine_id=engine_id, status=status, started=started, completed=completed, received=received
-            )
+            metadata = (engine_id, status, started, completed, received)
             ok = status == TaskStatus.OK.value
             try:
                 if ok:

@@ -34,7 +34,7 @@ from zpool.controller.heartbeat import HeartMonitor
 from zpool.controller.launcher import LocalEngines
 from zpool.controller.scheduler import EngineSlot, Scheduler, Task
 from zpool.error import ProtocolError, ZPoolError
-from zpool.protocol import ConnectionInfo, Message, MsgType, Session, TaskStatus, encode
+from zpool.protocol import ConnectionInfo, Message, MsgType, Session, TaskStatus, decode_batch, encode, encode_batch
 
 __all__ = ["Hub", "HubSettings"]
 
@@ -191,20 +191,7 @@ class Hub:
 
     def _on_apply_request(self, msg: Message, frames: list[Any]) -> None:
         client = _ident(msg)
-        entries = msg.header.get("tasks")
-        buffers = msg.buffers
-        tasks = []
-        offset = 0
-        if not isinstance(entries, list):
-            raise ProtocolError("apply_request without a task list")
-        for entry in entries:
-            task_id, n = entry[0], entry[1]
-            if not isinstance(task_id, str) or not isinstance(n, int) or n < 1:
-                raise ProtocolError(f"bad task entry {entry!r}")
-            tasks.append(Task(task_id, client, buffers[offset : offset + n]))
-            offset += n
-        if offset != len(buffers):
-            raise ProtocolError(f"task list names {offset} buffers, message has {len(buffers)}")
+        tasks = [Task(entry[0], client, task_frames) for entry, task_frames in decode_batch(msg.header, msg.buffers)]
         if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
             self._fail_tasks(tasks, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
             return
@@ -270,45 +257,35 @@ class Hub:
         slot = self.scheduler.engines.get(ident)
         if slot is None:
             raise ProtocolError("apply_reply from an engine that is not registered (or was declared dead)")
-        entries = msg.header.get("tasks")
-        if not isinstance(entries, list):
-            raise ProtocolError("apply_reply without a task list")
-        buffers = msg.buffers
+        items = decode_batch(msg.header, msg.buffers)
         per_client: dict[bytes, list[tuple[list[Any], list[Any]]]] = {}
-        offset = 0
         finish = self.scheduler.finish
-        for entry in entries:
-            task_id, status, n, started, completed = entry[0], entry[1], entry[2], entry[4], entry[5]
-            task = finish(slot, task_id, status == "ok", completed - started)
-            if task is not None:
-                per_client.setdefault(task.client, []).append((entry, buffers[offset : offset + n]))
-            else:
-                logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
-            offset += n
-        if offset != len(buffers):
-            raise ProtocolError(f"reply names {offset} buffers, message has {len(buffers)}")
+        for entry, task_frames in items:
+            # entry: [task_id, n, inline, status, engine_id, started, completed]
+            task = finish(slot, entry[0], entry[3] == "ok", entry[6] - entry[5])
+            if task is None:
+                logger.warning("engine %d answered task %s it did not hold", slot.engine_id, entry[0])
+                continue
+            per_client.setdefault(task.client, []).append(([entry[0], *entry[3:]], task_frames))
         if len(per_client) == 1:
-            client, items = next(iter(per_client.items()))
-            if len(items) == len(entries):
+            client, answered = next(iter(per_client.items()))
+            if len(answered) == len(items):
                 self._send(self.client, client, frames[len(msg.idents) :])
                 return
-        for client, items in per_client.items():
-            self._send_reply(client, items)
+        for client, answered in per_client.items():
+            self._send_reply(client, answered)
 
     def _send_reply(self, client: bytes, items: list[tuple[list[Any], list[Any]]]) -> None:
-        buffers: list[Any] = []
-        for _, bufs in items:
-            buffers += bufs
-        frames = self.session.build(MsgType.APPLY_REPLY, {"tasks": [e for e, _ in items]}, buffers=buffers)
-        self._send(self.client, client, frames)
+        fields, buffers = encode_batch(items)
+        self._send(self.client, client, self.session.build(MsgType.APPLY_REPLY, fields, buffers=buffers))
 
     def _fail_tasks(self, tasks: list[Task], ename: str, evalue: str, engine_id: int | None = None) -> None:
         """Answer `tasks` with an error reply each, grouped per client."""
         now = time.time()
+        error = encode({"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id})
         per_client: dict[bytes, list[tuple[list[Any], list[Any]]]] = {}
         for task in tasks:
-            error = encode({"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id})
-            entry = [task.task_id, TaskStatus.ERROR.value, 1, engine_id, now, now]
+            entry = [task.task_id, TaskStatus.ERROR.value, engine_id, now, now]
             per_client.setdefault(task.client, []).append((entry, [error]))
         for client, items in per_client.items():
             self._send_reply(client, items)
@@ -319,11 +296,8 @@ class Hub:
             if source is not None and len(tasks) == source.count and all(t.source is source for t in tasks):
                 frames = source.frames
             else:
-                entries = [[t.task_id, len(t.frames), 0] for t in tasks]
-                buffers: list[Any] = []
-                for t in tasks:
-                    buffers += t.frames
-                frames = self.session.build(MsgType.APPLY_REQUEST, {"tasks": entries}, buffers=buffers)
+                fields, buffers = encode_batch(([t.task_id, 0], t.frames) for t in tasks)
+                frames = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=buffers)
             for t in tasks:
                 t.source = None
                 t.frames = []
@@ -360,7 +334,7 @@ class Hub:
             ident = self.by_pid.get(pid)
             if ident is not None:
                 self._engine_gone(ident, f"died from {how}" if how.startswith("SIG") else f"exited with {how}")
-            else:
+            elif not registered:
                 logger.error("engine process %d ended (%s) before registering", pid, how)
             if self._state is HubState.RUNNING:
                 self.launcher.start(1)

@@ -32,7 +32,7 @@ import zmq
 
 from zpool._process import ParentWatch
 from zpool.error import ProtocolError, SerializationError, ZPoolError
-from zpool.protocol import ConnectionInfo, Message, MsgType, Session, TaskStatus, encode
+from zpool.protocol import ConnectionInfo, Message, MsgType, Session, TaskStatus, decode_batch, encode, encode_batch
 from zpool.serialize import callable_name, dumps, loads, loads_call
 
 # The controller may bind after we connect (they start together): retry soon.
@@ -76,7 +76,7 @@ class Engine:
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self.sock.connect(info.engine)
-        self.pending: collections.deque[tuple[str, list[Any], float]] = collections.deque()
+        self.pending: collections.deque[tuple[str, list[Any]]] = collections.deque()
         self.outbox: list[tuple[list[Any], list[Any]]] = []
         self._outbox_since = 0.0
         self._beats = _HeartbeatThread(self)
@@ -146,26 +146,12 @@ class Engine:
                 logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
 
     def _queue(self, msg: Message) -> None:
-        entries = msg.header.get("tasks")
-        if not isinstance(entries, list):
-            raise ProtocolError("apply_request without a task list")
-        buffers = msg.buffers
-        offset = 0
-        queued = []
-        for entry in entries:
-            task_id, n = entry[0], entry[1]
-            if not isinstance(task_id, str) or not isinstance(n, int) or n < 1:
-                raise ProtocolError(f"bad task entry {entry!r}")
-            queued.append((task_id, buffers[offset : offset + n], time.time()))
-            offset += n
-        if offset != len(buffers):
-            raise ProtocolError(f"task list names {offset} buffers, message has {len(buffers)}")
-        self.pending.extend(queued)
+        self.pending.extend((entry[0], frames) for entry, frames in decode_batch(msg.header, msg.buffers))
 
     # -- running --------------------------------------------------------------
 
     def _run_one(self) -> None:
-        task_id, frames, _ = self.pending.popleft()
+        task_id, frames = self.pending.popleft()
         started = time.time()
         func: Any = None
         try:
@@ -189,7 +175,7 @@ class Engine:
             )
             return
         completed = time.time()
-        self._push([task_id, TaskStatus.OK.value, len(payload), self.engine_id, started, completed], payload)
+        self._push([task_id, TaskStatus.OK.value, self.engine_id, started, completed], payload)
 
     def _answer_error(
         self, task_id: str, exc: BaseException, started: float, prefix: str, skip_frames: int | None = 0
@@ -217,7 +203,7 @@ class Engine:
         exc_frames = _portable_exception(exc) if not prefix else None
         if exc_frames is not None:
             frames += exc_frames
-        self._push([task_id, TaskStatus.ERROR.value, len(frames), self.engine_id, started, completed], frames)
+        self._push([task_id, TaskStatus.ERROR.value, self.engine_id, started, completed], frames)
 
     def _push(self, entry: list[Any], frames: list[Any]) -> None:
         if not self.outbox:
@@ -227,19 +213,14 @@ class Engine:
     def _flush(self) -> None:
         if not self.outbox:
             return
-        entries = []
-        buffers: list[Any] = []
-        for entry, frames in self.outbox:
-            entries.append(entry)
-            buffers += frames
+        fields, buffers = encode_batch(self.outbox)
         self.outbox = []
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
-        self.sock.send_multipart(self.session.build(MsgType.APPLY_REPLY, {"tasks": entries}, buffers=buffers),
-                                 copy=False)
+        self.sock.send_multipart(self.session.build(MsgType.APPLY_REPLY, fields, buffers=buffers), copy=False)
 
 
 def _safe_str(exc: BaseException) -> str:
