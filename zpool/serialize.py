@@ -159,8 +159,10 @@ def loads(frames: Sequence[Any]) -> Any:
     Out-of-band buffers become read-only views on the frames, so received
     arrays are read-only and were never copied.
     """
-    buffers = [_readonly_view(f) for f in frames[1:]]
     head = frames[0]
+    if len(frames) == 1:  # everything in band: nothing of the frame reaches the caller
+        return pickle.loads(head)
+    buffers = [_readonly_view(f) for f in frames[1:]]
     # The pickle itself is never exposed to the caller: copy a small one, it is cheaper.
     head = head.bytes if len(head) < OOB_THRESHOLD and hasattr(head, "bytes") else _readonly_view(head)
     return pickle.loads(head, buffers=buffers)
