@@ -70,6 +70,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         self._metadata: list[Metadata | None] | Metadata | None = (
             [None] * len(msg_ids) if len(msg_ids) != 1 else None
         )
+        self._single = len(msg_ids) == 1
         self._pending = len(msg_ids)
         self._finished_at: float | None = None
         if not msg_ids:
@@ -165,14 +166,14 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
 
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
         """Record one task's outcome; `md` is ``(engine_id, status, started, completed, received)``."""
-        values = self._values
-        if values is None:
+        if self._single:
             self._metadata = md
         else:
             self._metadata[index] = md  # type: ignore[index]
         if self.done():
             return
         self._pending -= 1
+        values = self._values
         if not ok:
             self._values = None
             self._finished_at = time.time()

@@ -263,7 +263,9 @@ class Pool:
         self._check_running()
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
-        items_in = iterable if hasattr(iterable, "__len__") and hasattr(iterable, "__getitem__") else list(iterable)
+        # Sliceable sequences are chunked in place; anything else (generators, sets,
+        # dicts: their keys, as the standard library does) is materialised first.
+        items_in = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
             chunksize = default_chunksize(len(items_in), self._processes)
         elif not isinstance(chunksize, int) or chunksize < 1:
@@ -317,8 +319,9 @@ class Pool:
             "pool objects cannot be passed between processes or pickled"
         )
 
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_state", None) is PoolState.RUN:
+    def __del__(self, _warn: Any = warnings.warn, RUN: PoolState = PoolState.RUN) -> None:
+        # Names bound as defaults: at interpreter exit module globals may already be None.
+        if getattr(self, "_state", None) is RUN:
             _warn(f"unclosed running zpool.Pool {self!r}", ResourceWarning, source=self)
 
     def __repr__(self) -> str:

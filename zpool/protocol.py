@@ -23,9 +23,10 @@ tasks own ``n_frames`` frames each, after the pack, in task order. Request
 fields are ``[flags]``; reply fields are ``[status, engine_id, started,
 completed]``.
 
-Verification happens before any frame is interpreted: the signature is
-compared in constant time, then checked against the :class:`ReplayGuard`,
-and only then is the header decoded. Nothing here unpickles anything.
+Verification happens before any payload is interpreted: the signature is
+compared in constant time; then the header (JSON, never pickle) is decoded
+to read its date for the :class:`ReplayGuard`. Nothing here unpickles
+anything, and nothing downstream sees a message that failed either check.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class MsgType(str, enum.Enum):
     HEARTBEAT_REQUEST = "heartbeat_request"
     HEARTBEAT_REPLY = "heartbeat_reply"
     ENGINE_EVENT = "engine_event"
+    REJECT_NOTICE = "reject_notice"
 
 
 class TaskStatus(str, enum.Enum):
@@ -118,14 +120,18 @@ class ReplayGuard:
 
     Signatures are kept in two generations of at most ``generation_size``
     entries. When the newer one fills up, the older is forgotten and every
-    message dated at or before the newest message of the forgotten
-    generation is refused from then on (it might be a replay we can no
-    longer recognise). Senders sign messages just before sending and each
-    socket delivers in order, so genuine traffic is never that old.
+    message dated more than ``slack`` seconds before the newest message of
+    the forgotten generation is refused from then on (it might be a replay
+    we can no longer recognise). Senders sign just before sending, each
+    socket delivers in order, and the controller forwards a message whole
+    only while it is fresh (under a second old), so genuine traffic is never
+    that far out of order; ``slack`` also absorbs clock differences between
+    hosts.
     """
 
-    def __init__(self, generation_size: int = 1 << 16) -> None:
+    def __init__(self, generation_size: int = 1 << 16, slack: float = 5.0) -> None:
         self._generation_size = generation_size
+        self._slack = slack
         self._current: set[bytes] = set()
         self._previous: set[bytes] = set()
         self._current_newest = float("-inf")
@@ -140,7 +146,7 @@ class ReplayGuard:
         if date > self._current_newest:
             self._current_newest = date
         if len(self._current) >= self._generation_size:
-            self._horizon = max(self._horizon, self._previous_newest)
+            self._horizon = max(self._horizon, self._previous_newest - self._slack)
             self._previous, self._current = self._current, set()
             self._previous_newest, self._current_newest = self._current_newest, float("-inf")
         return True

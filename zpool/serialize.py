@@ -44,7 +44,15 @@ OOB_THRESHOLD = 64 * 1024
 def _loads_dill(data: bytes) -> Any:
     import dill  # imported on demand: engines that never see a lambda skip it
 
-    return dill.loads(data)
+    obj = dill.loads(data)
+    if isinstance(obj, type) and obj.__module__ == "__main__":
+        # A class of the caller's __main__ that went to an engine by value and
+        # came back (as a result's class, or a raised exception's): use the
+        # original, so isinstance() and except clauses work as with the stdlib.
+        home = getattr(sys.modules.get("__main__"), obj.__qualname__, None)
+        if isinstance(home, type) and home.__qualname__ == obj.__qualname__:
+            return home
+    return obj
 
 
 def _dumps_dill(obj: Any) -> bytes:
@@ -193,7 +201,7 @@ def _hint(exc: BaseException, obj: Any) -> str:
     if any(word in name for word in ("lock", "socket", "file", "textiowrapper", "bufferedreader", "generator", "thread")):
         return (
             " Locks, sockets, open files, threads and generators cannot cross processes;"
-            " create the object inside the task, or once per engine with initializer=."
+            " create the object inside the task instead."
         )
     return " Make it picklable (see the pickle docs), or create it inside the task."
 

@@ -12,6 +12,8 @@ import time
 import pytest
 import zmq
 
+import zpool
+
 from tests import _tasks
 from zpool.protocol import DELIMITER, MsgType, Session, encode, encode_batch
 
@@ -95,8 +97,43 @@ def test_replayed_message_is_dropped(pool, attacker):
     before = _dropped(pool)
     sock.send_multipart(message)  # the very same signed frames again
     _wait_dropped(pool, before + 1)
-    assert not sock.poll(300), "a replayed request was answered"
+    # What comes back is not an answer but a notice naming the rejected message.
+    assert sock.poll(T * 1000)
+    notice = Session(info.key).unpack(sock.recv_multipart())
+    assert notice.msg_type == "reject_notice"
+    assert notice.content["signature"] == message[1].hex()
+    assert "replayed" in notice.content["reason"]
     assert pool.apply(_tasks.square, (3,)) == 9
+
+
+def test_modified_argument_fails_its_task_instead_of_hanging(pool):
+    """An array changed after apply_async but before sending breaks the signature:
+    the controller drops the message and tells the client, whose task fails."""
+    import numpy as np
+
+    conn = pool._conn
+    arr = np.zeros(1 << 20)
+    before = _dropped(pool)
+    # Change the data right after the I/O thread signed it, before ZeroMQ sends it
+    # (the window a caller hits by writing to an argument after apply_async returns).
+    original_sign = conn.session.sign
+
+    def sign_then_mutate(frames):
+        signature = original_sign(frames)
+        frames = list(frames)
+        if len(frames) > 4 and any(memoryview(f).nbytes == arr.nbytes for f in frames[4:]):
+            arr[1] = 2.0
+        return signature
+
+    conn.session.sign = sign_then_mutate
+    try:
+        ar = pool.apply_async(_tasks.identity, (arr,))
+        with pytest.raises(zpool.AuthenticationError, match="modified after the call returned"):
+            ar.get(T)
+    finally:
+        del conn.session.sign
+    assert _dropped(pool) > before
+    assert pool.apply(_tasks.square, (4,)) == 16
 
 
 def test_task_with_wrong_key_never_runs(pool, attacker, tmp_path):

@@ -132,6 +132,7 @@ def test_every_way_out_cleans_up(ending):
         assert not alive, [p.pid for p in alive]
         assert not os.path.exists(workdir)
         err = proc.stderr.read()
+        assert "Exception ignored" not in err, err
         if "raise" in ending:
             assert "user bug" in err
             assert proc.returncode == 1

@@ -283,3 +283,33 @@ def test_pool_cannot_be_pickled(pool):
 
     with pytest.raises(NotImplementedError, match="cannot be passed between processes"):
         pickle.dumps(pool)
+
+
+def test_map_over_any_iterable(pool):
+    assert pool.map(str, {1: "a", 2: "b"}) == ["1", "2"]
+    assert sorted(pool.map(_tasks.square, {3, 4})) == [9, 16]
+    assert pool.map(_tasks.square, (x for x in range(5))) == [0, 1, 4, 9, 16]
+    assert pool.map(len, "ab") == [1, 1]
+
+
+def test_fast_reply_not_held_behind_slow_task(fresh_pool):
+    p = fresh_pool(1)
+    for _ in range(50):  # tiny tasks: the engine learns to hold replies for company
+        p.apply(_tasks.square, (1,))
+    fast = p.apply_async(_tasks.square, (2,))
+    slow = p.apply_async(_tasks.sleep_then, (3.0, "slow"))
+    assert fast.get(T) == 4
+    # The fast task's reply is sent while the slow one runs, not after it.
+    assert not slow.ready()
+    assert (fast.metadata.received - fast.metadata.completed).total_seconds() < 1.0
+    assert slow.get(T) == "slow"
+
+
+def test_map_metadata_stays_a_list_after_failure(pool):
+    ar = pool.map_async(_tasks.raise_value_error, ["a", "b", "c"], chunksize=1)
+    with pytest.raises(ValueError):
+        ar.get(T)
+    deadline = __import__("time").monotonic() + T
+    while ar.progress < 3 and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.01)
+    assert isinstance(ar.metadata, list) and len(ar.metadata) == 3

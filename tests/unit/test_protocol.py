@@ -247,7 +247,7 @@ def test_bad_content_json_raises_on_access(sender, receiver):
 
 
 def test_replay_guard_generations_rotate():
-    guard = ReplayGuard(generation_size=2)
+    guard = ReplayGuard(generation_size=2, slack=0.0)
     assert guard.check(b"s1", 1.0)
     assert guard.check(b"s2", 2.0)  # generation 1 full: becomes the previous one
     assert not guard.check(b"s1", 1.0)  # still remembered
@@ -265,13 +265,24 @@ def test_replay_guard_generations_rotate():
 
 
 def test_replay_guard_horizon_is_newest_of_forgotten_generation():
-    guard = ReplayGuard(generation_size=3)
+    guard = ReplayGuard(generation_size=3, slack=0.0)
     for i, date in enumerate([10.0, 30.0, 20.0]):  # out of order: newest is 30
         assert guard.check(b"a%d" % i, date)
     for i, date in enumerate([31.0, 32.0, 33.0]):
         assert guard.check(b"b%d" % i, date)
     assert not guard.check(b"fresh-but-old", 30.0)
     assert guard.check(b"fresh", 30.5)
+
+
+def test_replay_guard_slack_tolerates_slightly_older_genuine_messages():
+    guard = ReplayGuard(generation_size=2, slack=5.0)
+    assert guard.check(b"a", 100.0)
+    assert guard.check(b"b", 101.0)
+    assert guard.check(b"c", 102.0)
+    assert guard.check(b"d", 103.0)  # generation {a, b} forgotten; horizon = 101 - 5
+    assert guard.check(b"late-but-genuine", 97.0)  # within the slack: accepted
+    assert not guard.check(b"too-old", 96.0)  # at the horizon: refused
+    assert not guard.check(b"c", 102.0)  # still remembered
 
 
 def test_replay_guard_rejects_duplicate_within_generation():

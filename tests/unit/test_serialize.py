@@ -275,7 +275,7 @@ def test_dumps_call_names_the_positional_argument():
     assert "(TypeError: cannot pickle '_thread.lock' object)." in text
     assert text.endswith(
         " Locks, sockets, open files, threads and generators cannot cross processes;"
-        " create the object inside the task, or once per engine with initializer=."
+        " create the object inside the task instead."
     )
     assert isinstance(info.value, pickle.PicklingError)
     assert isinstance(info.value.__cause__, TypeError)

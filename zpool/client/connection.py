@@ -18,6 +18,7 @@ with :class:`~zpool.error.BrokenPoolError` instead of waiting forever.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Any, Callable
 import zmq
 
 from zpool.client.results import ResultTable
-from zpool.error import BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
+from zpool.error import AuthenticationError, BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
 from zpool.protocol import ConnectionInfo, Message, MsgType, Session, encode, encode_batch
 
 # The controller may bind after we connect (they start together): retry soon.
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 # One message carries at most this many tasks or this many payload bytes.
 BATCH_MAX_TASKS = 4096
+# Signatures of recently sent messages are remembered (up to this many task
+# ids) so that a controller's reject_notice can fail the right tasks.
+SENT_MEMORY_TASKS = 200_000
 BATCH_MAX_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.1
 
@@ -91,6 +95,8 @@ class Connection:
         self._sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self._sock.connect(info.client)
         self._requests: dict[str, _Request] = {}
+        self._sent: collections.OrderedDict[bytes, list[str] | str] = collections.OrderedDict()
+        self._sent_tasks = 0
         self._thread = threading.Thread(target=self._run, name="zpool-io", daemon=True)
         self._thread.start()
 
@@ -192,8 +198,9 @@ class Connection:
             if isinstance(item, _Request):
                 msg_id = self.session.new_id()
                 self._requests[msg_id] = item
-                self._sock.send_multipart(self.session.build(item.msg_type, content=encode(item.content),
-                                                             msg_id=msg_id))
+                msg = self.session.build(item.msg_type, content=encode(item.content), msg_id=msg_id)
+                self._remember(msg[1], msg_id)
+                self._sock.send_multipart(msg)
                 continue
             batch += item
             size += sum(_nbytes(f) for _, frames in item for f in frames)
@@ -205,7 +212,39 @@ class Connection:
 
     def _send_batch(self, batch: list[tuple[list[Any], list[Any]]]) -> None:
         fields, buffers = encode_batch(batch)
-        self._sock.send_multipart(self.session.build(MsgType.APPLY_REQUEST, fields, buffers=buffers), copy=False)
+        msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=buffers)
+        self._remember(msg[1], [entry[0] for entry, _ in batch])
+        self._sock.send_multipart(msg, copy=False)
+
+    def _remember(self, signature: bytes, what: list[str] | str) -> None:
+        self._sent[signature] = what
+        self._sent_tasks += len(what) if isinstance(what, list) else 1
+        while self._sent_tasks > SENT_MEMORY_TASKS:
+            _, old = self._sent.popitem(last=False)
+            self._sent_tasks -= len(old) if isinstance(old, list) else 1
+
+    def _on_rejected(self, msg: Message) -> None:
+        content = msg.content
+        try:
+            signature = bytes.fromhex(str(content.get("signature", "")))
+        except ValueError:
+            return
+        what = self._sent.pop(signature, None)
+        if what is None:
+            return  # not ours, or long forgotten
+        self._sent_tasks -= len(what) if isinstance(what, list) else 1
+        text = (
+            f"the controller rejected the message carrying this call ({content.get('reason')}). Its signature"
+            " no longer matched its contents, which usually means an argument's memory (a numpy array, a"
+            " bytearray) was modified after the call returned and before the data was sent; pass a copy,"
+            " or modify arguments only once the result has arrived"
+        )
+        if isinstance(what, list):
+            self.results.fail(what, lambda: AuthenticationError(text))
+        else:
+            req = self._requests.pop(what, None)
+            if req is not None and not req.future.done():
+                req.future.set_exception(AuthenticationError(text))
 
     def _receive(self) -> None:
         while True:
@@ -217,6 +256,8 @@ class Connection:
                 msg = self.session.unpack(frames)
                 if msg.msg_type == MsgType.APPLY_REPLY.value:
                     self.results.handle_reply(msg)
+                elif msg.msg_type == MsgType.REJECT_NOTICE.value:
+                    self._on_rejected(msg)
                 else:
                     self._settle_request(msg)
             except ZPoolError as exc:

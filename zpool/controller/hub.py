@@ -34,7 +34,7 @@ from zpool.controller.heartbeat import HeartMonitor
 from zpool.controller.launcher import LocalEngines
 from zpool.controller.scheduler import EngineSlot, Scheduler, Task
 from zpool.error import ProtocolError, ZPoolError
-from zpool.protocol import ConnectionInfo, Message, MsgType, Session, TaskStatus, decode_batch, encode, encode_batch
+from zpool.protocol import DELIMITER, ConnectionInfo, Message, MsgType, Session, TaskStatus, decode_batch, encode, encode_batch
 
 __all__ = ["Hub", "HubSettings"]
 
@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 DRAIN_BATCH = 256
 # How often engine processes and the parent are checked, in seconds.
 WATCH_INTERVAL_S = 0.05
+# A message is forwarded whole (with its sender's signature and date) only
+# while younger than this; older ones are re-signed, so receivers' replay
+# guards (see protocol.ReplayGuard's slack) never see stale dates.
+FORWARD_MAX_AGE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class _Source:
 
     frames: list[Any]
     count: int
+    date: float
 
 
 @dataclass
@@ -174,6 +179,26 @@ class Hub:
                     exc,
                     exc_info=not isinstance(exc, ZPoolError),
                 )
+                if sock is self.client:
+                    self._notify_rejected(frames, exc)
+
+    def _notify_rejected(self, frames: list[Any], exc: Exception) -> None:
+        """Tell a client which of its messages was dropped, so its tasks fail instead of waiting.
+
+        The notice names the message only by the signature frame it carried
+        (no content of an unverified message is trusted or echoed).
+        """
+        raw = [f if isinstance(f, bytes) else f.bytes for f in frames[:64]]
+        if DELIMITER not in raw:
+            return
+        i = raw.index(DELIMITER)
+        if i == 0 or i + 1 >= len(raw):
+            return
+        notice = self.session.build(
+            MsgType.REJECT_NOTICE,
+            content=encode({"signature": raw[i + 1][:64].hex(), "reason": f"{type(exc).__name__}: {exc}"}),
+        )
+        self._send(self.client, raw[0], notice)
 
     def _send(self, sock: zmq.Socket[Any], ident: bytes, frames: list[Any]) -> bool:
         try:
@@ -195,7 +220,7 @@ class Hub:
         if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
             self._fail_tasks(tasks, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
             return
-        source = _Source(frames[len(msg.idents) :], len(tasks))
+        source = _Source(frames[len(msg.idents) :], len(tasks), msg.header["date"])
         for task in tasks:
             task.source = source
         self.scheduler.submit(tasks)
@@ -267,7 +292,7 @@ class Hub:
                 logger.warning("engine %d answered task %s it did not hold", slot.engine_id, entry[0])
                 continue
             per_client.setdefault(task.client, []).append(([entry[0], *entry[3:]], task_frames))
-        if len(per_client) == 1:
+        if len(per_client) == 1 and time.time() - msg.header["date"] < FORWARD_MAX_AGE_S:
             client, answered = next(iter(per_client.items()))
             if len(answered) == len(items):
                 self._send(self.client, client, frames[len(msg.idents) :])
@@ -293,7 +318,12 @@ class Hub:
     def _dispatch(self) -> None:
         for slot, tasks in self.scheduler.assign().items():
             source = tasks[0].source
-            if source is not None and len(tasks) == source.count and all(t.source is source for t in tasks):
+            if (
+                source is not None
+                and len(tasks) == source.count
+                and all(t.source is source for t in tasks)
+                and time.time() - source.date < FORWARD_MAX_AGE_S
+            ):
                 frames = source.frames
             else:
                 fields, buffers = encode_batch(([t.task_id, 0], t.frames) for t in tasks)

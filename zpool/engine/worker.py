@@ -7,12 +7,22 @@
     controller ──"heartbeat" socket──▶ heartbeat thread: answer beats, obey shutdown,
                                        exit when the parent or the controller is gone
 
-The main thread owns the engine socket and runs user code; the heartbeat
-thread owns its own socket, so a long task never looks like a dead engine.
+The main thread runs user code and does the engine socket's I/O; the
+heartbeat thread owns its own socket, so a long task never looks like a
+dead engine.
 
 Replies are held back while more tasks are waiting and the held replies are
 young, then sent as one message: tiny tasks travel many per message both
-ways, while a task that took a while is answered at once.
+ways. So that a held reply never waits for a slow task that follows it, the
+heartbeat thread sends the held replies when the main thread has been in
+user code longer than the hold time. That is the one place two threads use
+the engine socket, and a lock serialises every use of it (ZeroMQ sockets
+may change threads across a memory barrier; they may not be used by two at
+once).
+
+The engine's namespace is a fresh ``__main__`` module: names pushed there
+are what tasks see as globals of ``__main__``, and classes sent by value
+from the caller's ``__main__`` find their home.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import uuid
 from typing import Any
 
@@ -66,7 +77,9 @@ class Engine:
         self.session = Session(info.key)
         self.ident = b"engine-" + uuid.uuid4().hex.encode()
         self.engine_id: int | None = None
-        self.namespace: dict[str, Any] = {"__name__": "__zpool_engine__"}
+        main = types.ModuleType("__main__", "zpool engine namespace")
+        sys.modules["__main__"] = main
+        self.namespace: dict[str, Any] = main.__dict__
         self.parent = ParentWatch(parent_pid) if parent_pid else None
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -78,7 +91,9 @@ class Engine:
         self.sock.connect(info.engine)
         self.pending: collections.deque[tuple[str, list[Any]]] = collections.deque()
         self.outbox: list[tuple[list[Any], list[Any]]] = []
-        self._outbox_since = 0.0
+        self.outbox_since = 0.0
+        self.in_task = False
+        self.lock = threading.Lock()  # every use of self.sock and self.outbox
         self._beats = _HeartbeatThread(self)
 
     # -- lifecycle ----------------------------------------------------------
@@ -88,21 +103,26 @@ class Engine:
         self._register()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        lock = self.lock
         while True:
             if not self.pending:
-                self._flush()
-                if poller.poll(1000):
-                    self._drain()
+                with lock:
+                    self.flush()
+                    if poller.poll(1000):
+                        self._drain()
                 continue
+            if self.outbox:
+                self._beats.wake()  # replies are held: have them sent if this task is slow
             self._run_one()
-            if not self.pending:
-                self._drain()
-            if (
-                not self.pending
-                or len(self.outbox) >= REPLY_BATCH_MAX
-                or time.monotonic() - self._outbox_since > REPLY_HOLD_S
-            ):
-                self._flush()
+            with lock:
+                if not self.pending:
+                    self._drain()
+                if (
+                    not self.pending
+                    or len(self.outbox) >= REPLY_BATCH_MAX
+                    or time.monotonic() - self.outbox_since > REPLY_HOLD_S
+                ):
+                    self.flush()
 
     def _register(self) -> None:
         content = encode({"pid": os.getpid(), "hostname": socket.gethostname()})
@@ -160,12 +180,15 @@ class Engine:
             self._answer_error(task_id, exc, started, "could not deserialize the task: ")
             return
         del frames
+        self.in_task = True
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
+            self.in_task = False
             self._answer_error(task_id, exc, started, "", skip_frames=1)
             return
         finally:
+            self.in_task = False
             del args, kwargs
         try:
             payload = dumps(result)
@@ -206,11 +229,13 @@ class Engine:
         self._push([task_id, TaskStatus.ERROR.value, self.engine_id, started, completed], frames)
 
     def _push(self, entry: list[Any], frames: list[Any]) -> None:
-        if not self.outbox:
-            self._outbox_since = time.monotonic()
-        self.outbox.append((entry, frames))
+        with self.lock:
+            if not self.outbox:
+                self.outbox_since = time.monotonic()
+            self.outbox.append((entry, frames))
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send the held replies as one message (caller holds :attr:`lock`)."""
         if not self.outbox:
             return
         fields, buffers = encode_batch(self.outbox)
@@ -237,7 +262,9 @@ def _portable_exception(exc: BaseException) -> list[Any] | None:
         back = loads([bytes(memoryview(f)) for f in frames])
     except Exception:
         return None
-    return frames if type(back) is type(exc) else None
+    # Compare by name: a class sent by value is rebuilt as a new, equivalent class.
+    same = (type(back).__module__, type(back).__qualname__) == (type(exc).__module__, type(exc).__qualname__)
+    return frames if same else None
 
 
 class _HeartbeatThread(threading.Thread):
@@ -251,6 +278,15 @@ class _HeartbeatThread(threading.Thread):
         self.misses = 10
         self.configured = False
         self.last_beat = time.monotonic()
+        self._woken = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+
+    def wake(self) -> None:
+        """Ask the thread to look at the held replies soon (main thread, entering a task)."""
+        if not self._woken:
+            self._woken = True
+            os.write(self._wake_w, b"x")
 
     def configure(self, interval: float, misses: int) -> None:
         self.interval, self.misses = interval, misses
@@ -264,14 +300,35 @@ class _HeartbeatThread(threading.Thread):
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.connect(self.engine.info.heartbeat)
         parent = self.engine.parent
+        engine = self.engine
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         while True:
-            if sock.poll(100):
-                self._handle(sock, sock.recv_multipart(copy=False))
+            holding = self._woken and engine.in_task and engine.outbox
+            timeout_ms = max(0.0, REPLY_HOLD_S - (time.monotonic() - engine.outbox_since)) * 1000 if holding else 100
+            for ready, _ in poller.poll(timeout_ms):
+                if ready is sock:
+                    self._handle(sock, sock.recv_multipart(copy=False))
+                else:
+                    try:
+                        os.read(self._wake_r, 64)
+                    except BlockingIOError:
+                        pass
+            if self._woken and time.monotonic() - engine.outbox_since >= REPLY_HOLD_S:
+                self._send_held_replies()
             if parent is not None and not parent.alive():
                 _exit("its parent process ended")
             # The controller stops beating when it dies: leave after twice the tolerance.
             if self.configured and time.monotonic() - self.last_beat > 2 * self.interval * self.misses:
                 _exit("the controller stopped sending heartbeats")
+
+    def _send_held_replies(self) -> None:
+        engine = self.engine
+        with engine.lock:
+            self._woken = False
+            if engine.in_task and engine.outbox:
+                engine.flush()
 
     def _handle(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
         try:
