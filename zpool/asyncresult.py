@@ -170,9 +170,9 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
             self._metadata = md
         else:
             self._metadata[index] = md  # type: ignore[index]
-        if self.done():
-            return
         self._pending -= 1
+        if self.done():
+            return  # an earlier task failed it (or it was cancelled): just account
         values = self._values
         if not ok:
             self._values = None

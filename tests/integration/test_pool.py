@@ -309,7 +309,11 @@ def test_map_metadata_stays_a_list_after_failure(pool):
     ar = pool.map_async(_tasks.raise_value_error, ["a", "b", "c"], chunksize=1)
     with pytest.raises(ValueError):
         ar.get(T)
-    deadline = __import__("time").monotonic() + T
-    while ar.progress < 3 and __import__("time").monotonic() < deadline:
-        __import__("time").sleep(0.01)
+    import time
+
+    deadline = time.monotonic() + T
+    while ar.progress < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ar.progress == 3  # every chunk's reply was still accounted for
     assert isinstance(ar.metadata, list) and len(ar.metadata) == 3
+    assert [md.status for md in ar.metadata] == ["error"] * 3
