@@ -12,15 +12,10 @@ Run::
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
-try:
-    import zpool
-except ImportError:  # running from a source checkout that is not installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import zpool
+import zpool
 
 
 def make_scaler(factor: float):

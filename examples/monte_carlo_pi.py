@@ -16,17 +16,12 @@ from __future__ import annotations
 import argparse
 import collections
 import math
-import os
 import sys
 import time
 
 import numpy as np
 
-try:
-    import zpool
-except ImportError:  # running from a source checkout that is not installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import zpool
+import zpool
 
 # Points drawn per numpy call inside a task: bounds a task's memory (~32 MB).
 BLOCK = 2_000_000
