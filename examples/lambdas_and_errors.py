@@ -59,7 +59,7 @@ def main() -> int:
             print(f"its __cause__ is a {type(exc.__cause__).__name__} holding the engine's traceback.")
             print("The full chain, as Python would print it:")
             print()
-            traceback.print_exception(exc, file=sys.stdout)
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stdout)
 
         # apply_async() does not raise; the AsyncResult holds the failure.
         ar = pool.apply_async(int, ("not a number",))

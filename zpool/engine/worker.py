@@ -325,10 +325,16 @@ class _HeartbeatThread(threading.Thread):
 
     def _send_held_replies(self) -> None:
         engine = self.engine
-        with engine.lock:
-            self._woken = False
+        self._woken = False
+        # Never wait for the lock: if the main thread holds it, it is between
+        # tasks and sends the replies itself; this thread must stay free to beat.
+        if not engine.lock.acquire(blocking=False):
+            return
+        try:
             if engine.in_task and engine.outbox:
                 engine.flush()
+        finally:
+            engine.lock.release()
 
     def _handle(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
         try:
