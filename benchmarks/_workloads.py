@@ -4,6 +4,7 @@ They live in their own small module (not in the benchmark script) so that
 every back-end -- fork, spawn or zpool engines -- can import them by name
 without re-importing the benchmark script or numpy.
 """
+
 from __future__ import annotations
 
 

@@ -28,6 +28,7 @@ e.g. 2.00x = twice as good, 0.50x = half as good.
 numpy and zpool are imported lazily: spawn children re-import this script,
 and a top-level numpy import would inflate the spawn startup figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,12 +69,18 @@ class Settings:
 
 def make_settings(args: argparse.Namespace) -> Settings:
     q = args.quick  # quick mode: fewer repetitions, same workload sizes
-    return Settings(args.processes, q, startup_reps=3 if q else 7,
-                    latency_calls=300 if q else 3000, latency_warmup=50 if q else 300,
-                    reps=1 if q else 3)
+    return Settings(
+        args.processes,
+        q,
+        startup_reps=3 if q else 7,
+        latency_calls=300 if q else 3000,
+        latency_warmup=50 if q else 300,
+        reps=1 if q else 3,
+    )
 
 
 # --------------------------------------------------------------- back-ends
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -84,6 +91,7 @@ class Backend:
 
 def zpool_pool(processes: int):
     import zpool  # lazy: --only mp must work without zpool
+
     return zpool.Pool(processes)
 
 
@@ -93,12 +101,10 @@ def select_backends(only: str | None) -> tuple[list[Backend], Backend | None]:
     if only in (None, "zpool"):
         backends.append(Backend("zpool", "zpool", zpool_pool))
     if only in (None, "mp"):
-        backends.append(Backend("mp", f"multiprocessing ({default})",
-                                multiprocessing.get_context(default).Pool))
+        backends.append(Backend("mp", f"multiprocessing ({default})", multiprocessing.get_context(default).Pool))
     spawn = None
     if only in (None, "mp") and default != "spawn":
-        spawn = Backend("mp_spawn", "multiprocessing (spawn)",
-                        multiprocessing.get_context("spawn").Pool)
+        spawn = Backend("mp_spawn", "multiprocessing (spawn)", multiprocessing.get_context("spawn").Pool)
     return backends, spawn
 
 
@@ -115,6 +121,7 @@ def open_pool(factory: Callable[[int], object], processes: int):
 
 
 # ----------------------------------------------------------------- figures
+
 
 def fig_startup(factory, s: Settings):
     samples = []
@@ -168,6 +175,7 @@ def fig_map(pool, s: Settings):
 
 def fig_array(pool, s: Settings):
     import numpy as np  # lazy, see module docstring
+
     arr = np.arange(s.array_bytes // 8, dtype=np.float64)
     pool.apply(identity, (arr,))  # untimed full-size warm-up (first-touch page faults)
     gc.collect()
@@ -176,9 +184,14 @@ def fig_array(pool, s: Settings):
         t0 = time.perf_counter()
         out = pool.apply(identity, (arr,))
         times.append(time.perf_counter() - t0)
-        check(isinstance(out, np.ndarray) and out.shape == arr.shape
-              and out.dtype == arr.dtype and out[-1] == arr[-1]
-              and np.array_equal(out[::9973], arr[::9973]), "array mismatch")
+        check(
+            isinstance(out, np.ndarray)
+            and out.shape == arr.shape
+            and out.dtype == arr.dtype
+            and out[-1] == arr[-1]
+            and np.array_equal(out[::9973], arr[::9973]),
+            "array mismatch",
+        )
         del out
         gc.collect()
     secs = statistics.median(times)
@@ -221,6 +234,7 @@ def make_rows(s: Settings) -> list[Row]:
 
 # ------------------------------------------------------------------ driver
 
+
 def run_one(fig: Figure, backend: Backend, s: Settings) -> dict:
     print(f"  {fig.key:<12} {backend.label} ...", end="", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -240,8 +254,7 @@ def run_one(fig: Figure, backend: Backend, s: Settings) -> dict:
     return outcome
 
 
-def run_all(figures: list[Figure], backends: list[Backend], spawn: Backend | None,
-            s: Settings) -> dict:
+def run_all(figures: list[Figure], backends: list[Backend], spawn: Backend | None, s: Settings) -> dict:
     results: dict[str, dict] = {b.key: {} for b in backends + ([spawn] if spawn else [])}
     for index, fig in enumerate(figures):
         order = backends + ([spawn] if spawn and not fig.uses_pool else [])
@@ -275,30 +288,31 @@ def build_table(results: dict, columns: list[Backend], rows: list[Row]):
     for row in rows:
         cells = [cell(results, b.key, row) for b in columns]
         mp_values = [v for b, (_, v) in zip(columns, cells) if b.key != "zpool" and v is not None]
-        r = ratio(cells[0][1] if columns[0].key == "zpool" else None, mp_values,
-                  row.higher_is_better)
+        r = ratio(cells[0][1] if columns[0].key == "zpool" else None, mp_values, row.higher_is_better)
         ratios[f"{row.figure}.{row.metric}"] = r
-        table.append([row.label] + [text for text, _ in cells]
-                     + ["-" if r is None else f"{r:.2f}x"])
+        table.append([row.label] + [text for text, _ in cells] + ["-" if r is None else f"{r:.2f}x"])
     return table, ratios
 
 
 def print_table(table: list[list[str]]) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for n, line in enumerate(table):
-        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(line, widths))))
+        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
         if n == 0:
             print("-+-".join("-" * w for w in widths))
 
 
-def write_json(path: str, s: Settings, columns: list[Backend], results: dict,
-               ratios: dict) -> None:
-    payload = {"settings": asdict(s), "python": platform.python_version(),
-               "platform": platform.platform(), "cpu_count": os.cpu_count(),
-               "default_start_method": multiprocessing.get_start_method(),
-               "labels": {b.key: b.label for b in columns},
-               "results": results, "ratios": ratios}
+def write_json(path: str, s: Settings, columns: list[Backend], results: dict, ratios: dict) -> None:
+    payload = {
+        "settings": asdict(s),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "default_start_method": multiprocessing.get_start_method(),
+        "labels": {b.key: b.label for b in columns},
+        "results": results,
+        "ratios": ratios,
+    }
     with open(path, "w") as fh:
         json.dump(payload, fh, indent=2)
     print(f"raw numbers written to {path}")
@@ -318,22 +332,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = make_settings(args)
     backends, spawn = select_backends(args.only)
-    figures = [Figure("startup", fig_startup, uses_pool=False), Figure("latency", fig_latency),
-               Figure("apply_async", fig_apply_async), Figure("map", fig_map)]
+    figures = [
+        Figure("startup", fig_startup, uses_pool=False),
+        Figure("latency", fig_latency),
+        Figure("apply_async", fig_apply_async),
+        Figure("map", fig_map),
+    ]
     if not args.skip_array:
         figures.append(Figure("array", fig_array))
     rows = [r for r in make_rows(s) if r.figure in {f.key for f in figures}]
     columns = backends + ([spawn] if spawn else [])
 
-    print(f"bench_core: processes={s.processes}, Python {platform.python_version()}, "
-          f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
-          + ("  [QUICK MODE: fewer repetitions]" if s.quick else ""), flush=True)
+    print(
+        f"bench_core: processes={s.processes}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+        + ("  [QUICK MODE: fewer repetitions]" if s.quick else ""),
+        flush=True,
+    )
     results = run_all(figures, backends, spawn, s)
     table, ratios = build_table(results, columns, rows)
     print("\nratio = zpool vs the faster multiprocessing value; >1 means zpool is better.\n")
     print_table(table)
-    errors = [(b.label, f, o["error"]) for b in columns
-              for f, o in results[b.key].items() if "error" in o]
+    errors = [(b.label, f, o["error"]) for b in columns for f, o in results[b.key].items() if "error" in o]
     for label, fig, message in errors:
         print(f"error: {fig} / {label}: {message}")
     if args.json:

@@ -67,7 +67,6 @@ def exit_now(code=3):
 
 def frame_address_proof(arr):
     """Report whether `arr` is a read-only view on the received ZeroMQ frame itself."""
-    import numpy as np
 
     return arr, in_received_frame(arr), arr.flags.writeable
 

@@ -16,7 +16,7 @@ import concurrent.futures
 import datetime
 import itertools
 import time
-from typing import Any, Generator, Generic, TypeVar
+from typing import Any, Generator, Generic, TypeVar, cast
 
 from zpool.error import TimeoutError
 
@@ -67,9 +67,8 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         # Per-task values and metadata; kept in plain attributes for one task
         # (the common case) to allocate as little as possible per call.
         self._values: list[Any] | None = [None] * len(msg_ids) if len(msg_ids) != 1 else None
-        self._metadata: list[Metadata | None] | Metadata | None = (
-            [None] * len(msg_ids) if len(msg_ids) != 1 else None
-        )
+        # Raw (engine_id, status, started, completed, received) tuples until read.
+        self._metadata: Any = [None] * len(msg_ids) if len(msg_ids) != 1 else None
         self._single = len(msg_ids) == 1
         self._pending = len(msg_ids)
         self._finished_at: float | None = None
@@ -90,7 +89,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
             raise TimeoutError(
                 f"{self._what()} not ready after {timeout} s; the task keeps running, call get() again to wait more"
             )
-        return self.result()
+        return cast(T, self.result())
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the result is ready or `timeout` seconds pass; return whether it is ready."""
@@ -169,7 +168,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         if self._single:
             self._metadata = md
         else:
-            self._metadata[index] = md  # type: ignore[index]
+            self._metadata[index] = md
         self._pending -= 1
         if self.done():
             return  # an earlier task failed it (or it was cancelled): just account

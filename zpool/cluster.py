@@ -70,16 +70,27 @@ class LocalCluster:
         info.write(path)
         s = self.settings
         argv = [
-            sys.executable, "-m", "zpool.controller",
-            "--connection-file", path,
-            "--engines", str(s.n_engines),
-            "--parent-pid", str(os.getpid()),
-            "--scheme", s.scheme,
-            "--heartbeat-interval", str(s.heartbeat_interval),
-            "--heartbeat-misses", str(s.heartbeat_misses),
-            "--log-file", self.log_path,
-            "--log-level", s.log_level,
-            "--remove-dir", self.workdir,
+            sys.executable,
+            "-m",
+            "zpool.controller",
+            "--connection-file",
+            path,
+            "--engines",
+            str(s.n_engines),
+            "--parent-pid",
+            str(os.getpid()),
+            "--scheme",
+            s.scheme,
+            "--heartbeat-interval",
+            str(s.heartbeat_interval),
+            "--heartbeat-misses",
+            str(s.heartbeat_misses),
+            "--log-file",
+            self.log_path,
+            "--log-level",
+            s.log_level,
+            "--remove-dir",
+            self.workdir,
         ]
         if s.hwm is not None:
             argv += ["--hwm", str(s.hwm)]

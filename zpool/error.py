@@ -132,9 +132,7 @@ class RemoteError(ZPoolError):
         The engine the task ran on.
     """
 
-    def __init__(
-        self, ename: str, evalue: str, traceback: str = "", engine_id: int | None = None
-    ) -> None:
+    def __init__(self, ename: str, evalue: str, traceback: str = "", engine_id: int | None = None) -> None:
         super().__init__(ename, evalue, traceback, engine_id)
         self.ename = ename
         self.evalue = evalue

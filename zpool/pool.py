@@ -49,8 +49,12 @@ class _Callbacks:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def attach(self, ar: AsyncResult[Any], callback: Callable[[Any], Any] | None,
-               error_callback: Callable[[BaseException], Any] | None) -> None:
+    def attach(
+        self,
+        ar: AsyncResult[Any],
+        callback: Callable[[Any], Any] | None,
+        error_callback: Callable[[BaseException], Any] | None,
+    ) -> None:
         if callback is None and error_callback is None:
             return
         self._ensure_thread()
@@ -315,9 +319,7 @@ class Pool:
         self.terminate()
 
     def __reduce__(self) -> Any:
-        raise NotImplementedError(
-            "pool objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __del__(self, _warn: Any = warnings.warn, RUN: PoolState = PoolState.RUN) -> None:
         # Names bound as defaults: at interpreter exit module globals may already be None.
@@ -376,7 +378,8 @@ class Pool:
         try:
             self._conn.submit(items)
         except BaseException as exc:
-            self._results.fail(ar.msg_ids, lambda: exc)
+            error = exc
+            self._results.fail(ar.msg_ids, lambda: error)
             raise
 
     @staticmethod
@@ -390,7 +393,7 @@ class Pool:
             dumps(func)
         except SerializationError as exc:
             raise SerializationError(f"cannot serialize the function {name} given to map(): {exc}") from exc
-        for i, item in enumerate(chunk):
+        for item in chunk:
             try:
                 dumps(item)
             except SerializationError as exc:

@@ -46,11 +46,11 @@ from zpool.error import AuthenticationError, ProtocolError
 
 __all__ = [
     "DELIMITER",
+    "SCHEMES",
     "ConnectionInfo",
     "Message",
     "MsgType",
     "ReplayGuard",
-    "SCHEMES",
     "Session",
     "TaskStatus",
     "decode_batch",
@@ -162,7 +162,7 @@ class Message:
 
     @property
     def msg_type(self) -> str:
-        return self.header["msg_type"]
+        return str(self.header["msg_type"])
 
     @property
     def parent(self) -> dict[str, Any]:
@@ -274,7 +274,9 @@ def decode_batch(header: dict[str, Any], buffers: Sequence[Any]) -> list[tuple[l
             out.append((entry, list(buffers[index : index + n])))
             index += n
     if index != len(buffers) or offset != packed:
-        raise ProtocolError(f"task list accounts for {index} of {len(buffers)} frames, {offset} of {packed} packed bytes")
+        raise ProtocolError(
+            f"task list accounts for {index} of {len(buffers)} frames, {offset} of {packed} packed bytes"
+        )
     return out
 
 
@@ -348,10 +350,11 @@ class Session:
         AuthenticationError
             If the signature is wrong or was seen before.
         """
-        for i, frame in enumerate(frames):
-            if len(frame) == len(DELIMITER) and _as_bytes(frame) == DELIMITER:
-                break
-        else:
+        i = next(
+            (n for n, frame in enumerate(frames) if len(frame) == len(DELIMITER) and _as_bytes(frame) == DELIMITER),
+            -1,
+        )
+        if i < 0:
             raise ProtocolError(f"no delimiter among {len(frames)} frames")
         if len(frames) < i + 6:
             raise ProtocolError(f"truncated message: {len(frames) - i - 1} frames after the delimiter, need 5")

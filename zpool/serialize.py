@@ -58,7 +58,8 @@ def _loads_dill(data: bytes) -> Any:
 def _dumps_dill(obj: Any) -> bytes:
     import dill
 
-    return dill.dumps(obj, protocol=5, recurse=True)
+    data: bytes = dill.dumps(obj, protocol=5, recurse=True)
+    return data
 
 
 def _rebuild_memoryview(buf: Any) -> memoryview:
@@ -198,7 +199,8 @@ def callable_name(func: Any) -> str:
 
 def _hint(exc: BaseException, obj: Any) -> str:
     name = type(obj).__name__.lower()
-    if any(word in name for word in ("lock", "socket", "file", "textiowrapper", "bufferedreader", "generator", "thread")):
+    unmovable = ("lock", "socket", "file", "textiowrapper", "bufferedreader", "generator", "thread")
+    if any(word in name for word in unmovable):
         return (
             " Locks, sockets, open files, threads and generators cannot cross processes;"
             " create the object inside the task instead."
@@ -247,8 +249,7 @@ def _explain_call(
             cause = exc.__cause__ or exc
             obj = obj.data if isinstance(obj, _LargeBytes) else obj
             return SerializationError(
-                f"cannot serialize {what}: {_short_repr(obj)} ({type(cause).__name__}: {cause})."
-                + _hint(cause, obj)
+                f"cannot serialize {what}: {_short_repr(obj)} ({type(cause).__name__}: {cause})." + _hint(cause, obj)
             )
     return SerializationError(f"cannot serialize the call {name}(...)")
 

@@ -13,9 +13,8 @@ import pytest
 import zmq
 
 import zpool
-
 from tests import _tasks
-from zpool.protocol import DELIMITER, MsgType, Session, encode, encode_batch
+from zpool.protocol import DELIMITER, MsgType, Session, encode_batch
 
 T = 60
 

@@ -75,8 +75,7 @@ def test_controller_killed_breaks_waiting_calls(fresh_pool):
 def _run_script(body: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
-        [sys.executable, "-c", body],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, **kwargs
+        [sys.executable, "-c", body], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, **kwargs
     )
 
 

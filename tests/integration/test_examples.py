@@ -15,7 +15,11 @@ def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "examples", name), *args],
-        capture_output=True, text=True, env=env, timeout=120, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=REPO,
     )
 
 

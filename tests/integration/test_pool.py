@@ -9,7 +9,6 @@ import gc
 import multiprocessing
 import threading
 import tracemalloc
-import warnings
 
 import numpy as np
 import pytest

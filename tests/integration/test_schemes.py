@@ -72,7 +72,7 @@ def test_lru_ignores_load(fresh_pool):
 
 def test_twobin_with_two_engines_is_lru(fresh_pool):
     pool = fresh_pool(2, scheme="twobin", hwm=0)
-    long_ar, busy = _occupy_one_engine(pool)
+    long_ar, _ = _occupy_one_engine(pool)
     burst = [pool.apply_async(_tasks.square, (i,)) for i in range(6)]
     for r in burst:
         r.get(T)

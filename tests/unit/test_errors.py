@@ -161,7 +161,8 @@ def test_rebuild_non_int_engine_id_dropped():
 
 def test_rebuild_from_pickled_exception():
     frames = dumps(_tasks.CustomError("custom"))
-    exc = rebuild_exception({"ename": "CustomError", "emodule": "tests._tasks", "evalue": "custom", "traceback": TRACEBACK}, frames)
+    error = {"ename": "CustomError", "emodule": "tests._tasks", "evalue": "custom", "traceback": TRACEBACK}
+    exc = rebuild_exception(error, frames)
     assert type(exc) is _tasks.CustomError
     assert exc.args == ("custom",)
     assert exc.__cause__.text == TRACEBACK
@@ -173,6 +174,7 @@ def test_rebuild_from_pickled_exception():
     ids=["garbage", "not-an-exception"],
 )
 def test_rebuild_falls_back_to_the_name(frames):
-    exc = rebuild_exception({"ename": "KeyError", "emodule": "builtins", "evalue": "'k'", "traceback": TRACEBACK}, frames)
+    error = {"ename": "KeyError", "emodule": "builtins", "evalue": "'k'", "traceback": TRACEBACK}
+    exc = rebuild_exception(error, frames)
     assert type(exc) is KeyError
     assert exc.args == ("'k'",)

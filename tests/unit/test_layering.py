@@ -15,9 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def loaded_after(statement: str, names: list[str]) -> dict[str, bool]:
     """Run `statement` in a fresh interpreter; report which of `names` are in sys.modules."""
     code = f"import json, sys\n{statement}\nprint(json.dumps({{n: n in sys.modules for n in {names!r}}}))"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

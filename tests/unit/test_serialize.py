@@ -293,7 +293,8 @@ def test_dumps_call_names_the_keyword_argument():
 
 
 def test_dumps_call_custom_argument_description():
-    with pytest.raises(SerializationError, match=r"^cannot serialize item 2 of the iterable given to square: Unpicklable\(\)"):
+    expected = r"^cannot serialize item 2 of the iterable given to square: Unpicklable\(\)"
+    with pytest.raises(SerializationError, match=expected):
         dumps_call(
             _tasks.square,
             (1, 2, Unpicklable()),

@@ -53,7 +53,7 @@ def _nbytes(frame: Any) -> int:
 
 
 class _Request:
-    __slots__ = ("msg_type", "content", "future")
+    __slots__ = ("content", "future", "msg_type")
 
     def __init__(self, msg_type: MsgType, content: dict[str, Any]) -> None:
         self.msg_type = msg_type
@@ -106,8 +106,9 @@ class Connection:
         """Queue tasks for sending: ``(entry, frames)`` each, `entry` being ``[task_id, flags]``."""
         self._enqueue(items)
 
-    def request(self, msg_type: MsgType, content: dict[str, Any] | None = None, timeout: float | None = 30.0
-                ) -> dict[str, Any]:
+    def request(
+        self, msg_type: MsgType, content: dict[str, Any] | None = None, timeout: float | None = 30.0
+    ) -> dict[str, Any]:
         """Send a control request and wait for the reply's content.
 
         Raises
@@ -157,7 +158,7 @@ class Connection:
         next_watch = time.monotonic() + WATCH_INTERVAL_S
         try:
             while not self._closing:
-                for sock, _ in poller.poll(WATCH_INTERVAL_S * 1000):
+                for sock, _ in poller.poll(int(WATCH_INTERVAL_S * 1000)):
                     if sock is self._sock:
                         self._receive()
                     else:
@@ -297,4 +298,3 @@ class Connection:
                     item.future.set_exception(exc_for())
             else:
                 self.results.fail([entry[0] for entry, _ in item], exc_for)
-

@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Iterable, Protocol
 
 from zpool import error as _errors
-from zpool.error import ProtocolError, RemoteError, RemoteTraceback, SerializationError
+from zpool.error import RemoteError, RemoteTraceback, SerializationError
 from zpool.protocol import Message, TaskStatus, decode_batch
 from zpool.serialize import loads
 

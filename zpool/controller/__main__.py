@@ -41,10 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.engines:
         # Start the engines first: they import while the controller sets up.
         engine_argv = [
-            sys.executable, "-m", "zpool.engine",
-            "--connection-file", args.connection_file,
-            "--parent-pid", str(os.getpid()),
-            "--log-level", args.log_level,
+            sys.executable,
+            "-m",
+            "zpool.engine",
+            "--connection-file",
+            args.connection_file,
+            "--parent-pid",
+            str(os.getpid()),
+            "--log-level",
+            args.log_level,
         ]
         if args.log_file:
             engine_argv += ["--log-file", args.log_file]

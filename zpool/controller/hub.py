@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,9 +33,19 @@ import zmq
 from zpool._process import ParentWatch
 from zpool.controller.heartbeat import HeartMonitor
 from zpool.controller.launcher import LocalEngines
-from zpool.controller.scheduler import EngineSlot, Scheduler, Task
+from zpool.controller.scheduler import Scheduler, Task
 from zpool.error import ProtocolError, ZPoolError
-from zpool.protocol import DELIMITER, ConnectionInfo, Message, MsgType, Session, TaskStatus, decode_batch, encode, encode_batch
+from zpool.protocol import (
+    DELIMITER,
+    ConnectionInfo,
+    Message,
+    MsgType,
+    Session,
+    TaskStatus,
+    decode_batch,
+    encode,
+    encode_batch,
+)
 
 __all__ = ["Hub", "HubSettings"]
 
@@ -141,7 +152,7 @@ class Hub:
         try:
             while self._state is HubState.RUNNING:
                 now = time.monotonic()
-                timeout_ms = max(0.0, min(next_beat, next_watch) - now) * 1000
+                timeout_ms = math.ceil(max(0.0, min(next_beat, next_watch) - now) * 1000)
                 for sock, _ in poller.poll(timeout_ms):
                     self._drain(sock)
                 self._dispatch()
@@ -253,8 +264,9 @@ class Hub:
         pid = content.get("pid")
         record = self.engines.get(ident)
         if record is None:
-            record = EngineRecord(self._next_engine_id, ident, pid if isinstance(pid, int) else None,
-                                  str(content.get("hostname", "")))
+            record = EngineRecord(
+                self._next_engine_id, ident, pid if isinstance(pid, int) else None, str(content.get("hostname", ""))
+            )
             self._next_engine_id += 1
             self.engines[ident] = record
             self.scheduler.add_engine(record.engine_id, ident)
@@ -380,8 +392,9 @@ class Hub:
         if record.pid is not None:
             self.by_pid.pop(record.pid, None)
         stranded = self.scheduler.remove_engine(ident)
-        logger.warning("engine %d (pid %s) %s; failing %d task(s) it held", record.engine_id, record.pid, how,
-                       len(stranded))
+        logger.warning(
+            "engine %d (pid %s) %s; failing %d task(s) it held", record.engine_id, record.pid, how, len(stranded)
+        )
         hint = " SIGKILL usually means the machine ran out of memory." if "SIGKILL" in how else ""
         for task in stranded:
             self._fail_tasks(

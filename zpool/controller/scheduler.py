@@ -49,7 +49,7 @@ EWMA_ALPHA = 0.2
 class Task:
     """One task waiting in, or passing through, the scheduler."""
 
-    __slots__ = ("task_id", "client", "frames", "source", "engine")
+    __slots__ = ("client", "engine", "frames", "source", "task_id")
 
     def __init__(self, task_id: str, client: bytes, frames: list[Any]) -> None:
         self.task_id = task_id
@@ -193,7 +193,8 @@ class Scheduler:
 
     def drop_where(self, predicate: Callable[[Task], bool]) -> list[Task]:
         """Remove and return queued (not yet placed) tasks matching `predicate`."""
-        kept, dropped = collections.deque(), []
+        kept: collections.deque[Task] = collections.deque()
+        dropped: list[Task] = []
         for task in self.queue:
             (dropped if predicate(task) else kept).append(task)
         self.queue = kept

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import socket
 import sys
@@ -146,8 +147,9 @@ class Engine:
                 return
             if msg.msg_type == MsgType.APPLY_REQUEST.value:
                 self._queue(msg)
-        raise SystemExit(f"zpool engine: no answer from the controller at {self.info.engine} "
-                         f"within {REGISTER_TIMEOUT_S:.0f} s")
+        raise SystemExit(
+            f"zpool engine: no answer from the controller at {self.info.engine} within {REGISTER_TIMEOUT_S:.0f} s"
+        )
 
     # -- receiving ------------------------------------------------------------
 
@@ -306,7 +308,8 @@ class _HeartbeatThread(threading.Thread):
         poller.register(self._wake_r, zmq.POLLIN)
         while True:
             holding = self._woken and engine.in_task and engine.outbox
-            timeout_ms = max(0.0, REPLY_HOLD_S - (time.monotonic() - engine.outbox_since)) * 1000 if holding else 100
+            left_s = REPLY_HOLD_S - (time.monotonic() - engine.outbox_since)
+            timeout_ms = math.ceil(max(0.0, left_s) * 1000) if holding else 100
             for ready, _ in poller.poll(timeout_ms):
                 if ready is sock:
                     self._handle(sock, sock.recv_multipart(copy=False))
