@@ -30,7 +30,7 @@ import zmq
 
 from zpool.client.results import ResultTable
 from zpool.error import AuthenticationError, BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
-from zpool.protocol import ConnectionInfo, Message, MsgType, Session, encode, encode_batch
+from zpool.protocol import ConnectionInfo, Message, MsgType, Session, encode, encode_batch, recv_frames, send_frames
 
 # The controller may bind after we connect (they start together): retry soon.
 RECONNECT_IVL_MS = 10
@@ -201,7 +201,7 @@ class Connection:
                 self._requests[msg_id] = item
                 msg = self.session.build(item.msg_type, content=encode(item.content), msg_id=msg_id)
                 self._remember(msg[1], msg_id)
-                self._sock.send_multipart(msg)
+                send_frames(self._sock, msg)
                 continue
             batch += item
             size += sum(_nbytes(f) for _, frames in item for f in frames)
@@ -215,7 +215,7 @@ class Connection:
         fields, buffers = encode_batch(batch)
         msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=buffers)
         self._remember(msg[1], [entry[0] for entry, _ in batch])
-        self._sock.send_multipart(msg, copy=False)
+        send_frames(self._sock, msg)
 
     def _remember(self, signature: bytes, what: list[str] | str) -> None:
         self._sent[signature] = what
@@ -250,7 +250,7 @@ class Connection:
     def _receive(self) -> None:
         while True:
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self._sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:

@@ -45,6 +45,8 @@ from zpool.protocol import (
     decode_batch,
     encode,
     encode_batch,
+    recv_frames,
+    send_frames,
 )
 
 __all__ = ["Hub", "HubSettings"]
@@ -170,7 +172,7 @@ class Hub:
         handlers = self._handlers[sock]
         for _ in range(DRAIN_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -213,7 +215,7 @@ class Hub:
 
     def _send(self, sock: zmq.Socket[Any], ident: bytes, frames: list[Any]) -> bool:
         try:
-            sock.send_multipart([ident, *frames], copy=False)
+            send_frames(sock, [ident, *frames])
             return True
         except zmq.ZMQError as exc:
             logger.warning("could not send to %r: %s", ident, exc)
@@ -361,7 +363,7 @@ class Hub:
         ping = self.session.build(MsgType.HEARTBEAT_REQUEST, {"beat": beat})
         for ident in self.engines:
             try:
-                self.heartbeat.send_multipart([ident, *ping])
+                send_frames(self.heartbeat, [ident, *ping])
             except zmq.ZMQError:
                 pass  # not connected yet, or gone: the miss count decides
 
@@ -411,7 +413,7 @@ class Hub:
         bye = self.session.build(MsgType.SHUTDOWN_REQUEST)
         for ident in list(self.engines):
             try:
-                self.heartbeat.send_multipart([ident, *bye])
+                send_frames(self.heartbeat, [ident, *bye])
             except zmq.ZMQError:
                 pass
         if self.launcher is not None:

@@ -44,7 +44,18 @@ import zmq
 
 from zpool._process import ParentWatch
 from zpool.error import ProtocolError, SerializationError, ZPoolError
-from zpool.protocol import ConnectionInfo, Message, MsgType, Session, TaskStatus, decode_batch, encode, encode_batch
+from zpool.protocol import (
+    ConnectionInfo,
+    Message,
+    MsgType,
+    Session,
+    TaskStatus,
+    decode_batch,
+    encode,
+    encode_batch,
+    recv_frames,
+    send_frames,
+)
 from zpool.serialize import callable_name, dumps, loads, loads_call
 
 # The controller may bind after we connect (they start together): retry soon.
@@ -128,12 +139,12 @@ class Engine:
     def _register(self) -> None:
         content = encode({"pid": os.getpid(), "hostname": socket.gethostname()})
         request = self.session.build(MsgType.REGISTER_REQUEST, content=content)
-        self.sock.send_multipart(request)
+        send_frames(self.sock, request)
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
         while time.monotonic() < deadline:
             if not self.sock.poll(100):
                 continue
-            frames = self.sock.recv_multipart(copy=False)
+            frames = recv_frames(self.sock)
             try:
                 msg = self.session.unpack(frames)
             except ZPoolError as exc:
@@ -156,7 +167,7 @@ class Engine:
     def _drain(self) -> None:
         while True:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self.sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -247,7 +258,7 @@ class Engine:
                 stream.flush()
             except Exception:
                 pass
-        self.sock.send_multipart(self.session.build(MsgType.APPLY_REPLY, fields, buffers=buffers), copy=False)
+        send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, fields, buffers=buffers))
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -312,7 +323,7 @@ class _HeartbeatThread(threading.Thread):
             timeout_ms = math.ceil(max(0.0, left_s) * 1000) if holding else 100
             for ready, _ in poller.poll(timeout_ms):
                 if ready is sock:
-                    self._handle(sock, sock.recv_multipart(copy=False))
+                    self._handle(sock, recv_frames(sock))
                 else:
                     try:
                         os.read(self._wake_r, 64)
@@ -347,7 +358,7 @@ class _HeartbeatThread(threading.Thread):
             return
         if msg.msg_type == MsgType.HEARTBEAT_REQUEST.value:
             self.last_beat = time.monotonic()
-            sock.send_multipart(self.session.build(MsgType.HEARTBEAT_REPLY, {"beat": msg.header.get("beat")}))
+            send_frames(sock, self.session.build(MsgType.HEARTBEAT_REPLY, {"beat": msg.header.get("beat")}))
         elif msg.msg_type == MsgType.SHUTDOWN_REQUEST.value:
             _exit("the controller asked it to shut down", level=logging.INFO)
         else:
