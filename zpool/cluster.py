@@ -59,8 +59,8 @@ class LocalCluster:
         """Launch the controller (which launches the engines); return where to connect."""
         if not zmq.has("ipc"):
             raise ZPoolError(
-                "this platform's ZeroMQ has no ipc:// transport, which the hidden local cluster needs;"
-                " start a cluster with `python -m zpool.controller` and pass its connection file instead"
+                "this platform's ZeroMQ has no ipc:// transport, which zpool's hidden local cluster needs"
+                " (it keeps the cluster private to this user); zpool runs on Linux and macOS"
             )
         self.workdir = tempfile.mkdtemp(prefix="zpool-")
         os.chmod(self.workdir, 0o700)
@@ -68,13 +68,26 @@ class LocalCluster:
         info = ConnectionInfo(f"{base}/client", f"{base}/engine", f"{base}/heartbeat", new_key())
         path = os.path.join(self.workdir, "cluster.json")
         info.write(path)
+        argv = self._controller_argv(path)
+        try:
+            self.proc = subprocess.Popen(
+                argv, env=_child_env(), stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
+            )
+        except OSError:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        self.info = info
+        return info
+
+    def _controller_argv(self, connection_file: str) -> list[str]:
         s = self.settings
+        assert self.workdir is not None
         argv = [
             sys.executable,
             "-m",
             "zpool.controller",
             "--connection-file",
-            path,
+            connection_file,
             "--engines",
             str(s.n_engines),
             "--parent-pid",
@@ -94,15 +107,7 @@ class LocalCluster:
         ]
         if s.hwm is not None:
             argv += ["--hwm", str(s.hwm)]
-        try:
-            self.proc = subprocess.Popen(
-                argv, env=_child_env(), stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
-            )
-        except OSError:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            raise
-        self.info = info
-        return info
+        return argv
 
     @property
     def log_path(self) -> str:
