@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import itertools
+import threading
 import time
 from typing import Any, Generator, Generic, TypeVar, cast
 
@@ -61,7 +62,12 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
 
     def __init__(self, msg_ids: list[str], label: str = "") -> None:
         super().__init__()
-        self.msg_ids = msg_ids
+        # Future's own methods never take its condition re-entrantly, so a plain
+        # lock serves; the default RLock costs the garbage collector four more
+        # objects per result, which shows with tens of thousands in flight.
+        self._condition = threading.Condition(threading.Lock())
+        # A tuple of strings is not tracked by the garbage collector; see msg_ids.
+        self._ids = tuple(msg_ids)
         self.label = label
         self.submitted = time.time()
         # Per-task values and metadata; kept in plain attributes for one task
@@ -142,9 +148,14 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         )
 
     @property
+    def msg_ids(self) -> list[str]:
+        """The ids of this result's tasks (one per ``map`` chunk)."""
+        return list(self._ids)
+
+    @property
     def progress(self) -> int:
         """How many of this result's tasks have finished."""
-        return len(self.msg_ids) - self._pending
+        return len(self._ids) - self._pending
 
     @property
     def elapsed(self) -> float:

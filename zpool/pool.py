@@ -237,7 +237,7 @@ class Pool:
         task_id = self._conn.session.new_id()
         ar: AsyncResult[T] = AsyncResult([task_id], callable_name(func))
         self._callbacks.attach(ar, callback, error_callback)
-        self._submit(ar, [([task_id, 0], frames)])
+        self._submit(ar, [(task_id, frames)])
         return ar
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> list[T]:
@@ -274,11 +274,11 @@ class Pool:
             chunksize = default_chunksize(len(items_in), self._processes)
         elif not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        items: list[tuple[list[Any], list[Any]]] = []
+        items: list[tuple[str, list[Any]]] = []
         new_id = self._conn.session.new_id
         for chunk in split(items_in, chunksize) if len(items_in) else []:
-            items.append(([new_id(), 0], self._dump_chunk(func, chunk)))
-        ar: MapResult[T] = MapResult([entry[0] for entry, _ in items], callable_name(func))
+            items.append((new_id(), self._dump_chunk(func, chunk)))
+        ar: MapResult[T] = MapResult([task_id for task_id, _ in items], callable_name(func))
         self._callbacks.attach(ar, callback, error_callback)
         if items:
             self._submit(ar, items)
@@ -373,7 +373,7 @@ class Pool:
         if self._conn.broken:
             raise BrokenPoolError(self._conn.broken)
 
-    def _submit(self, ar: AsyncResult[Any], items: list[tuple[list[Any], list[Any]]]) -> None:
+    def _submit(self, ar: AsyncResult[Any], items: list[tuple[str, list[Any]]]) -> None:
         self._results.add(ar)
         try:
             self._conn.submit(items)

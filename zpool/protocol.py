@@ -13,15 +13,11 @@ A message is a list of ZeroMQ frames::
   ``date`` (seconds since the epoch, a float).
 * ``buffer...``: opaque payload frames (pickles and raw array data).
 
-A batch of tasks is one message (see :func:`encode_batch`): ``header["tasks"]``
-lists, per task, ``[task_id, n_frames, inline_bytes, *fields]``. A task whose
-payload is one small frame travels *inline*: its bytes are concatenated with
-the other inline payloads into a single pack frame (the first buffer, present
-when ``header["packed"]`` is non-zero), so ten thousand tiny tasks cost one
-frame, one hash update and one allocation instead of ten thousand. Other
-tasks own ``n_frames`` frames each, after the pack, in task order. Request
-fields are ``[flags]``; reply fields are ``[status, engine_id, started,
-completed]``.
+A batch of tasks is one message, laid out by :class:`BatchWriter` and read
+back by :class:`Batch`: the header holds per-task columns (ids, frame counts,
+inline sizes, and for replies status and timestamps), and small one-frame
+payloads travel concatenated in a single pack frame, so ten thousand tiny
+tasks cost a handful of frames and Python objects, not tens of thousands.
 
 Verification happens before any payload is interpreted: the signature is
 compared in constant time; then the header (JSON, never pickle) is decoded
@@ -48,15 +44,16 @@ from zpool.error import AuthenticationError, ProtocolError
 
 __all__ = [
     "DELIMITER",
+    "REPLY_COLUMNS",
     "SCHEMES",
+    "Batch",
+    "BatchWriter",
     "ConnectionInfo",
     "Message",
     "MsgType",
     "ReplayGuard",
     "Session",
     "TaskStatus",
-    "decode_batch",
-    "encode_batch",
     "new_key",
     "recv_frames",
     "send_frames",
@@ -71,6 +68,8 @@ MAX_HEADER_BYTES = 16 << 20
 EMPTY = b"{}"
 # A one-frame payload up to this size travels inside the batch's pack frame.
 INLINE_MAX_BYTES = 16 * 1024
+# Per-task fields of an apply_reply batch, in this order.
+REPLY_COLUMNS = ("status", "engine_id", "started", "completed")
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _LENGTHS = [n.to_bytes(8, "little") for n in range(256)]
@@ -239,86 +238,141 @@ def _decode_dict(frame: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def encode_batch(items: Iterable[tuple[list[Any], Sequence[Any]]]) -> tuple[dict[str, Any], list[Any]]:
-    """Lay out tasks as one message's header fields and buffer frames.
+class BatchWriter:
+    """Lays out tasks as one message's header fields and buffer frames, column by column.
+
+    A batch's header holds parallel lists, one entry per task::
+
+        {"ids": [...], "nframes": [...], "sizes": [...], "packed": n, <column>: [...], ...}
+
+    A task whose payload is a single frame of at most ``INLINE_MAX_BYTES`` is
+    *inline* (``nframes`` 0, ``sizes`` its length): its bytes join one shared
+    pack frame, the first buffer. Other tasks own ``nframes`` frames each,
+    after the pack, in task order (``sizes`` 0). Columns carry per-task
+    fields: replies have ``status``, ``engine_id``, ``started``, ``completed``.
+    Columns rather than a list per task keep the number of Python objects
+    per task, and so the garbage collector's work in the caller's process, low.
 
     Parameters
     ----------
-    items : iterable of (entry, frames)
-        `entry` is ``[task_id, *fields]``; `frames` is the task's payload.
-
-    Returns
-    -------
-    fields : dict
-        ``{"tasks": [[task_id, n_frames, inline_bytes, *fields], ...], "packed": n}``
-    buffers : list
-        ``[pack, *frames of non-inline tasks]`` (no pack when ``n`` is 0).
+    columns : sequence of str
+        Names of the per-task fields passed to :meth:`add`.
     """
-    entries: list[list[Any]] = []
-    inline: list[Any] = []
-    own: list[Any] = []
-    packed = 0
-    for entry, frames in items:
+
+    __slots__ = ("_columns", "_inline", "_own", "_packed", "ids", "nframes", "sizes")
+
+    def __init__(self, columns: Sequence[str] = ()) -> None:
+        self.ids: list[str] = []
+        self.nframes: list[int] = []
+        self.sizes: list[int] = []
+        self._columns: dict[str, list[Any]] = {name: [] for name in columns}
+        self._inline: list[Any] = []
+        self._own: list[Any] = []
+        self._packed = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, task_id: str, frames: Sequence[Any], *values: Any) -> None:
+        """Append a task: its id, payload frames and one value per column."""
+        self.ids.append(task_id)
         if len(frames) == 1:
             size = _nbytes(frames[0])
             if size <= INLINE_MAX_BYTES:
-                inline.append(frames[0])
-                packed += size
-                entries.append([entry[0], 0, size, *entry[1:]])
-                continue
-        own += frames
-        entries.append([entry[0], len(frames), 0, *entry[1:]])
-    buffers = [b"".join(inline), *own] if packed else own
-    return {"tasks": entries, "packed": packed}, buffers
+                self._inline.append(frames[0])
+                self._packed += size
+                self.nframes.append(0)
+                self.sizes.append(size)
+                self._add_values(values)
+                return
+        self._own += frames
+        self.nframes.append(len(frames))
+        self.sizes.append(0)
+        self._add_values(values)
+
+    def _add_values(self, values: tuple[Any, ...]) -> None:
+        for column, value in zip(self._columns.values(), values):
+            column.append(value)
+
+    def fields(self) -> dict[str, Any]:
+        """The header fields describing the batch."""
+        return {"ids": self.ids, "nframes": self.nframes, "sizes": self.sizes, "packed": self._packed, **self._columns}
+
+    def buffers(self) -> list[Any]:
+        """The buffer frames: the pack (if any task is inline), then the other tasks' frames."""
+        return [b"".join(self._inline), *self._own] if self._packed else list(self._own)
 
 
-def decode_batch(header: dict[str, Any], buffers: Sequence[Any]) -> list[tuple[list[Any], list[Any]]]:
-    """Split a batch built by :func:`encode_batch` into ``(entry, frames)`` per task.
+class Batch:
+    """A received batch (see :class:`BatchWriter`): ids, columns and each task's payload.
 
-    Inline payloads come back as read-only memoryview slices of the pack
-    frame (no copy). `entry` keeps its wire form ``[task_id, n, inline, *fields]``.
-
-    Raises
-    ------
-    ProtocolError
-        If the header's task list does not match the frames.
+    Payloads are produced on demand by :meth:`payload`; inline ones are
+    read-only slices of the pack frame, never copies.
     """
-    entries = header.get("tasks")
-    packed = header.get("packed", 0)
-    if not isinstance(entries, list) or not isinstance(packed, int) or packed < 0:
-        raise ProtocolError("batch header lacks a valid task list")
-    index = 0
-    pack: memoryview | None = None
-    if packed:
-        if not buffers:
-            raise ProtocolError("batch announces a pack frame but has no buffers")
-        pack = memoryview(getattr(buffers[0], "buffer", buffers[0])).toreadonly()
-        if pack.nbytes != packed:
-            raise ProtocolError(f"pack frame has {pack.nbytes} bytes, header says {packed}")
-        index = 1
-    offset = 0
-    out: list[tuple[list[Any], list[Any]]] = []
-    for entry in entries:
-        if not isinstance(entry, list) or len(entry) < 3:
-            raise ProtocolError(f"bad task entry {entry!r}")
-        task_id, n, size = entry[0], entry[1], entry[2]
-        if not isinstance(task_id, str) or type(n) is not int or type(size) is not int or n < 0 or size < 0:
-            raise ProtocolError(f"bad task entry {entry!r}")
-        if size:
-            if pack is None or n or offset + size > packed:
-                raise ProtocolError(f"task {task_id!r} inline payload does not fit the pack frame")
-            out.append((entry, [pack[offset : offset + size]]))
-            offset += size
-        else:
-            if n < 1 or index + n > len(buffers):
-                raise ProtocolError(f"task {task_id!r} names frames the message does not have")
-            out.append((entry, list(buffers[index : index + n])))
-            index += n
-    if index != len(buffers) or offset != packed:
-        raise ProtocolError(
-            f"task list accounts for {index} of {len(buffers)} frames, {offset} of {packed} packed bytes"
+
+    __slots__ = ("_frame_at", "_frames", "_pack", "columns", "ids", "nframes", "sizes")
+
+    def __init__(self, header: dict[str, Any], buffers: Sequence[Any], columns: Sequence[str] = ()) -> None:
+        ids, nframes, sizes, packed = (
+            header.get("ids"),
+            header.get("nframes"),
+            header.get("sizes"),
+            header.get("packed"),
         )
-    return out
+        if not (isinstance(ids, list) and isinstance(nframes, list) and isinstance(sizes, list)):
+            raise ProtocolError("batch header lacks its ids, nframes and sizes lists")
+        if type(packed) is not int or packed < 0 or not len(ids) == len(nframes) == len(sizes):
+            raise ProtocolError("batch header's lists disagree in length, or packed is not a count")
+        self.columns: dict[str, list[Any]] = {}
+        for name in columns:
+            column = header.get(name)
+            if not isinstance(column, list) or len(column) != len(ids):
+                raise ProtocolError(f"batch header lacks a {name!r} entry per task")
+            self.columns[name] = column
+        first = 0
+        self._pack: memoryview | None = None
+        if packed:
+            if not buffers:
+                raise ProtocolError("batch announces a pack frame but has no buffers")
+            self._pack = memoryview(getattr(buffers[0], "buffer", buffers[0])).toreadonly()
+            if self._pack.nbytes != packed:
+                raise ProtocolError(f"pack frame has {self._pack.nbytes} bytes, header says {packed}")
+            first = 1
+        # One offset per task: into the pack for inline tasks, into `buffers` for the others.
+        at: list[int] = []
+        pack_offset, frame_offset = 0, first
+        for task_id, n, size in zip(ids, nframes, sizes):
+            if type(task_id) is not str or type(n) is not int or type(size) is not int or n < 0 or size < 0:
+                raise ProtocolError(f"bad task entry {task_id!r}, {n!r}, {size!r}")
+            if n == 0:
+                if size == 0:
+                    raise ProtocolError(f"task {task_id!r} has no payload")
+                at.append(pack_offset)
+                pack_offset += size
+            else:
+                at.append(frame_offset)
+                frame_offset += n
+        if pack_offset != packed or frame_offset != len(buffers):
+            raise ProtocolError(
+                f"batch accounts for {frame_offset} of {len(buffers)} frames, {pack_offset} of {packed} packed bytes"
+            )
+        self.ids: list[str] = ids
+        self.nframes: list[int] = nframes
+        self.sizes: list[int] = sizes
+        self._frame_at = at
+        self._frames = buffers
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def payload(self, i: int) -> list[Any]:
+        """The payload frames of task `i`."""
+        start = self._frame_at[i]
+        n = self.nframes[i]
+        if n == 0:
+            assert self._pack is not None
+            return [self._pack[start : start + self.sizes[i]]]
+        return list(self._frames[start : start + n])
 
 
 class Session:

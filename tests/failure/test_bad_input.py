@@ -14,7 +14,7 @@ import zmq
 
 import zpool
 from tests import _tasks
-from zpool.protocol import DELIMITER, MsgType, Session, encode_batch
+from zpool.protocol import DELIMITER, BatchWriter, MsgType, Session
 
 T = 60
 
@@ -143,8 +143,9 @@ def test_task_with_wrong_key_never_runs(pool, attacker, tmp_path):
     info = pool._cluster.info
     sock = attacker(info.client)
     frames = dumps_call(open, (str(marker), "w"))
-    fields, buffers = encode_batch([(["forged-1", 0], frames)])
-    forged = Session(b"f" * 64).build(MsgType.APPLY_REQUEST, fields, buffers=buffers)
+    batch = BatchWriter()
+    batch.add("forged-1", frames)
+    forged = Session(b"f" * 64).build(MsgType.APPLY_REQUEST, batch.fields(), buffers=batch.buffers())
     before = _dropped(pool)
     sock.send_multipart(forged)
     _wait_dropped(pool, before + 1)

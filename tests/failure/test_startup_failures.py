@@ -12,7 +12,7 @@ import zmq
 import zpool
 from zpool.controller.hub import Hub, HubSettings
 from zpool.controller.launcher import LocalEngines
-from zpool.protocol import ConnectionInfo, MsgType, Session, decode_batch, encode_batch, new_key, recv_frames
+from zpool.protocol import REPLY_COLUMNS, Batch, BatchWriter, ConnectionInfo, MsgType, Session, new_key, recv_frames
 from zpool.serialize import dumps_call
 
 T = 60
@@ -43,13 +43,14 @@ def test_engines_that_cannot_start_fail_tasks_with_the_reason():
     sock.connect(info.client)
     session = Session(info.key)
     try:
-        fields, buffers = encode_batch([(["t-1", 0], dumps_call(abs, (-1,)))])
-        sock.send_multipart(session.build(MsgType.APPLY_REQUEST, fields, buffers=buffers))
+        request = BatchWriter()
+        request.add("t-1", dumps_call(abs, (-1,)))
+        sock.send_multipart(session.build(MsgType.APPLY_REQUEST, request.fields(), buffers=request.buffers()))
         assert sock.poll(T * 1000), "the task was neither run nor failed"
         reply = session.unpack(recv_frames(sock))
-        (entry, frames), *_ = decode_batch(reply.header, reply.buffers)
-        assert entry[0] == "t-1" and entry[3] == "error"
-        error = __import__("json").loads(bytes(frames[0]))
+        batch = Batch(reply.header, reply.buffers, REPLY_COLUMNS)
+        assert batch.ids == ["t-1"] and batch.columns["status"] == ["error"]
+        error = __import__("json").loads(bytes(batch.payload(0)[0]))
         assert error["ename"] == "BrokenPoolError"
         assert "3 engine processes in a row exited (exit code 7) before registering" in error["evalue"]
     finally:

@@ -316,3 +316,19 @@ def test_map_metadata_stays_a_list_after_failure(pool):
     assert ar.progress == 3  # every chunk's reply was still accounted for
     assert isinstance(ar.metadata, list) and len(ar.metadata) == 3
     assert [md.status for md in ar.metadata] == ["error"] * 3
+
+
+def test_works_with_concurrent_futures_helpers(pool):
+    results = [pool.apply_async(_tasks.sleep_then, (0.05 * (i % 3), i)) for i in range(9)]
+    done, not_done = concurrent.futures.wait(results, timeout=T)
+    assert not not_done and len(done) == 9
+    finished = [f.result() for f in concurrent.futures.as_completed(results, timeout=T)]
+    assert sorted(finished) == list(range(9))
+    first = pool.apply_async(_tasks.sleep_then, (0.01, "first"))
+    slow = pool.apply_async(_tasks.sleep_then, (2.0, "slow"))
+    done, _ = concurrent.futures.wait([first, slow], timeout=T, return_when=concurrent.futures.FIRST_COMPLETED)
+    assert first in done
+    called = threading.Event()
+    slow.add_done_callback(lambda f: called.set())
+    assert slow.get(T) == "slow"
+    assert called.wait(T)

@@ -30,7 +30,7 @@ import zmq
 
 from zpool.client.results import ResultTable
 from zpool.error import AuthenticationError, BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
-from zpool.protocol import ConnectionInfo, Message, MsgType, Session, encode, encode_batch, recv_frames, send_frames
+from zpool.protocol import BatchWriter, ConnectionInfo, Message, MsgType, Session, encode, recv_frames, send_frames
 
 # The controller may bind after we connect (they start together): retry soon.
 RECONNECT_IVL_MS = 10
@@ -102,8 +102,8 @@ class Connection:
 
     # -- user threads -------------------------------------------------------------
 
-    def submit(self, items: list[tuple[list[Any], list[Any]]]) -> None:
-        """Queue tasks for sending: ``(entry, frames)`` each, `entry` being ``[task_id, flags]``."""
+    def submit(self, items: list[tuple[str, list[Any]]]) -> None:
+        """Queue tasks for sending: ``(task_id, payload_frames)`` each."""
         self._enqueue(items)
 
     def request(
@@ -193,7 +193,7 @@ class Connection:
             reason = self.broken
             self._fail_items(items, lambda: BrokenPoolError(reason))
             return
-        batch: list[tuple[list[Any], list[Any]]] = []
+        batch = BatchWriter()
         size = 0
         for item in items:
             if isinstance(item, _Request):
@@ -203,18 +203,18 @@ class Connection:
                 self._remember(msg[1], msg_id)
                 send_frames(self._sock, msg)
                 continue
-            batch += item
-            size += sum(_nbytes(f) for _, frames in item for f in frames)
+            for task_id, frames in item:
+                batch.add(task_id, frames)
+                size += sum(_nbytes(f) for f in frames)
             if len(batch) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
                 self._send_batch(batch)
-                batch, size = [], 0
-        if batch:
+                batch, size = BatchWriter(), 0
+        if len(batch):
             self._send_batch(batch)
 
-    def _send_batch(self, batch: list[tuple[list[Any], list[Any]]]) -> None:
-        fields, buffers = encode_batch(batch)
-        msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=buffers)
-        self._remember(msg[1], [entry[0] for entry, _ in batch])
+    def _send_batch(self, batch: BatchWriter) -> None:
+        msg = self.session.build(MsgType.APPLY_REQUEST, batch.fields(), buffers=batch.buffers())
+        self._remember(msg[1], batch.ids)
         send_frames(self._sock, msg)
 
     def _remember(self, signature: bytes, what: list[str] | str) -> None:
@@ -297,4 +297,4 @@ class Connection:
                 if not item.future.done():
                     item.future.set_exception(exc_for())
             else:
-                self.results.fail([entry[0] for entry, _ in item], exc_for)
+                self.results.fail([task_id for task_id, _ in item], exc_for)

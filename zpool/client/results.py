@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from zpool import error as _errors
 from zpool.error import RemoteError, RemoteTraceback, SerializationError
-from zpool.protocol import Message, TaskStatus, decode_batch
+from zpool.protocol import REPLY_COLUMNS, Batch, Message, TaskStatus
 from zpool.serialize import loads
 
 __all__ = ["ResultTable", "rebuild_exception"]
@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 class _Outcome(Protocol):
-    msg_ids: list[str]
+    @property
+    def msg_ids(self) -> list[str]: ...
 
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None: ...
 
@@ -73,7 +74,9 @@ class ResultTable:
     """Outstanding tasks of one client, by task id."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, tuple[_Outcome, int]] = {}
+        # The outcome itself for single-task results (most of them), else
+        # (outcome, index): one object fewer per call for the garbage collector.
+        self._tasks: dict[str, Any] = {}
         self._empty = threading.Condition()
 
     def __len__(self) -> int:
@@ -82,22 +85,25 @@ class ResultTable:
     def add(self, outcome: _Outcome) -> None:
         ids = outcome.msg_ids
         if len(ids) == 1:
-            self._tasks[ids[0]] = (outcome, 0)
+            self._tasks[ids[0]] = outcome
         else:
             for index, task_id in enumerate(ids):
                 self._tasks[task_id] = (outcome, index)
 
     def handle_reply(self, msg: Message) -> None:
         """Settle every task an ``apply_reply`` carries (I/O thread)."""
+        batch = Batch(msg.header, msg.buffers, REPLY_COLUMNS)
+        statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
         received = time.time()
         pop = self._tasks.pop
-        for entry, frames in decode_batch(msg.header, msg.buffers):
-            task_id, status, engine_id, started, completed = entry[0], entry[3], entry[4], entry[5], entry[6]
+        for i, task_id in enumerate(batch.ids):
+            status = statuses[i]
             slot = pop(task_id, None)
             if slot is None:
                 continue  # already failed locally (terminate, controller loss)
-            outcome, index = slot
-            metadata = (engine_id, status, started, completed, received)
+            outcome, index = slot if type(slot) is tuple else (slot, 0)
+            frames = batch.payload(i)
+            metadata = (engine_ids[i], status, starts[i], completions[i], received)
             ok = status == TaskStatus.OK.value
             try:
                 if ok:
@@ -116,7 +122,7 @@ class ResultTable:
         for task_id in task_ids:
             slot = self._tasks.pop(task_id, None)
             if slot is not None:
-                slot[0]._fail(exc_for())
+                (slot[0] if type(slot) is tuple else slot)._fail(exc_for())
         self._notify_if_empty()
 
     def fail_all(self, exc_for: Callable[[], BaseException]) -> None:

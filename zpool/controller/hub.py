@@ -37,14 +37,15 @@ from zpool.controller.scheduler import Scheduler, Task
 from zpool.error import ProtocolError, ZPoolError
 from zpool.protocol import (
     DELIMITER,
+    REPLY_COLUMNS,
+    Batch,
+    BatchWriter,
     ConnectionInfo,
     Message,
     MsgType,
     Session,
     TaskStatus,
-    decode_batch,
     encode,
-    encode_batch,
     recv_frames,
     send_frames,
 )
@@ -229,7 +230,8 @@ class Hub:
 
     def _on_apply_request(self, msg: Message, frames: list[Any]) -> None:
         client = _ident(msg)
-        tasks = [Task(entry[0], client, task_frames) for entry, task_frames in decode_batch(msg.header, msg.buffers)]
+        batch = Batch(msg.header, msg.buffers)
+        tasks = [Task(task_id, client, batch.payload(i)) for i, task_id in enumerate(batch.ids)]
         if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
             self._fail_tasks(tasks, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
             return
@@ -296,38 +298,44 @@ class Hub:
         slot = self.scheduler.engines.get(ident)
         if slot is None:
             raise ProtocolError("apply_reply from an engine that is not registered (or was declared dead)")
-        items = decode_batch(msg.header, msg.buffers)
-        per_client: dict[bytes, list[tuple[list[Any], list[Any]]]] = {}
+        batch = Batch(msg.header, msg.buffers, REPLY_COLUMNS)
+        ids = batch.ids
+        statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
+        per_client: dict[bytes, list[int]] = {}
         finish = self.scheduler.finish
-        for entry, task_frames in items:
-            # entry: [task_id, n, inline, status, engine_id, started, completed]
-            task = finish(slot, entry[0], entry[3] == "ok", entry[6] - entry[5])
+        for i, task_id in enumerate(ids):
+            task = finish(slot, task_id, statuses[i] == "ok", completions[i] - starts[i])
             if task is None:
-                logger.warning("engine %d answered task %s it did not hold", slot.engine_id, entry[0])
+                logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
                 continue
-            per_client.setdefault(task.client, []).append(([entry[0], *entry[3:]], task_frames))
+            per_client.setdefault(task.client, []).append(i)
         if len(per_client) == 1 and time.time() - msg.header["date"] < FORWARD_MAX_AGE_S:
             client, answered = next(iter(per_client.items()))
-            if len(answered) == len(items):
+            if len(answered) == len(ids):
                 self._send(self.client, client, frames[len(msg.idents) :])
                 return
         for client, answered in per_client.items():
-            self._send_reply(client, answered)
+            out = BatchWriter(REPLY_COLUMNS)
+            for i in answered:
+                out.add(ids[i], batch.payload(i), statuses[i], engine_ids[i], starts[i], completions[i])
+            self._send_reply(client, out)
 
-    def _send_reply(self, client: bytes, items: list[tuple[list[Any], list[Any]]]) -> None:
-        fields, buffers = encode_batch(items)
-        self._send(self.client, client, self.session.build(MsgType.APPLY_REPLY, fields, buffers=buffers))
+    def _send_reply(self, client: bytes, batch: BatchWriter) -> None:
+        frames = self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers())
+        self._send(self.client, client, frames)
 
     def _fail_tasks(self, tasks: list[Task], ename: str, evalue: str, engine_id: int | None = None) -> None:
         """Answer `tasks` with an error reply each, grouped per client."""
         now = time.time()
         error = encode({"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id})
-        per_client: dict[bytes, list[tuple[list[Any], list[Any]]]] = {}
+        per_client: dict[bytes, BatchWriter] = {}
         for task in tasks:
-            entry = [task.task_id, TaskStatus.ERROR.value, engine_id, now, now]
-            per_client.setdefault(task.client, []).append((entry, [error]))
-        for client, items in per_client.items():
-            self._send_reply(client, items)
+            out = per_client.get(task.client)
+            if out is None:
+                out = per_client[task.client] = BatchWriter(REPLY_COLUMNS)
+            out.add(task.task_id, [error], TaskStatus.ERROR.value, engine_id, now, now)
+        for client, out in per_client.items():
+            self._send_reply(client, out)
 
     def _dispatch(self) -> None:
         for slot, tasks in self.scheduler.assign().items():
@@ -340,8 +348,10 @@ class Hub:
             ):
                 frames = source.frames
             else:
-                fields, buffers = encode_batch(([t.task_id, 0], t.frames) for t in tasks)
-                frames = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=buffers)
+                out = BatchWriter()
+                for t in tasks:
+                    out.add(t.task_id, t.frames)
+                frames = self.session.build(MsgType.APPLY_REQUEST, out.fields(), buffers=out.buffers())
             for t in tasks:
                 t.source = None
                 t.frames = []

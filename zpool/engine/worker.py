@@ -45,14 +45,15 @@ import zmq
 from zpool._process import ParentWatch
 from zpool.error import ProtocolError, SerializationError, ZPoolError
 from zpool.protocol import (
+    REPLY_COLUMNS,
+    Batch,
+    BatchWriter,
     ConnectionInfo,
     Message,
     MsgType,
     Session,
     TaskStatus,
-    decode_batch,
     encode,
-    encode_batch,
     recv_frames,
     send_frames,
 )
@@ -102,7 +103,7 @@ class Engine:
         self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self.sock.connect(info.engine)
         self.pending: collections.deque[tuple[str, list[Any]]] = collections.deque()
-        self.outbox: list[tuple[list[Any], list[Any]]] = []
+        self.outbox = BatchWriter(REPLY_COLUMNS)
         self.outbox_since = 0.0
         self.in_task = False
         self.lock = threading.Lock()  # every use of self.sock and self.outbox
@@ -179,7 +180,8 @@ class Engine:
                 logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
 
     def _queue(self, msg: Message) -> None:
-        self.pending.extend((entry[0], frames) for entry, frames in decode_batch(msg.header, msg.buffers))
+        batch = Batch(msg.header, msg.buffers)
+        self.pending.extend((task_id, batch.payload(i)) for i, task_id in enumerate(batch.ids))
 
     # -- running --------------------------------------------------------------
 
@@ -211,7 +213,7 @@ class Engine:
             )
             return
         completed = time.time()
-        self._push([task_id, TaskStatus.OK.value, self.engine_id, started, completed], payload)
+        self._push(task_id, payload, TaskStatus.OK.value, started, completed)
 
     def _answer_error(
         self, task_id: str, exc: BaseException, started: float, prefix: str, skip_frames: int | None = 0
@@ -239,26 +241,25 @@ class Engine:
         exc_frames = _portable_exception(exc) if not prefix else None
         if exc_frames is not None:
             frames += exc_frames
-        self._push([task_id, TaskStatus.ERROR.value, self.engine_id, started, completed], frames)
+        self._push(task_id, frames, TaskStatus.ERROR.value, started, completed)
 
-    def _push(self, entry: list[Any], frames: list[Any]) -> None:
+    def _push(self, task_id: str, frames: list[Any], status: str, started: float, completed: float) -> None:
         with self.lock:
             if not self.outbox:
                 self.outbox_since = time.monotonic()
-            self.outbox.append((entry, frames))
+            self.outbox.add(task_id, frames, status, self.engine_id, started, completed)
 
     def flush(self) -> None:
         """Send the held replies as one message (caller holds :attr:`lock`)."""
         if not self.outbox:
             return
-        fields, buffers = encode_batch(self.outbox)
-        self.outbox = []
+        batch, self.outbox = self.outbox, BatchWriter(REPLY_COLUMNS)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
-        send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, fields, buffers=buffers))
+        send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers()))
 
 
 def _safe_str(exc: BaseException) -> str:
