@@ -32,78 +32,63 @@ def _occupy_one_engine(pool, seconds=3.0):
     raise AssertionError("the long task was never placed")
 
 
-def test_leastload_avoids_the_loaded_engine(fresh_pool):
-    pool = fresh_pool(2, scheme="leastload", hwm=0)
-    long_ar, busy = _occupy_one_engine(pool)
-    results = []
-    for i in range(6):
+def _one_at_a_time(pool, n):
+    """Engine ids of `n` tasks, each submitted after the previous one finished."""
+    ids = []
+    for i in range(n):
         ar = pool.apply_async(_tasks.square, (i,))
         ar.get(T)
-        results.append(ar)
-    # One task outstanding on `busy`, none on the other: fewest outstanding wins every time.
-    assert busy not in _engine_ids(results)
+        ids.append(ar.metadata.engine_id)
+    return ids
+
+
+def _burst(pool, n):
+    """Engine ids of `n` tasks submitted at once."""
+    burst = [pool.apply_async(_tasks.square, (i,)) for i in range(n)]
+    for r in burst:
+        r.get(T)
+    return _engine_ids(burst)
+
+
+def _alternates(ids):
+    return all(a != b for a, b in zip(ids, ids[1:]))
+
+
+@pytest.mark.parametrize("scheme", ["leastload", "weighted"])
+def test_load_aware_schemes_avoid_the_loaded_engine(fresh_pool, scheme):
+    # leastload: fewest outstanding wins. weighted: of the two engines drawn
+    # (with two engines, both), the less loaded wins.
+    pool = fresh_pool(2, scheme=scheme, hwm=0)
+    long_ar, busy = _occupy_one_engine(pool)
+    assert busy not in _one_at_a_time(pool, 6)
     long_ar.get(T)
 
 
 def test_leastload_blocking_calls_alternate_on_ties(fresh_pool):
     pool = fresh_pool(2, scheme="leastload")
-    results = []
-    for i in range(8):
-        ar = pool.apply_async(_tasks.square, (i,))
-        ar.get(T)
-        results.append(ar)
-    ids = _engine_ids(results)
     # Loads tie at zero each time, so the least recently used engine wins: strict alternation.
-    assert all(a != b for a, b in zip(ids, ids[1:])), ids
+    ids = _one_at_a_time(pool, 8)
+    assert _alternates(ids), ids
 
 
-def test_lru_ignores_load(fresh_pool):
-    pool = fresh_pool(2, scheme="lru", hwm=0)
+@pytest.mark.parametrize("scheme", ["lru", "twobin"])
+def test_recency_schemes_ignore_load(fresh_pool, scheme):
+    # lru: least recently used regardless of load. twobin: of two engines drawn
+    # (with two engines, both), the less recently used.
+    pool = fresh_pool(2, scheme=scheme, hwm=0)
     long_ar, busy = _occupy_one_engine(pool)
-    burst = [pool.apply_async(_tasks.square, (i,)) for i in range(6)]
-    for r in burst:
-        r.get(T)
-    ids = _engine_ids(burst)
-    # Least recently used regardless of load: the busy engine still gets every other task.
-    assert ids.count(busy) == 3, ids
-    assert all(a != b for a, b in zip(ids, ids[1:])), ids
-    long_ar.get(T)
-
-
-def test_twobin_with_two_engines_is_lru(fresh_pool):
-    pool = fresh_pool(2, scheme="twobin", hwm=0)
-    long_ar, _ = _occupy_one_engine(pool)
-    burst = [pool.apply_async(_tasks.square, (i,)) for i in range(6)]
-    for r in burst:
-        r.get(T)
-    ids = _engine_ids(burst)
-    assert all(a != b for a, b in zip(ids, ids[1:])), ids
-    long_ar.get(T)
-
-
-def test_weighted_with_two_engines_takes_the_less_loaded(fresh_pool):
-    pool = fresh_pool(2, scheme="weighted", hwm=0)
-    long_ar, busy = _occupy_one_engine(pool)
-    results = []
-    for i in range(6):
-        ar = pool.apply_async(_tasks.square, (i,))
-        ar.get(T)
-        results.append(ar)
-    assert busy not in _engine_ids(results)
+    ids = _burst(pool, 6)
+    assert ids.count(busy) == 3, ids  # the busy engine still gets every other task
+    assert _alternates(ids), ids
     long_ar.get(T)
 
 
 def test_plainrandom_uses_both_engines_without_pattern(fresh_pool):
     pool = fresh_pool(2, scheme="plainrandom")
-    results = []
-    for i in range(60):
-        ar = pool.apply_async(_tasks.square, (i,))
-        ar.get(T)
-        results.append(ar)
-    ids = _engine_ids(results)
+    ids = _one_at_a_time(pool, 60)
     assert len(set(ids)) == 2
     # Strict alternation (what lru/leastload produce here) has chance 2**-59 under random choice.
-    assert not all(a != b for a, b in zip(ids, ids[1:]))
+    assert not _alternates(ids)
 
 
 @pytest.mark.parametrize("hwm", [1, 2])
