@@ -85,3 +85,18 @@ def in_received_frame(arr) -> bool:
     frame_start = np.frombuffer(owner, dtype=np.uint8).ctypes.data
     start = arr.ctypes.data
     return frame_start <= start and start + arr.nbytes <= frame_start + len(owner)
+
+
+def _explode():
+    raise SystemExit("raised while unpickling")
+
+
+class ExplodesWhenUnpickled:
+    """Pickles fine; unpickling it raises SystemExit (a BaseException)."""
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+def return_exploding():
+    return ExplodesWhenUnpickled()

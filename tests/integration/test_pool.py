@@ -332,3 +332,10 @@ def test_works_with_concurrent_futures_helpers(pool):
     slow.add_done_callback(lambda f: called.set())
     assert slow.get(T) == "slow"
     assert called.wait(T)
+
+
+def test_result_that_cannot_be_unpickled_here_fails_only_its_call(pool):
+    with pytest.raises(zpool.SerializationError, match="could not be deserialized here: SystemExit") as info:
+        pool.apply(_tasks.return_exploding)
+    assert isinstance(info.value.__cause__, SystemExit)
+    assert pool.apply(_tasks.square, (6,)) == 36  # the I/O thread lives on

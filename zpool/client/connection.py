@@ -126,26 +126,27 @@ class Connection:
             raise TimeoutError(f"the controller did not answer {msg_type.value} within {timeout} s") from None
 
     def _enqueue(self, item: Any) -> None:
-        if self.broken:
-            raise BrokenPoolError(self.broken)
-        if self._closing:
-            raise PoolClosedError("the connection to the controller is closed")
+        # Checked under the lock: the I/O thread closes the wake pipe under it too,
+        # so nothing is ever written to a closed (and perhaps reused) descriptor.
         with self._lock:
+            if self.broken:
+                raise BrokenPoolError(self.broken)
+            if self._closing:
+                raise PoolClosedError("the connection to the controller is closed")
             self._queue.append(item)
             if self._signaled:
                 return
             self._signaled = True
-        os.write(self._wake_w, b"x")
+            os.write(self._wake_w, b"x")
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the I/O thread and close the sockets."""
-        if self._closing:
-            return
-        self._closing = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -166,23 +167,29 @@ class Connection:
                 if time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + WATCH_INTERVAL_S
                     self._check_controller()
-        except Exception as exc:  # a bug here must not leave callers waiting forever
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
             logger.exception("zpool I/O thread failed")
             self._break(f"the client's I/O thread failed: {type(exc).__name__}: {exc}")
         finally:
             self._sock.close(linger=0)
             self._ctx.term()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._fail_requests(PoolClosedError("the connection to the controller was closed"))
+            with self._lock:
+                self._closing = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1
+                leftover, self._queue = self._queue, []
+            closed = "the connection to the controller was closed"
+            self._fail_items(leftover, lambda: PoolClosedError(closed))
+            self._fail_requests(PoolClosedError(closed))
 
     def _take_queue(self) -> list[Any]:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
         with self._lock:
+            try:
+                while self._wake_r >= 0 and os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
             items, self._queue = self._queue, []
             self._signaled = False
         return items

@@ -110,9 +110,11 @@ class ResultTable:
                     value: Any = loads(frames)
                 else:
                     value = rebuild_exception(json.loads(bytes(frames[0])), frames[1:])
-            except Exception as exc:
+            except BaseException as exc:  # e.g. SystemExit from a hostile __reduce__: not the I/O thread's end
                 ok = False
-                value = SerializationError(f"the reply to task {task_id} could not be deserialized here: {exc}")
+                value = SerializationError(
+                    f"the result of task {task_id} could not be deserialized here: {type(exc).__name__}: {exc}"
+                )
                 value.__cause__ = exc
             outcome._task_done(index, ok, value, metadata)
         self._notify_if_empty()
