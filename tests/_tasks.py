@@ -100,3 +100,20 @@ class ExplodesWhenUnpickled:
 
 def return_exploding():
     return ExplodesWhenUnpickled()
+
+
+def start_grandchild(seconds=60):
+    """Start a process that outlives this task unless someone cleans up; return its pid."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"]).pid
+
+
+class ExplodesWhenPickled:
+    def __reduce__(self):
+        raise SystemExit("raised while pickling")
+
+
+def return_unpicklable_loudly():
+    return ExplodesWhenPickled()

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 # psutil is imported where needed: engines watching their own parent never need it,
 # and it costs a tenth of an engine's start-up time.
 
-__all__ = ["ParentWatch", "describe_exit", "kill_process_tree"]
+__all__ = ["ParentWatch", "describe_exit", "kill_process_group", "kill_process_tree"]
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -51,6 +51,28 @@ def kill_process_tree(pids: Iterable[int], timeout: float = 3.0) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=timeout)
+
+
+def kill_process_group(pgid: int, spare_self: bool = False) -> None:
+    """SIGKILL every process of group `pgid` (e.g. children a task started).
+
+    With `spare_self`, the calling process (a member) is left alive.
+    """
+    if not spare_self:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    import psutil
+
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != me and os.getpgid(proc.pid) == pgid:
+                proc.kill()
+        except (OSError, psutil.Error):
+            continue
 
 
 class ParentWatch:

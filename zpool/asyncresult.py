@@ -17,7 +17,7 @@ import datetime
 import itertools
 import threading
 import time
-from typing import Any, Generator, Generic, TypeVar, cast
+from typing import Any, Callable, Generator, Generic, TypeVar, cast
 
 from zpool.error import TimeoutError
 
@@ -76,6 +76,10 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         # Raw (engine_id, status, started, completed, received) tuples until read.
         self._metadata: Any = [None] * len(msg_ids) if len(msg_ids) != 1 else None
         self._single = len(msg_ids) == 1
+        # Set by the Pool: kept alive while this result is pending (as the stdlib
+        # does), and where done-callbacks run (never on the client's I/O thread).
+        self._owner: Any = None
+        self._runner: Any = None
         self._pending = len(msg_ids)
         self._finished_at: float | None = None
         if not msg_ids:
@@ -163,6 +167,21 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         end = self._finished_at if self._finished_at is not None else time.time()
         return end - self.submitted
 
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[Any]], object]) -> None:
+        """Call ``fn(self)`` when the result is ready, as :class:`concurrent.futures.Future` does.
+
+        Notes
+        -----
+        `fn` runs in the pool's result-handling thread (or at once, in this
+        thread, if the result is already there), never in the thread that
+        receives results, so it may itself submit work and wait for it.
+        """
+        runner = self._runner
+        if runner is None or self.done():
+            super().add_done_callback(fn)
+        else:
+            super().add_done_callback(lambda fut: runner.call(fn, fut))
+
     def __await__(self) -> Generator[Any, None, T]:
         import asyncio  # only for awaiting: it costs 30 ms to import
 
@@ -214,6 +233,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
                 self.set_result(result)
         except concurrent.futures.InvalidStateError:
             pass  # cancelled or failed meanwhile
+        self._owner = None
 
     def _combine(self, values: list[Any]) -> Any:
         return values

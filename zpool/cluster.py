@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import psutil
 import zmq
 
-from zpool._process import describe_exit, kill_process_tree
+from zpool._process import describe_exit, kill_process_group, kill_process_tree
 from zpool.error import ZPoolError
 from zpool.protocol import ConnectionInfo, new_key
 
@@ -156,6 +156,10 @@ class LocalCluster:
         _, alive = psutil.wait_procs(tree, timeout=3.0)
         if alive:
             kill_process_tree([p.pid for p in alive], timeout=2.0)
+        if proc is not None:
+            # The controller led its own process group (start_new_session):
+            # anything still in it was started by a task and outlived its engine.
+            kill_process_group(proc.pid)
         if proc is not None and proc.returncode is None:
             proc.wait(2.0)
         if self.workdir is not None:

@@ -10,6 +10,8 @@ as replies arrive.
 
 from __future__ import annotations
 
+import collections.abc
+import concurrent.futures
 import enum
 import os
 import queue
@@ -35,6 +37,10 @@ STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 5.0
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class PoolState(enum.Enum):
     RUN = "running"
     CLOSE = "closed"
@@ -55,6 +61,7 @@ class _Callbacks:
         callback: Callable[[Any], Any] | None,
         error_callback: Callable[[BaseException], Any] | None,
     ) -> None:
+        """Run `callback` or `error_callback` here once `ar` completes."""
         if callback is None and error_callback is None:
             return
         self._ensure_thread()
@@ -67,7 +74,13 @@ class _Callbacks:
             elif error_callback is not None:
                 self._queue.put((error_callback, exc))
 
-        ar.add_done_callback(done)
+        # Future's own method: `done` only queues, so it may run on the I/O thread.
+        concurrent.futures.Future.add_done_callback(ar, done)
+
+    def call(self, func: Callable[[Any], Any], value: Any) -> None:
+        """Run ``func(value)`` in the callback thread."""
+        self._ensure_thread()
+        self._queue.put((func, value))
 
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -83,7 +96,7 @@ class _Callbacks:
             func, value = item
             try:
                 func(value)
-            except Exception:
+            except BaseException:  # as multiprocessing does, report and go on serving callbacks
                 import traceback
 
                 traceback.print_exc()
@@ -102,7 +115,7 @@ def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, gr
     if os.getpid() != owner:
         return  # a forked child inherited the pool object: the cluster is its parent's
     reason = "the pool was terminated before this task finished"
-    conn.results.fail_all(lambda: TaskAborted(reason))
+    conn.results.close(lambda: TaskAborted(reason))
     try:
         if not conn.broken:
             conn.request(MsgType.SHUTDOWN_REQUEST, timeout=SHUTDOWN_TIMEOUT_S if graceful else 2.0)
@@ -159,31 +172,38 @@ class Pool:
         self._state = PoolState.TERMINATE  # until fully started, for __del__
         if processes is None:
             processes = os.cpu_count() or 1
-        if not isinstance(processes, int) or isinstance(processes, bool):
+        if not _is_int(processes):
             raise TypeError(f"processes must be an int, not {type(processes).__name__}")
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-        if hwm is not None and (not isinstance(hwm, int) or hwm < 0):
+        if hwm is not None and (not _is_int(hwm) or hwm < 0):
             raise ValueError(f"hwm must be None (adaptive), 0 (no limit) or a positive int, not {hwm!r}")
-        if heartbeat_interval <= 0 or heartbeat_misses < 1:
-            raise ValueError("heartbeat_interval must be > 0 and heartbeat_misses >= 1")
+        if not isinstance(heartbeat_interval, (int, float)) or isinstance(heartbeat_interval, bool):
+            raise TypeError(f"heartbeat_interval must be a number of seconds, not {type(heartbeat_interval).__name__}")
+        if not 0 < heartbeat_interval < float("inf"):  # also refuses NaN
+            raise ValueError(f"heartbeat_interval must be a positive number of seconds, not {heartbeat_interval!r}")
+        if not _is_int(heartbeat_misses) or heartbeat_misses < 1:
+            raise ValueError(f"heartbeat_misses must be a positive int, not {heartbeat_misses!r}")
+        self._owner_pid = os.getpid()
         self._processes = processes
         self._cluster = LocalCluster(ClusterSettings(processes, scheme, hwm, heartbeat_interval, heartbeat_misses))
         info = self._cluster.start()
         self._results = ResultTable()
         self._callbacks = _Callbacks()
+        conn: Connection | None = None
         try:
-            self._conn = Connection(info, self._results, watch=self._cluster.failure)
-            self._conn.request(MsgType.CONNECT_REQUEST, timeout=STARTUP_TIMEOUT_S)
-        except BaseException as exc:
-            if hasattr(self, "_conn"):
-                self._conn.close()
+            conn = Connection(info, self._results, watch=self._cluster.failure)
+            conn.request(MsgType.CONNECT_REQUEST, timeout=STARTUP_TIMEOUT_S)
+        except BaseException as exc:  # Ctrl-C included: leave nothing running
+            if conn is not None:
+                conn.close()
             self._cluster.stop(timeout=1.0)
             if isinstance(exc, ZPoolError) and not isinstance(exc, BrokenPoolError):
                 raise BrokenPoolError(f"the hidden cluster did not start: {exc}") from exc
             raise
+        self._conn = conn
         self._finalizer = weakref.finalize(
             self, _shutdown, self._conn, self._cluster, self._callbacks, False, os.getpid()
         )
@@ -233,9 +253,12 @@ class Pool:
         self._check_running()
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
+        if not isinstance(kwds, collections.abc.Mapping):
+            raise TypeError(f"kwds must be a mapping (a dict of keyword arguments), not {type(kwds).__name__}")
         frames = dumps_call(func, tuple(args), dict(kwds))
         task_id = self._conn.session.new_id()
         ar: AsyncResult[T] = AsyncResult([task_id], callable_name(func))
+        ar._owner, ar._runner = self, self._callbacks
         self._callbacks.attach(ar, callback, error_callback)
         self._submit(ar, [(task_id, frames)])
         return ar
@@ -272,13 +295,16 @@ class Pool:
         items_in = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
             chunksize = default_chunksize(len(items_in), self._processes)
-        elif not isinstance(chunksize, int) or chunksize < 1:
+        elif not _is_int(chunksize):
+            raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
+        elif chunksize < 1 and len(items_in):  # an empty map ignores chunksize, as the stdlib does
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
         items: list[tuple[str, list[Any]]] = []
         new_id = self._conn.session.new_id
         for chunk in split(items_in, chunksize) if len(items_in) else []:
             items.append((new_id(), self._dump_chunk(func, chunk)))
         ar: MapResult[T] = MapResult([task_id for task_id, _ in items], callable_name(func))
+        ar._owner, ar._runner = self, self._callbacks
         self._callbacks.attach(ar, callback, error_callback)
         if items:
             self._submit(ar, items)
@@ -370,6 +396,11 @@ class Pool:
     def _check_running(self) -> None:
         if self._state is not PoolState.RUN:
             raise PoolClosedError("Pool not running")
+        if os.getpid() != self._owner_pid:
+            raise PoolClosedError(
+                f"this Pool belongs to process {self._owner_pid}; a forked child cannot use it"
+                " (its I/O thread did not survive the fork): create a new Pool in the child"
+            )
         if self._conn.broken:
             raise BrokenPoolError(self._conn.broken)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import pickle
 import sys
+import threading
 import types
 from typing import Any, Callable, Mapping, Sequence
 
@@ -49,21 +50,36 @@ def _loads_dill(data: bytes) -> Any:
         # A class of the caller's __main__ that went to an engine by value and
         # came back (as a result's class, or a raised exception's): use the
         # original, so isinstance() and except clauses work as with the stdlib.
-        home = getattr(sys.modules.get("__main__"), obj.__qualname__, None)
+        home: Any = sys.modules.get("__main__")
+        for part in obj.__qualname__.split("."):
+            home = getattr(home, part, None)
         if isinstance(home, type) and home.__qualname__ == obj.__qualname__:
             return home
     return obj
 
 
+# dill's recurse=True finds a function's globals by disassembling it with
+# sys.stdout swapped for a buffer; two threads doing that at once can leave
+# the buffer in place for good. One at a time, then.
+_DILL_LOCK = threading.Lock()
+
+
 def _dumps_dill(obj: Any) -> bytes:
     import dill
 
-    data: bytes = dill.dumps(obj, protocol=5, recurse=True)
+    with _DILL_LOCK:
+        data: bytes = dill.dumps(obj, protocol=5, recurse=True)
     return data
 
 
-def _rebuild_memoryview(buf: Any) -> memoryview:
-    return memoryview(buf).toreadonly()
+def _rebuild_memoryview(buf: Any, fmt: str = "B", shape: tuple[int, ...] | None = None) -> memoryview:
+    view = memoryview(buf).toreadonly()
+    if fmt == "B" and shape is None:
+        return view
+    try:
+        return view.cast("B").cast(fmt, shape) if shape is not None else view.cast("B").cast(fmt)
+    except (TypeError, ValueError):  # a format cast() does not support: bytes it is
+        return view
 
 
 # Functions and classes known to pickle by reference. Only module-level objects
@@ -106,9 +122,12 @@ class _Pickler(pickle.Pickler):
                 return NotImplemented
             return _loads_dill, (_dumps_dill(obj),)
         if kind is memoryview:
-            if obj.contiguous and obj.nbytes >= OOB_THRESHOLD:
-                return _rebuild_memoryview, (pickle.PickleBuffer(obj),)
-            return _rebuild_memoryview, (obj.tobytes(),)
+            # Keep the element format and shape; a non-contiguous view is
+            # gathered into C order first (one copy), as tobytes() does.
+            layout = (obj.format, tuple(obj.shape or ()))
+            if obj.c_contiguous and obj.nbytes >= OOB_THRESHOLD:
+                return _rebuild_memoryview, (pickle.PickleBuffer(obj), *layout)
+            return _rebuild_memoryview, (obj.tobytes(), *layout)
         return NotImplemented
 
 
@@ -155,7 +174,9 @@ def dumps(obj: Any) -> list[Any]:
     stream = io.BytesIO()
     try:
         _Pickler(stream, protocol=5, buffer_callback=keep_out_of_band).dump(_lift(obj))
-    except Exception as exc:
+    except (KeyboardInterrupt, SerializationError):
+        raise
+    except BaseException as exc:  # a __reduce__ may raise anything, SystemExit included
         raise SerializationError(f"cannot serialize {_short_repr(obj)}: {exc}") from exc
     # A small pickle is cheaper to handle as bytes than as a view on the stream.
     head = stream.getvalue() if stream.tell() < OOB_THRESHOLD else stream.getbuffer()

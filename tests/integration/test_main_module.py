@@ -24,6 +24,13 @@ SCRIPT = textwrap.dedent(
     class MyError(Exception):
         pass
 
+    class Outer:
+        class Error(Exception):
+            pass
+
+    def nested_boom():
+        raise Outer.Error("nested")
+
     SCALE = 10
 
     def make(x):
@@ -46,6 +53,30 @@ SCRIPT = textwrap.dedent(
                 assert "in boom" in str(exc.__cause__)
             else:
                 raise AssertionError("MyError was not raised")
+            try:
+                pool.apply(nested_boom)
+            except Outer.Error as exc:
+                assert str(exc) == "nested"
+            else:
+                raise AssertionError("Outer.Error was not raised")
+
+            # Lambdas and __main__ functions serialized from several threads at once
+            # (dill briefly swaps sys.stdout while it inspects them) leave stdout alone.
+            import sys, threading
+            real = sys.stdout
+
+            def submit_many():
+                for _ in range(10):
+                    for j in range(20):
+                        pool.apply_async(make, (j,))
+                    pool.map(make, range(30), chunksize=3)
+
+            threads = [threading.Thread(target=submit_many) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sys.stdout is real, sys.stdout
         print("ok")
     """
 )

@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Iterable, Protocol
 
 from zpool import error as _errors
-from zpool.error import RemoteError, RemoteTraceback, SerializationError
+from zpool.error import PoolClosedError, RemoteError, RemoteTraceback, SerializationError
 from zpool.protocol import REPLY_COLUMNS, Batch, Message, TaskStatus
 from zpool.serialize import loads
 
@@ -78,17 +78,35 @@ class ResultTable:
         # (outcome, index): one object fewer per call for the garbage collector.
         self._tasks: dict[str, Any] = {}
         self._empty = threading.Condition()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._tasks)
 
     def add(self, outcome: _Outcome) -> None:
+        """Start tracking `outcome`'s tasks.
+
+        Raises
+        ------
+        PoolClosedError
+            If :meth:`close` was called (checked atomically with it, so no
+            task can slip in after the pending ones were failed).
+        """
         ids = outcome.msg_ids
-        if len(ids) == 1:
-            self._tasks[ids[0]] = outcome
-        else:
-            for index, task_id in enumerate(ids):
-                self._tasks[task_id] = (outcome, index)
+        with self._empty:
+            if self._closed:
+                raise PoolClosedError("Pool not running")
+            if len(ids) == 1:
+                self._tasks[ids[0]] = outcome
+            else:
+                for index, task_id in enumerate(ids):
+                    self._tasks[task_id] = (outcome, index)
+
+    def close(self, exc_for: Callable[[], BaseException]) -> None:
+        """Fail every pending task with ``exc_for()`` and accept no more."""
+        with self._empty:
+            self._closed = True
+        self.fail_all(exc_for)
 
     def handle_reply(self, msg: Message) -> None:
         """Settle every task an ``apply_reply`` carries (I/O thread)."""

@@ -15,6 +15,7 @@ import sys
 
 # Only what launching the engines needs is imported up front: the engines
 # start importing while this process loads the rest (hub, zmq).
+from zpool._process import kill_process_group
 from zpool.controller.launcher import LocalEngines
 
 SCHEMES = ("leastload", "lru", "plainrandom", "twobin", "weighted")  # checked again by the Scheduler
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if engines is not None:
             engines.stop(timeout=2.0)
+            if os.getpgid(0) == os.getpid():
+                # We lead the hidden cluster's process group: take along whatever
+                # tasks started and left behind.
+                kill_process_group(os.getpid(), spare_self=True)
         if args.remove_dir:
             shutil.rmtree(args.remove_dir, ignore_errors=True)
     return 0

@@ -74,8 +74,11 @@ class LocalEngines:
             proc.kill()
 
     def stop(self, timeout: float) -> None:
-        """End every engine: they were told to exit; kill what is left after `timeout`."""
+        """End every engine: registered ones were told to exit; kill what is left after `timeout`."""
         procs = list(self.procs.values())
+        for pid, proc in self.procs.items():
+            if pid not in self.registered:  # still starting: nobody told it to stop
+                proc.terminate()
         for proc in procs:
             try:
                 proc.wait(timeout)

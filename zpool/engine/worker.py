@@ -265,7 +265,7 @@ class Engine:
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:
+    except BaseException:
         return f"<unprintable {type(exc).__name__}>"
 
 
@@ -274,7 +274,7 @@ def _portable_exception(exc: BaseException) -> list[Any] | None:
     try:
         frames = dumps(exc)
         back = loads([bytes(memoryview(f)) for f in frames])
-    except Exception:
+    except BaseException:  # whatever its __reduce__ raises, SystemExit included
         return None
     # Compare by name: a class sent by value is rebuilt as a new, equivalent class.
     same = (type(back).__module__, type(back).__qualname__) == (type(exc).__module__, type(exc).__qualname__)
