@@ -72,12 +72,13 @@ def _dumps_dill(obj: Any) -> bytes:
     return data
 
 
-def _rebuild_memoryview(buf: Any, fmt: str = "B", shape: tuple[int, ...] | None = None) -> memoryview:
-    view = memoryview(buf).toreadonly()
+def _rebuild_memoryview(buf: Any, fmt: str = "B", shape: tuple[int, ...] | None = None) -> Any:
+    view: Any = memoryview(buf).toreadonly()
     if fmt == "B" and shape is None:
         return view
     try:
-        return view.cast("B").cast(fmt, shape) if shape is not None else view.cast("B").cast(fmt)
+        flat = view.cast("B")
+        return flat.cast(fmt, shape) if shape is not None else flat.cast(fmt)
     except (TypeError, ValueError):  # a format cast() does not support: bytes it is
         return view
 
