@@ -90,7 +90,6 @@ class MsgType(str, enum.Enum):
     SHUTDOWN_REPLY = "shutdown_reply"
     HEARTBEAT_REQUEST = "heartbeat_request"
     HEARTBEAT_REPLY = "heartbeat_reply"
-    ENGINE_EVENT = "engine_event"
     REJECT_NOTICE = "reject_notice"
 
 
