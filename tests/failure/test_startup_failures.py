@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 import threading
 
 import pytest
@@ -28,9 +27,8 @@ def test_controller_that_cannot_start_raises_broken_pool(monkeypatch):
         zpool.Pool(1)
 
 
-def test_engines_that_cannot_start_fail_tasks_with_the_reason():
-    workdir = tempfile.mkdtemp(prefix="zpool-test-")
-    base = f"ipc://{workdir}"
+def test_engines_that_cannot_start_fail_tasks_with_the_reason(tmp_path):
+    base = f"ipc://{tmp_path}"
     info = ConnectionInfo(f"{base}/c", f"{base}/e", f"{base}/h", new_key())
     engines = LocalEngines([sys.executable, "-c", "raise SystemExit(7)"], max_failed_starts=3)
     hub = Hub(info, HubSettings(heartbeat_interval=0.2), engines)
