@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import tempfile
 
 import psutil
 import pytest
@@ -45,12 +47,20 @@ def assert_no_new_processes(before: set[int], timeout: float = EXIT_GRACE_S) -> 
         pytest.fail(f"{len(alive)} process(es) outlived the test:\n{text}")
 
 
+def _cluster_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "zpool-*")))
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes():
-    """Every test: processes it started must be gone when it ends."""
+    """Every test: processes and cluster directories it created must be gone when it ends."""
     before = set(_descendants())
+    dirs_before = _cluster_dirs()
     yield
     assert_no_new_processes(before)
+    left = _cluster_dirs() - dirs_before
+    if left:
+        pytest.fail(f"cluster directories outlived the test: {sorted(left)}")
 
 
 @pytest.fixture(scope="session", autouse=True)
