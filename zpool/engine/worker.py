@@ -107,7 +107,7 @@ class Engine:
         self.outbox_since = 0.0
         self.in_task = False
         self.lock = threading.Lock()  # every use of self.sock and self.outbox
-        self._beats = _HeartbeatThread(self)
+        self._beats = _Heartbeat(self)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -281,11 +281,14 @@ def _portable_exception(exc: BaseException) -> list[Any] | None:
     return frames if same else None
 
 
-class _HeartbeatThread(threading.Thread):
-    """Answers beats, obeys shutdown, and ends the process when it is orphaned."""
+class _Heartbeat:
+    """The engine's second thread: answers beats, obeys shutdown, ends the process when orphaned.
+
+    Composition, not a ``threading.Thread`` subclass: Thread's private
+    attributes change between Python versions (3.13 added ``_handle``).
+    """
 
     def __init__(self, engine: Engine) -> None:
-        super().__init__(name="zpool-heartbeat", daemon=True)
         self.engine = engine
         self.session = Session(engine.info.key)
         self.interval = 1.0
@@ -295,6 +298,9 @@ class _HeartbeatThread(threading.Thread):
         self._woken = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+
+    def start(self) -> None:
+        threading.Thread(target=self.run, name="zpool-heartbeat", daemon=True).start()
 
     def wake(self) -> None:
         """Ask the thread to look at the held replies soon (main thread, entering a task)."""
@@ -324,7 +330,7 @@ class _HeartbeatThread(threading.Thread):
             timeout_ms = math.ceil(max(0.0, left_s) * 1000) if holding else 100
             for ready, _ in poller.poll(timeout_ms):
                 if ready is sock:
-                    self._handle(sock, recv_frames(sock))
+                    self._on_message(sock, recv_frames(sock))
                 else:
                     try:
                         os.read(self._wake_r, 64)
@@ -351,7 +357,7 @@ class _HeartbeatThread(threading.Thread):
         finally:
             engine.lock.release()
 
-    def _handle(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
+    def _on_message(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
         try:
             msg = self.session.unpack(frames)
         except Exception as exc:
