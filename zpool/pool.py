@@ -16,6 +16,7 @@ import enum
 import os
 import queue
 import threading
+import time
 import warnings
 import weakref
 from typing import Any, Callable, Iterable, Mapping, TypeVar
@@ -25,7 +26,7 @@ from zpool.asyncresult import AsyncResult, MapResult
 from zpool.client.connection import Connection
 from zpool.client.results import ResultTable
 from zpool.cluster import ClusterSettings, LocalCluster
-from zpool.error import BrokenPoolError, PoolClosedError, SerializationError, TaskAborted, ZPoolError
+from zpool.error import BrokenPoolError, PoolClosedError, SerializationError, TaskAborted, TimeoutError, ZPoolError
 from zpool.protocol import SCHEMES, MsgType
 from zpool.serialize import callable_name, dumps, dumps_call
 
@@ -377,10 +378,6 @@ class Pool:
         zpool.TimeoutError
             If they are not all there within `timeout` seconds.
         """
-        import time
-
-        from zpool.error import TimeoutError
-
         n = self._processes if n is None else n
         deadline = time.monotonic() + timeout
         while True:

@@ -54,6 +54,7 @@ __all__ = [
     "ReplayGuard",
     "Session",
     "TaskStatus",
+    "nbytes",
     "new_key",
     "recv_frames",
     "send_frames",
@@ -116,7 +117,7 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0) ->
     send = sock.send
     for i, frame in enumerate(frames):
         more = _SNDMORE if i < last else 0
-        if type(frame) is bytes or _nbytes(frame) < threshold:
+        if type(frame) is bytes or nbytes(frame) < threshold:
             send(frame, flags | more)
         else:
             send(frame, flags | more, copy=False)
@@ -148,7 +149,8 @@ def encode(obj: Any) -> bytes:
     return _ENCODE(obj).encode()
 
 
-def _nbytes(frame: Any) -> int:
+def nbytes(frame: Any) -> int:
+    """Size in bytes of a frame (bytes, memoryview, zmq.Frame or any buffer)."""
     if type(frame) is bytes:
         return len(frame)
     return memoryview(frame).nbytes
@@ -276,7 +278,7 @@ class BatchWriter:
         """Append a task: its id, payload frames and one value per column."""
         self.ids.append(task_id)
         if len(frames) == 1:
-            size = _nbytes(frames[0])
+            size = nbytes(frames[0])
             if size <= INLINE_MAX_BYTES:
                 self._inline.append(frames[0])
                 self._packed += size
@@ -401,7 +403,7 @@ class Session:
         mac = self._mac.copy()
         update = mac.update
         for frame in frames:
-            n = _nbytes(frame)
+            n = nbytes(frame)
             update(_LENGTHS[n] if n < 256 else n.to_bytes(8, "little"))
             update(frame)
         return mac.digest()

@@ -30,7 +30,17 @@ import zmq
 
 from zpool.client.results import ResultTable
 from zpool.error import AuthenticationError, BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
-from zpool.protocol import BatchWriter, ConnectionInfo, Message, MsgType, Session, encode, recv_frames, send_frames
+from zpool.protocol import (
+    BatchWriter,
+    ConnectionInfo,
+    Message,
+    MsgType,
+    Session,
+    encode,
+    nbytes,
+    recv_frames,
+    send_frames,
+)
 
 # The controller may bind after we connect (they start together): retry soon.
 RECONNECT_IVL_MS = 10
@@ -46,10 +56,6 @@ BATCH_MAX_TASKS = 4096
 SENT_MEMORY_TASKS = 200_000
 BATCH_MAX_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.1
-
-
-def _nbytes(frame: Any) -> int:
-    return len(frame) if type(frame) is bytes else memoryview(frame).nbytes
 
 
 class _Request:
@@ -212,7 +218,7 @@ class Connection:
                 continue
             for task_id, frames in item:
                 batch.add(task_id, frames)
-                size += sum(_nbytes(f) for f in frames)
+                size += sum(nbytes(f) for f in frames)
             if len(batch) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
                 self._send_batch(batch)
                 batch, size = BatchWriter(), 0

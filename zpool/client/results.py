@@ -70,6 +70,11 @@ def rebuild_exception(error: dict[str, Any], exc_frames: list[Any]) -> BaseExcep
     return exc
 
 
+def _unpack_slot(slot: Any) -> tuple[Any, int]:
+    """A table entry as ``(outcome, index)``; single-task outcomes are stored bare."""
+    return slot if type(slot) is tuple else (slot, 0)
+
+
 class ResultTable:
     """Outstanding tasks of one client, by task id."""
 
@@ -119,7 +124,7 @@ class ResultTable:
             slot = pop(task_id, None)
             if slot is None:
                 continue  # already failed locally (terminate, controller loss)
-            outcome, index = slot if type(slot) is tuple else (slot, 0)
+            outcome, index = _unpack_slot(slot)
             frames = batch.payload(i)
             metadata = (engine_ids[i], status, starts[i], completions[i], received)
             ok = status == TaskStatus.OK.value
@@ -142,7 +147,7 @@ class ResultTable:
         for task_id in task_ids:
             slot = self._tasks.pop(task_id, None)
             if slot is not None:
-                (slot[0] if type(slot) is tuple else slot)._fail(exc_for())
+                _unpack_slot(slot)[0]._fail(exc_for())
         self._notify_if_empty()
 
     def fail_all(self, exc_for: Callable[[], BaseException]) -> None:
