@@ -26,6 +26,7 @@ _EXPORTS = {
     "Pool": "zpool.pool",
     "AsyncResult": "zpool.asyncresult",
     "MapResult": "zpool.asyncresult",
+    "IMapIterator": "zpool.asyncresult",
     "Metadata": "zpool.asyncresult",
     "ZPoolError": "zpool.error",
     "PoolClosedError": "zpool.error",
@@ -33,6 +34,7 @@ _EXPORTS = {
     "BrokenPoolError": "zpool.error",
     "EngineError": "zpool.error",
     "SerializationError": "zpool.error",
+    "ResultEncodingError": "zpool.error",
     "AuthenticationError": "zpool.error",
     "ProtocolError": "zpool.error",
     "RemoteError": "zpool.error",
@@ -47,7 +49,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from zpool.asyncresult import AsyncResult, MapResult, Metadata
+    from zpool.asyncresult import AsyncResult, IMapIterator, MapResult, Metadata
     from zpool.error import (
         AuthenticationError,
         BrokenPoolError,
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
         ProtocolError,
         RemoteError,
         RemoteTraceback,
+        ResultEncodingError,
         SerializationError,
         TaskAborted,
         TimeoutError,

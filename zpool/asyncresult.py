@@ -12,16 +12,19 @@ Task outcomes arrive on the client's I/O thread, which calls
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import datetime
 import itertools
+import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Generator, Generic, TypeVar, cast
 
 from zpool.error import TimeoutError
 
-__all__ = ["AsyncResult", "MapResult", "Metadata"]
+__all__ = ["AsyncResult", "IMapIterator", "MapResult", "Metadata"]
 
 T = TypeVar("T")
 
@@ -80,7 +83,12 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         # does), and where done-callbacks run (never on the client's I/O thread).
         self._owner: Any = None
         self._runner: Any = None
+        # multiprocessing's callback and error_callback: they run (in the
+        # runner's thread) before the result becomes ready, as in the stdlib.
+        self._user_callbacks: tuple[Callable[[Any], Any] | None, Callable[[BaseException], Any] | None] | None = None
         self._pending = len(msg_ids)
+        # The outcome is known (it may still wait for a callback to become ready).
+        self._decided = False
         self._finished_at: float | None = None
         if not msg_ids:
             self._finish(self._combine([]))
@@ -200,7 +208,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         else:
             self._metadata[index] = md
         self._pending -= 1
-        if self.done():
+        if self._decided or self.done():
             return  # an earlier task failed it (or it was cancelled): just account
         values = self._values
         if not ok:
@@ -216,7 +224,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
                 self._finish(self._combine(values))
 
     def _fail(self, exc: BaseException) -> None:
-        if not self.done():
+        if not self._decided and not self.done():
             self._finished_at = time.time()
             self._values = None
             self._set(exception=exc)
@@ -226,6 +234,27 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         self._set(result=value)
 
     def _set(self, result: Any = None, exception: BaseException | None = None) -> None:
+        self._decided = True
+        callbacks, runner = self._user_callbacks, self._runner
+        if callbacks is not None and runner is not None:
+            self._user_callbacks = None
+            runner.call(self._settle_after_callback, (callbacks, result, exception))
+            return
+        self._settle(result, exception)
+
+    def _settle_after_callback(self, job: tuple[Any, Any, BaseException | None]) -> None:
+        """Run the user's callback, then make the result ready (runner's thread)."""
+        (callback, error_callback), result, exception = job
+        try:
+            if exception is None:
+                if callback is not None:
+                    callback(result)
+            elif error_callback is not None:
+                error_callback(exception)
+        finally:
+            self._settle(result, exception)
+
+    def _settle(self, result: Any, exception: BaseException | None) -> None:
         try:
             if exception is not None:
                 self.set_exception(exception)
@@ -250,3 +279,176 @@ class MapResult(AsyncResult[list[T]]):
 
     def _what(self) -> str:
         return f"map({self.label})" if self.label else "map result"
+
+
+class _IMapState:
+    """What an :class:`IMapIterator` shares with its feeder thread and its chunks' replies.
+
+    Chunks are numbered in input order. ``in_flight`` counts chunks
+    submitted and not yet taken by the consumer; the feeder waits while it
+    reaches ``window``, which bounds the memory one ``imap`` holds however
+    long its input. ``length`` is the number of chunks once the input is
+    exhausted (or failed).
+    """
+
+    def __init__(self, ordered: bool, window: int) -> None:
+        self.ordered = ordered
+        self.window = window
+        self.cond = threading.Condition(threading.Lock())
+        self.in_flight = 0
+        self.length: int | None = None
+        self.stopped = False  # the consumer is gone, or the pool terminated: feed no more
+        self.finished = False  # the feeder is done
+        self.arrived: dict[int, tuple[bool, Any]] = {}  # ordered: chunk number -> outcome
+        self.queue: collections.deque[tuple[bool, Any]] = collections.deque()  # unordered
+        self.next_chunk = 0  # ordered: the chunk to yield from next
+        self.taken = 0  # chunks the consumer has taken
+        self.items: collections.deque[Any] = collections.deque()  # the current chunk's values
+
+    # -- feeder side ------------------------------------------------------------
+
+    def reserve(self) -> bool:
+        """Wait for room for one more chunk; False if feeding should stop."""
+        with self.cond:
+            while self.in_flight >= self.window and not self.stopped:
+                self.cond.wait()
+            if self.stopped:
+                return False
+            self.in_flight += 1
+            return True
+
+    def unbound(self) -> None:
+        """Read ahead without limit from now on (the pool is being joined)."""
+        with self.cond:
+            self.window = sys.maxsize
+            self.cond.notify_all()
+
+    def release(self) -> None:
+        """Give back a reservation that was not used (the input ended)."""
+        with self.cond:
+            self.in_flight -= 1
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+    def wait_finished(self) -> None:
+        """Wait until the feeder has submitted its last chunk."""
+        with self.cond:
+            while not self.finished:
+                self.cond.wait()
+
+    def end(self, length: int) -> None:
+        """The input is exhausted: `length` chunks in all."""
+        with self.cond:
+            self.length = length
+            self.finished = True
+            self.cond.notify_all()
+
+    def chunk_done(self, number: int, ok: bool, value: Any) -> None:
+        """Record chunk `number`'s outcome: its list of values, or the exception to raise at its place."""
+        with self.cond:
+            if self.ordered:
+                self.arrived[number] = (ok, value)
+            else:
+                self.queue.append((ok, value))
+            self.cond.notify_all()
+
+    # -- consumer side ------------------------------------------------------------
+
+    def next(self, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if self.items:
+                    return self.items.popleft()
+                outcome = self._take()
+                if outcome is not None:
+                    ok, value = outcome
+                    if not ok:
+                        raise value
+                    self.items.extend(value)
+                    continue
+                if self.length is not None and self.taken >= self.length:
+                    raise StopIteration
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(
+                        f"no imap result within {timeout} s; the work goes on, call next() again to wait more"
+                    )
+                self.cond.wait(left)
+
+    def _take(self) -> tuple[bool, Any] | None:
+        if self.ordered:
+            outcome = self.arrived.pop(self.next_chunk, None)
+            if outcome is None:
+                return None
+            self.next_chunk += 1
+        elif self.queue:
+            outcome = self.queue.popleft()
+        else:
+            return None
+        self.taken += 1
+        self.in_flight -= 1
+        self.cond.notify_all()  # room for the feeder
+        return outcome
+
+
+class _IMapChunk:
+    """One submitted chunk of an ``imap``, as the client's result table sees it."""
+
+    __slots__ = ("msg_ids", "number", "state")
+
+    def __init__(self, state: _IMapState, number: int, task_id: str) -> None:
+        self.state = state
+        self.number = number
+        self.msg_ids = [task_id]
+
+    def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
+        self.state.chunk_done(self.number, ok, value)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.state.chunk_done(self.number, False, exc)
+
+
+class IMapIterator(Generic[T]):
+    """The iterator :meth:`Pool.imap` and :meth:`Pool.imap_unordered` return.
+
+    Results are yielded as they arrive (in input order for ``imap``); the
+    input is read ahead only as far as the consumer keeps up, so an endless
+    input runs in constant memory. A failed task raises its exception at its
+    place (its chunk's first place when chunked), and iteration can go on
+    after it.
+    """
+
+    def __init__(self, state: _IMapState, owner: Any = None) -> None:
+        self._state = state
+        self._owner = owner  # the pool stays alive while someone iterates
+        weakref.finalize(self, state.stop)
+
+    def __iter__(self) -> IMapIterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> T:
+        """Return the next result, waiting at most `timeout` seconds.
+
+        Raises
+        ------
+        zpool.TimeoutError
+            If no result arrives in time (also a ``multiprocessing.TimeoutError``).
+        StopIteration
+            When every result has been returned.
+        """
+        try:
+            return cast(T, self._state.next(timeout))
+        except StopIteration:
+            self._owner = None
+            raise
+
+    def __repr__(self) -> str:
+        kind = "imap" if self._state.ordered else "imap_unordered"
+        return f"<zpool {kind} iterator: {self._state.taken} chunk(s) taken>"

@@ -27,7 +27,7 @@ import zmq
 
 from zpool._process import describe_exit, kill_process_group, kill_process_tree
 from zpool.error import ZPoolError
-from zpool.protocol import ConnectionInfo, new_key
+from zpool.protocol import ConnectionInfo, new_key, write_frames
 
 __all__ = ["ClusterSettings", "LocalCluster"]
 
@@ -44,6 +44,10 @@ class ClusterSettings:
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 10
     log_level: str = "WARNING"
+    # Retire an engine after this many tasks (maxtasksperchild); None: never.
+    max_tasks_per_engine: int | None = None
+    # Serialized call (frames) every engine runs before its first task: the initializer.
+    engine_setup: tuple[bytes, ...] = ()
 
 
 class LocalCluster:
@@ -68,6 +72,8 @@ class LocalCluster:
         info = ConnectionInfo(f"{base}/client", f"{base}/engine", f"{base}/heartbeat", new_key())
         path = os.path.join(self.workdir, "cluster.json")
         info.write(path)
+        if self.settings.engine_setup:
+            write_frames(os.path.join(self.workdir, "engine-setup.bin"), self.settings.engine_setup)
         argv = self._controller_argv(path)
         try:
             self.proc = subprocess.Popen(
@@ -107,6 +113,10 @@ class LocalCluster:
         ]
         if s.hwm is not None:
             argv += ["--hwm", str(s.hwm)]
+        if s.max_tasks_per_engine is not None:
+            argv += ["--max-tasks-per-engine", str(s.max_tasks_per_engine)]
+        if s.engine_setup:
+            argv += ["--engine-setup", os.path.join(self.workdir, "engine-setup.bin")]
         return argv
 
     @property

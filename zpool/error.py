@@ -9,7 +9,8 @@ working after ``from zpool import Pool``::
     ├─ TimeoutError(multiprocessing.TimeoutError, builtins.TimeoutError)
     ├─ BrokenPoolError(concurrent.futures.BrokenExecutor)   controller gone
     ├─ EngineError                            an engine died holding the task
-    ├─ SerializationError(pickle.PicklingError)
+    ├─ SerializationError(pickle.PicklingError)   also the original error's type, e.g. TypeError
+    │  └─ ResultEncodingError(multiprocessing.pool.MaybeEncodingError)
     ├─ AuthenticationError(multiprocessing.AuthenticationError)
     ├─ ProtocolError                          a malformed message (never reaches users' calls)
     ├─ RemoteError                            the task failed; its exception could not be rebuilt
@@ -18,6 +19,8 @@ working after ``from zpool import Pool``::
        └─ ImpossibleDependency
           ├─ DependencyTimeout
           └─ InvalidDependency
+
+``RemoteTraceback`` is :class:`multiprocessing.pool.RemoteTraceback` itself.
 
 All of them survive pickle and dill: every piece of state goes through
 ``Exception.__init__`` so that ``cls(*exc.args)`` rebuilds the exception.
@@ -29,7 +32,9 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import multiprocessing
+import multiprocessing.pool
 import pickle
+from typing import Any
 
 __all__ = [
     "AuthenticationError",
@@ -42,6 +47,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RemoteTraceback",
+    "ResultEncodingError",
     "SerializationError",
     "TaskAborted",
     "TimeoutError",
@@ -75,7 +81,72 @@ class EngineError(ZPoolError):
 
 
 class SerializationError(ZPoolError, pickle.PicklingError):
-    """An object could not be serialized to cross to another process."""
+    """An object could not be serialized to cross to another process.
+
+    Raised through :func:`serialization_error`, the instance is also of the
+    type pickle itself raised (``TypeError: cannot pickle '_thread.lock'
+    object``, or whatever a ``__reduce__`` raised), so ``except`` clauses
+    written for :mod:`multiprocessing` keep catching it.
+    """
+
+
+class ResultEncodingError(SerializationError, multiprocessing.pool.MaybeEncodingError):  # type: ignore[name-defined,misc]
+    """A task's result could not be serialized to come back to the caller.
+
+    Also a :class:`multiprocessing.pool.MaybeEncodingError`; as there,
+    :attr:`exc` and :attr:`value` are the ``repr`` of the serialization
+    error and of the result.
+    """
+
+    def __init__(self, exc: Any, value: Any, hint: str = "") -> None:
+        self.exc = exc if isinstance(exc, str) else repr(exc)
+        self.value = value if isinstance(value, str) else repr(value)
+        self.hint = hint
+        Exception.__init__(self, self.exc, self.value, hint)
+
+    def __str__(self) -> str:
+        return f"Error sending result: {self.value}. Reason: {self.exc}{self.hint}"
+
+
+# One subclass per foreign error type, made on demand (see serialization_error).
+_MIXED: dict[type, type] = {}
+
+
+def _as_plain_serialization_error(message: str) -> SerializationError:
+    return SerializationError(message)
+
+
+def serialization_error(message: str, cause: BaseException | None) -> SerializationError:
+    """A :class:`SerializationError` saying `message` that is also an instance of ``type(cause)``.
+
+    Falls back to a plain :class:`SerializationError` when the two types
+    cannot be combined. Crossing to another process, the combined type
+    travels as a plain :class:`SerializationError`.
+    """
+    kind = type(cause)
+    if cause is None or not isinstance(cause, Exception) or issubclass(SerializationError, kind):
+        return SerializationError(message)
+    mixed = _MIXED.get(kind)
+    if mixed is None:
+        try:
+            mixed = type(
+                f"SerializationError[{kind.__name__}]",
+                (SerializationError, kind),
+                {
+                    "__module__": __name__,
+                    "__reduce__": lambda self: (_as_plain_serialization_error, (str(self),)),
+                    "__str__": lambda self: str(self.args[0]) if self.args else "",
+                },
+            )
+        except TypeError:  # incompatible layouts or a final class
+            return SerializationError(message)
+        if len(_MIXED) < 256:
+            _MIXED[kind] = mixed
+    try:
+        exc: SerializationError = mixed(message)
+    except Exception:  # the foreign type's constructor wants other arguments
+        return SerializationError(message)
+    return exc
 
 
 class AuthenticationError(ZPoolError, multiprocessing.AuthenticationError):
@@ -106,15 +177,8 @@ class InvalidDependency(ImpossibleDependency):
     """The task depends on an unknown task id or on itself."""
 
 
-class RemoteTraceback(Exception):
-    """The formatted traceback of a remote failure, attached as ``__cause__``."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
+# The standard library's class itself, so code that checks for it keeps working.
+RemoteTraceback = multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
 
 
 class RemoteError(ZPoolError):

@@ -11,8 +11,10 @@ as replies arrive.
 from __future__ import annotations
 
 import collections.abc
-import concurrent.futures
 import enum
+import functools
+import itertools
+import multiprocessing.context
 import os
 import queue
 import threading
@@ -22,11 +24,19 @@ import weakref
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from zpool._partition import default_chunksize, run_chunk, split
-from zpool.asyncresult import AsyncResult, MapResult
+from zpool.asyncresult import AsyncResult, IMapIterator, MapResult, _IMapChunk, _IMapState
 from zpool.client.connection import Connection
 from zpool.client.results import ResultTable
 from zpool.cluster import ClusterSettings, LocalCluster
-from zpool.error import BrokenPoolError, PoolClosedError, SerializationError, TaskAborted, TimeoutError, ZPoolError
+from zpool.error import (
+    BrokenPoolError,
+    PoolClosedError,
+    SerializationError,
+    TaskAborted,
+    TimeoutError,
+    ZPoolError,
+    serialization_error,
+)
 from zpool.protocol import SCHEMES, MsgType
 from zpool.serialize import callable_name, dumps, dumps_call
 
@@ -36,10 +46,24 @@ T = TypeVar("T")
 
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 5.0
+# Chunks an imap submits ahead of its consumer, at least (see Pool.imap's buffersize).
+IMAP_MIN_READ_AHEAD = 32
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _same(value: T) -> T:
+    return value
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class PoolState(enum.Enum):
@@ -62,21 +86,10 @@ class _Callbacks:
         callback: Callable[[Any], Any] | None,
         error_callback: Callable[[BaseException], Any] | None,
     ) -> None:
-        """Run `callback` or `error_callback` here once `ar` completes."""
+        """Have `ar` run `callback` or `error_callback` here before it becomes ready, as the stdlib does."""
         if callback is None and error_callback is None:
             return
-        self._ensure_thread()
-
-        def done(fut: Any) -> None:
-            exc = fut.exception()
-            if exc is None:
-                if callback is not None:
-                    self._queue.put((callback, fut.result()))
-            elif error_callback is not None:
-                self._queue.put((error_callback, exc))
-
-        # Future's own method: `done` only queues, so it may run on the I/O thread.
-        concurrent.futures.Future.add_done_callback(ar, done)
+        ar._user_callbacks = (callback, error_callback)
 
     def call(self, func: Callable[[Any], Any], value: Any) -> None:
         """Run ``func(value)`` in the callback thread."""
@@ -134,7 +147,22 @@ class Pool:
     Parameters
     ----------
     processes : int, optional
-        Number of engines to start; defaults to ``os.cpu_count()``.
+        Number of engines to start; defaults to the number of CPUs this
+        process may use.
+    initializer : callable, optional
+        Called as ``initializer(*initargs)`` in every engine before its first
+        task, replacement engines included, with the engine's namespace as
+        its globals when it comes from ``__main__``, so globals it sets with
+        ``global`` are what the tasks see.
+    initargs : iterable
+        Arguments for `initializer`.
+    maxtasksperchild : int, optional
+        Retire an engine after this many tasks (a ``map`` chunk counts as
+        one) and start a fresh one; no task is lost. ``None``: engines live
+        as long as the pool.
+    context : multiprocessing context, optional
+        Accepted for compatibility and otherwise ignored: engines are always
+        fresh interpreters, whatever the start method.
     scheme : str, keyword-only
         Load-balancing scheme: ``"leastload"`` (default), ``"lru"``,
         ``"plainrandom"``, ``"twobin"`` or ``"weighted"``.
@@ -149,9 +177,16 @@ class Pool:
     Raises
     ------
     ValueError
-        If `processes` is less than 1, or `scheme` or `hwm` is invalid.
+        If `processes` is less than 1, `maxtasksperchild` is not a positive
+        int, or `scheme` or `hwm` is invalid.
+    TypeError
+        If `initializer` is not callable.
+    SerializationError
+        If `initializer` or `initargs` cannot be serialized.
     BrokenPoolError
-        If the hidden cluster fails to start.
+        If the hidden cluster fails to start. An initializer that raises in
+        every engine breaks the pool too: tasks then fail with
+        :class:`BrokenPoolError` quoting the initializer's traceback.
 
     Examples
     --------
@@ -164,6 +199,10 @@ class Pool:
     def __init__(
         self,
         processes: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
         *,
         scheme: str = "leastload",
         hwm: int | None = None,
@@ -172,11 +211,20 @@ class Pool:
     ) -> None:
         self._state = PoolState.TERMINATE  # until fully started, for __del__
         if processes is None:
-            processes = os.cpu_count() or 1
+            processes = _usable_cpus()
         if not _is_int(processes):
             raise TypeError(f"processes must be an int, not {type(processes).__name__}")
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be a callable, not {type(initializer).__name__}")
+        if maxtasksperchild is not None and (not _is_int(maxtasksperchild) or maxtasksperchild <= 0):
+            raise ValueError(f"maxtasksperchild must be a positive int or None, not {maxtasksperchild!r}")
+        if context is not None and not isinstance(context, multiprocessing.context.BaseContext):
+            raise TypeError(
+                f"context must be a multiprocessing context (multiprocessing.get_context()) or None,"
+                f" not {type(context).__name__}"
+            )
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
         if hwm is not None and (not _is_int(hwm) or hwm < 0):
@@ -187,12 +235,30 @@ class Pool:
             raise ValueError(f"heartbeat_interval must be a positive number of seconds, not {heartbeat_interval!r}")
         if not _is_int(heartbeat_misses) or heartbeat_misses < 1:
             raise ValueError(f"heartbeat_misses must be a positive int, not {heartbeat_misses!r}")
+        setup: tuple[bytes, ...] = ()
+        if initializer is not None:
+            frames = dumps_call(
+                initializer, tuple(initargs), {}, describe_arg=lambda i, name: f"initargs[{i}] of {name}()"
+            )
+            setup = tuple(bytes(memoryview(f)) for f in frames)
         self._owner_pid = os.getpid()
         self._processes = processes
-        self._cluster = LocalCluster(ClusterSettings(processes, scheme, hwm, heartbeat_interval, heartbeat_misses))
+        self._cluster = LocalCluster(
+            ClusterSettings(
+                processes,
+                scheme,
+                hwm,
+                heartbeat_interval,
+                heartbeat_misses,
+                max_tasks_per_engine=maxtasksperchild,
+                engine_setup=setup,
+            )
+        )
         info = self._cluster.start()
         self._results = ResultTable()
         self._callbacks = _Callbacks()
+        # Live imap feeders: join() lets them read ahead without bound.
+        self._feeders: weakref.WeakSet[_IMapState] = weakref.WeakSet()
         conn: Connection | None = None
         try:
             conn = Connection(info, self._results, watch=self._cluster.failure)
@@ -252,8 +318,7 @@ class Pool:
             If `func` or an argument cannot be serialized; names it.
         """
         self._check_running()
-        if not callable(func):
-            raise TypeError(f"func must be callable, not {type(func).__name__}")
+        self._check_func(func, callback, error_callback)
         if not isinstance(kwds, collections.abc.Mapping):
             raise TypeError(f"kwds must be a mapping (a dict of keyword arguments), not {type(kwds).__name__}")
         frames = dumps_call(func, tuple(args), dict(kwds))
@@ -270,7 +335,7 @@ class Pool:
         Same contract as :meth:`multiprocessing.pool.Pool.map`: blocks until
         every item is done and raises the first failure.
         """
-        return self.map_async(func, iterable, chunksize).get()
+        return self._map_async(func, iterable, chunksize, None, None, star=False).get()
 
     def map_async(
         self,
@@ -287,29 +352,66 @@ class Pool:
         chunksize : int, optional
             Items per task. The default, as in the standard library, makes
             about four chunks per engine, so many tiny items cost few messages.
+        callback, error_callback : callable, optional
+            Called once, with the whole list of results or with the first
+            exception, in a result-handling thread of this process, before
+            the result becomes ready.
         """
-        self._check_running()
-        if not callable(func):
-            raise TypeError(f"func must be callable, not {type(func).__name__}")
-        # Sliceable sequences are chunked in place; anything else (generators, sets,
-        # dicts: their keys, as the standard library does) is materialised first.
-        items_in = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
-        if chunksize is None:
-            chunksize = default_chunksize(len(items_in), self._processes)
-        elif not _is_int(chunksize):
-            raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
-        elif chunksize < 1 and len(items_in):  # an empty map ignores chunksize, as the stdlib does
-            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        items: list[tuple[str, list[Any]]] = []
-        new_id = self._conn.session.new_id
-        for chunk in split(items_in, chunksize) if len(items_in) else []:
-            items.append((new_id(), self._dump_chunk(func, chunk)))
-        ar: MapResult[T] = MapResult([task_id for task_id, _ in items], callable_name(func))
-        ar._owner, ar._runner = self, self._callbacks
-        self._callbacks.attach(ar, callback, error_callback)
-        if items:
-            self._submit(ar, items)
-        return ar
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
+
+    def starmap(
+        self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+    ) -> list[T]:
+        """Like :meth:`map`, but call ``func(*item)`` for each item of `iterable`.
+
+        Same contract as :meth:`multiprocessing.pool.Pool.starmap`.
+        """
+        return self._map_async(func, iterable, chunksize, None, None, star=True).get()
+
+    def starmap_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> MapResult[T]:
+        """Like :meth:`starmap`, but return a :class:`MapResult` at once."""
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True)
+
+    def imap(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+    ) -> IMapIterator[T]:
+        """Like :meth:`map`, but lazily: return an iterator over the results, in input order.
+
+        Results are yielded as they arrive. Unlike the standard library, the
+        input is not drained up front: at most `buffersize` chunks are
+        submitted ahead of the consumer, so ``imap(f, endless_generator())``
+        runs in constant memory. An exception raised by the input surfaces at
+        the place it stopped (the start of the chunk being read, as in the
+        standard library); a task's exception is raised at its place.
+
+        Parameters
+        ----------
+        chunksize : int
+            Items per task (default 1, as in the standard library).
+        buffersize : int, optional, keyword-only
+            Most chunks submitted and not yet consumed; default
+            ``max(32, 4 * processes)``. :meth:`join` lifts the limit.
+
+        Returns
+        -------
+        IMapIterator
+            Its ``next(timeout)`` raises :class:`zpool.TimeoutError` (a
+            ``multiprocessing.TimeoutError``) if nothing arrives in time.
+        """
+        return self._imap(func, iterable, chunksize, buffersize, ordered=True)
+
+    def imap_unordered(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+    ) -> IMapIterator[T]:
+        """Like :meth:`imap`, but yield results in the order they finish."""
+        return self._imap(func, iterable, chunksize, buffersize, ordered=False)
 
     def close(self) -> None:
         """Accept no more work; running and queued tasks still finish."""
@@ -319,6 +421,8 @@ class Pool:
     def terminate(self) -> None:
         """Stop the engines and controller now; unfinished tasks fail with TaskAborted."""
         self._state = PoolState.TERMINATE
+        for state in list(self._feeders):
+            state.stop()
         self._finalizer()
 
     def join(self) -> None:
@@ -332,6 +436,12 @@ class Pool:
         if self._state is PoolState.RUN:
             raise ValueError("Pool is still running")
         if self._state is PoolState.CLOSE:
+            # imap inputs are read to the end first, as the standard library's join does.
+            feeders = list(self._feeders)
+            for state in feeders:
+                state.unbound()
+            for state in feeders:
+                state.wait_finished()
             self._results.wait_empty()
             self._finalizer.detach()
             _shutdown(self._conn, self._cluster, self._callbacks, True, os.getpid())
@@ -401,6 +511,101 @@ class Pool:
         if self._conn.broken:
             raise BrokenPoolError(self._conn.broken)
 
+    def _check_func(self, func: Any, callback: Any = None, error_callback: Any = None) -> None:
+        if not callable(func):
+            raise TypeError(f"func must be callable, not {type(func).__name__}")
+        for name, value in (("callback", callback), ("error_callback", error_callback)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
+
+    def _map_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        callback: Callable[[list[T]], Any] | None,
+        error_callback: Callable[[BaseException], Any] | None,
+        star: bool,
+    ) -> MapResult[T]:
+        self._check_running()
+        self._check_func(func, callback, error_callback)
+        # Sliceable sequences are chunked in place; anything else (generators, sets,
+        # dicts: their keys, as the standard library does) is materialised first.
+        items_in = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
+        if chunksize is None:
+            chunksize = default_chunksize(len(items_in), self._processes)
+        elif not _is_int(chunksize):
+            raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
+        elif chunksize < 1 and len(items_in):  # an empty map ignores chunksize, as the stdlib does
+            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        items: list[tuple[str, list[Any]]] = []
+        new_id = self._conn.session.new_id
+        for chunk in split(items_in, chunksize) if len(items_in) else []:
+            items.append((new_id(), self._dump_chunk(func, chunk, star)))
+        del items_in
+        ar: MapResult[T] = MapResult([task_id for task_id, _ in items], callable_name(func))
+        ar._owner, ar._runner = self, self._callbacks
+        self._callbacks.attach(ar, callback, error_callback)
+        if items:
+            self._submit(ar, items)
+        return ar
+
+    def _imap(
+        self, func: Callable[..., T], iterable: Iterable[Any], chunksize: int, buffersize: int | None, ordered: bool
+    ) -> IMapIterator[T]:
+        self._check_running()
+        self._check_func(func)
+        if not _is_int(chunksize):
+            raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        if buffersize is None:
+            buffersize = max(IMAP_MIN_READ_AHEAD, 4 * self._processes)
+        elif not _is_int(buffersize) or buffersize < 1:
+            raise ValueError(f"buffersize must be a positive int or None, not {buffersize!r}")
+        items = iter(iterable)  # not iterable: TypeError here, in the caller
+        state = _IMapState(ordered, buffersize)
+        self._feeders.add(state)
+        feeder = threading.Thread(
+            target=self._feed, args=(state, func, items, chunksize), name="zpool-imap-feeder", daemon=True
+        )
+        feeder.start()
+        return IMapIterator(state, owner=self)
+
+    def _feed(self, state: _IMapState, func: Callable[..., Any], items: Iterable[Any], chunksize: int) -> None:
+        """Read the input of an ``imap`` chunk by chunk as the consumer makes room, and submit (feeder thread)."""
+        number = 0
+        try:
+            while state.reserve():
+                try:
+                    chunk = list(itertools.islice(items, chunksize))
+                except BaseException as exc:  # the input failed: raise it at this chunk's place, as the stdlib does
+                    state.chunk_done(number, False, exc)
+                    number += 1
+                    break
+                if not chunk:
+                    state.release()
+                    break
+                task_id = self._conn.session.new_id()
+                holder = _IMapChunk(state, number, task_id)
+                number += 1
+                try:
+                    frames = self._dump_chunk(func, chunk, False, what="imap")
+                    del chunk
+                    self._results.add(holder)
+                except BaseException as exc:  # unserializable: raise it at this chunk's place, and go on
+                    state.chunk_done(holder.number, False, exc)
+                    if isinstance(exc, PoolClosedError):
+                        break
+                    continue
+                try:
+                    self._conn.submit([(task_id, frames)])
+                except BaseException as exc:
+                    self._results.fail([task_id], functools.partial(_same, exc))
+                    break
+        finally:
+            state.end(number)
+
     def _submit(self, ar: AsyncResult[Any], items: list[tuple[str, list[Any]]]) -> None:
         self._results.add(ar)
         try:
@@ -411,21 +616,25 @@ class Pool:
             raise
 
     @staticmethod
-    def _dump_chunk(func: Callable[..., Any], chunk: Any) -> list[Any]:
+    def _dump_chunk(func: Callable[..., Any], chunk: Any, star: bool, what: str = "map") -> list[Any]:
         try:
-            return dumps_call(run_chunk, (func, chunk))
+            return dumps_call(run_chunk, (func, chunk, True) if star else (func, chunk))
         except SerializationError:
             pass
         name = callable_name(func)
         try:
             dumps(func)
         except SerializationError as exc:
-            raise SerializationError(f"cannot serialize the function {name} given to map(): {exc}") from exc
+            cause = exc.__cause__ or exc
+            raise serialization_error(
+                f"cannot serialize the function {name} given to {what}(): {exc}", cause
+            ) from cause
         for item in chunk:
             try:
                 dumps(item)
             except SerializationError as exc:
-                raise SerializationError(
-                    f"cannot serialize an item of the iterable given to map({name}): {exc}"
-                ) from exc
-        raise SerializationError(f"cannot serialize a chunk of the iterable given to map({name})")
+                cause = exc.__cause__ or exc
+                raise serialization_error(
+                    f"cannot serialize an item of the iterable given to {what}({name}): {exc}", cause
+                ) from cause
+        raise SerializationError(f"cannot serialize a chunk of the iterable given to {what}({name})")

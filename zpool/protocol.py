@@ -92,6 +92,7 @@ class MsgType(str, enum.Enum):
     HEARTBEAT_REQUEST = "heartbeat_request"
     HEARTBEAT_REPLY = "heartbeat_reply"
     REJECT_NOTICE = "reject_notice"
+    ENGINE_READY = "engine_ready"
 
 
 class TaskStatus(str, enum.Enum):
@@ -154,6 +155,29 @@ def nbytes(frame: Any) -> int:
     if type(frame) is bytes:
         return len(frame)
     return memoryview(frame).nbytes
+
+
+def write_frames(path: str, frames: Sequence[Any]) -> None:
+    """Store `frames` in a file only its owner can read (mode 0600): sizes as JSON, then the bytes."""
+    sizes = [nbytes(f) for f in frames]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(encode(sizes) + b"\n")
+        for frame in frames:
+            f.write(frame)
+
+
+def read_frames(path: str) -> list[bytes]:
+    """Read frames stored by :func:`write_frames`."""
+    with open(path, "rb") as f:
+        sizes = json.loads(f.readline())
+        if not isinstance(sizes, list) or not all(isinstance(n, int) and n >= 0 for n in sizes):
+            raise ProtocolError(f"{path} does not hold frames")
+        frames = [f.read(n) for n in sizes]
+    if [len(frame) for frame in frames] != sizes:
+        raise ProtocolError(f"{path} is truncated")
+    return frames
 
 
 class ReplayGuard:

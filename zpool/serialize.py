@@ -27,7 +27,7 @@ import threading
 import types
 from typing import Any, Callable, Mapping, Sequence
 
-from zpool.error import SerializationError
+from zpool.error import SerializationError, serialization_error
 
 __all__ = [
     "OOB_THRESHOLD",
@@ -35,6 +35,7 @@ __all__ = [
     "dumps_call",
     "loads",
     "loads_call",
+    "short_repr",
 ]
 
 # Below this many bytes a buffer is copied into the pickle: a separate frame
@@ -42,10 +43,64 @@ __all__ = [
 OOB_THRESHOLD = 64 * 1024
 
 
+# Set on engines (see set_main_namespace): the namespace tasks see as ``__main__``.
+_MAIN_NAMESPACE: dict[str, Any] | None = None
+# name -> the object last copied into _MAIN_NAMESPACE from a caller's function.
+_SHIPPED: dict[str, Any] = {}
+
+
+def set_main_namespace(namespace: dict[str, Any] | None) -> None:
+    """Make functions of the caller's ``__main__`` run with `namespace` as their globals (engines only).
+
+    A function sent by value arrives with a private copy of the globals it
+    uses. Rebound to the engine's namespace instead, it sees what an
+    initializer or an earlier task stored there with ``global``, as in a
+    worker of :mod:`multiprocessing`. The globals it brought fill in names
+    the namespace lacks; a function the caller sent earlier is replaced by
+    its newer definition, but data already there (set by an initializer, or
+    by a task, or sent before) is kept, so a cache a task fills persists.
+    """
+    global _MAIN_NAMESPACE
+    _MAIN_NAMESPACE = namespace
+    _SHIPPED.clear()
+
+
+def _adopt(func: types.FunctionType, namespace: dict[str, Any], seen: dict[int, Any]) -> types.FunctionType:
+    """`func` (rebuilt by dill from the caller's ``__main__``) rebound to `namespace`."""
+    done = seen.get(id(func))
+    if done is not None:
+        return done  # type: ignore[no-any-return]
+    if func.__globals__ is namespace:
+        return func
+    adopted = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
+    seen[id(func)] = adopted
+    adopted.__kwdefaults__ = func.__kwdefaults__
+    adopted.__qualname__ = func.__qualname__
+    adopted.__module__ = func.__module__
+    adopted.__doc__ = func.__doc__
+    adopted.__dict__.update(func.__dict__)
+    for name, value in list(func.__globals__.items()):
+        if name.startswith("__"):
+            continue
+        current = namespace.get(name, _SHIPPED)
+        if type(value) is types.FunctionType and value.__module__ == "__main__":
+            # Code: the caller's latest definition wins over one it sent before.
+            if current is _SHIPPED or current is _SHIPPED.get(name):
+                namespace[name] = _SHIPPED[name] = _adopt(value, namespace, seen)
+        elif current is _SHIPPED:
+            # Data: the first copy stays, so what tasks and initializers store
+            # there persists between tasks, as in a worker's own module.
+            namespace[name] = value
+    return adopted
+
+
 def _loads_dill(data: bytes) -> Any:
     import dill  # imported on demand: engines that never see a lambda skip it
 
     obj = dill.loads(data)
+    namespace = _MAIN_NAMESPACE
+    if namespace is not None and type(obj) is types.FunctionType and obj.__module__ == "__main__":
+        return _adopt(obj, namespace, {})
     if isinstance(obj, type) and obj.__module__ == "__main__":
         # A class of the caller's __main__ that went to an engine by value and
         # came back (as a result's class, or a raised exception's): use the
@@ -178,7 +233,7 @@ def dumps(obj: Any) -> list[Any]:
     except (KeyboardInterrupt, SerializationError):
         raise
     except BaseException as exc:  # a __reduce__ may raise anything, SystemExit included
-        raise SerializationError(f"cannot serialize {_short_repr(obj)}: {exc}") from exc
+        raise serialization_error(f"cannot serialize {short_repr(obj)}: {exc}", exc) from exc
     # A small pickle is cheaper to handle as bytes than as a view on the stream.
     head = stream.getvalue() if stream.tell() < OOB_THRESHOLD else stream.getbuffer()
     return [head, *buffers]
@@ -206,7 +261,7 @@ def _readonly_view(frame: Any) -> Any:
     return memoryview(buf).toreadonly()
 
 
-def _short_repr(obj: Any, limit: int = 80) -> str:
+def short_repr(obj: Any, limit: int = 80) -> str:
     try:
         text = repr(obj)
     except Exception:
@@ -216,7 +271,7 @@ def _short_repr(obj: Any, limit: int = 80) -> str:
 
 def callable_name(func: Any) -> str:
     """A short human name for `func`, for error messages."""
-    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or _short_repr(func, 40)
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or short_repr(func, 40)
 
 
 def _hint(exc: BaseException, obj: Any) -> str:
@@ -270,8 +325,9 @@ def _explain_call(
         except SerializationError as exc:
             cause = exc.__cause__ or exc
             obj = obj.data if isinstance(obj, _LargeBytes) else obj
-            return SerializationError(
-                f"cannot serialize {what}: {_short_repr(obj)} ({type(cause).__name__}: {cause})." + _hint(cause, obj)
+            return serialization_error(
+                f"cannot serialize {what}: {short_repr(obj)} ({type(cause).__name__}: {cause})." + _hint(cause, obj),
+                cause,
             )
     return SerializationError(f"cannot serialize the call {name}(...)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import multiprocessing
+import multiprocessing.pool
 import pickle
 
 import dill
@@ -24,6 +25,8 @@ def example(name: str) -> BaseException:
     cls = getattr(error, name)
     if cls is RemoteError:
         return RemoteError("MyError", "it broke", "the traceback", 3)
+    if cls is error.ResultEncodingError:
+        return cls("TypeError: cannot pickle 'generator' object", "<generator object g>", " (a hint)")
     return cls(f"{name} happened")
 
 
@@ -33,7 +36,48 @@ def test_all_is_complete():
         for name, value in vars(error).items()
         if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == error.__name__
     }
-    assert classes == set(error.__all__)
+    # RemoteTraceback is the standard library's own class, re-exported.
+    assert classes | {"RemoteTraceback"} == set(error.__all__)
+    assert error.RemoteTraceback is multiprocessing.pool.RemoteTraceback
+
+
+def test_result_encoding_error_is_the_stdlib_maybe_encoding_error():
+    exc = example("ResultEncodingError")
+    assert isinstance(exc, multiprocessing.pool.MaybeEncodingError)
+    assert isinstance(exc, error.SerializationError)
+    assert exc.exc == "TypeError: cannot pickle 'generator' object"
+    assert exc.value == "<generator object g>"
+    assert str(exc) == (
+        "Error sending result: <generator object g>. Reason: TypeError: cannot pickle 'generator' object (a hint)"
+    )
+    from_objects = error.ResultEncodingError(TypeError("no"), [1])
+    assert (from_objects.exc, from_objects.value) == ("TypeError('no')", "[1]")
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [TypeError("cannot pickle '_thread.lock' object"), RuntimeError("nope"), pickle.PicklingError("x"), OSError(2, "x")],
+    ids=["TypeError", "RuntimeError", "PicklingError", "OSError"],
+)
+def test_serialization_error_is_also_the_original_type(cause):
+    exc = error.serialization_error("cannot serialize argument 0 of f()", cause)
+    assert isinstance(exc, error.SerializationError)
+    assert isinstance(exc, type(cause))
+    assert str(exc) == "cannot serialize argument 0 of f()"
+    back = pickle.loads(pickle.dumps(exc))  # crosses processes as a plain SerializationError
+    assert type(back) is error.SerializationError
+    assert str(back) == "cannot serialize argument 0 of f()"
+
+
+def test_serialization_error_without_a_combinable_cause():
+    class Picky(Exception):
+        def __init__(self, a, b):
+            super().__init__(a, b)
+
+    for cause in (None, KeyboardInterrupt(), Picky(1, 2)):
+        exc = error.serialization_error("message", cause)
+        assert type(exc) is error.SerializationError
+        assert str(exc) == "message"
 
 
 @pytest.mark.parametrize("name", error.__all__)
@@ -92,7 +136,7 @@ def test_dependency_family():
 def test_remote_traceback_is_not_a_zpool_error():
     tb = RemoteTraceback(TRACEBACK)
     assert not isinstance(tb, error.ZPoolError)
-    assert tb.text == TRACEBACK
+    assert tb.tb == TRACEBACK
     assert str(tb) == TRACEBACK
 
 
@@ -118,7 +162,7 @@ def test_rebuild_builtin_exception():
     assert type(exc) is ValueError
     assert exc.args == ("bad x",)
     assert isinstance(exc.__cause__, RemoteTraceback)
-    assert exc.__cause__.text == TRACEBACK
+    assert exc.__cause__.tb == TRACEBACK
     assert str(exc.__cause__) == TRACEBACK
 
 
@@ -150,7 +194,7 @@ def test_rebuild_unknown_gives_remote_error(fields):
     assert type(exc) is RemoteError
     assert (exc.ename, exc.evalue, exc.traceback, exc.engine_id) == (fields["ename"], "oops", TRACEBACK, 4)
     assert str(exc) == f"{fields['ename']}: oops (raised on engine 4; its type could not be rebuilt here)"
-    assert exc.__cause__.text == TRACEBACK
+    assert exc.__cause__.tb == TRACEBACK
 
 
 def test_rebuild_non_int_engine_id_dropped():
@@ -165,7 +209,7 @@ def test_rebuild_from_pickled_exception():
     exc = rebuild_exception(error, frames)
     assert type(exc) is _tasks.CustomError
     assert exc.args == ("custom",)
-    assert exc.__cause__.text == TRACEBACK
+    assert exc.__cause__.tb == TRACEBACK
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hwm", type=int, default=None, help="tasks per engine; 0 unlimited; omit for adaptive")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--heartbeat-misses", type=int, default=10)
+    p.add_argument("--max-tasks-per-engine", type=int, default=None, help="retire an engine after N tasks")
+    p.add_argument("--engine-setup", default=None, help="file of a serialized call each engine runs first")
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--remove-dir", default=None, help="directory to delete on exit (the hidden cluster's)")
@@ -63,15 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(args.log_level.upper())
     try:
         from zpool.controller.hub import Hub, HubSettings
-        from zpool.protocol import ConnectionInfo
+        from zpool.protocol import ConnectionInfo, read_frames
 
         info = ConnectionInfo.read(args.connection_file)
+        setup = tuple(read_frames(args.engine_setup)) if args.engine_setup else ()
         settings = HubSettings(
             scheme=args.scheme,
             hwm=args.hwm,
             heartbeat_interval=args.heartbeat_interval,
             heartbeat_misses=args.heartbeat_misses,
             parent_pid=args.parent_pid,
+            max_tasks_per_engine=args.max_tasks_per_engine,
+            engine_setup=setup,
         )
         Hub(info, settings, engines).run()
     except KeyboardInterrupt:

@@ -33,7 +33,7 @@ import zmq
 from zpool._process import ParentWatch
 from zpool.controller.heartbeat import HeartMonitor
 from zpool.controller.launcher import LocalEngines
-from zpool.controller.scheduler import Scheduler, Task
+from zpool.controller.scheduler import EngineSlot, Scheduler, Task
 from zpool.error import ProtocolError, ZPoolError
 from zpool.protocol import (
     DELIMITER,
@@ -71,6 +71,10 @@ class HubSettings:
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 10
     parent_pid: int | None = None
+    # Retire an engine after this many tasks, and start a fresh one (None: never).
+    max_tasks_per_engine: int | None = None
+    # A serialized call every engine runs before its first task (the initializer).
+    engine_setup: tuple[bytes, ...] = ()
 
 
 class HubState(enum.Enum):
@@ -94,6 +98,8 @@ class EngineRecord:
     ident: bytes
     pid: int | None
     hostname: str
+    # Taking tasks: registered, and its setup (initializer) done.
+    ready: bool = False
 
 
 class Hub:
@@ -128,6 +134,7 @@ class Hub:
             self.engine: {
                 MsgType.REGISTER_REQUEST.value: self._on_register_request,
                 MsgType.APPLY_REPLY.value: self._on_apply_reply,
+                MsgType.ENGINE_READY.value: self._on_engine_ready,
             },
             self.heartbeat: {
                 MsgType.HEARTBEAT_REPLY.value: self._on_heartbeat_reply,
@@ -267,19 +274,19 @@ class Hub:
         content = msg.content
         pid = content.get("pid")
         record = self.engines.get(ident)
+        setup = self.settings.engine_setup
         if record is None:
             record = EngineRecord(
                 self._next_engine_id, ident, pid if isinstance(pid, int) else None, str(content.get("hostname", ""))
             )
             self._next_engine_id += 1
             self.engines[ident] = record
-            self.scheduler.add_engine(record.engine_id, ident)
             self.monitor.add(ident)
             if record.pid is not None:
                 self.by_pid[record.pid] = ident
-                if self.launcher is not None:
-                    self.launcher.mark_registered(record.pid)
             logger.info("engine %d registered (pid %s)", record.engine_id, record.pid)
+            if not setup:
+                self._engine_ready(record)
         reply = self.session.build(
             MsgType.REGISTER_REPLY,
             parent=encode(msg.header),
@@ -288,10 +295,62 @@ class Hub:
                     "engine_id": record.engine_id,
                     "heartbeat_interval": self.settings.heartbeat_interval,
                     "heartbeat_misses": self.settings.heartbeat_misses,
+                    "setup": bool(setup),
                 }
             ),
+            buffers=setup,
         )
         self._send(self.engine, ident, reply)
+
+    def _on_engine_ready(self, msg: Message, frames: list[Any]) -> None:
+        """An engine ran its setup (the pool's initializer): it takes tasks now, or it failed."""
+        record = self.engines.get(_ident(msg))
+        if record is None or record.ready:
+            raise ProtocolError("engine_ready from an engine that is not registered, or twice")
+        content = msg.content
+        if content.get("ok"):
+            self._engine_ready(record)
+            return
+        error = str(content.get("error", "the initializer failed"))
+        logger.error("engine %d (pid %s): %s", record.engine_id, record.pid, error)
+        if self.launcher is not None and record.pid is not None:
+            self.launcher.setup_failed(record.pid, error)
+        # Forget it first, so that its exit is not mourned as a death.
+        self._forget_engine(record.ident)
+        try:
+            send_frames(self.heartbeat, [record.ident, *self.session.build(MsgType.SHUTDOWN_REQUEST)])
+        except zmq.ZMQError:
+            pass  # it also leaves when heartbeats stop
+
+    def _engine_ready(self, record: EngineRecord) -> None:
+        record.ready = True
+        self.scheduler.add_engine(record.engine_id, record.ident, self.settings.max_tasks_per_engine)
+        if record.pid is not None and self.launcher is not None:
+            self.launcher.mark_registered(record.pid)
+
+    def _retire(self, slot: EngineSlot) -> None:
+        """Stop an engine that ran its share of tasks (``maxtasksperchild``), and start a fresh one."""
+        record = self.engines.get(slot.ident)
+        logger.info("engine %d ran %d tasks: retiring it", slot.engine_id, self.settings.max_tasks_per_engine)
+        self._forget_engine(slot.ident)
+        self.scheduler.remove_engine(slot.ident)
+        try:
+            send_frames(self.heartbeat, [slot.ident, *self.session.build(MsgType.SHUTDOWN_REQUEST)])
+        except zmq.ZMQError:
+            pass
+        if self.launcher is not None and record is not None and record.pid is not None:
+            self.launcher.retire(record.pid)
+            if self._state is HubState.RUNNING:
+                self.launcher.start(1)
+
+    def _forget_engine(self, ident: bytes) -> EngineRecord | None:
+        record = self.engines.pop(ident, None)
+        if record is None:
+            return None
+        self.monitor.remove(ident)
+        if record.pid is not None:
+            self.by_pid.pop(record.pid, None)
+        return record
 
     def _on_apply_reply(self, msg: Message, frames: list[Any]) -> None:
         ident = _ident(msg)
@@ -309,6 +368,8 @@ class Hub:
                 logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
                 continue
             per_client.setdefault(task.client, []).append(i)
+        if slot.budget == 0 and not slot.outstanding:
+            self._retire(slot)
         if len(per_client) == 1 and time.time() - msg.header["date"] < FORWARD_MAX_AGE_S:
             client, answered = next(iter(per_client.items()))
             if len(answered) == len(ids):
@@ -384,12 +445,14 @@ class Hub:
             return
         if self.launcher is None:
             return
-        for pid, how, registered in self.launcher.reap():
+        for pid, how, registered, retired in self.launcher.reap():
+            if retired:
+                continue  # its replacement started when it was retired
             ident = self.by_pid.get(pid)
             if ident is not None:
                 self._engine_gone(ident, f"died from {how}" if how.startswith("SIG") else f"exited with {how}")
             elif not registered:
-                logger.error("engine process %d ended (%s) before registering", pid, how)
+                logger.error("engine process %d ended (%s) before it was ready", pid, how)
             if self._state is HubState.RUNNING:
                 self.launcher.start(1)
         if self.launcher.gave_up and not self.scheduler.engines and self.scheduler.queue:
@@ -397,12 +460,9 @@ class Hub:
             self._fail_tasks(stranded, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
 
     def _engine_gone(self, ident: bytes, how: str) -> None:
-        record = self.engines.pop(ident, None)
+        record = self._forget_engine(ident)
         if record is None:
             return
-        self.monitor.remove(ident)
-        if record.pid is not None:
-            self.by_pid.pop(record.pid, None)
         stranded = self.scheduler.remove_engine(ident)
         logger.warning(
             "engine %d (pid %s) %s; failing %d task(s) it held", record.engine_id, record.pid, how, len(stranded)

@@ -33,6 +33,10 @@ class LocalEngines:
         self.registered: set[int] = set()
         self.failed_starts = 0
         self.gave_up: str | None = None
+        # Engines stopped on purpose (maxtasksperchild): their exit is no failure.
+        self.retired: set[int] = set()
+        # The last error an engine reported while setting up (the pool's initializer).
+        self.setup_error: str | None = None
 
     def start(self, n: int) -> None:
         if self.gave_up:
@@ -43,12 +47,22 @@ class LocalEngines:
             logger.info("started engine process %d", proc.pid)
 
     def mark_registered(self, pid: int) -> None:
+        """Record that engine `pid` is up and ready for tasks: its start succeeded."""
         if pid in self.procs:
             self.registered.add(pid)
             self.failed_starts = 0
 
-    def reap(self) -> list[tuple[int, str, bool]]:
-        """Collect engines that exited: ``(pid, how, had_registered)`` each."""
+    def setup_failed(self, pid: int, error: str) -> None:
+        """Record why engine `pid` could not get ready (its initializer raised); it exits."""
+        self.setup_error = error
+
+    def retire(self, pid: int) -> None:
+        """Engine `pid` was told to exit after its share of tasks; its exit is expected."""
+        if pid in self.procs:
+            self.retired.add(pid)
+
+    def reap(self) -> list[tuple[int, str, bool, bool]]:
+        """Collect engines that exited: ``(pid, how, had_registered, retired)`` each."""
         ended = []
         for pid, proc in list(self.procs.items()):
             code = proc.poll()
@@ -56,16 +70,24 @@ class LocalEngines:
                 continue
             del self.procs[pid]
             registered = pid in self.registered
+            retired = pid in self.retired
             self.registered.discard(pid)
+            self.retired.discard(pid)
             how = describe_exit(code)
-            if not registered:
+            if not registered and not retired:
                 self.failed_starts += 1
                 if self.failed_starts >= self.max_failed_starts:
-                    self.gave_up = (
-                        f"{self.failed_starts} engine processes in a row exited ({how}) before registering;"
-                        " their error output is on the terminal or in the controller log"
-                    )
-            ended.append((pid, how, registered))
+                    if self.setup_error:
+                        self.gave_up = (
+                            f"{self.failed_starts} engines in a row failed to get ready; the last one said:\n"
+                            f"{self.setup_error}"
+                        )
+                    else:
+                        self.gave_up = (
+                            f"{self.failed_starts} engine processes in a row exited ({how}) before registering;"
+                            " their error output is on the terminal or in the controller log"
+                        )
+            ended.append((pid, how, registered, retired))
         return ended
 
     def kill(self, pid: int) -> None:

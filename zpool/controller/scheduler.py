@@ -70,6 +70,8 @@ class EngineSlot:
     last_used: int = -1
     completed: int = 0
     failed: int = 0
+    # Tasks it may still be given before it retires (maxtasksperchild); None: no end.
+    budget: int | None = None
 
     @property
     def load(self) -> int:
@@ -124,8 +126,9 @@ class Scheduler:
 
     # -- engines ---------------------------------------------------------
 
-    def add_engine(self, engine_id: int, ident: bytes) -> EngineSlot:
-        slot = EngineSlot(engine_id, ident)
+    def add_engine(self, engine_id: int, ident: bytes, budget: int | None = None) -> EngineSlot:
+        """Start placing tasks on an engine; it takes at most `budget` tasks in all (None: no limit)."""
+        slot = EngineSlot(engine_id, ident, budget=budget)
         self.engines[ident] = slot
         return slot
 
@@ -157,10 +160,10 @@ class Scheduler:
         if not self.queue or not self.engines:
             return batches
         limit = self.limit()
-        engines = list(self.engines.values())
+        engines = [e for e in self.engines.values() if e.budget != 0]
         queue = self.queue
         choose = choose_engine
-        while queue:
+        while queue and engines:
             candidates = engines if not limit else [e for e in engines if len(e.outstanding) < limit]
             if not candidates:
                 break
@@ -168,6 +171,10 @@ class Scheduler:
             task = queue.popleft()
             task.engine = slot
             slot.outstanding[task.task_id] = task
+            if slot.budget is not None:
+                slot.budget -= 1
+                if slot.budget == 0:
+                    engines.remove(slot)
             slot.last_used = self._uses
             self._uses += 1
             batch = batches.get(slot)

@@ -43,7 +43,7 @@ from typing import Any
 import zmq
 
 from zpool._process import ParentWatch
-from zpool.error import ProtocolError, SerializationError, ZPoolError
+from zpool.error import ProtocolError, ResultEncodingError, SerializationError, ZPoolError
 from zpool.protocol import (
     REPLY_COLUMNS,
     Batch,
@@ -57,7 +57,7 @@ from zpool.protocol import (
     recv_frames,
     send_frames,
 )
-from zpool.serialize import callable_name, dumps, loads, loads_call
+from zpool.serialize import callable_name, dumps, loads, loads_call, set_main_namespace, short_repr
 
 # The controller may bind after we connect (they start together): retry soon.
 RECONNECT_IVL_MS = 10
@@ -93,6 +93,7 @@ class Engine:
         main = types.ModuleType("__main__", "zpool engine namespace")
         sys.modules["__main__"] = main
         self.namespace: dict[str, Any] = main.__dict__
+        set_main_namespace(self.namespace)
         self.parent = ParentWatch(parent_pid) if parent_pid else None
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -156,12 +157,37 @@ class Engine:
                 self.engine_id = int(content_in["engine_id"])
                 self._beats.configure(float(content_in["heartbeat_interval"]), int(content_in["heartbeat_misses"]))
                 logger.info("registered as engine %d", self.engine_id)
+                if content_in.get("setup"):
+                    self._setup(msg.buffers)
                 return
             if msg.msg_type == MsgType.APPLY_REQUEST.value:
                 self._queue(msg)
         raise SystemExit(
             f"zpool engine: no answer from the controller at {self.info.engine} within {REGISTER_TIMEOUT_S:.0f} s"
         )
+
+    def _setup(self, frames: list[Any]) -> None:
+        """Run the pool's initializer, then tell the controller whether this engine can take tasks.
+
+        On failure the controller asks this engine to shut down (through the
+        heartbeat thread); until then it waits here, taking no task.
+        """
+        try:
+            func, args, kwargs = loads_call(frames)
+            func(*args, **kwargs)
+        except BaseException as exc:
+            tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+            who = f"engine {self.engine_id} (pid {os.getpid()})"
+            error = f"the initializer raised {type(exc).__name__}: {_safe_str(exc)} in {who}:\n{text}"
+            content = {"ok": False, "error": error[:MAX_TRACEBACK_CHARS]}
+            with self.lock:
+                send_frames(self.sock, self.session.build(MsgType.ENGINE_READY, content=encode(content)))
+            while True:  # the heartbeat thread ends the process
+                time.sleep(1.0)
+        with self.lock:
+            self.flush_streams()
+            send_frames(self.sock, self.session.build(MsgType.ENGINE_READY, content=encode({"ok": True})))
 
     # -- receiving ------------------------------------------------------------
 
@@ -208,9 +234,11 @@ class Engine:
         try:
             payload = dumps(result)
         except SerializationError as exc:
-            self._answer_error(
-                task_id, exc, started, f"the result of {callable_name(func)}() cannot be sent back: ", skip_frames=None
-            )
+            cause = exc.__cause__ or exc
+            hint = f" (the result of {callable_name(func)}() cannot be sent back: return something picklable)"
+            error = ResultEncodingError(f"{type(cause).__name__}: {_safe_str(cause)}", short_repr(result, 200), hint)
+            del result
+            self._answer_error(task_id, error, started, "", skip_frames=None)
             return
         completed = time.time()
         self._push(task_id, payload, TaskStatus.OK.value, started, completed)
@@ -254,12 +282,16 @@ class Engine:
         if not self.outbox:
             return
         batch, self.outbox = self.outbox, BatchWriter(REPLY_COLUMNS)
+        self.flush_streams()
+        send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers()))
+
+    @staticmethod
+    def flush_streams() -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
-        send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers()))
 
 
 def _safe_str(exc: BaseException) -> str:
