@@ -117,3 +117,45 @@ class ExplodesWhenPickled:
 
 def return_unpicklable_loudly():
     return ExplodesWhenPickled()
+
+
+# -- initializer / namespace ---------------------------------------------------
+
+INITIALIZED = None
+
+
+def init_global(value):
+    """An initializer: stores `value` (and this engine's pid) where tasks see it."""
+    global INITIALIZED
+    INITIALIZED = (value, os.getpid())
+
+
+def read_initialized(_=None):
+    return INITIALIZED
+
+
+def init_fails(message):
+    raise RuntimeError(message)
+
+
+def mul(a, b):
+    return a * b
+
+
+def return_generator():
+    return (i for i in range(3))
+
+
+def raise_value_error_if(x):
+    if x == 0:
+        raise ValueError("zero")
+    return x
+
+
+def sleep_echo(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def generator_if_zero(x):
+    return (i for i in range(3)) if x == 0 else x

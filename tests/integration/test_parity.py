@@ -1,0 +1,360 @@
+"""zpool-specific parts of multiprocessing parity: initializer, maxtasksperchild, starmap,
+lazy imap with bounded read-ahead, callbacks and exceptions as the stdlib has them.
+
+The ported CPython suite (``test_stdlib_pool.py``) runs the stdlib's own checks
+against both back-ends; this module covers what it does not: the cases where
+zpool goes further than the stdlib (an endless ``imap`` input, a dead engine
+mid-``imap``, an initializer that fails) and the pieces of the contract the
+stdlib suite never exercises.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import multiprocessing.pool
+import os
+import signal
+import threading
+import time
+import tracemalloc
+
+import pytest
+
+import zpool
+from tests import _tasks
+
+T = 60
+
+
+# -- Pool(...) signature ----------------------------------------------------------
+
+
+def test_full_positional_signature(fresh_pool):
+    pool = fresh_pool(1, initializer=None, initargs=(), maxtasksperchild=None, context=None)
+    assert pool.apply(_tasks.square, (3,)) == 9
+    with zpool.Pool(1, None, (), None, multiprocessing.get_context("spawn")) as p:
+        assert p.map(_tasks.square, [1, 2]) == [1, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"initializer": 5}, TypeError, "initializer must be a callable"),
+        ({"maxtasksperchild": 0}, ValueError, "maxtasksperchild must be a positive int or None"),
+        ({"maxtasksperchild": True}, ValueError, "maxtasksperchild"),
+        ({"context": "spawn"}, TypeError, r"multiprocessing context \(multiprocessing.get_context\(\)\)"),
+    ],
+)
+def test_bad_arguments_raise_before_anything_starts(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        zpool.Pool(1, **kwargs)
+
+
+def test_unserializable_initargs_raise_in_the_caller():
+    with pytest.raises(zpool.SerializationError, match=r"initargs\[0\] of init_global\(\)") as info:
+        zpool.Pool(1, initializer=_tasks.init_global, initargs=(threading.Lock(),))
+    assert isinstance(info.value, TypeError)  # what pickle itself raised, as multiprocessing would
+
+
+def test_default_processes_is_the_usable_cpu_count():
+    with zpool.Pool() as pool:
+        expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        assert len(pool.wait_for_engines(timeout=T)) == expected
+
+
+# -- initializer ---------------------------------------------------------------------
+
+
+def test_initializer_runs_in_every_engine_before_tasks(fresh_pool):
+    pool = fresh_pool(2, initializer=_tasks.init_global, initargs=("ready",))
+    seen = pool.map(_tasks.read_initialized, range(40), chunksize=1)
+    assert {value for value, _ in seen} == {"ready"}
+    pids = set(pool.queue_status()["engine_pids"].values())
+    assert {pid for _, pid in seen} <= pids
+
+
+def test_initializer_runs_in_replacement_engines(fresh_pool):
+    pool = fresh_pool(1, initializer=_tasks.init_global, initargs=("again",))
+    value, pid = pool.apply(_tasks.read_initialized)
+    assert value == "again"
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline:
+        try:
+            value2, pid2 = pool.apply_async(_tasks.read_initialized).get(T)
+            break
+        except zpool.EngineError:  # the task met the dying engine
+            continue
+    assert value2 == "again" and pid2 != pid
+
+
+def test_failing_initializer_breaks_the_pool_with_its_traceback(fresh_pool):
+    pool = zpool.Pool(1, initializer=_tasks.init_fails, initargs=("no config file",))
+    try:
+        with pytest.raises(zpool.BrokenPoolError, match="initializer raised RuntimeError: no config file") as info:
+            pool.apply_async(_tasks.square, (2,)).get(T)
+        assert "_tasks.py" in str(info.value) and "init_fails" in str(info.value)
+        with pytest.raises(zpool.BrokenPoolError):
+            pool.map(_tasks.square, range(5))
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+# -- maxtasksperchild -----------------------------------------------------------------
+
+
+def test_maxtasksperchild_replaces_engines_and_loses_nothing(fresh_pool):
+    pool = fresh_pool(2, maxtasksperchild=3)
+    first = set(pool.queue_status()["engine_pids"].values())
+    results = [pool.apply_async(_tasks.getpid) for _ in range(30)]
+    pids = [r.get(T) for r in results]
+    counts = {pid: pids.count(pid) for pid in set(pids)}
+    assert max(counts.values()) <= 3
+    assert len(counts) >= 10
+    assert set(pids) - first
+    # map chunks count as tasks too, and the initializer-free pool keeps its size.
+    assert pool.map(_tasks.square, range(100), chunksize=5) == [x * x for x in range(100)]
+    assert len(pool.wait_for_engines(2, timeout=T)) == 2
+
+
+def test_maxtasksperchild_with_initializer(fresh_pool):
+    pool = fresh_pool(1, maxtasksperchild=2, initializer=_tasks.init_global, initargs=("fresh",))
+    seen = [pool.apply_async(_tasks.read_initialized).get(T) for _ in range(6)]
+    assert {value for value, _ in seen} == {"fresh"}
+    assert len({pid for _, pid in seen}) == 3
+
+
+# -- starmap and callbacks ---------------------------------------------------------------
+
+
+def test_starmap_and_starmap_async(pool):
+    pairs = list(zip(range(50), range(50, 0, -1)))
+    expected = list(itertools.starmap(_tasks.mul, pairs))
+    assert pool.starmap(_tasks.mul, pairs) == expected
+    assert pool.starmap(_tasks.mul, iter(pairs), chunksize=7) == expected
+    got = []
+    ar = pool.starmap_async(_tasks.mul, pairs, callback=got.append)
+    assert ar.get(T) == expected
+    assert got == [expected]  # ran once, with the whole list, before get() returned
+    assert pool.starmap(_tasks.mul, []) == []
+
+
+def test_callback_has_run_when_the_result_is_ready(pool):
+    for _ in range(20):
+        box = []
+        ar = pool.apply_async(_tasks.square, (4,), callback=box.append)
+        ar.wait(T)
+        assert box == [16]
+        errors = []
+        ar = pool.apply_async(_tasks.raise_value_error, ("x",), error_callback=errors.append)
+        with pytest.raises(ValueError):
+            ar.get(T)
+        assert len(errors) == 1 and isinstance(errors[0], ValueError)
+
+
+def test_callbacks_run_once_in_one_thread_of_this_process(pool):
+    threads = []
+    ars = [
+        pool.apply_async(_tasks.square, (i,), callback=lambda _: threads.append(threading.current_thread()))
+        for i in range(50)
+    ]
+    for ar in ars:
+        ar.wait(T)
+    assert len(threads) == 50 and len(set(threads)) == 1
+    assert threads[0] is not threading.current_thread()
+
+
+def test_non_callable_callback_is_refused(pool):
+    with pytest.raises(TypeError, match="callback must be callable"):
+        pool.apply_async(_tasks.square, (1,), callback=5)
+    with pytest.raises(TypeError, match="error_callback must be callable"):
+        pool.map_async(_tasks.square, [1], error_callback="log")
+
+
+# -- exceptions -----------------------------------------------------------------------------
+
+
+def test_unpicklable_result_is_maybe_encoding_error_and_keeps_the_engine(fresh_pool):
+    pool = fresh_pool(1)
+    pid = pool.apply(_tasks.getpid)
+    for _ in range(5):
+        errors = []
+        ar = pool.apply_async(_tasks.return_generator, error_callback=errors.append)
+        with pytest.raises(multiprocessing.pool.MaybeEncodingError) as info:
+            ar.get(T)
+        exc = info.value
+        assert isinstance(exc, zpool.ResultEncodingError) and errors == [exc]
+        assert "generator" in exc.exc and "generator object" in exc.value
+        assert "return_generator() cannot be sent back" in str(exc)
+    with pytest.raises(multiprocessing.pool.MaybeEncodingError):  # one bad item fails its map
+        pool.map(_tasks.generator_if_zero, [1, 0, 2])
+    assert pool.apply(_tasks.getpid) == pid
+
+
+def test_unpicklable_argument_raises_the_type_pickle_raised(pool):
+    with pytest.raises(TypeError, match="cannot pickle") as info:
+        pool.apply(_tasks.identity, (threading.Lock(),))
+    assert isinstance(info.value, zpool.SerializationError)
+    with pytest.raises(TypeError, match="an item of the iterable given to map"):
+        pool.map(_tasks.identity, [1, threading.Lock()])
+
+
+def test_remote_traceback_is_the_stdlib_class(pool):
+    with pytest.raises(ValueError, match="^boom$") as info:
+        pool.apply(_tasks.raise_value_error, ("boom",))
+    cause = info.value.__cause__
+    assert type(cause) is multiprocessing.pool.RemoteTraceback
+    assert "raise_value_error" in cause.tb and str(cause) == cause.tb
+
+
+# -- imap ----------------------------------------------------------------------------------------
+
+
+def _counting(counter):
+    for i in itertools.count():
+        counter[0] = i + 1
+        yield i
+
+
+def test_imap_reads_an_endless_input_lazily_in_bounded_memory(pool):
+    consumed = [0]
+    it = pool.imap(_tasks.square, _counting(consumed), chunksize=4, buffersize=8)
+    tracemalloc.start()
+    try:
+        for n, value in enumerate(it):
+            assert value == n * n
+            # Never more than the read-ahead window beyond what was taken.
+            assert consumed[0] <= n + 1 + 8 * 4 + 4
+            if n == 2000:
+                baseline = tracemalloc.get_traced_memory()[0]
+            if n == 20_000:
+                grown = tracemalloc.get_traced_memory()[0] - baseline
+                break
+    finally:
+        tracemalloc.stop()
+    assert grown < 1_000_000, f"the parent's traced memory grew by {grown} bytes over 18,000 results"
+    del it
+
+
+def test_imap_default_read_ahead_is_bounded(pool):
+    consumed = [0]
+    it = pool.imap_unordered(_tasks.square, _counting(consumed))
+    assert next(it) is not None
+    time.sleep(0.5)
+    assert consumed[0] <= max(32, 4 * 2) + 2
+
+
+def test_abandoned_imap_stops_reading_its_input(pool):
+    consumed = [0]
+    it = pool.imap(_tasks.square, _counting(consumed))
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    del it
+    time.sleep(0.3)
+    stopped_at = consumed[0]
+    time.sleep(0.5)
+    assert consumed[0] == stopped_at
+    assert pool.apply(_tasks.square, (3,)) == 9
+
+
+def test_imap_next_timeout(pool):
+    it = pool.imap(_tasks.sleep_then, [2.0, 0.0])
+    with pytest.raises(multiprocessing.TimeoutError):
+        it.next(timeout=0.05)
+    with pytest.raises(TimeoutError):  # the builtin one too
+        it.next(timeout=0.05)
+    assert it.next(timeout=T) is None
+    assert list(it) == [None]
+
+
+def test_imap_results_arrive_before_the_input_ends(pool):
+    release = threading.Event()
+
+    def slow_input():
+        yield 1
+        yield 2
+        release.wait(T)
+        yield 3
+
+    it = pool.imap(_tasks.square, slow_input())
+    assert it.next(timeout=T) == 1 and it.next(timeout=T) == 4
+    release.set()
+    assert list(it) == [9]
+
+
+def test_imap_task_error_raises_at_its_place_and_iteration_goes_on(pool):
+    it = pool.imap(_tasks.raise_value_error_if, [1, 0, 3])
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="zero"):
+        next(it)
+    assert next(it) == 3
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_imap_unserializable_item_raises_at_its_place(pool):
+    it = pool.imap(_tasks.identity, [1, threading.Lock(), 3])
+    assert next(it) == 1
+    with pytest.raises(TypeError, match="cannot pickle"):
+        next(it)
+    assert next(it) == 3
+
+
+def test_imap_unordered_yields_in_completion_order(pool):
+    it = pool.imap_unordered(_tasks.sleep_echo, [1.0, 0.0], chunksize=1)
+    assert list(it) == [0.0, 1.0]
+    out = list(pool.imap_unordered(_tasks.square, range(200), chunksize=3))
+    assert sorted(out) == [x * x for x in range(200)]
+
+
+@pytest.mark.parametrize("chunksize", [0, -1])
+def test_imap_bad_chunksize(pool, chunksize):
+    with pytest.raises(ValueError, match="Chunksize must be 1\\+"):
+        pool.imap(_tasks.square, [1], chunksize)
+
+
+def test_imap_not_iterable_raises_in_the_caller(pool):
+    with pytest.raises(TypeError):
+        pool.imap(_tasks.square, 5)
+
+
+def test_join_finishes_imap_inputs_beyond_the_read_ahead(fresh_pool):
+    pool = fresh_pool(2)
+    it = pool.imap(_tasks.square, range(500), buffersize=2)
+    pool.close()
+    pool.join()
+    assert list(it) == [x * x for x in range(500)]
+
+
+def test_imap_after_close_is_refused_but_running_ones_finish(fresh_pool):
+    pool = fresh_pool(2)
+    it = pool.imap(_tasks.square, range(100), buffersize=2)
+    pool.close()
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.imap(_tasks.square, range(3))
+    assert list(it) == [x * x for x in range(100)]
+
+
+def test_terminate_during_imap_raises_instead_of_hanging(fresh_pool):
+    pool = fresh_pool(2)
+    it = pool.imap(_tasks.sleep_then, itertools.repeat(30))
+    time.sleep(0.3)
+    pool.terminate()
+    with pytest.raises(zpool.TaskAborted):
+        it.next(timeout=T)
+
+
+def test_engine_killed_during_imap_raises_instead_of_hanging(fresh_pool):
+    pool = fresh_pool(2)
+    it = pool.imap(_tasks.sleep_pid, itertools.repeat(0.05), chunksize=1)
+    pids = set()
+    for _ in range(10):
+        pids.add(it.next(timeout=T))
+    victim = next(iter(pids))
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(zpool.EngineError, match="SIGKILL"):
+        for _ in range(10_000):
+            it.next(timeout=T)
+    # The pool carries on; so may the iteration.
+    assert it.next(timeout=T) > 0
