@@ -89,3 +89,118 @@ def test_main_module_functions_and_classes(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def _run(argv, stdin=None, cwd=None):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, timeout=120, cwd=cwd)
+
+
+INITIALIZER_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing
+    from zpool import Pool
+
+    connection = None  # set per worker by the initializer, as stdlib users do
+    seen = {}          # a per-worker cache filled by tasks
+
+    def init(address):
+        global connection
+        connection = f"connected to {address}"
+
+    def task(x):
+        seen[x] = True
+        return connection, len(seen)
+
+    if __name__ == "__main__":
+        multiprocessing.set_start_method("forkserver")  # whatever the user chose: zpool does not care
+        with Pool(1, initializer=init, initargs=("db:5432",)) as pool:
+            out = pool.map(task, range(4), chunksize=1)
+            assert out == [("connected to db:5432", n) for n in range(1, 5)], out
+        print("ok")
+    """
+)
+
+
+def test_stdlib_initializer_pattern_in_main(tmp_path):
+    script = tmp_path / "init_script.py"
+    script.write_text(INITIALIZER_SCRIPT)
+    done = _run([sys.executable, str(script)])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_script_without_main_guard(tmp_path):
+    # The stdlib needs `if __name__ == "__main__":` under spawn and forkserver (its
+    # workers import the script); zpool's engines never import it.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from zpool import Pool
+
+            def double(x):
+                return 2 * x
+
+            with Pool(2) as pool:
+                print(pool.map(double, range(5)))
+            """
+        )
+    )
+    done = _run([sys.executable, str(script)])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 2, 4, 6, 8]"
+
+
+REPL_SESSION = """\
+from zpool import Pool
+pool = Pool(2)
+def cube(x):
+    return x ** 3
+
+print("result", pool.map(cube, range(5)))
+print("lambda", pool.apply(lambda: sum(pool_size for pool_size in [2])))
+pool.close(); pool.join()
+"""
+
+
+def test_interactive_interpreter(tmp_path):
+    # `python -i` with a piped stdin runs the statements one by one as the REPL does:
+    # the functions have no source file and live in the interpreter's __main__.
+    done = _run([sys.executable, "-i", "-q"], stdin=REPL_SESSION, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "result [0, 1, 8, 27, 64]" in done.stdout
+    assert "lambda 2" in done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+NOTEBOOK_CELLS = [
+    "from zpool import Pool\npool = Pool(2)",
+    "OFFSET = 10\ndef shift(x):\n    return x + OFFSET",
+    "print('cell', pool.map(shift, range(3)))",
+    "def shift(x):\n    return x - OFFSET\nprint('redefined', pool.map(shift, range(3)))",
+    "pool.terminate()",
+]
+
+NOTEBOOK_DRIVER = textwrap.dedent(
+    """
+    # Runs cells the way an IPython kernel does: in a module object standing in
+    # for __main__ (sys.modules['__main__'] is replaced), code compiled from
+    # strings with no file behind it.
+    import sys, types, json
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = __builtins__
+    sys.modules["__main__"] = main
+    for i, cell in enumerate(json.loads(sys.stdin.read())):
+        exec(compile(cell, f"<ipython-input-{i}-0123456789ab>", "exec"), main.__dict__)
+    """
+)
+
+
+def test_notebook_like_kernel():
+    import json
+
+    done = _run([sys.executable, "-c", NOTEBOOK_DRIVER], stdin=json.dumps(NOTEBOOK_CELLS))
+    assert done.returncode == 0, done.stderr
+    assert "cell [10, 11, 12]" in done.stdout
+    assert "redefined [-10, -9, -8]" in done.stdout  # a redefined function replaces the old one

@@ -56,7 +56,12 @@ def test_result_encoding_error_is_the_stdlib_maybe_encoding_error():
 
 @pytest.mark.parametrize(
     "cause",
-    [TypeError("cannot pickle '_thread.lock' object"), RuntimeError("nope"), pickle.PicklingError("x"), OSError(2, "x")],
+    [
+        TypeError("cannot pickle '_thread.lock' object"),
+        RuntimeError("nope"),
+        pickle.PicklingError("x"),
+        OSError(2, "x"),
+    ],
     ids=["TypeError", "RuntimeError", "PicklingError", "OSError"],
 )
 def test_serialization_error_is_also_the_original_type(cause):
