@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import tempfile
 
 import psutil
@@ -45,6 +46,21 @@ def assert_no_new_processes(before: set[int], timeout: float = EXIT_GRACE_S) -> 
             except psutil.Error:
                 pass
         pytest.fail(f"{len(alive)} process(es) outlived the test:\n{text}")
+
+
+def pytest_configure(config):
+    # A temporary directory of this run's own, so that the check for leftover
+    # cluster directories sees only this run's (not a concurrent run's).
+    run_dir = tempfile.mkdtemp(prefix="zp-tests-")
+    os.environ["TMPDIR"] = run_dir  # child processes (scripts the tests start)
+    tempfile.tempdir = run_dir
+    config._zpool_run_dir = run_dir
+
+
+def pytest_unconfigure(config):
+    run_dir = getattr(config, "_zpool_run_dir", None)
+    if run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _cluster_dirs() -> set[str]:
