@@ -86,6 +86,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         # multiprocessing's callback and error_callback: they run (in the
         # runner's thread) before the result becomes ready, as in the stdlib.
         self._user_callbacks: tuple[Callable[[Any], Any] | None, Callable[[BaseException], Any] | None] | None = None
+        self._has_callback = False
         self._pending = len(msg_ids)
         # The outcome is known (it may still wait for a callback to become ready).
         self._decided = False
@@ -110,7 +111,20 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         return cast(T, self.result())
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the result is ready or `timeout` seconds pass; return whether it is ready."""
+        """Wait until the result is ready or `timeout` seconds pass; return whether it is ready.
+
+        Raises
+        ------
+        RuntimeError
+            If called from a ``callback`` for a result that has a callback
+            of its own still to run: that callback runs in this very thread,
+            so the wait could never end.
+        """
+        if self._has_callback and not self.done() and self._runner is not None and self._runner.is_current():
+            raise RuntimeError(
+                f"waiting in a callback for {self._what()}, whose own callback must first run in this same"
+                " thread, would never end; wait for it outside the callback, or chain work in its callback"
+            )
         try:
             self.exception(timeout)
         except concurrent.futures.TimeoutError:

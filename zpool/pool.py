@@ -90,6 +90,11 @@ class _Callbacks:
         if callback is None and error_callback is None:
             return
         ar._user_callbacks = (callback, error_callback)
+        ar._has_callback = True
+
+    def is_current(self) -> bool:
+        """Whether the calling thread is the callback thread."""
+        return threading.current_thread() is self._thread
 
     def call(self, func: Callable[[Any], Any], value: Any) -> None:
         """Run ``func(value)`` in the callback thread."""

@@ -358,3 +358,20 @@ def test_engine_killed_during_imap_raises_instead_of_hanging(fresh_pool):
             it.next(timeout=T)
     # The pool carries on; so may the iteration.
     assert it.next(timeout=T) > 0
+
+
+def test_waiting_in_a_callback_for_a_result_with_a_callback_raises_instead_of_hanging(pool):
+    outcome = []
+
+    def callback(_):
+        inner = pool.apply_async(_tasks.square, (2,), callback=lambda _: None)
+        try:
+            inner.get(T)
+        except RuntimeError as exc:
+            outcome.append(exc)
+        plain = pool.apply_async(_tasks.square, (3,))  # no callback of its own: fine to wait for
+        outcome.append(plain.get(T))
+
+    pool.apply_async(_tasks.square, (1,), callback=callback).get(T)
+    assert isinstance(outcome[0], RuntimeError) and "would never end" in str(outcome[0])
+    assert outcome[1] == 9
