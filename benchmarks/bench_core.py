@@ -16,7 +16,9 @@ Figures (``processes=2`` unless ``--processes N``):
    then ``get`` them all; tasks per second.
 4. ``map`` throughput -- ``map(square, range(200_000))`` with default
    chunking; items per second.  The result is checked.
-5. 200 MB array round trip -- ``apply(identity, (arr,))`` on a float64 array
+5. ``imap`` throughput -- ``list(imap(square, range(50_000)))`` with
+   default arguments (the stdlib's chunksize of 1); items per second.
+6. 200 MB array round trip -- ``apply(identity, (arr,))`` on a float64 array
    of 200e6 bytes; seconds, and GB/s = array size (1e9 bytes) / round-trip
    time.  The returned array is spot-checked.
 
@@ -63,6 +65,7 @@ class Settings:
     reps: int  # repetitions of the throughput figures (3-5)
     async_tasks: int = 10_000
     map_items: int = 200_000
+    imap_items: int = 50_000
     array_bytes: int = 200_000_000
     get_timeout: float = 300.0
 
@@ -173,6 +176,17 @@ def fig_map(pool, s: Settings):
     return {"items_per_s": statistics.median(rates)}, rates
 
 
+def fig_imap(pool, s: Settings):
+    list(pool.imap(square, range(1000)))  # warm-up
+    rates = []
+    for _ in range(s.reps):
+        t0 = time.perf_counter()
+        out = list(pool.imap(square, range(s.imap_items)))
+        rates.append(s.imap_items / (time.perf_counter() - t0))
+        check(out == [i * i for i in range(s.imap_items)], "wrong imap results")
+    return {"items_per_s": statistics.median(rates)}, rates
+
+
 def fig_array(pool, s: Settings):
     import numpy as np  # lazy, see module docstring
 
@@ -227,7 +241,8 @@ def make_rows(s: Settings) -> list[Row]:
         Row("latency", "p90_us", "   apply round trip, p90 (us)", ",.1f", False),
         Row("apply_async", "tasks_per_s", f"3. {s.async_tasks:,} apply_async (tasks/s)", ",.0f", True),
         Row("map", "items_per_s", f"4. map {s.map_items:,} items (items/s)", ",.0f", True),
-        Row("array", "seconds", f"5. {mb:,.0f} MB array round trip (s)", ".3f", False),
+        Row("imap", "items_per_s", f"5. imap {s.imap_items:,} items (items/s)", ",.0f", True),
+        Row("array", "seconds", f"6. {mb:,.0f} MB array round trip (s)", ".3f", False),
         Row("array", "gb_per_s", f"   {mb:,.0f} MB array round trip (GB/s)", ".2f", True),
     ]
 
@@ -337,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         Figure("latency", fig_latency),
         Figure("apply_async", fig_apply_async),
         Figure("map", fig_map),
+        Figure("imap", fig_imap),
     ]
     if not args.skip_array:
         figures.append(Figure("array", fig_array))

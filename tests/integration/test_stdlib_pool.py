@@ -161,7 +161,7 @@ class Backend:
 
 
 def _mp_worker_pids(pool: Any) -> list[int]:
-    # The one place this module reads a stdlib internal.
+    # Stdlib internals are touched only here and in the `backend` fixture (the adapter).
     return [w.pid for w in pool._pool]
 
 
