@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import traceback
 from typing import Any, Callable, Sequence
 
-__all__ = ["default_chunksize", "run_chunk", "split"]
+__all__ = ["ItemFailure", "default_chunksize", "run_chunk", "run_each", "split"]
+
+# Longest traceback text carried back, in characters (the start and end are kept).
+MAX_TRACEBACK_CHARS = 20_000
+
+# Who is running tasks here, for traceback headers; set by the engine once registered.
+engine_label = f"pid {os.getpid()}"
+engine_id: int | None = None
 
 
 def default_chunksize(n_items: int, n_engines: int) -> int:
@@ -23,3 +32,66 @@ def run_chunk(func: Callable[..., Any], items: Sequence[Any], star: bool = False
     if star:
         return [func(*args) for args in items]
     return list(map(func, items))
+
+
+def run_each(func: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+    """Apply `func` to each item; an item that raises gives an :class:`ItemFailure` in its place.
+
+    What ``imap`` runs: every item has its own outcome, so a failure costs
+    the caller no other item's result, however the input was chunked.
+    """
+    out: list[Any] = []
+    for item in items:
+        try:
+            out.append(func(item))
+        except Exception as exc:
+            out.append(ItemFailure.capture(exc, "in imap: "))
+    return out
+
+
+def describe_exception(exc: BaseException, tb: Any, context: str = "") -> dict[str, Any]:
+    """The error report sent for a failed task: type, message, formatted traceback, where."""
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    if len(text) > MAX_TRACEBACK_CHARS:
+        half = MAX_TRACEBACK_CHARS // 2
+        text = text[:half] + "\n... (traceback shortened) ...\n" + text[-half:]
+    try:
+        evalue = str(exc)
+    except BaseException:
+        evalue = f"<unprintable {type(exc).__name__}>"
+    return {
+        "ename": type(exc).__name__,
+        "emodule": type(exc).__module__,
+        "evalue": evalue[:10_000],
+        "traceback": f"Traceback from {engine_label}{context}:\n{text}",
+        "engine_id": engine_id,
+    }
+
+
+class ItemFailure:
+    """The exception one item of a chunk raised, carried back in the chunk's list of results.
+
+    `exc` is the exception itself, or None when it could not be sent back
+    (the caller then rebuilds it by name, as for any task); `error` is the
+    report of :func:`describe_exception`.
+    """
+
+    __slots__ = ("error", "exc")
+
+    def __init__(self, error: dict[str, Any], exc: BaseException | None) -> None:
+        self.error = error
+        self.exc = exc
+
+    @classmethod
+    def capture(cls, exc: BaseException, context: str = "") -> ItemFailure:
+        tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # skip run_each's frame
+        return cls(describe_exception(exc, tb, context), exc)
+
+    def __reduce__(self) -> Any:
+        exc = self.exc
+        if exc is not None:
+            exc.__traceback__ = None  # not picklable, and the text has it
+        return ItemFailure, (self.error, exc)
+
+    def __repr__(self) -> str:
+        return f"<ItemFailure {self.error.get('ename')}: {self.error.get('evalue')}>"

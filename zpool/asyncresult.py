@@ -22,11 +22,17 @@ import time
 import weakref
 from typing import Any, Callable, Generator, Generic, TypeVar, cast
 
+from zpool._partition import ItemFailure
 from zpool.error import TimeoutError
 
 __all__ = ["AsyncResult", "IMapIterator", "MapResult", "Metadata"]
 
 T = TypeVar("T")
+
+# Adaptive imap chunks: aim for this much engine time per chunk, in seconds,
+# and never more than this many items.
+IMAP_CHUNK_TARGET_S = 0.005
+IMAP_CHUNK_MAX = 4096
 
 
 class Metadata(dict):  # type: ignore[type-arg]
@@ -305,9 +311,11 @@ class _IMapState:
     exhausted (or failed).
     """
 
-    def __init__(self, ordered: bool, window: int) -> None:
+    def __init__(self, ordered: bool, window: int, convert: Callable[[ItemFailure], BaseException]) -> None:
         self.ordered = ordered
         self.window = window
+        self.convert = convert  # an item's failure report -> the exception to raise
+        self.item_s: float | None = None  # measured engine time per item (moving average)
         self.cond = threading.Condition(threading.Lock())
         self.in_flight = 0
         self.length: int | None = None
@@ -360,6 +368,27 @@ class _IMapState:
             self.finished = True
             self.cond.notify_all()
 
+    def next_size(self, previous: int) -> int:
+        """Items for the next chunk when sizing adaptively.
+
+        One item until a chunk has been timed (so the first result comes
+        quickly), then enough items for about :data:`IMAP_CHUNK_TARGET_S` of
+        engine time, growing at most twofold per chunk and never past
+        :data:`IMAP_CHUNK_MAX`.
+        """
+        item_s = self.item_s
+        if item_s is None:
+            return 1
+        wanted = int(IMAP_CHUNK_TARGET_S / max(item_s, 1e-7))
+        return max(1, min(wanted, 2 * previous, IMAP_CHUNK_MAX))
+
+    def timed(self, n_items: int, run_s: float) -> None:
+        """A chunk of `n_items` ran for `run_s` seconds on its engine."""
+        if n_items > 0 and run_s >= 0:
+            per_item = run_s / n_items
+            mean = self.item_s
+            self.item_s = per_item if mean is None else mean + 0.3 * (per_item - mean)
+
     def chunk_done(self, number: int, ok: bool, value: Any) -> None:
         """Record chunk `number`'s outcome: its list of values, or the exception to raise at its place."""
         with self.cond:
@@ -376,7 +405,10 @@ class _IMapState:
         with self.cond:
             while True:
                 if self.items:
-                    return self.items.popleft()
+                    value = self.items.popleft()
+                    if type(value) is ItemFailure:
+                        raise self.convert(value)
+                    return value
                 outcome = self._take()
                 if outcome is not None:
                     ok, value = outcome
@@ -420,6 +452,9 @@ class _IMapChunk:
         self.msg_ids = [task_id]
 
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
+        started, completed = md[2], md[3]
+        if ok and started is not None and completed is not None:
+            self.state.timed(len(value), completed - started)
         self.state.chunk_done(self.number, ok, value)
 
     def _fail(self, exc: BaseException) -> None:

@@ -23,10 +23,10 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from zpool._partition import default_chunksize, run_chunk, split
+from zpool._partition import default_chunksize, run_chunk, run_each, split
 from zpool.asyncresult import AsyncResult, IMapIterator, MapResult, _IMapChunk, _IMapState
 from zpool.client.connection import Connection
-from zpool.client.results import ResultTable
+from zpool.client.results import ResultTable, rebuild_failure
 from zpool.cluster import ClusterSettings, LocalCluster
 from zpool.error import (
     BrokenPoolError,
@@ -385,21 +385,32 @@ class Pool:
         return self._map_async(func, iterable, chunksize, callback, error_callback, star=True)
 
     def imap(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        buffersize: int | None = None,
     ) -> IMapIterator[T]:
         """Like :meth:`map`, but lazily: return an iterator over the results, in input order.
 
         Results are yielded as they arrive. Unlike the standard library, the
         input is not drained up front: at most `buffersize` chunks are
         submitted ahead of the consumer, so ``imap(f, endless_generator())``
-        runs in constant memory. An exception raised by the input surfaces at
-        the place it stopped (the start of the chunk being read, as in the
-        standard library); a task's exception is raised at its place.
+        runs in constant memory. Every item has its own outcome: an item
+        whose call raises raises that exception at its place, and the
+        iteration may go on past it. An exception raised by the input itself
+        surfaces where the input stopped, then the iteration ends.
 
         Parameters
         ----------
-        chunksize : int
-            Items per task (default 1, as in the standard library).
+        chunksize : int, optional
+            Items per task. By default chunks are sized from measured task
+            times: the first chunk holds one item (so the first result comes
+            at once), later ones about 5 ms of work each, so tiny items do
+            not pay one message each. With an explicit `chunksize`, an input
+            that raises mid-chunk loses that chunk's items, as with the
+            standard library; adaptive chunks keep them.
         buffersize : int, optional, keyword-only
             Most chunks submitted and not yet consumed; default
             ``max(32, 4 * processes)``. :meth:`join` lifts the limit.
@@ -413,7 +424,12 @@ class Pool:
         return self._imap(func, iterable, chunksize, buffersize, ordered=True)
 
     def imap_unordered(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        buffersize: int | None = None,
     ) -> IMapIterator[T]:
         """Like :meth:`imap`, but yield results in the order they finish."""
         return self._imap(func, iterable, chunksize, buffersize, ordered=False)
@@ -556,20 +572,26 @@ class Pool:
         return ar
 
     def _imap(
-        self, func: Callable[..., T], iterable: Iterable[Any], chunksize: int, buffersize: int | None, ordered: bool
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        buffersize: int | None,
+        ordered: bool,
     ) -> IMapIterator[T]:
         self._check_running()
         self._check_func(func)
-        if not _is_int(chunksize):
-            raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
-        if chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        if chunksize is not None:
+            if not _is_int(chunksize):
+                raise TypeError(f"chunksize must be an int or None, not {type(chunksize).__name__}")
+            if chunksize < 1:
+                raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
         if buffersize is None:
             buffersize = max(IMAP_MIN_READ_AHEAD, 4 * self._processes)
         elif not _is_int(buffersize) or buffersize < 1:
             raise ValueError(f"buffersize must be a positive int or None, not {buffersize!r}")
         items = iter(iterable)  # not iterable: TypeError here, in the caller
-        state = _IMapState(ordered, buffersize)
+        state = _IMapState(ordered, buffersize, rebuild_failure)
         self._feeders.add(state)
         feeder = threading.Thread(
             target=self._feed, args=(state, func, items, chunksize), name="zpool-imap-feeder", daemon=True
@@ -577,39 +599,60 @@ class Pool:
         feeder.start()
         return IMapIterator(state, owner=self)
 
-    def _feed(self, state: _IMapState, func: Callable[..., Any], items: Iterable[Any], chunksize: int) -> None:
-        """Read the input of an ``imap`` chunk by chunk as the consumer makes room, and submit (feeder thread)."""
+    def _feed(self, state: _IMapState, func: Callable[..., Any], items: Iterable[Any], chunksize: int | None) -> None:
+        """Read the input of an ``imap`` chunk by chunk as the consumer makes room, and submit (feeder thread).
+
+        With `chunksize` None, chunks are sized from measured task times.
+        """
         number = 0
+        size = chunksize or 1
         try:
             while state.reserve():
+                if chunksize is None:
+                    size = state.next_size(size)
+                chunk: list[Any] = []
+                failure: BaseException | None = None
                 try:
-                    chunk = list(itertools.islice(items, chunksize))
-                except BaseException as exc:  # the input failed: raise it at this chunk's place, as the stdlib does
-                    state.chunk_done(number, False, exc)
+                    chunk.extend(itertools.islice(items, size))
+                except BaseException as exc:  # the input failed: it is raised at this place, as the stdlib does
+                    failure = exc
+                    if chunksize is not None:
+                        chunk = []  # the stdlib drops a fixed-size chunk whole; adaptive ones keep what was read
+                if chunk:
+                    submitted = self._feed_chunk(state, func, chunk, number)
                     number += 1
-                    break
-                if not chunk:
-                    state.release()
-                    break
-                task_id = self._conn.session.new_id()
-                holder = _IMapChunk(state, number, task_id)
-                number += 1
-                try:
-                    frames = self._dump_chunk(func, chunk, False, what="imap")
-                    del chunk
-                    self._results.add(holder)
-                except BaseException as exc:  # unserializable: raise it at this chunk's place, and go on
-                    state.chunk_done(holder.number, False, exc)
-                    if isinstance(exc, PoolClosedError):
+                    if not submitted:
                         break
-                    continue
-                try:
-                    self._conn.submit([(task_id, frames)])
-                except BaseException as exc:
-                    self._results.fail([task_id], functools.partial(_same, exc))
+                    if failure is None:
+                        continue
+                    if not state.reserve():  # the failure takes a place of its own
+                        break
+                elif failure is None:
+                    state.release()  # the input is exhausted
                     break
+                state.chunk_done(number, False, failure)
+                number += 1
+                break
         finally:
             state.end(number)
+
+    def _feed_chunk(self, state: _IMapState, func: Callable[..., Any], chunk: list[Any], number: int) -> bool:
+        """Submit one imap chunk as number `number`; False if the pool can take no more."""
+        task_id = self._conn.session.new_id()
+        holder = _IMapChunk(state, number, task_id)
+        try:
+            frames = self._dump_chunk(func, chunk, False, what="imap", each=True)
+            del chunk
+            self._results.add(holder)
+        except BaseException as exc:  # unserializable: raise it at this chunk's place, and go on
+            state.chunk_done(number, False, exc)
+            return not isinstance(exc, PoolClosedError)
+        try:
+            self._conn.submit([(task_id, frames)])
+        except BaseException as exc:
+            self._results.fail([task_id], functools.partial(_same, exc))
+            return False
+        return True
 
     def _submit(self, ar: AsyncResult[Any], items: list[tuple[str, list[Any]]]) -> None:
         self._results.add(ar)
@@ -621,8 +664,12 @@ class Pool:
             raise
 
     @staticmethod
-    def _dump_chunk(func: Callable[..., Any], chunk: Any, star: bool, what: str = "map") -> list[Any]:
+    def _dump_chunk(
+        func: Callable[..., Any], chunk: Any, star: bool, what: str = "map", each: bool = False
+    ) -> list[Any]:
         try:
+            if each:
+                return dumps_call(run_each, (func, chunk))
             return dumps_call(run_chunk, (func, chunk, True) if star else (func, chunk))
         except SerializationError:
             pass

@@ -23,6 +23,7 @@ import pytest
 
 import zpool
 from tests import _tasks
+from zpool.asyncresult import IMAP_CHUNK_MAX
 
 T = 60
 
@@ -243,7 +244,71 @@ def test_imap_default_read_ahead_is_bounded(pool):
     it = pool.imap_unordered(_tasks.square, _counting(consumed))
     assert next(it) is not None
     time.sleep(0.5)
-    assert consumed[0] <= max(32, 4 * 2) + 2
+    reached = consumed[0]
+    time.sleep(0.5)
+    assert consumed[0] == reached  # the feeder waits for the consumer
+    assert reached <= max(32, 4 * 2) * IMAP_CHUNK_MAX
+
+
+def test_adaptive_imap_in_bounded_memory(pool):
+    consumed = [0]
+    tracemalloc.start()
+    try:
+        for n, value in enumerate(pool.imap(_tasks.square, _counting(consumed))):
+            assert value == n * n
+            if n == 50_000:
+                baseline = tracemalloc.get_traced_memory()[0]
+            if n == 300_000:
+                grown = tracemalloc.get_traced_memory()[0] - baseline
+                break
+    finally:
+        tracemalloc.stop()
+    assert grown < 2_000_000, f"the parent's traced memory grew by {grown} bytes over 250,000 results"
+
+
+def test_adaptive_imap_raises_each_failure_at_its_own_place(pool):
+    items = list(range(3000))
+    it = pool.imap(_tasks.raise_value_error_if, [x % 1000 for x in items])
+    got, failures = [], []
+    for position in range(len(items)):
+        try:
+            got.append(next(it))
+        except ValueError:
+            failures.append(position)
+    assert failures == [0, 1000, 2000]
+    assert got == [x % 1000 for x in items if x % 1000]
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_adaptive_imap_keeps_items_read_before_the_input_failed(pool):
+    def failing():
+        yield from range(1000)
+        raise KeyError("input broke")
+
+    it = pool.imap(_tasks.square, failing())
+    assert [next(it) for _ in range(1000)] == [x * x for x in range(1000)]
+    with pytest.raises(KeyError, match="input broke"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_imap_item_failure_carries_the_remote_traceback(pool):
+    it = pool.imap(_tasks.raise_value_error_if, [1, 0], chunksize=2)
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="^zero$") as info:
+        next(it)
+    cause = info.value.__cause__
+    assert type(cause) is multiprocessing.pool.RemoteTraceback
+    assert "raise_value_error_if" in cause.tb and "Traceback from engine" in cause.tb
+
+
+def test_imap_item_failure_that_cannot_travel_arrives_by_name(pool):
+    it = pool.imap(_tasks.raise_unpicklable, ["held a lock"], chunksize=1)
+    with pytest.raises(zpool.RemoteError, match="UnpicklableError: held a lock") as info:
+        next(it)
+    assert "raise_unpicklable" in info.value.traceback
 
 
 def test_abandoned_imap_stops_reading_its_input(pool):

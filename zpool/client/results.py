@@ -16,14 +16,15 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from zpool import error as _errors
+from zpool._partition import ItemFailure
 from zpool.error import PoolClosedError, RemoteError, RemoteTraceback, SerializationError
 from zpool.protocol import REPLY_COLUMNS, Batch, Message, TaskStatus
 from zpool.serialize import loads
 
-__all__ = ["ResultTable", "rebuild_exception"]
+__all__ = ["ResultTable", "rebuild_exception", "rebuild_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +38,26 @@ class _Outcome(Protocol):
     def _fail(self, exc: BaseException) -> None: ...
 
 
-def rebuild_exception(error: dict[str, Any], exc_frames: list[Any]) -> BaseException:
-    """Turn an error reply into the exception to raise in the caller."""
+def rebuild_failure(failure: ItemFailure) -> BaseException:
+    """The exception to raise in the caller for one failed item of an ``imap`` chunk."""
+    return rebuild_exception(failure.error, (), failure.exc)
+
+
+def rebuild_exception(
+    error: dict[str, Any], exc_frames: Sequence[Any], exc: BaseException | None = None
+) -> BaseException:
+    """Turn an error reply into the exception to raise in the caller.
+
+    `exc_frames` is the serialized exception, or `exc` the exception itself,
+    when it could travel; otherwise it is rebuilt by name where possible.
+    """
     text = str(error.get("traceback") or "")
     ename = str(error.get("ename", "Exception"))
     evalue = str(error.get("evalue", ""))
     engine_id = error.get("engine_id")
-    exc: BaseException | None = None
-    if exc_frames:
+    if not isinstance(exc, BaseException):
+        exc = None
+    if exc is None and exc_frames:
         try:
             exc = loads(exc_frames)
         except Exception:

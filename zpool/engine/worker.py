@@ -42,6 +42,8 @@ from typing import Any
 
 import zmq
 
+from zpool import _partition
+from zpool._partition import MAX_TRACEBACK_CHARS, ItemFailure, describe_exception
 from zpool._process import ParentWatch
 from zpool.error import ProtocolError, ResultEncodingError, SerializationError, ZPoolError
 from zpool.protocol import (
@@ -70,8 +72,6 @@ logger = logging.getLogger(__name__)
 REPLY_HOLD_S = 0.002
 REPLY_BATCH_MAX = 512
 REGISTER_TIMEOUT_S = 60.0
-# Longest traceback text sent back, in characters (the start and end are kept).
-MAX_TRACEBACK_CHARS = 20_000
 
 
 class Engine:
@@ -157,6 +157,8 @@ class Engine:
                 self.engine_id = int(content_in["engine_id"])
                 self._beats.configure(float(content_in["heartbeat_interval"]), int(content_in["heartbeat_misses"]))
                 logger.info("registered as engine %d", self.engine_id)
+                _partition.engine_id = self.engine_id
+                _partition.engine_label = f"engine {self.engine_id} (pid {os.getpid()})"
                 if content_in.get("setup"):
                     self._setup(msg.buffers)
                 return
@@ -232,7 +234,12 @@ class Engine:
             self.in_task = False
             del args, kwargs
         try:
-            payload = dumps(result)
+            try:
+                payload = dumps(result)
+            except SerializationError:
+                if not _strip_failures(result):
+                    raise
+                payload = dumps(result)  # an imap item's exception could not travel: its report does
         except SerializationError as exc:
             cause = exc.__cause__ or exc
             hint = f" (the result of {callable_name(func)}() cannot be sent back: return something picklable)"
@@ -251,20 +258,9 @@ class Engine:
         if skip_frames:
             for _ in range(skip_frames):
                 tb = tb.tb_next if tb is not None else None
-        lines = traceback.format_exception(type(exc), exc, tb)
-        text = "".join(lines)
-        if len(text) > MAX_TRACEBACK_CHARS:
-            half = MAX_TRACEBACK_CHARS // 2
-            text = text[:half] + "\n... (traceback shortened) ...\n" + text[-half:]
-        header = f"Traceback from engine {self.engine_id} (pid {os.getpid()}), task {task_id}:\n"
-        evalue = prefix + _safe_str(exc)
-        error = {
-            "ename": type(exc).__name__,
-            "emodule": type(exc).__module__,
-            "evalue": evalue[:10_000],
-            "traceback": header + text,
-            "engine_id": self.engine_id,
-        }
+        error = describe_exception(exc, tb, f", task {task_id}")
+        if prefix:
+            error["evalue"] = (prefix + error["evalue"])[:10_000]
         frames: list[Any] = [encode(error)]
         exc_frames = _portable_exception(exc) if not prefix else None
         if exc_frames is not None:
@@ -292,6 +288,17 @@ class Engine:
                 stream.flush()
             except Exception:
                 pass
+
+
+def _strip_failures(result: Any) -> bool:
+    """Drop the exception objects of the :class:`ItemFailure` items in `result`; whether there were any."""
+    found = False
+    if type(result) is list:
+        for item in result:
+            if type(item) is ItemFailure and item.exc is not None:
+                item.exc = None
+                found = True
+    return found
 
 
 def _safe_str(exc: BaseException) -> str:
