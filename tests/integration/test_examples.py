@@ -39,6 +39,14 @@ def test_lambdas_and_errors():
     assert "Traceback from engine" in done.stdout
 
 
+def test_migrating_from_multiprocessing():
+    done = run_example("migrating_from_multiprocessing.py")
+    assert done.returncode == 0, done.stderr
+    assert "identical results: True" in done.stdout.splitlines()
+    assert done.stderr == ""
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "examples")) if f.endswith(".py")))
 def test_every_example_is_covered(name):
-    assert name in {"monte_carlo_pi.py", "lambdas_and_errors.py"}, f"add a test that runs examples/{name}"
+    covered = {"monte_carlo_pi.py", "lambdas_and_errors.py", "migrating_from_multiprocessing.py"}
+    assert name in covered, f"add a test that runs examples/{name}"
