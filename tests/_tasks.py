@@ -159,3 +159,8 @@ def sleep_echo(seconds):
 
 def generator_if_zero(x):
     return (i for i in range(3)) if x == 0 else x
+
+
+def put_square(queue_and_x):
+    queue, x = queue_and_x
+    queue.put(x * x)

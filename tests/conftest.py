@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 import shutil
@@ -84,6 +85,24 @@ def no_leaked_processes_at_exit():
     before = set(_descendants())
     yield
     assert_no_new_processes(before)
+
+
+@pytest.fixture(scope="session")
+def mp_resource_tracker():
+    """multiprocessing's resource tracker, for tests that use spawned stdlib pools or managers.
+
+    The tracker is a process that lives until stopped; started here, before
+    the requesting test's snapshot of child processes, and stopped at the
+    end of the session, the leak checks do not count it.
+    """
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    yield
+    # Stopping the tracker unlinks the semaphores it still knows of: let the
+    # finished pools' semaphores be collected (and unregistered) first.
+    gc.collect()
+    resource_tracker._resource_tracker._stop()
 
 
 @pytest.fixture(scope="module")

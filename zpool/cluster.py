@@ -15,6 +15,7 @@ name, they can import too.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -69,7 +70,13 @@ class LocalCluster:
         self.workdir = tempfile.mkdtemp(prefix="zpool-")
         os.chmod(self.workdir, 0o700)
         base = f"ipc://{self.workdir}"
-        info = ConnectionInfo(f"{base}/client", f"{base}/engine", f"{base}/heartbeat", new_key())
+        info = ConnectionInfo(
+            f"{base}/client",
+            f"{base}/engine",
+            f"{base}/heartbeat",
+            new_key(),
+            mp_authkey=bytes(multiprocessing.current_process().authkey),
+        )
         path = os.path.join(self.workdir, "cluster.json")
         info.write(path)
         if self.settings.engine_setup:

@@ -512,9 +512,12 @@ class ConnectionInfo:
     heartbeat: str
     key: bytes
     controller_pid: int | None = None
+    # The creating process's multiprocessing authkey, for engines to adopt, so
+    # that Manager proxies it passes to tasks connect (hidden clusters only).
+    mp_authkey: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "client": self.client,
             "engine": self.engine,
             "heartbeat": self.heartbeat,
@@ -522,6 +525,9 @@ class ConnectionInfo:
             "signature_scheme": "hmac-sha256",
             "controller_pid": self.controller_pid,
         }
+        if self.mp_authkey is not None:
+            data["mp_authkey"] = self.mp_authkey.hex()
+        return data
 
     def write(self, path: str) -> None:
         """Write the connection file at `path` with mode 0600."""
@@ -542,6 +548,7 @@ class ConnectionInfo:
                 heartbeat=data["heartbeat"],
                 key=data["key"].encode("ascii"),
                 controller_pid=data.get("controller_pid"),
+                mp_authkey=bytes.fromhex(data["mp_authkey"]) if data.get("mp_authkey") else None,
             )
-        except (KeyError, AttributeError, TypeError) as exc:
-            raise ProtocolError(f"connection file {path} is incomplete: missing {exc}") from exc
+        except (KeyError, AttributeError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"connection file {path} is incomplete or malformed: {exc!r}") from exc

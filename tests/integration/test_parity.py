@@ -443,3 +443,12 @@ def test_waiting_in_a_callback_for_a_result_with_a_callback_raises_instead_of_ha
     pool.apply_async(_tasks.square, (1,), callback=callback).get(T)
     assert isinstance(outcome[0], RuntimeError) and "would never end" in str(outcome[0])
     assert outcome[1] == 9
+
+
+def test_manager_proxies_work_in_tasks(pool, mp_resource_tracker):
+    # The standard way to share a queue with pool workers: engines adopt this
+    # process's multiprocessing authkey, so proxies can connect back.
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        queue = manager.Queue()
+        assert pool.map(_tasks.put_square, [(queue, i) for i in range(5)]) == [None] * 5
+        assert sorted(queue.get(timeout=T) for _ in range(5)) == [0, 1, 4, 9, 16]

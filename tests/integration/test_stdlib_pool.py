@@ -181,21 +181,11 @@ def _zpool_wait_for_workers(pool: Any, n: int) -> None:
 def backend(request):
     if request.param == "multiprocessing":
         # Spawn: `filterwarnings = error`, and fork from a multi-threaded process warns (3.12+).
-        # Spawned pools need multiprocessing's resource tracker, a process that lives until
-        # stopped: start it before any test takes its snapshot of child processes, and stop
-        # it afterwards, so the leak checks of tests/conftest.py do not count it.
-        from multiprocessing import resource_tracker
-
-        resource_tracker.ensure_running()
+        # Spawned pools need multiprocessing's resource tracker (see tests/conftest.py).
+        request.getfixturevalue("mp_resource_tracker")
         yield Backend(
             "multiprocessing", multiprocessing.get_context("spawn").Pool, _mp_worker_pids, _mp_wait_for_workers
         )
-        # Stopping the tracker unlinks the semaphores it still knows of: let the
-        # finished pools' semaphores be collected (and unregistered) first.
-        gc.collect()
-        stop = getattr(resource_tracker._resource_tracker, "_stop", None)
-        if stop is not None:
-            stop()
     else:
         yield Backend("zpool", zpool.Pool, _zpool_worker_pids, _zpool_wait_for_workers)
 

@@ -337,7 +337,8 @@ def test_connection_file_mode_0600_when_overwriting(tmp_path):
 def test_connection_file_incomplete(tmp_path):
     path = tmp_path / "cluster.json"
     path.write_text(json.dumps({"client": "a", "engine": "b", "heartbeat": "c"}))
-    with pytest.raises(ProtocolError, match=r"^connection file .*cluster\.json is incomplete: missing 'key'$"):
+    expected = r"^connection file .*cluster\.json is incomplete or malformed: KeyError\('key'\)$"
+    with pytest.raises(ProtocolError, match=expected):
         ConnectionInfo.read(str(path))
 
 

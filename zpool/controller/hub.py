@@ -445,6 +445,7 @@ class Hub:
             return
         if self.launcher is None:
             return
+        self.launcher.tick()
         for pid, how, registered, retired in self.launcher.reap():
             if retired:
                 continue  # its replacement started when it was retired

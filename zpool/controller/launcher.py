@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from typing import Sequence
 
 from zpool._process import describe_exit, kill_process_tree
@@ -11,6 +12,10 @@ from zpool._process import describe_exit, kill_process_tree
 __all__ = ["LocalEngines"]
 
 logger = logging.getLogger(__name__)
+
+# After a failed start, the next waits this long, doubling per failure in a row, up to the max.
+RESTART_BACKOFF_S = 0.1
+RESTART_BACKOFF_MAX_S = 5.0
 
 
 class LocalEngines:
@@ -21,9 +26,10 @@ class LocalEngines:
     argv : sequence of str
         Command line of one engine (``python -m zpool.engine ...``).
     max_failed_starts : int
-        Engines in a row that may exit before registering before the
-        launcher gives up (a broken environment would otherwise respawn
-        engines forever).
+        Engines in a row that may exit before getting ready before the
+        launcher gives up, if no engine is up then (a broken environment
+        would otherwise respawn engines forever). While some engines work,
+        failed starts are retried with a growing back-off instead.
     """
 
     def __init__(self, argv: Sequence[str], max_failed_starts: int = 3) -> None:
@@ -33,18 +39,39 @@ class LocalEngines:
         self.registered: set[int] = set()
         self.failed_starts = 0
         self.gave_up: str | None = None
+        # When engines waiting for a back-off are to be started (monotonic seconds).
+        self.due: list[float] = []
         # Engines stopped on purpose (maxtasksperchild): their exit is no failure.
         self.retired: set[int] = set()
         # The last error an engine reported while setting up (the pool's initializer).
         self.setup_error: str | None = None
 
     def start(self, n: int) -> None:
+        """Start `n` engines: now, or after a back-off while recent starts have been failing."""
         if self.gave_up:
             return
+        if self.failed_starts:
+            delay = min(RESTART_BACKOFF_S * 2 ** (self.failed_starts - 1), RESTART_BACKOFF_MAX_S)
+            self.due.extend([time.monotonic() + delay] * n)
+            return
         for _ in range(n):
-            proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True)
-            self.procs[proc.pid] = proc
-            logger.info("started engine process %d", proc.pid)
+            self._spawn()
+
+    def tick(self) -> None:
+        """Start the engines whose back-off has passed (called often by the controller's loop)."""
+        if not self.due:
+            return
+        now = time.monotonic()
+        ready = [t for t in self.due if t <= now]
+        self.due = [t for t in self.due if t > now]
+        for _ in ready:
+            if not self.gave_up:
+                self._spawn()
+
+    def _spawn(self) -> None:
+        proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True)
+        self.procs[proc.pid] = proc
+        logger.info("started engine process %d", proc.pid)
 
     def mark_registered(self, pid: int) -> None:
         """Record that engine `pid` is up and ready for tasks: its start succeeded."""
@@ -76,7 +103,8 @@ class LocalEngines:
             how = describe_exit(code)
             if not registered and not retired:
                 self.failed_starts += 1
-                if self.failed_starts >= self.max_failed_starts:
+                # Give up only with no engine up: while some work, keep trying (backing off).
+                if self.failed_starts >= self.max_failed_starts and not self.registered:
                     if self.setup_error:
                         self.gave_up = (
                             f"{self.failed_starts} engines in a row failed to get ready; the last one said:\n"
@@ -97,6 +125,7 @@ class LocalEngines:
 
     def stop(self, timeout: float) -> None:
         """End every engine: registered ones were told to exit; kill what is left after `timeout`."""
+        self.due.clear()
         procs = list(self.procs.values())
         for pid, proc in self.procs.items():
             if pid not in self.registered:  # still starting: nobody told it to stop

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import multiprocessing
 import os
 import socket
 import sys
@@ -94,6 +95,9 @@ class Engine:
         sys.modules["__main__"] = main
         self.namespace: dict[str, Any] = main.__dict__
         set_main_namespace(self.namespace)
+        if info.mp_authkey:
+            # The caller's multiprocessing authkey: Manager proxies it sends can connect back.
+            multiprocessing.current_process().authkey = info.mp_authkey
         self.parent = ParentWatch(parent_pid) if parent_pid else None
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -243,7 +247,7 @@ class Engine:
         except SerializationError as exc:
             cause = exc.__cause__ or exc
             hint = f" (the result of {callable_name(func)}() cannot be sent back: return something picklable)"
-            error = ResultEncodingError(f"{type(cause).__name__}: {_safe_str(cause)}", short_repr(result, 200), hint)
+            error = ResultEncodingError(short_repr(cause, 2000), short_repr(result, 200), hint)
             del result
             self._answer_error(task_id, error, started, "", skip_frames=None)
             return
