@@ -59,7 +59,10 @@ def _same(value: T) -> T:
 
 
 def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    """CPUs this process may use, as the standard library's Pool counts them (3.13+: os.process_cpu_count)."""
+    counter = getattr(os, "process_cpu_count", None)  # honours -X cpu_count and PYTHON_CPU_COUNT
+    if counter is not None:
+        return int(counter() or 1)
     try:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
