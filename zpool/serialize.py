@@ -45,53 +45,96 @@ OOB_THRESHOLD = 64 * 1024
 
 # Set on engines (see set_main_namespace): the namespace tasks see as ``__main__``.
 _MAIN_NAMESPACE: dict[str, Any] | None = None
-# name -> the object last copied into _MAIN_NAMESPACE from a caller's function.
+# name -> the object last copied into _MAIN_NAMESPACE from the caller.
 _SHIPPED: dict[str, Any] = {}
+_ABSENT = object()
 
 
 def set_main_namespace(namespace: dict[str, Any] | None) -> None:
-    """Make functions of the caller's ``__main__`` run with `namespace` as their globals (engines only).
+    """Make code from the caller's ``__main__`` run with `namespace` as its globals (engines only).
 
     A function sent by value arrives with a private copy of the globals it
-    uses. Rebound to the engine's namespace instead, it sees what an
-    initializer or an earlier task stored there with ``global``, as in a
-    worker of :mod:`multiprocessing`. The globals it brought fill in names
-    the namespace lacks; a function the caller sent earlier is replaced by
-    its newer definition, but data already there (set by an initializer, or
-    by a task, or sent before) is kept, so a cache a task fills persists.
+    uses. Rebound to the engine's namespace instead (with the functions it
+    reaches: through globals, closures, defaults, ``__wrapped__``, and the
+    methods of ``__main__`` classes), it sees what an initializer or an
+    earlier task stored there with ``global``, as in a worker of
+    :mod:`multiprocessing`.
+
+    The globals it brought are copied into the namespace, replacing what the
+    caller sent before (so a loop variable, a changed constant or a redefined
+    function always has the caller's current value), except where code on
+    the engine has bound the name to something else since (an initializer's
+    ``global x; x = ...``): that stays.
     """
     global _MAIN_NAMESPACE
     _MAIN_NAMESPACE = namespace
     _SHIPPED.clear()
 
 
-def _adopt(func: types.FunctionType, namespace: dict[str, Any], seen: dict[int, Any]) -> types.FunctionType:
-    """`func` (rebuilt by dill from the caller's ``__main__``) rebound to `namespace`."""
-    done = seen.get(id(func))
+def _from_main(obj: Any) -> bool:
+    return getattr(obj, "__module__", None) == "__main__" and (
+        type(obj) is types.FunctionType or isinstance(obj, type)
+    )
+
+
+def _adopt(obj: Any, namespace: dict[str, Any], seen: dict[int, Any]) -> Any:
+    """`obj`, a function or class dill rebuilt from the caller's ``__main__``, rebound to `namespace`."""
+    done = seen.get(id(obj))
     if done is not None:
-        return done  # type: ignore[no-any-return]
+        return done
+    if isinstance(obj, type):
+        seen[id(obj)] = obj
+        _adopt_methods(obj, namespace, seen)
+        return obj
+    func: types.FunctionType = obj
     if func.__globals__ is namespace:
         return func
-    adopted = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
+    adopted = types.FunctionType(func.__code__, namespace, func.__name__, None, func.__closure__)
     seen[id(func)] = adopted
-    adopted.__kwdefaults__ = func.__kwdefaults__
-    adopted.__qualname__ = func.__qualname__
-    adopted.__module__ = func.__module__
-    adopted.__doc__ = func.__doc__
-    adopted.__dict__.update(func.__dict__)
+    defaults = func.__defaults__
+    adopted.__defaults__ = tuple(_adopted(d, namespace, seen) for d in defaults) if defaults else defaults
+    kwdefaults = func.__kwdefaults__
+    adopted.__kwdefaults__ = {k: _adopted(v, namespace, seen) for k, v in kwdefaults.items()} if kwdefaults else None
+    for attr in ("__qualname__", "__module__", "__doc__", "__annotations__", "__type_params__"):
+        if hasattr(func, attr):
+            setattr(adopted, attr, getattr(func, attr))
+    adopted.__dict__.update({k: _adopted(v, namespace, seen) for k, v in func.__dict__.items()})
+    for cell in func.__closure__ or ():
+        try:
+            contents = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if _from_main(contents):
+            cell.cell_contents = _adopt(contents, namespace, seen)
     for name, value in list(func.__globals__.items()):
         if name.startswith("__"):
             continue
-        current = namespace.get(name, _SHIPPED)
-        if type(value) is types.FunctionType and value.__module__ == "__main__":
-            # Code: the caller's latest definition wins over one it sent before.
-            if current is _SHIPPED or current is _SHIPPED.get(name):
-                namespace[name] = _SHIPPED[name] = _adopt(value, namespace, seen)
-        elif current is _SHIPPED:
-            # Data: the first copy stays, so what tasks and initializers store
-            # there persists between tasks, as in a worker's own module.
-            namespace[name] = value
+        current = namespace.get(name, _ABSENT)
+        if current is _ABSENT or current is _SHIPPED.get(name, _ABSENT):
+            namespace[name] = _SHIPPED[name] = _adopted(value, namespace, seen)
     return adopted
+
+
+def _adopted(value: Any, namespace: dict[str, Any], seen: dict[int, Any]) -> Any:
+    return _adopt(value, namespace, seen) if _from_main(value) else value
+
+
+def _adopt_methods(cls: type, namespace: dict[str, Any], seen: dict[int, Any]) -> None:
+    for name, attr in list(vars(cls).items()):
+        if type(attr) is types.FunctionType:
+            new: Any = _adopted(attr, namespace, seen)
+        elif isinstance(attr, (staticmethod, classmethod)) and _from_main(attr.__func__):
+            new = type(attr)(_adopt(attr.__func__, namespace, seen))
+        elif isinstance(attr, property):
+            fget, fset, fdel = (_adopted(f, namespace, seen) for f in (attr.fget, attr.fset, attr.fdel))
+            new = property(fget, fset, fdel, attr.__doc__)
+        else:
+            continue
+        if new is not attr:
+            try:
+                setattr(cls, name, new)
+            except (AttributeError, TypeError):
+                pass
 
 
 def _loads_dill(data: bytes) -> Any:
@@ -99,8 +142,8 @@ def _loads_dill(data: bytes) -> Any:
 
     obj = dill.loads(data)
     namespace = _MAIN_NAMESPACE
-    if namespace is not None and type(obj) is types.FunctionType and obj.__module__ == "__main__":
-        return _adopt(obj, namespace, {})
+    if namespace is not None:  # on an engine
+        return _adopt(obj, namespace, {}) if _from_main(obj) else obj
     if isinstance(obj, type) and obj.__module__ == "__main__":
         # A class of the caller's __main__ that went to an engine by value and
         # came back (as a result's class, or a raised exception's): use the

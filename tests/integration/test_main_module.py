@@ -102,13 +102,16 @@ INITIALIZER_SCRIPT = textwrap.dedent(
     from zpool import Pool
 
     connection = None  # set per worker by the initializer, as stdlib users do
-    seen = {}          # a per-worker cache filled by tasks
+    seen = None        # a per-worker cache a task creates on first use
 
     def init(address):
         global connection
         connection = f"connected to {address}"
 
     def task(x):
+        global seen
+        if seen is None:
+            seen = {}
         seen[x] = True
         return connection, len(seen)
 
@@ -178,6 +181,8 @@ NOTEBOOK_CELLS = [
     "from zpool import Pool\npool = Pool(2)",
     "OFFSET = 10\ndef shift(x):\n    return x + OFFSET",
     "print('cell', pool.map(shift, range(3)))",
+    "for k in range(3):\n    print('loop', k, pool.map(lambda x: x * k, [1, 2]))",
+    "OFFSET = 20\nprint('changed', pool.map(shift, range(3)))",
     "def shift(x):\n    return x - OFFSET\nprint('redefined', pool.map(shift, range(3)))",
     "pool.terminate()",
 ]
@@ -203,4 +208,8 @@ def test_notebook_like_kernel():
     done = _run([sys.executable, "-c", NOTEBOOK_DRIVER], stdin=json.dumps(NOTEBOOK_CELLS))
     assert done.returncode == 0, done.stderr
     assert "cell [10, 11, 12]" in done.stdout
-    assert "redefined [-10, -9, -8]" in done.stdout  # a redefined function replaces the old one
+    # Engines always see the caller's current globals: a loop variable, a changed
+    # constant, a redefined function.
+    assert "loop 0 [0, 0]" in done.stdout and "loop 2 [2, 4]" in done.stdout
+    assert "changed [20, 21, 22]" in done.stdout
+    assert "redefined [-20, -19, -18]" in done.stdout

@@ -10,6 +10,7 @@ import pytest
 import zmq
 
 from tests import _tasks
+from zpool import serialize
 from zpool.error import SerializationError
 from zpool.serialize import OOB_THRESHOLD, dumps, dumps_call, loads, loads_call
 
@@ -305,3 +306,84 @@ def test_dumps_call_custom_argument_description():
 def test_dumps_error_is_a_pickling_error():
     with pytest.raises(pickle.PicklingError, match=r"^cannot serialize \[1, Unpicklable\(\)\]: no pickling for me$"):
         dumps([1, Unpicklable()])
+
+
+# -- functions of the caller's __main__, rebound to an engine's namespace ----------------
+
+
+def _main_code(source: str) -> dict:
+    """Run `source` as if in a caller's ``__main__``; return its namespace."""
+    namespace = {"__name__": "__main__"}
+    exec(compile(source, "<caller>", "exec", dont_inherit=True), namespace)
+    return namespace
+
+
+@pytest.fixture
+def engine_namespace():
+    namespace = {"__name__": "__main__"}
+    serialize.set_main_namespace(namespace)
+    yield namespace
+    serialize.set_main_namespace(None)
+
+
+def _ship(obj):
+    frames = dumps(obj)  # in the caller (no engine namespace yet at dumps time)
+    return frames
+
+
+def test_initializer_globals_are_seen_by_tasks(engine_namespace):
+    caller = _main_code(
+        "model = None\n"
+        "def init(name):\n    global model\n    model = name\n"
+        "def task():\n    return model\n"
+        "class Predictor:\n    def __call__(self):\n        return model\n"
+        "def deco(f):\n    def wrapper():\n        return ('wrapped', f())\n    return wrapper\n"
+        "@deco\ndef decorated():\n    return model\n"
+    )
+    init, task, predictor, decorated = (
+        loads(_ship(caller[name] if name != "Predictor" else caller[name]()))
+        for name in ("init", "task", "Predictor", "decorated")
+    )
+    init("resnet")
+    assert engine_namespace["model"] == "resnet"
+    assert task() == "resnet"
+    assert predictor() == "resnet"  # a method of a __main__ class
+    assert decorated() == ("wrapped", "resnet")  # reached through a closure
+    # A later task brings the caller's model = None again: the engine's own value stays.
+    assert loads(_ship(caller["task"]))() == "resnet"
+
+
+def test_caller_globals_always_current(engine_namespace):
+    caller = _main_code(
+        "k = 0\nf = lambda x: x * k\ndef helper(x):\n    return x + 1\ndef g(x):\n    return helper(x)\n"
+    )
+    assert loads(_ship(caller["f"]))(5) == 0
+    caller["k"] = 3
+    assert loads(_ship(caller["f"]))(5) == 15  # a loop variable, a changed constant
+    assert loads(_ship(caller["g"]))(1) == 2
+    exec("def helper(x):\n    return x + 100\n", caller)
+    assert loads(_ship(caller["g"]))(1) == 101  # a redefined function
+    exec("k = 'now a string'\n", caller)
+    assert loads(_ship(caller["f"]))(2) == "now a stringnow a string"
+
+
+def test_adopted_function_keeps_its_attributes(engine_namespace):
+    caller = _main_code(
+        "SCALE = 2\n"
+        "def work(x: int, factor: float = 2.0, *, extra: int = 1) -> float:\n"
+        "    'Doc.'\n"
+        "    return x * factor * SCALE + extra\n"
+        "work.tag = 'mine'\n"
+    )
+    work = loads(_ship(caller["work"]))
+    assert work(3) == 13.0
+    assert work.__globals__ is engine_namespace
+    assert (work.__doc__, work.__qualname__, work.__module__, work.tag) == ("Doc.", "work", "__main__", "mine")
+    assert work.__annotations__ == {"x": int, "factor": float, "extra": int, "return": float}
+    assert work.__kwdefaults__ == {"extra": 1}
+
+
+def test_functions_are_not_adopted_in_the_caller():
+    caller = _main_code("X = 1\ndef f():\n    return X\n")
+    f = loads(_ship(caller["f"]))
+    assert f() == 1 and f.__globals__ is not caller
