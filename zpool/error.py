@@ -116,35 +116,43 @@ def _as_plain_serialization_error(message: str) -> SerializationError:
     return SerializationError(message)
 
 
+# Never mixed in: they change control flow (a StopIteration would end a for loop).
+_NOT_MIXED = (StopIteration, StopAsyncIteration)
+
+
 def serialization_error(message: str, cause: BaseException | None) -> SerializationError:
     """A :class:`SerializationError` saying `message` that is also an instance of ``type(cause)``.
 
-    Falls back to a plain :class:`SerializationError` when the two types
-    cannot be combined. Crossing to another process, the combined type
-    travels as a plain :class:`SerializationError`.
+    Only built-in exception types are combined (``TypeError``, ``RuntimeError``,
+    ``AttributeError``, ...); for anything else, or when the two types cannot
+    be combined, a plain :class:`SerializationError`. Crossing to another
+    process, the combined type travels as a plain :class:`SerializationError`.
     """
     kind = type(cause)
-    if cause is None or not isinstance(cause, Exception) or issubclass(SerializationError, kind):
+    if (
+        cause is None
+        or not isinstance(cause, Exception)
+        or kind.__module__ != "builtins"
+        or isinstance(cause, _NOT_MIXED)
+        or issubclass(SerializationError, kind)
+    ):
         return SerializationError(message)
-    mixed = _MIXED.get(kind)
-    if mixed is None:
-        try:
+    try:
+        mixed = _MIXED.get(kind)
+        if mixed is None:
             mixed = type(
                 f"SerializationError[{kind.__name__}]",
                 (SerializationError, kind),
                 {
                     "__module__": __name__,
-                    "__reduce__": lambda self: (_as_plain_serialization_error, (str(self),)),
-                    "__str__": lambda self: str(self.args[0]) if self.args else "",
+                    "__reduce__": lambda self: (_as_plain_serialization_error, (self.message,)),
+                    "__str__": lambda self: self.message,
                 },
             )
-        except TypeError:  # incompatible layouts or a final class
-            return SerializationError(message)
-        if len(_MIXED) < 256:
             _MIXED[kind] = mixed
-    try:
         exc: SerializationError = mixed(message)
-    except Exception:  # the foreign type's constructor wants other arguments
+        exc.message = message  # type: ignore[attr-defined]
+    except Exception:  # incompatible layouts, or a constructor that wants other arguments
         return SerializationError(message)
     return exc
 

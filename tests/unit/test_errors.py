@@ -79,10 +79,22 @@ def test_serialization_error_without_a_combinable_cause():
         def __init__(self, a, b):
             super().__init__(a, b)
 
-    for cause in (None, KeyboardInterrupt(), Picky(1, 2)):
+    class Loud(Exception):
+        def __init_subclass__(cls, **kwargs):
+            raise RuntimeError("no subclasses")
+
+    # Only built-in types are mixed in, and never one that changes control flow.
+    causes = (None, KeyboardInterrupt(), Picky(1, 2), Loud("x"), StopIteration(), StopAsyncIteration())
+    for cause in causes:
         exc = error.serialization_error("message", cause)
         assert type(exc) is error.SerializationError
         assert str(exc) == "message"
+
+
+def test_serialization_error_keeps_its_message_whatever_the_args():
+    exc = error.serialization_error("cannot serialize x", KeyError("k"))
+    assert isinstance(exc, KeyError)
+    assert str(exc) == "cannot serialize x"
 
 
 @pytest.mark.parametrize("name", error.__all__)
