@@ -76,12 +76,19 @@ class PoolState(enum.Enum):
 
 
 class _Callbacks:
-    """Runs ``callback``/``error_callback`` in one thread of the caller's process."""
+    """Runs ``callback``/``error_callback`` (and done-callbacks) in one thread of the caller's process.
+
+    :meth:`stop` lets the thread run what is queued, including what those
+    callbacks queue in turn, then end; anything queued after that runs in
+    the calling thread.
+    """
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopping = False
+        self._done = False  # the thread has drained its queue and ended
 
     def attach(
         self,
@@ -100,36 +107,56 @@ class _Callbacks:
         return threading.current_thread() is self._thread
 
     def call(self, func: Callable[[Any], Any], value: Any) -> None:
-        """Run ``func(value)`` in the callback thread."""
-        self._ensure_thread()
-        self._queue.put((func, value))
-
-    def _ensure_thread(self) -> None:
+        """Run ``func(value)`` in the callback thread (in this thread once the pool has stopped)."""
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="zpool-callbacks", daemon=True)
-                self._thread.start()
+            if not self._done:
+                if self._thread is None and not self._stopping:
+                    self._thread = threading.Thread(target=self._run, name="zpool-callbacks", daemon=True)
+                    self._thread.start()
+                if self._thread is not None:
+                    self._queue.put((func, value))
+                    return
+        _run_callback(func, value)
 
     def _run(self) -> None:
+        stopping = False
         while True:
-            item = self._queue.get()
+            if not stopping:
+                item = self._queue.get()
+            else:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    with self._lock:  # call() queues under this lock: nothing can slip in unseen
+                        if self._queue.empty():
+                            self._done = True
+                            return
+                    continue
             if item is None:
-                return
-            func, value = item
-            try:
-                func(value)
-            except BaseException:  # as multiprocessing does, report and go on serving callbacks
-                import traceback
+                stopping = True
+                continue
+            _run_callback(*item)
 
-                traceback.print_exc()
-
-    def stop(self) -> None:
+    def stop(self, timeout: float | None) -> None:
+        """Let the thread finish what is queued and end; wait up to `timeout` s (None: as long as it takes)."""
         with self._lock:
-            if self._thread is not None:
-                self._queue.put(None)
-                if threading.current_thread() is not self._thread:
-                    self._thread.join(SHUTDOWN_TIMEOUT_S)
-                self._thread = None
+            self._stopping = True
+            thread = self._thread
+            if thread is None:
+                self._done = True
+                return
+            self._queue.put(None)
+        if threading.current_thread() is not thread:
+            thread.join(timeout)
+
+
+def _run_callback(func: Callable[[Any], Any], value: Any) -> None:
+    try:
+        func(value)
+    except BaseException:  # as multiprocessing does, report and go on serving callbacks
+        import traceback
+
+        traceback.print_exc()
 
 
 def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, graceful: bool, owner: int) -> None:
@@ -146,7 +173,8 @@ def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, gr
     finally:
         conn.close()
         cluster.stop(timeout=SHUTDOWN_TIMEOUT_S)
-        callbacks.stop()
+        # join() waits for every callback, as the standard library's does; terminate() not for long.
+        callbacks.stop(None if graceful else SHUTDOWN_TIMEOUT_S)
 
 
 class Pool:

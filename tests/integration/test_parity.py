@@ -452,3 +452,33 @@ def test_manager_proxies_work_in_tasks(pool, mp_resource_tracker):
         queue = manager.Queue()
         assert pool.map(_tasks.put_square, [(queue, i) for i in range(5)]) == [None] * 5
         assert sorted(queue.get(timeout=T) for _ in range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_join_waits_for_every_callback(fresh_pool):
+    before = {t for t in threading.enumerate() if t.name == "zpool-callbacks"}
+    pool = fresh_pool(2)
+    ran = []
+    chained = []
+
+    def slow_callback(value):
+        time.sleep(0.05)
+        ran.append(value)
+
+    ars = [pool.apply_async(_tasks.square, (i,), callback=slow_callback) for i in range(30)]
+    for ar in ars:
+        ar.add_done_callback(lambda fut: chained.append(fut.result()))
+    pool.close()
+    pool.join()
+    assert sorted(ran) == sorted(chained) == [i * i for i in range(30)]
+    assert all(ar.ready() for ar in ars)
+    assert {t for t in threading.enumerate() if t.name == "zpool-callbacks"} <= before  # this pool's ended
+
+
+def test_done_callback_added_after_the_pool_stopped_runs_at_once(fresh_pool):
+    pool = fresh_pool(1)
+    ar = pool.apply_async(_tasks.square, (3,))
+    assert ar.get(T) == 9
+    pool.terminate()
+    got = []
+    ar.add_done_callback(lambda fut: got.append(fut.result()))
+    assert got == [9]
