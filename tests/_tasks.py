@@ -164,3 +164,16 @@ def generator_if_zero(x):
 def put_square(queue_and_x):
     queue, x = queue_and_x
     queue.put(x * x)
+
+
+class TwoArgError(Exception):
+    """Pickles, but cannot be unpickled: its __init__ wants two arguments."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+
+
+def raise_two_arg_error_if_zero(x):
+    if x == 0:
+        raise TwoArgError(500, "boom")
+    return x

@@ -85,13 +85,15 @@ class ItemFailure:
     @classmethod
     def capture(cls, exc: BaseException, context: str = "") -> ItemFailure:
         tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # skip run_each's frame
-        return cls(describe_exception(exc, tb, context), exc)
+        error = describe_exception(exc, tb, context)
+        # The text has the traceback: free its frames (and their locals) now, not when the chunk ends.
+        if tb is not None:
+            traceback.clear_frames(tb)
+        exc.__traceback__ = None
+        return cls(error, exc)
 
     def __reduce__(self) -> Any:
-        exc = self.exc
-        if exc is not None:
-            exc.__traceback__ = None  # not picklable, and the text has it
-        return ItemFailure, (self.error, exc)
+        return ItemFailure, (self.error, self.exc)
 
     def __repr__(self) -> str:
         return f"<ItemFailure {self.error.get('ename')}: {self.error.get('evalue')}>"

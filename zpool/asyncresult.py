@@ -444,17 +444,25 @@ class _IMapState:
 class _IMapChunk:
     """One submitted chunk of an ``imap``, as the client's result table sees it."""
 
-    __slots__ = ("msg_ids", "number", "state")
+    __slots__ = ("holes", "msg_ids", "number", "state")
 
-    def __init__(self, state: _IMapState, number: int, task_id: str) -> None:
+    def __init__(
+        self, state: _IMapState, number: int, task_id: str, holes: list[tuple[int, BaseException]] | None = None
+    ) -> None:
         self.state = state
         self.number = number
         self.msg_ids = [task_id]
+        # Items that could not be sent, by place in the chunk: they fail there.
+        self.holes = holes
 
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
         started, completed = md[2], md[3]
         if ok and started is not None and completed is not None:
             self.state.timed(len(value), completed - started)
+        if ok and self.holes:
+            value = list(value)
+            for place, exc in self.holes:
+                value.insert(place, ItemFailure({}, exc))
         self.state.chunk_done(self.number, ok, value)
 
     def _fail(self, exc: BaseException) -> None:

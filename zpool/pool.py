@@ -23,7 +23,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from zpool._partition import default_chunksize, run_chunk, run_each, split
+from zpool._partition import ItemFailure, default_chunksize, run_chunk, run_each, split
 from zpool.asyncresult import AsyncResult, IMapIterator, MapResult, _IMapChunk, _IMapState
 from zpool.client.connection import Connection
 from zpool.client.results import ResultTable, rebuild_failure
@@ -279,6 +279,7 @@ class Pool:
             setup = tuple(bytes(memoryview(f)) for f in frames)
         self._owner_pid = os.getpid()
         self._processes = processes
+        self._maxtasksperchild = maxtasksperchild
         self._cluster = LocalCluster(
             ClusterSettings(
                 processes,
@@ -621,6 +622,8 @@ class Pool:
             buffersize = max(IMAP_MIN_READ_AHEAD, 4 * self._processes)
         elif not _is_int(buffersize) or buffersize < 1:
             raise ValueError(f"buffersize must be a positive int or None, not {buffersize!r}")
+        if chunksize is None and self._maxtasksperchild is not None:
+            chunksize = 1  # a chunk is one task: keep maxtasksperchild counting items, as the stdlib's imap does
         items = iter(iterable)  # not iterable: TypeError here, in the caller
         state = _IMapState(ordered, buffersize, rebuild_failure)
         self._feeders.add(state)
@@ -670,10 +673,20 @@ class Pool:
     def _feed_chunk(self, state: _IMapState, func: Callable[..., Any], chunk: list[Any], number: int) -> bool:
         """Submit one imap chunk as number `number`; False if the pool can take no more."""
         task_id = self._conn.session.new_id()
-        holder = _IMapChunk(state, number, task_id)
+        holes: list[tuple[int, BaseException]] = []
         try:
-            frames = self._dump_chunk(func, chunk, False, what="imap", each=True)
+            try:
+                frames = self._dump_chunk(func, chunk, False, what="imap", each=True)
+            except SerializationError:
+                dumps(func)  # the function itself: the whole chunk fails with it
+                # Some items: each raises at its own place, the others still run.
+                holes, chunk = self._unsendable_items(func, chunk)
+                if not chunk:
+                    state.chunk_done(number, True, [ItemFailure({}, exc) for _, exc in holes])
+                    return True
+                frames = self._dump_chunk(func, chunk, False, what="imap", each=True)
             del chunk
+            holder = _IMapChunk(state, number, task_id, holes)
             self._results.add(holder)
         except BaseException as exc:  # unserializable: raise it at this chunk's place, and go on
             state.chunk_done(number, False, exc)
@@ -693,6 +706,24 @@ class Pool:
             error = exc
             self._results.fail(ar.msg_ids, lambda: error)
             raise
+
+    @staticmethod
+    def _unsendable_items(
+        func: Callable[..., Any], chunk: list[Any]
+    ) -> tuple[list[tuple[int, BaseException]], list[Any]]:
+        """Split `chunk` into the items that cannot be serialized (with their errors, by place) and the others."""
+        holes: list[tuple[int, BaseException]] = []
+        good: list[Any] = []
+        for i, item in enumerate(chunk):
+            try:
+                dumps(item)
+            except SerializationError as exc:
+                cause = exc.__cause__ or exc
+                message = f"cannot serialize an item of the iterable given to imap({callable_name(func)}): {exc}"
+                holes.append((i, serialization_error(message, cause)))
+            else:
+                good.append(item)
+        return holes, good
 
     @staticmethod
     def _dump_chunk(

@@ -72,9 +72,7 @@ def set_main_namespace(namespace: dict[str, Any] | None) -> None:
 
 
 def _from_main(obj: Any) -> bool:
-    return getattr(obj, "__module__", None) == "__main__" and (
-        type(obj) is types.FunctionType or isinstance(obj, type)
-    )
+    return getattr(obj, "__module__", None) == "__main__" and (type(obj) is types.FunctionType or isinstance(obj, type))
 
 
 def _adopt(obj: Any, namespace: dict[str, Any], seen: dict[int, Any]) -> Any:

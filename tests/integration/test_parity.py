@@ -482,3 +482,38 @@ def test_done_callback_added_after_the_pool_stopped_runs_at_once(fresh_pool):
     got = []
     ar.add_done_callback(lambda fut: got.append(fut.result()))
     assert got == [9]
+
+
+def test_imap_chunk_with_an_unserializable_item_loses_no_other_item(pool):
+    items = [1, 2, threading.Lock(), 4, 5]
+    it = pool.imap(_tasks.identity, items, chunksize=5)
+    assert [next(it), next(it)] == [1, 2]
+    with pytest.raises(TypeError, match="an item of the iterable given to imap"):
+        next(it)
+    assert list(it) == [4, 5]
+    only_bad = pool.imap(_tasks.identity, [threading.Lock()], chunksize=3)
+    with pytest.raises(zpool.SerializationError):
+        next(only_bad)
+    assert list(only_bad) == []
+
+
+def test_imap_chunk_with_an_unsendable_result_loses_no_other_item(pool):
+    it = pool.imap(_tasks.generator_if_zero, [1, 0, 2], chunksize=3)
+    assert next(it) == 1
+    with pytest.raises(multiprocessing.pool.MaybeEncodingError, match="generator_if_zero"):
+        next(it)
+    assert list(it) == [2]
+
+
+def test_imap_chunk_with_an_exception_that_cannot_be_rebuilt_loses_no_other_item(pool):
+    it = pool.imap(_tasks.raise_two_arg_error_if_zero, [1, 0, 2], chunksize=3)
+    assert next(it) == 1
+    with pytest.raises(zpool.RemoteError, match="TwoArgError"):
+        next(it)
+    assert list(it) == [2]
+
+
+def test_imap_counts_items_against_maxtasksperchild(fresh_pool):
+    pool = fresh_pool(1, maxtasksperchild=3)
+    pids = list(pool.imap(_tasks.getpid, range(12)))
+    assert max(pids.count(pid) for pid in set(pids)) <= 3

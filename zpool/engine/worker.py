@@ -44,7 +44,7 @@ from typing import Any
 import zmq
 
 from zpool import _partition
-from zpool._partition import MAX_TRACEBACK_CHARS, ItemFailure, describe_exception
+from zpool._partition import MAX_TRACEBACK_CHARS, ItemFailure, describe_exception, run_each
 from zpool._process import ParentWatch
 from zpool.error import ProtocolError, ResultEncodingError, SerializationError, ZPoolError
 from zpool.protocol import (
@@ -227,6 +227,9 @@ class Engine:
             self._answer_error(task_id, exc, started, "could not deserialize the task: ")
             return
         del frames
+        # imap chunks: every item has its own outcome, so none may spoil the others.
+        per_item = func is run_each and bool(args)
+        item_func = args[0] if per_item else None
         self.in_task = True
         try:
             result = func(*args, **kwargs)
@@ -237,13 +240,16 @@ class Engine:
         finally:
             self.in_task = False
             del args, kwargs
+        if per_item:
+            _make_failures_portable(result)
         try:
             try:
                 payload = dumps(result)
             except SerializationError:
-                if not _strip_failures(result):
+                if not per_item:
                     raise
-                payload = dumps(result)  # an imap item's exception could not travel: its report does
+                _replace_unsendable(result, item_func)
+                payload = dumps(result)
         except SerializationError as exc:
             cause = exc.__cause__ or exc
             hint = f" (the result of {callable_name(func)}() cannot be sent back: return something picklable)"
@@ -294,15 +300,25 @@ class Engine:
                 pass
 
 
-def _strip_failures(result: Any) -> bool:
-    """Drop the exception objects of the :class:`ItemFailure` items in `result`; whether there were any."""
-    found = False
-    if type(result) is list:
-        for item in result:
-            if type(item) is ItemFailure and item.exc is not None:
-                item.exc = None
-                found = True
-    return found
+def _make_failures_portable(results: list[Any]) -> None:
+    """Keep only the item exceptions that will be rebuilt as themselves in the caller; the others travel as reports."""
+    for failure in results:
+        if type(failure) is ItemFailure and failure.exc is not None and _portable_exception(failure.exc) is None:
+            failure.exc = None
+
+
+def _replace_unsendable(results: list[Any], func: Any) -> None:
+    """Put an :class:`ItemFailure` in place of each result in `results` that cannot be serialized."""
+    for i, value in enumerate(results):
+        if type(value) is ItemFailure:
+            continue
+        try:
+            dumps(value)
+        except SerializationError as exc:
+            cause = exc.__cause__ or exc
+            hint = f" (the result of {callable_name(func)}() cannot be sent back: return something picklable)"
+            error = ResultEncodingError(short_repr(cause, 2000), short_repr(value, 200), hint)
+            results[i] = ItemFailure(describe_exception(error, None, " in imap"), error)
 
 
 def _safe_str(exc: BaseException) -> str:
