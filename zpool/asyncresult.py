@@ -96,6 +96,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         self._pending = len(msg_ids)
         # The outcome is known (it may still wait for a callback to become ready).
         self._decided = False
+        self._decide_lock = threading.Lock() if len(msg_ids) > 1 else None
         self._finished_at: float | None = None
         if not msg_ids:
             self._finish(self._combine([]))
@@ -114,7 +115,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
             raise TimeoutError(
                 f"{self._what()} not ready after {timeout} s; the task keeps running, call get() again to wait more"
             )
-        return cast(T, self.result())
+        return self.result()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the result is ready or `timeout` seconds pass; return whether it is ready.
@@ -126,11 +127,6 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
             of its own still to run: that callback runs in this very thread,
             so the wait could never end.
         """
-        if self._has_callback and not self.done() and self._runner is not None and self._runner.is_current():
-            raise RuntimeError(
-                f"waiting in a callback for {self._what()}, whose own callback must first run in this same"
-                " thread, would never end; wait for it outside the callback, or chain work in its callback"
-            )
         try:
             self.exception(timeout)
         except concurrent.futures.TimeoutError:
@@ -138,6 +134,23 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         except concurrent.futures.CancelledError:
             pass
         return True
+
+    def result(self, timeout: float | None = None) -> T:
+        """:meth:`concurrent.futures.Future.result`, refusing a wait that could never end (see :meth:`wait`)."""
+        self._refuse_wait_in_own_thread()
+        return cast(T, super().result(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """:meth:`concurrent.futures.Future.exception`, refusing a wait that could never end (see :meth:`wait`)."""
+        self._refuse_wait_in_own_thread()
+        return super().exception(timeout)
+
+    def _refuse_wait_in_own_thread(self) -> None:
+        if self._has_callback and not self.done() and self._runner is not None and self._runner.is_current():
+            raise RuntimeError(
+                f"waiting in a callback for {self._what()}, whose own callback must first run in this same"
+                " thread, would never end; wait for it outside the callback, or chain work in its callback"
+            )
 
     def ready(self) -> bool:
         """Whether the call has completed."""
@@ -253,8 +266,29 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         self._finished_at = time.time()
         self._set(result=value)
 
+    def _claim(self) -> bool:
+        """Decide the outcome now, unless it already is: True for the one caller that decides.
+
+        A result of several tasks may be decided by the I/O thread (a reply)
+        and by another at once (terminate, a failed submission): a lock
+        makes one of them win. A single task is settled once anyway (its
+        entry leaves the result table once).
+        """
+        lock = self._decide_lock
+        if lock is None:
+            if self._decided:
+                return False
+            self._decided = True
+            return True
+        with lock:
+            if self._decided:
+                return False
+            self._decided = True
+            return True
+
     def _set(self, result: Any = None, exception: BaseException | None = None) -> None:
-        self._decided = True
+        if not self._claim():
+            return
         callbacks, runner = self._user_callbacks, self._runner
         if callbacks is not None and runner is not None:
             self._user_callbacks = None
