@@ -48,6 +48,8 @@ STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 5.0
 # Chunks an imap submits ahead of its consumer, at least (see Pool.imap's buffersize).
 IMAP_MIN_READ_AHEAD = 32
+# ... and, with a fixed chunksize, at least this many items.
+IMAP_MIN_ITEMS_AHEAD = 1024
 
 
 def _is_int(value: Any) -> bool:
@@ -445,7 +447,8 @@ class Pool:
             standard library; adaptive chunks keep them.
         buffersize : int, optional, keyword-only
             Most chunks submitted and not yet consumed; default
-            ``max(32, 4 * processes)``. :meth:`join` lifts the limit.
+            ``max(32, 4 * processes)``, and with an explicit `chunksize` enough
+            chunks for 1024 items. :meth:`join` lifts the limit.
 
         Returns
         -------
@@ -619,7 +622,11 @@ class Pool:
             if chunksize < 1:
                 raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
         if buffersize is None:
+            # Enough chunks for the engines never to wait on a round trip; small fixed
+            # chunks get more of them (at least IMAP_MIN_ITEMS_AHEAD items in all).
             buffersize = max(IMAP_MIN_READ_AHEAD, 4 * self._processes)
+            if chunksize is not None:
+                buffersize = max(buffersize, IMAP_MIN_ITEMS_AHEAD // chunksize)
         elif not _is_int(buffersize) or buffersize < 1:
             raise ValueError(f"buffersize must be a positive int or None, not {buffersize!r}")
         if chunksize is None and self._maxtasksperchild is not None:
