@@ -165,6 +165,13 @@ def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, gr
     """Stop the cluster and the client; called at most once per pool (weakref.finalize)."""
     if os.getpid() != owner:
         return  # a forked child inherited the pool object: the cluster is its parent's
+    if conn.on_io_thread():
+        # The last reference went away as a result settled on the I/O thread, which
+        # cannot wait for its own replies: shut down from a thread of its own.
+        threading.Thread(
+            target=_shutdown, args=(conn, cluster, callbacks, graceful, owner), name="zpool-shutdown"
+        ).start()
+        return
     reason = "the pool was terminated before this task finished"
     conn.results.close(lambda: TaskAborted(reason))
     try:

@@ -145,6 +145,10 @@ class Connection:
             self._signaled = True
             os.write(self._wake_w, b"x")
 
+    def on_io_thread(self) -> bool:
+        """Whether the calling thread is this connection's I/O thread (which must never wait on itself)."""
+        return threading.current_thread() is self._thread
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the I/O thread and close the sockets."""
         with self._lock:
