@@ -21,7 +21,8 @@ setup(
     python_requires=">=3.9",
     install_requires=["pyzmq>=25", "dill>=0.3.6", "numpy>=1.22", "psutil>=5.9"],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        # ipykernel and jupyter_client: the tests run zpool in a real Jupyter kernel.
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "ipykernel>=6", "jupyter_client>=7"],
     },
     entry_points={},
     classifiers=[
