@@ -28,6 +28,10 @@ _EXPORTS = {
     "MapResult": "zpool.asyncresult",
     "IMapIterator": "zpool.asyncresult",
     "Metadata": "zpool.asyncresult",
+    "Dependency": "zpool.dependency",
+    "require": "zpool.dependency",
+    "depend": "zpool.dependency",
+    "dependent": "zpool.dependency",
     "ZPoolError": "zpool.error",
     "PoolClosedError": "zpool.error",
     "TimeoutError": "zpool.error",
@@ -50,6 +54,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from zpool.asyncresult import AsyncResult, IMapIterator, MapResult, Metadata
+    from zpool.dependency import Dependency, depend, dependent, require
     from zpool.error import (
         AuthenticationError,
         BrokenPoolError,

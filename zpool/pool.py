@@ -11,6 +11,7 @@ as replies arrive.
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import enum
 import functools
 import itertools
@@ -21,13 +22,14 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from zpool._partition import ItemFailure, default_chunksize, run_chunk, run_each, split
 from zpool.asyncresult import AsyncResult, IMapIterator, MapResult, _IMapChunk, _IMapState
 from zpool.client.connection import Connection
 from zpool.client.results import ResultTable, rebuild_failure
 from zpool.cluster import ClusterSettings, LocalCluster
+from zpool.dependency import Dependency, task_flags
 from zpool.error import (
     BrokenPoolError,
     PoolClosedError,
@@ -303,6 +305,9 @@ class Pool:
         info = self._cluster.start()
         self._results = ResultTable()
         self._callbacks = _Callbacks()
+        # Scheduling flags: defaults for every call (set_flags), and per thread for a block (temp_flags).
+        self._default_flags: dict[str, Any] = {}
+        self._temp_flags = threading.local()
         # Live imap feeders: join() lets them read ahead without bound.
         self._feeders: weakref.WeakSet[_IMapState] = weakref.WeakSet()
         conn: Connection | None = None
@@ -324,12 +329,14 @@ class Pool:
 
     # -- the standard library's API ------------------------------------------------
 
-    def apply(self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Mapping[str, Any] = {}) -> T:
+    def apply(self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Mapping[str, Any] = {}, **flags: Any) -> T:
         """Call ``func(*args, **kwds)`` on an engine and return its result (blocks).
 
-        Same contract as :meth:`multiprocessing.pool.Pool.apply`.
+        Same contract as :meth:`multiprocessing.pool.Pool.apply`; `flags` as
+        for :meth:`apply_async`.
         """
-        return self.apply_async(func, args, kwds).get()
+        ar: AsyncResult[T] = self.apply_async(func, args, kwds, **flags)
+        return ar.get()
 
     def apply_async(
         self,
@@ -338,6 +345,7 @@ class Pool:
         kwds: Mapping[str, Any] = {},
         callback: Callable[[T], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        **flags: Any,
     ) -> AsyncResult[T]:
         """Submit ``func(*args, **kwds)``; return an :class:`AsyncResult` at once.
 
@@ -355,6 +363,9 @@ class Pool:
         callback, error_callback : callable, optional
             Called once, in a result-handling thread of this process, with
             the result or the exception.
+        **flags
+            Scheduling flags for this call (see :meth:`set_flags`): ``after``,
+            ``follow``, ``timeout``, ``retries``, ``targets``.
 
         Raises
         ------
@@ -362,9 +373,12 @@ class Pool:
             If the pool was closed or terminated.
         SerializationError
             If `func` or an argument cannot be serialized; names it.
+        TypeError, ValueError
+            If a flag is unknown or has a wrong value.
         """
         self._check_running()
         self._check_func(func, callback, error_callback)
+        wire_flags = self._task_flags(flags)
         if not isinstance(kwds, collections.abc.Mapping):
             raise TypeError(f"kwds must be a mapping (a dict of keyword arguments), not {type(kwds).__name__}")
         frames = dumps_call(func, tuple(args), dict(kwds))
@@ -372,16 +386,19 @@ class Pool:
         ar: AsyncResult[T] = AsyncResult([task_id], callable_name(func))
         ar._owner, ar._runner = self, self._callbacks
         self._callbacks.attach(ar, callback, error_callback)
-        self._submit(ar, [(task_id, frames)])
+        self._submit(ar, [(task_id, frames)], wire_flags)
         return ar
 
-    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> list[T]:
+    def map(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None, **flags: Any
+    ) -> list[T]:
         """Apply `func` to each item of `iterable` on the engines; return a list.
 
         Same contract as :meth:`multiprocessing.pool.Pool.map`: blocks until
-        every item is done and raises the first failure.
+        every item is done and raises the first failure. `flags` apply to
+        every chunk (see :meth:`set_flags`).
         """
-        return self._map_async(func, iterable, chunksize, None, None, star=False).get()
+        return self._map_async(func, iterable, chunksize, None, None, False, flags).get()
 
     def map_async(
         self,
@@ -390,6 +407,7 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[list[T]], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        **flags: Any,
     ) -> MapResult[T]:
         """Like :meth:`map`, but return a :class:`MapResult` at once.
 
@@ -402,17 +420,20 @@ class Pool:
             Called once, with the whole list of results or with the first
             exception, in a result-handling thread of this process, before
             the result becomes ready.
+        **flags
+            Scheduling flags for every chunk (see :meth:`set_flags`): ``after``,
+            ``follow``, ``timeout``, ``retries``, ``targets``.
         """
-        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, False, flags)
 
     def starmap(
-        self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+        self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None, **flags: Any
     ) -> list[T]:
         """Like :meth:`map`, but call ``func(*item)`` for each item of `iterable`.
 
         Same contract as :meth:`multiprocessing.pool.Pool.starmap`.
         """
-        return self._map_async(func, iterable, chunksize, None, None, star=True).get()
+        return self._map_async(func, iterable, chunksize, None, None, True, flags).get()
 
     def starmap_async(
         self,
@@ -421,9 +442,10 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[list[T]], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        **flags: Any,
     ) -> MapResult[T]:
         """Like :meth:`starmap`, but return a :class:`MapResult` at once."""
-        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, True, flags)
 
     def imap(
         self,
@@ -432,6 +454,7 @@ class Pool:
         chunksize: int | None = None,
         *,
         buffersize: int | None = None,
+        **flags: Any,
     ) -> IMapIterator[T]:
         """Like :meth:`map`, but lazily: return an iterator over the results, in input order.
 
@@ -456,6 +479,9 @@ class Pool:
             Most chunks submitted and not yet consumed; default
             ``max(32, 4 * processes)``, and with an explicit `chunksize` enough
             chunks for 1024 items. :meth:`join` lifts the limit.
+        **flags
+            Scheduling flags for every chunk (see :meth:`set_flags`): ``after``,
+            ``follow``, ``timeout``, ``retries``, ``targets``.
 
         Returns
         -------
@@ -463,7 +489,7 @@ class Pool:
             Its ``next(timeout)`` raises :class:`zpool.TimeoutError` (a
             ``multiprocessing.TimeoutError``) if nothing arrives in time.
         """
-        return self._imap(func, iterable, chunksize, buffersize, ordered=True)
+        return self._imap(func, iterable, chunksize, buffersize, True, flags)
 
     def imap_unordered(
         self,
@@ -472,9 +498,10 @@ class Pool:
         chunksize: int | None = None,
         *,
         buffersize: int | None = None,
+        **flags: Any,
     ) -> IMapIterator[T]:
         """Like :meth:`imap`, but yield results in the order they finish."""
-        return self._imap(func, iterable, chunksize, buffersize, ordered=False)
+        return self._imap(func, iterable, chunksize, buffersize, False, flags)
 
     def close(self) -> None:
         """Accept no more work; running and queued tasks still finish."""
@@ -530,6 +557,93 @@ class Pool:
         state = getattr(self, "_state", PoolState.TERMINATE).value
         return f"<zpool.Pool state={state} processes={getattr(self, '_processes', '?')}>"
 
+    # -- scheduling flags and dependencies (DESIGN §5) -------------------------------
+
+    def set_flags(self, **flags: Any) -> None:
+        """Set scheduling flags for every later call of this pool (a flag given ``None`` is cleared).
+
+        Parameters
+        ----------
+        after : Dependency, AsyncResult, task id or list of them
+            Run only after these tasks finished (as the Dependency's
+            ``all``/``success``/``failure`` say; a plain list: all succeeded).
+        follow : same
+            Run only on an engine where these tasks ran.
+        timeout : float
+            Fail with :class:`DependencyTimeout` if `after`/`follow` are not
+            met within this many seconds of submission (0 or None: never).
+        retries : int
+            Run a failed task again, up to this many times, on another engine
+            when there is one (an engine dying counts as a failure).
+        targets : int or list of int
+            Run only on these engines (ids as in :meth:`queue_status`).
+
+        Raises
+        ------
+        TypeError, ValueError
+            If a flag is unknown or has a wrong value.
+        """
+        merged = {**self._default_flags, **flags}
+        task_flags(merged)  # check now, not at the next call
+        self._default_flags = {name: value for name, value in merged.items() if value is not None}
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags: Any) -> Iterator[None]:
+        """Context manager: these scheduling flags for calls made in this thread within the block.
+
+        Same flags as :meth:`set_flags`; flags given to a call win over both.
+
+        Examples
+        --------
+        >>> with pool.temp_flags(after=[setup], retries=2):
+        ...     results = [pool.apply_async(step, (i,)) for i in range(4)]
+        """
+        task_flags(flags)
+        stack = getattr(self._temp_flags, "stack", None)
+        if stack is None:
+            stack = self._temp_flags.stack = []
+        stack.append(flags)
+        try:
+            yield
+        finally:
+            stack.pop()
+
+    @property
+    def flags(self) -> dict[str, Any]:
+        """The scheduling flags a call made now in this thread would get (before its own)."""
+        merged = dict(self._default_flags)
+        for layer in getattr(self._temp_flags, "stack", None) or ():
+            merged.update(layer)
+        return {name: value for name, value in merged.items() if value is not None}
+
+    def _task_flags(self, call_flags: Mapping[str, Any]) -> dict[str, Any] | None:
+        stack = getattr(self._temp_flags, "stack", None)
+        if not call_flags and not self._default_flags and not stack:
+            return None  # the common case, kept cheap
+        merged = self.flags
+        merged.update(call_flags)
+        return task_flags(merged)
+
+    def abort(self, what: Any) -> dict[str, Any]:
+        """Abort tasks that have not started: they fail with :class:`TaskAborted`.
+
+        Parameters
+        ----------
+        what : AsyncResult, task id, or a list of them
+            Tasks still waiting in the scheduler fail at once; tasks already
+            queued on an engine fail there before they start. Tasks running
+            or finished are not affected.
+
+        Returns
+        -------
+        dict
+            ``{"aborted": n, "sent_to_engines": m}``: tasks failed by the
+            scheduler, and tasks an engine was told to skip.
+        """
+        ids = list(Dependency(what)) if not isinstance(what, Dependency) else list(what)
+        self._check_connected()
+        return self._conn.request(MsgType.ABORT_REQUEST, {"ids": ids})
+
     # -- extras ----------------------------------------------------------------------
 
     def queue_status(self, timeout: float | None = 10.0) -> dict[str, Any]:
@@ -563,6 +677,14 @@ class Pool:
 
     # -- internals ---------------------------------------------------------------------
 
+    def _check_connected(self) -> None:
+        if os.getpid() != self._owner_pid:
+            raise PoolClosedError(f"this Pool belongs to process {self._owner_pid}; a forked child cannot use it")
+        if self._state is PoolState.TERMINATE:
+            raise PoolClosedError("Pool not running")
+        if self._conn.broken:
+            raise BrokenPoolError(self._conn.broken)
+
     def _check_running(self) -> None:
         if self._state is not PoolState.RUN:
             raise PoolClosedError("Pool not running")
@@ -589,9 +711,11 @@ class Pool:
         callback: Callable[[list[T]], Any] | None,
         error_callback: Callable[[BaseException], Any] | None,
         star: bool,
+        flags: Mapping[str, Any],
     ) -> MapResult[T]:
         self._check_running()
         self._check_func(func, callback, error_callback)
+        wire_flags = self._task_flags(flags)
         # Sliceable sequences are chunked in place; anything else (generators, sets,
         # dicts: their keys, as the standard library does) is materialised first.
         items_in = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
@@ -610,7 +734,7 @@ class Pool:
         ar._owner, ar._runner = self, self._callbacks
         self._callbacks.attach(ar, callback, error_callback)
         if items:
-            self._submit(ar, items)
+            self._submit(ar, items, wire_flags)
         return ar
 
     def _imap(
@@ -620,9 +744,11 @@ class Pool:
         chunksize: int | None,
         buffersize: int | None,
         ordered: bool,
+        flags: Mapping[str, Any],
     ) -> IMapIterator[T]:
         self._check_running()
         self._check_func(func)
+        wire_flags = self._task_flags(flags)
         if chunksize is not None:
             if not _is_int(chunksize):
                 raise TypeError(f"chunksize must be an int or None, not {type(chunksize).__name__}")
@@ -642,12 +768,19 @@ class Pool:
         state = _IMapState(ordered, buffersize, rebuild_failure)
         self._feeders.add(state)
         feeder = threading.Thread(
-            target=self._feed, args=(state, func, items, chunksize), name="zpool-imap-feeder", daemon=True
+            target=self._feed, args=(state, func, items, chunksize, wire_flags), name="zpool-imap-feeder", daemon=True
         )
         feeder.start()
         return IMapIterator(state, owner=self)
 
-    def _feed(self, state: _IMapState, func: Callable[..., Any], items: Iterable[Any], chunksize: int | None) -> None:
+    def _feed(
+        self,
+        state: _IMapState,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        chunksize: int | None,
+        flags: dict[str, Any] | None,
+    ) -> None:
         """Read the input of an ``imap`` chunk by chunk as the consumer makes room, and submit (feeder thread).
 
         With `chunksize` None, chunks are sized from measured task times.
@@ -667,7 +800,7 @@ class Pool:
                     if chunksize is not None:
                         chunk = []  # the stdlib drops a fixed-size chunk whole; adaptive ones keep what was read
                 if chunk:
-                    submitted = self._feed_chunk(state, func, chunk, number)
+                    submitted = self._feed_chunk(state, func, chunk, number, flags)
                     number += 1
                     if not submitted:
                         break
@@ -684,7 +817,9 @@ class Pool:
         finally:
             state.end(number)
 
-    def _feed_chunk(self, state: _IMapState, func: Callable[..., Any], chunk: list[Any], number: int) -> bool:
+    def _feed_chunk(
+        self, state: _IMapState, func: Callable[..., Any], chunk: list[Any], number: int, flags: dict[str, Any] | None
+    ) -> bool:
         """Submit one imap chunk as number `number`; False if the pool can take no more."""
         task_id = self._conn.session.new_id()
         holes: list[tuple[int, BaseException]] = []
@@ -706,16 +841,18 @@ class Pool:
             state.chunk_done(number, False, exc)
             return not isinstance(exc, PoolClosedError)
         try:
-            self._conn.submit([(task_id, frames)])
+            self._conn.submit([(task_id, frames)], flags)
         except BaseException as exc:
             self._results.fail([task_id], functools.partial(_same, exc))
             return False
         return True
 
-    def _submit(self, ar: AsyncResult[Any], items: list[tuple[str, list[Any]]]) -> None:
+    def _submit(
+        self, ar: AsyncResult[Any], items: list[tuple[str, list[Any]]], flags: dict[str, Any] | None = None
+    ) -> None:
         self._results.add(ar)
         try:
-            self._conn.submit(items)
+            self._conn.submit(items, flags)
         except BaseException as exc:
             error = exc
             self._results.fail(ar.msg_ids, lambda: error)

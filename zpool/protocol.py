@@ -93,6 +93,8 @@ class MsgType(str, enum.Enum):
     HEARTBEAT_REPLY = "heartbeat_reply"
     REJECT_NOTICE = "reject_notice"
     ENGINE_READY = "engine_ready"
+    ABORT_REQUEST = "abort_request"
+    ABORT_REPLY = "abort_reply"
 
 
 class TaskStatus(str, enum.Enum):
@@ -101,6 +103,7 @@ class TaskStatus(str, enum.Enum):
     OK = "ok"
     ERROR = "error"
     ABORTED = "aborted"
+    UNMET = "unmet"  # the task raised UnmetDependency: the scheduler tries another engine
 
 
 _SNDMORE = int(zmq.SNDMORE)

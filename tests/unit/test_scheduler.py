@@ -269,8 +269,10 @@ def test_remove_engine_returns_stranded_tasks():
     assert s.remove_engine(b"engine-1") == []
     assert s.remove_engine(b"never-there") == []
 
-    s.submit(stranded)
-    assert ids(s.assign()) == {0: ["t1", "t3", "t5"]}
+    # They are recorded as failed on engine 1, and their ids stay taken.
+    assert {task_id: s.done[task_id] for task_id in ("t1", "t3", "t5")} == {"t1": -3, "t3": -3, "t5": -3}
+    s.submit([Task("t1", b"client", [b"again"])])
+    assert [(t.task_id, ename) for t, ename, _, _ in s.take_failures()] == [("t1", "InvalidDependency")]
 
 
 def test_assign_without_engines_keeps_the_queue():
@@ -299,9 +301,10 @@ def test_status_counts():
     s.finish(engine0, "t2", ok=True, run_s=0.5)
     assert s.status() == {
         "engines": {
-            "0": {"queue": 0, "completed": 2, "failed": 0},
-            "1": {"queue": 1, "completed": 0, "failed": 1},
+            "0": {"queue": 0, "completed": 2, "failed": 0, "pinned": 0},
+            "1": {"queue": 1, "completed": 0, "failed": 1, "pinned": 0},
         },
         "unassigned": 1,
+        "waiting": 0,
         "limit": 1,
     }

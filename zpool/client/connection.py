@@ -58,6 +58,16 @@ BATCH_MAX_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.1
 
 
+class _Flagged:
+    """Tasks queued for sending with scheduling flags (all the same)."""
+
+    __slots__ = ("flags", "items")
+
+    def __init__(self, items: list[tuple[str, list[Any]]], flags: dict[str, Any]) -> None:
+        self.items = items
+        self.flags = flags
+
+
 class _Request:
     __slots__ = ("content", "future", "msg_type")
 
@@ -108,9 +118,9 @@ class Connection:
 
     # -- user threads -------------------------------------------------------------
 
-    def submit(self, items: list[tuple[str, list[Any]]]) -> None:
-        """Queue tasks for sending: ``(task_id, payload_frames)`` each."""
-        self._enqueue(items)
+    def submit(self, items: list[tuple[str, list[Any]]], flags: dict[str, Any] | None = None) -> None:
+        """Queue tasks for sending: ``(task_id, payload_frames)`` each, all with the same scheduling `flags`."""
+        self._enqueue(items if flags is None else _Flagged(items, flags))
 
     def request(
         self, msg_type: MsgType, content: dict[str, Any] | None = None, timeout: float | None = 30.0
@@ -212,6 +222,7 @@ class Connection:
             return
         batch = BatchWriter()
         size = 0
+        batch_flags: dict[str, Any] = {}
         for item in items:
             if isinstance(item, _Request):
                 msg_id = self.session.new_id()
@@ -220,17 +231,26 @@ class Connection:
                 self._remember(msg[1], msg_id)
                 send_frames(self._sock, msg)
                 continue
-            for task_id, frames in item:
+            flags = None
+            tasks = item
+            if isinstance(item, _Flagged):
+                tasks, flags = item.items, item.flags
+            for task_id, frames in tasks:
+                if flags is not None:
+                    batch_flags[str(len(batch))] = flags
                 batch.add(task_id, frames)
                 size += sum(nbytes(f) for f in frames)
-            if len(batch) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
-                self._send_batch(batch)
-                batch, size = BatchWriter(), 0
+                if len(batch) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
+                    self._send_batch(batch, batch_flags)
+                    batch, size, batch_flags = BatchWriter(), 0, {}
         if len(batch):
-            self._send_batch(batch)
+            self._send_batch(batch, batch_flags)
 
-    def _send_batch(self, batch: BatchWriter) -> None:
-        msg = self.session.build(MsgType.APPLY_REQUEST, batch.fields(), buffers=batch.buffers())
+    def _send_batch(self, batch: BatchWriter, flags: dict[str, Any]) -> None:
+        fields = batch.fields()
+        if flags:
+            fields["flags"] = flags  # task index -> scheduling flags, for the tasks that have some
+        msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
         self._remember(msg[1], batch.ids)
         send_frames(self._sock, msg)
 
@@ -314,4 +334,5 @@ class Connection:
                 if not item.future.done():
                     item.future.set_exception(exc_for())
             else:
-                self.results.fail([task_id for task_id, _ in item], exc_for)
+                tasks = item.items if isinstance(item, _Flagged) else item
+                self.results.fail([task_id for task_id, _ in tasks], exc_for)

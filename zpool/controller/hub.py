@@ -110,6 +110,8 @@ class Hub:
         self.settings = settings
         self.session = Session(info.key)
         self.scheduler = Scheduler(settings.scheme, settings.hwm)
+        # Engines launched but not registered yet will get the next ids: tasks may target them.
+        self.scheduler.expected_engines = len(engines.procs) if engines is not None else 0
         self.monitor = HeartMonitor(settings.heartbeat_misses)
         self.launcher = engines
         self.parent = ParentWatch(settings.parent_pid) if settings.parent_pid else None
@@ -130,6 +132,7 @@ class Hub:
                 MsgType.CONNECT_REQUEST.value: self._on_connect_request,
                 MsgType.QUEUE_REQUEST.value: self._on_queue_request,
                 MsgType.SHUTDOWN_REQUEST.value: self._on_shutdown_request,
+                MsgType.ABORT_REQUEST.value: self._on_abort_request,
             },
             self.engine: {
                 MsgType.REGISTER_REQUEST.value: self._on_register_request,
@@ -162,9 +165,16 @@ class Hub:
         try:
             while self._state is HubState.RUNNING:
                 now = time.monotonic()
-                timeout_ms = math.ceil(max(0.0, min(next_beat, next_watch) - now) * 1000)
+                wake = min(next_beat, next_watch)
+                deadline = self.scheduler.next_deadline()
+                if deadline is not None:
+                    wake = min(wake, deadline)
+                timeout_ms = math.ceil(max(0.0, wake - now) * 1000)
                 for sock, _ in poller.poll(timeout_ms):
                     self._drain(sock)
+                if deadline is not None:
+                    self.scheduler.expire()
+                    self._send_failures()
                 self._dispatch()
                 now = time.monotonic()
                 if now >= next_watch:
@@ -238,7 +248,8 @@ class Hub:
     def _on_apply_request(self, msg: Message, frames: list[Any]) -> None:
         client = _ident(msg)
         batch = Batch(msg.header, msg.buffers)
-        tasks = [Task(task_id, client, batch.payload(i)) for i, task_id in enumerate(batch.ids)]
+        flags = _task_flags(msg.header.get("flags"), len(batch.ids))
+        tasks = [Task(task_id, client, batch.payload(i), flags.get(i)) for i, task_id in enumerate(batch.ids)]
         if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
             self._fail_tasks(tasks, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
             return
@@ -246,6 +257,26 @@ class Hub:
         for task in tasks:
             task.source = source
         self.scheduler.submit(tasks)
+        self._send_failures()
+
+    def _on_abort_request(self, msg: Message, frames: list[Any]) -> None:
+        ids = msg.content.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ProtocolError("abort_request without a list of task ids")
+        placed = self.scheduler.abort(ids)
+        aborted = len(self._send_failures())
+        notice = 0
+        for slot, task_ids in placed.items():
+            notice += len(task_ids)
+            self._send(self.engine, slot.ident, self.session.build(MsgType.ABORT_REQUEST, {"ids": task_ids}))
+        self._reply(msg, MsgType.ABORT_REPLY, {"aborted": aborted, "sent_to_engines": notice})
+
+    def _send_failures(self) -> list[Any]:
+        """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts), grouped per client."""
+        failures = self.scheduler.take_failures()
+        for task, ename, evalue, engine_id in failures:
+            self._fail_tasks([task], ename, evalue, engine_id)
+        return failures
 
     def _on_connect_request(self, msg: Message, frames: list[Any]) -> None:
         self._reply(msg, MsgType.CONNECT_REPLY, self._describe())
@@ -362,12 +393,19 @@ class Hub:
         statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
         per_client: dict[bytes, list[int]] = {}
         finish = self.scheduler.finish
+        rescheduled = 0
         for i, task_id in enumerate(ids):
-            task = finish(slot, task_id, statuses[i] == "ok", completions[i] - starts[i])
+            status = statuses[i]
+            task = finish(slot, task_id, status == "ok", completions[i] - starts[i], unmet=status == "unmet")
             if task is None:
                 logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
                 continue
+            if not task.final:
+                rescheduled += 1  # retried, or its dependency was unmet there: runs again
+                continue
             per_client.setdefault(task.client, []).append(i)
+        if rescheduled:
+            self._send_failures()
         if slot.budget == 0 and not slot.outstanding:
             self._retire(slot)
         if len(per_client) == 1 and time.time() - msg.header["date"] < FORWARD_MAX_AGE_S:
@@ -414,8 +452,7 @@ class Hub:
                     out.add(t.task_id, t.frames)
                 frames = self.session.build(MsgType.APPLY_REQUEST, out.fields(), buffers=out.buffers())
             for t in tasks:
-                t.source = None
-                t.frames = []
+                t.source = None  # frames stay until the reply: a retry may need them
             if not self._send(self.engine, slot.ident, frames):
                 self._engine_gone(slot.ident, "could not be reached")
 
@@ -456,15 +493,17 @@ class Hub:
                 logger.error("engine process %d ended (%s) before it was ready", pid, how)
             if self._state is HubState.RUNNING:
                 self.launcher.start(1)
-        if self.launcher.gave_up and not self.scheduler.engines and self.scheduler.queue:
+        if self.launcher.gave_up and not self.scheduler.engines and self.scheduler.queued():
             stranded = self.scheduler.drop_where(lambda task: True)
             self._fail_tasks(stranded, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
+            self._send_failures()
 
     def _engine_gone(self, ident: bytes, how: str) -> None:
         record = self._forget_engine(ident)
         if record is None:
             return
         stranded = self.scheduler.remove_engine(ident)
+        self._send_failures()
         logger.warning(
             "engine %d (pid %s) %s; failing %d task(s) it held", record.engine_id, record.pid, how, len(stranded)
         )
@@ -496,6 +535,39 @@ class Hub:
         self.engine.close(linger=0)
         self.heartbeat.close(linger=1000)
         self.ctx.term()
+
+
+def _task_flags(raw: Any, n_tasks: int) -> dict[int, dict[str, Any]]:
+    """The ``flags`` header field of an apply_request: ``{task index: flags}``, checked."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ProtocolError("apply_request flags must be an object of task index -> flags")
+    out: dict[int, dict[str, Any]] = {}
+    for key, flags in raw.items():
+        try:
+            index = int(key)
+        except ValueError:
+            raise ProtocolError(f"bad task index {key!r} in flags") from None
+        if not 0 <= index < n_tasks or not isinstance(flags, dict):
+            raise ProtocolError(f"flags for task index {key!r} do not fit the batch")
+        for name in ("after", "follow"):
+            dep = flags.get(name)
+            if dep is not None and not (
+                isinstance(dep, dict)
+                and isinstance(dep.get("ids"), list)
+                and all(isinstance(i, str) for i in dep["ids"])
+            ):
+                raise ProtocolError(f"flag {name!r} of task index {index} is not a dependency")
+        targets = flags.get("targets")
+        if targets is not None and not (isinstance(targets, list) and all(type(t) is int for t in targets)):
+            raise ProtocolError(f"flag 'targets' of task index {index} is not a list of engine ids")
+        for name in ("timeout", "retries"):
+            value = flags.get(name)
+            if value is not None and (type(value) not in (int, float) or value < 0):
+                raise ProtocolError(f"flag {name!r} of task index {index} is not a number >= 0")
+        out[index] = flags
+    return out
 
 
 def _ident(msg: Message) -> bytes:

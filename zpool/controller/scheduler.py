@@ -24,11 +24,30 @@ pays a full round trip per task; ``0`` means no limit. ``None`` (the
 default) adapts: each engine may hold ``1 + ADAPTIVE_BUDGET_S / t`` tasks,
 where ``t`` is the recent mean task run time, so tiny tasks travel many per
 message while long tasks go one at a time and stay balanced.
+
+Dependencies (DESIGN §5). A task may carry flags: ``after`` and ``follow``
+(graph dependencies on other tasks, each a set of ids with ``all``,
+``success`` and ``failure``), ``timeout`` (for those to be met), ``retries``
+and ``targets``. A task whose dependencies are not met waits, indexed by the
+ids it waits for, so finishing a task touches only its own dependents; each
+dependency keeps counts, so that check costs O(1). A task that can never
+run fails at once, with :class:`~zpool.error.ImpossibleDependency` or a
+subclass, and its dependents in turn (the cascade). Every finished task is
+remembered (by id: whether it succeeded, and where it ran) for dependencies
+still to come. Failures the scheduler decides are collected for the hub to
+send (:meth:`Scheduler.take_failures`).
+
+Ready tasks that may run anywhere wait in one queue, the fast path; tasks
+restricted to some engines (``targets``, ``follow``, engines already tried)
+wait in a per-engine queue when one engine can run them, else in a list
+scanned on each pass.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -45,19 +64,108 @@ ADAPTIVE_MAX = 512
 # Weight of the newest task in the run-time moving average.
 EWMA_ALPHA = 0.2
 
+# How a finished task is remembered (one small int per task id): the engine id
+# it succeeded on (>= 0); FAILED_UNPLACED if it failed before running; or
+# -2 - engine_id if it failed on that engine.
+FAILED_UNPLACED = -1
+
+
+class _DepState:
+    """One graph dependency of a waiting task, with counts so that each finished id costs O(1)."""
+
+    __slots__ = ("all", "engines", "failure", "met", "pending", "success", "total", "unmet")
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.all = bool(spec.get("all", True))
+        self.success = bool(spec.get("success", True))
+        self.failure = bool(spec.get("failure", False))
+        self.pending: set[str] = set(spec["ids"])
+        self.total = len(self.pending)
+        self.met = 0
+        self.unmet = 0
+        self.engines: set[int] = set()  # where the met ones ran (for follow)
+
+    def resolve(self, task_id: str, code: int) -> None:
+        """Account for `task_id`, finished as `code` (see FAILED_UNPLACED)."""
+        self.pending.discard(task_id)
+        ok = code >= 0
+        if (ok and self.success) or (not ok and self.failure):
+            self.met += 1
+            if code >= 0:
+                self.engines.add(code)
+            elif code <= -2:
+                self.engines.add(-2 - code)
+        else:
+            self.unmet += 1
+
+    def state(self) -> str:
+        """``"met"``, ``"wait"`` or ``"impossible"``."""
+        if self.all:
+            if self.unmet:
+                return "impossible"
+            return "wait" if self.pending else "met"
+        if self.met:
+            return "met"
+        return "wait" if self.pending else "impossible"
+
 
 class Task:
     """One task waiting in, or passing through, the scheduler."""
 
-    __slots__ = ("client", "engine", "frames", "source", "task_id")
+    __slots__ = (
+        "after",
+        "client",
+        "deadline",
+        "engine",
+        "failed_on",
+        "final",
+        "follow",
+        "frames",
+        "retries",
+        "source",
+        "targets",
+        "task_id",
+        "unmet_on",
+    )
 
-    def __init__(self, task_id: str, client: bytes, frames: list[Any]) -> None:
+    def __init__(self, task_id: str, client: bytes, frames: list[Any], flags: dict[str, Any] | None = None) -> None:
         self.task_id = task_id
         self.client = client
         self.frames = frames
         # The client message it came in, while forwarding that whole is possible.
         self.source: Any = None
         self.engine: EngineSlot | None = None
+        # False once a reply from an engine led to running it again (retry, unmet dependency).
+        self.final = True
+        self.after: _DepState | None = None
+        self.follow: _DepState | None = None
+        self.deadline: float | None = None
+        self.retries = 0
+        self.targets: frozenset[int] | None = None
+        self.unmet_on: set[int] | None = None  # engines where its functional dependency was unmet: never again
+        self.failed_on: set[int] | None = None  # engines it failed on (retries prefer others)
+        if flags:
+            if flags.get("after"):
+                self.after = _DepState(flags["after"])
+            if flags.get("follow"):
+                self.follow = _DepState(flags["follow"])
+            timeout = flags.get("timeout")
+            if timeout:
+                self.deadline = float(timeout)  # relative until submitted
+            self.retries = int(flags.get("retries") or 0)
+            if flags.get("targets"):
+                self.targets = frozenset(int(t) for t in flags["targets"])
+
+    def waits(self) -> bool:
+        return self.after is not None or self.follow is not None
+
+    def restricted(self) -> bool:
+        return self.targets is not None or self.follow is not None or bool(self.unmet_on) or bool(self.failed_on)
+
+    def dep_ids(self) -> Iterable[str]:
+        for dep in (self.after, self.follow):
+            if dep is not None:
+                yield from dep.pending
 
 
 @dataclass(eq=False)
@@ -72,6 +180,8 @@ class EngineSlot:
     failed: int = 0
     # Tasks it may still be given before it retires (maxtasksperchild); None: no end.
     budget: int | None = None
+    # Tasks that only this engine may run, waiting for room on it.
+    pinned: collections.deque[Task] = field(default_factory=collections.deque)
 
     @property
     def load(self) -> int:
@@ -101,7 +211,7 @@ def choose_engine(scheme: str, candidates: Sequence[EngineSlot], rng: random.Ran
 
 
 class Scheduler:
-    """Ready queue, per-engine in-flight limits and placement.
+    """Ready queues, dependencies, per-engine in-flight limits and placement.
 
     Parameters
     ----------
@@ -111,15 +221,39 @@ class Scheduler:
         Most tasks outstanding per engine; ``0`` no limit, ``None`` adaptive.
     seed : int or None
         Seed for the random schemes (tests pass one).
+    clock : callable
+        Monotonic seconds (tests pass a fake one).
     """
 
-    def __init__(self, scheme: str = "leastload", hwm: int | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        scheme: str = "leastload",
+        hwm: int | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+        import time
+
         self.scheme = scheme
         self.hwm = hwm
         self.engines: dict[bytes, EngineSlot] = {}
+        self.by_id: dict[int, EngineSlot] = {}
         self.queue: collections.deque[Task] = collections.deque()
+        self.restricted: list[Task] = []  # ready, several engines may run them
+        self.live: dict[str, Task] = {}  # every task submitted and not finished
+        self.done: dict[str, int] = {}  # every finished task: see FAILED_UNPLACED
+        self.waiting: dict[str, Task] = {}  # dependencies not met yet
+        self.dependents: dict[str, list[Task]] = {}  # task id -> waiting tasks that depend on it
+        self.expected_engines = 0  # engine ids below this may still register (they were launched)
+        self._deadlines: list[tuple[float, int, Task]] = []
+        self._seq = itertools.count()
+        self._failures: list[tuple[Task, str, str, int | None]] = []
+        self._settle: collections.deque[tuple[Task, int]] = collections.deque()
+        self._settling = False
+        self._next_id = 0  # engine ids below this were given out already
+        self._clock = clock or time.monotonic
         self._rng = random.Random(seed)
         self._uses = 0
         self._mean_run_s: float | None = None
@@ -130,15 +264,36 @@ class Scheduler:
         """Start placing tasks on an engine; it takes at most `budget` tasks in all (None: no limit)."""
         slot = EngineSlot(engine_id, ident, budget=budget)
         self.engines[ident] = slot
+        self.by_id[engine_id] = slot
+        self._next_id = max(self._next_id, engine_id + 1)
         return slot
 
     def remove_engine(self, ident: bytes) -> list[Task]:
-        """Forget an engine; return the tasks it held (now stranded)."""
+        """Forget an engine; return the tasks it held that now fail (those with retries left run again).
+
+        The returned tasks are recorded as failed; the caller answers them.
+        """
         slot = self.engines.pop(ident, None)
         if slot is None:
             return []
-        stranded = list(slot.outstanding.values())
+        self.by_id.pop(slot.engine_id, None)
+        stranded: list[Task] = []
+        for task in list(slot.outstanding.values()):
+            task.engine = None
+            if task.retries > 0:
+                task.retries -= 1
+                task.failed_on = (task.failed_on or set()) | {slot.engine_id}
+                self._make_ready(task)
+            else:
+                stranded.append(task)
         slot.outstanding.clear()
+        for task in stranded:  # the hub answers them (EngineError); what depends on them settles now
+            self._record(task, -2 - slot.engine_id)
+        # What waited for this engine alone may have nowhere left to go.
+        pinned, slot.pinned = list(slot.pinned), collections.deque()
+        for task in pinned:
+            self._make_ready(task)
+        self._recheck_restricted()
         return stranded
 
     def limit(self) -> int:
@@ -152,67 +307,341 @@ class Scheduler:
     # -- tasks -----------------------------------------------------------
 
     def submit(self, tasks: Iterable[Task]) -> None:
-        self.queue.extend(tasks)
+        """Accept new tasks: ready ones are queued, others wait or fail (see :meth:`take_failures`)."""
+        now = None
+        for task in tasks:
+            task_id = task.task_id
+            if task_id in self.live or task_id in self.done:
+                self._fail(task, "InvalidDependency", f"task id {task_id} is already in use", record=False)
+                continue
+            self.live[task_id] = task
+            if not task.waits() and not task.restricted() and task.deadline is None:
+                self.queue.append(task)  # the fast path
+                continue
+            if task.deadline is not None:
+                now = self._clock() if now is None else now
+                task.deadline += now
+            self._admit(task)
+
+    def _admit(self, task: Task) -> None:
+        deps = [d for d in (task.after, task.follow) if d is not None]
+        for dep in deps:
+            for dep_id in list(dep.pending):
+                if dep_id == task.task_id:
+                    self._fail(task, "InvalidDependency", f"task {dep_id} depends on itself")
+                    return
+                code = self.done.get(dep_id)
+                if code is not None:
+                    dep.resolve(dep_id, code)
+                elif dep_id not in self.live:
+                    self._fail(task, "InvalidDependency", f"task {task.task_id} depends on unknown task {dep_id}")
+                    return
+        if self._evaluate(task):
+            return
+        # It waits: index it by what it waits for.
+        self.waiting[task.task_id] = task
+        for dep_id in set(task.dep_ids()):
+            self.dependents.setdefault(dep_id, []).append(task)
+        if task.deadline is not None:
+            heapq.heappush(self._deadlines, (task.deadline, next(self._seq), task))
+
+    def _evaluate(self, task: Task) -> bool:
+        """Queue or fail `task` if its dependencies are settled; False if it must wait."""
+        states = [d.state() for d in (task.after, task.follow) if d is not None]
+        if "impossible" in states:
+            self._fail(task, "ImpossibleDependency", self._why_impossible(task))
+            return True
+        if "wait" in states:
+            return False
+        follow = task.follow
+        if follow is not None and follow.all and len(follow.engines) > 1:
+            self._fail(
+                task,
+                "ImpossibleDependency",
+                f"task {task.task_id} must follow tasks that ran on different engines ({sorted(follow.engines)})",
+            )
+            return True
+        self._make_ready(task)
+        return True
+
+    def _why_impossible(self, task: Task) -> str:
+        for name, dep in (("after", task.after), ("follow", task.follow)):
+            if dep is not None and dep.state() == "impossible":
+                if dep.success and not dep.failure:
+                    wanted = "succeeded"
+                else:
+                    wanted = "failed" if not dep.success else "finished"
+                scope = "all of" if dep.all else "any of"
+                return (
+                    f"task {task.task_id} can never run: its {name} dependency needs {scope} {dep.total} task(s)"
+                    f" to have {wanted}, and {dep.unmet} did not"
+                )
+        return f"task {task.task_id} can never run"
+
+    def _candidates(self, task: Task) -> list[EngineSlot] | None:
+        """Engines `task` may run on, among those registered; None if any engine may."""
+        if not task.restricted():
+            return None
+        allowed: list[EngineSlot] = list(self.engines.values())
+        if task.targets is not None:
+            allowed = [self.by_id[t] for t in sorted(task.targets) if t in self.by_id]
+        if task.follow is not None:
+            allowed = [e for e in allowed if e.engine_id in task.follow.engines]
+        if task.unmet_on:
+            allowed = [e for e in allowed if e.engine_id not in task.unmet_on]
+        if task.failed_on:
+            # Retries go to another engine when one exists, else to the same again.
+            others = [e for e in allowed if e.engine_id not in task.failed_on]
+            if others:
+                return others
+        return allowed
+
+    def _may_appear(self, task: Task) -> bool:
+        """Whether an engine `task` targets may still register (it was launched, and ids are given in order)."""
+        if task.targets is None or task.follow is not None:
+            return False
+        return any(self._next_id <= t < self.expected_engines for t in task.targets)
+
+    def _make_ready(self, task: Task) -> None:
+        """Queue `task` where it can be placed, or fail it if no engine can ever run it."""
+        candidates = self._candidates(task)
+        if candidates is None:
+            self.queue.append(task)
+            return
+        if not candidates:
+            if self._may_appear(task):
+                self.restricted.append(task)  # its engine is still starting
+                return
+            self._fail(task, "ImpossibleDependency", self._why_no_engine(task))
+            return
+        if len(candidates) == 1:
+            candidates[0].pinned.append(task)
+        else:
+            self.restricted.append(task)
+
+    def _why_no_engine(self, task: Task) -> str:
+        parts = []
+        if task.targets is not None:
+            parts.append(f"targets {sorted(task.targets)}")
+        if task.follow is not None:
+            parts.append(f"follow (the tasks ran on engines {sorted(task.follow.engines)})")
+        if task.unmet_on:
+            parts.append(f"its functional dependency unmet on engines {sorted(task.unmet_on)}")
+        live = sorted(self.by_id)
+        return f"no engine can run task {task.task_id}: {' and '.join(parts)} leave none of the engines {live}"
+
+    def _recheck_restricted(self) -> None:
+        """After engines changed: fail restricted tasks that nothing can run any more."""
+        waiting, self.restricted = self.restricted, []
+        for task in waiting:
+            self._make_ready(task)
 
     def assign(self) -> dict[EngineSlot, list[Task]]:
-        """Place as many queued tasks as limits allow; return them per engine."""
+        """Place as many ready tasks as limits allow; return them per engine."""
         batches: dict[EngineSlot, list[Task]] = {}
-        if not self.queue or not self.engines:
+        if not self.engines:
             return batches
         limit = self.limit()
         engines = [e for e in self.engines.values() if e.budget != 0]
+        if not engines:
+            return batches
+        # Tasks only one engine may run, then tasks several may run.
+        for slot in engines:
+            pinned = slot.pinned
+            while pinned and (not limit or len(slot.outstanding) < limit) and slot.budget != 0:
+                self._place(pinned.popleft(), slot, batches)
+        if self.restricted:
+            kept: list[Task] = []
+            for task in self.restricted:
+                candidates = self._candidates(task) or []
+                room = [e for e in candidates if e.budget != 0 and (not limit or len(e.outstanding) < limit)]
+                if room:
+                    self._place(task, choose_engine(self.scheme, room, self._rng), batches)
+                else:
+                    kept.append(task)
+            self.restricted = kept
         queue = self.queue
+        if not queue:
+            return batches
+        engines = [e for e in engines if e.budget != 0]
         choose = choose_engine
         while queue and engines:
             candidates = engines if not limit else [e for e in engines if len(e.outstanding) < limit]
             if not candidates:
                 break
             slot = choose(self.scheme, candidates, self._rng)
-            task = queue.popleft()
-            task.engine = slot
-            slot.outstanding[task.task_id] = task
-            if slot.budget is not None:
-                slot.budget -= 1
-                if slot.budget == 0:
-                    engines.remove(slot)
-            slot.last_used = self._uses
-            self._uses += 1
-            batch = batches.get(slot)
-            if batch is None:
-                batches[slot] = [task]
-            else:
-                batch.append(task)
+            self._place(queue.popleft(), slot, batches)
+            if slot.budget == 0:
+                engines.remove(slot)
         return batches
 
-    def finish(self, slot: EngineSlot, task_id: str, ok: bool, run_s: float) -> Task | None:
-        """Record a reply; return the task, or None if `slot` did not hold it."""
+    def _place(self, task: Task, slot: EngineSlot, batches: dict[EngineSlot, list[Task]]) -> None:
+        task.engine = slot
+        slot.outstanding[task.task_id] = task
+        slot.last_used = self._uses
+        self._uses += 1
+        if slot.budget is not None:
+            slot.budget -= 1
+        batch = batches.get(slot)
+        if batch is None:
+            batches[slot] = [task]
+        else:
+            batch.append(task)
+
+    def finish(self, slot: EngineSlot, task_id: str, ok: bool, run_s: float, unmet: bool = False) -> Task | None:
+        """Record a reply; return the task, or None if `slot` did not hold it.
+
+        A task that failed with retries left, or whose functional dependency
+        was not met on that engine (`unmet`), is placed again and comes back
+        with ``final`` False: its reply must not reach the client.
+        """
         task = slot.outstanding.pop(task_id, None)
         if task is None:
             return None
+        task.engine = None
+        if run_s >= 0 and not unmet:
+            mean = self._mean_run_s
+            self._mean_run_s = run_s if mean is None else mean + EWMA_ALPHA * (run_s - mean)
+        if unmet:
+            task.final = False
+            task.unmet_on = (task.unmet_on or set()) | {slot.engine_id}
+            self._make_ready(task)  # fails it with ImpossibleDependency if no engine is left
+            return task
+        if not ok and task.retries > 0:
+            task.retries -= 1
+            task.final = False
+            task.failed_on = (task.failed_on or set()) | {slot.engine_id}
+            self._make_ready(task)
+            return task
+        task.final = True
         if ok:
             slot.completed += 1
         else:
             slot.failed += 1
-        if run_s >= 0:
-            mean = self._mean_run_s
-            self._mean_run_s = run_s if mean is None else mean + EWMA_ALPHA * (run_s - mean)
+        self._record(task, slot.engine_id if ok else -2 - slot.engine_id)
         return task
 
+    def _record(self, task: Task, code: int) -> None:
+        """Remember how `task` ended, and settle what waited for it (a cascade, without recursion)."""
+        self._settle.append((task, code))
+        if self._settling:
+            return
+        self._settling = True
+        try:
+            while self._settle:
+                finished, code = self._settle.popleft()
+                task_id = finished.task_id
+                self.live.pop(task_id, None)
+                self.done[task_id] = code
+                finished.frames = []
+                finished.source = None
+                for dependent in self.dependents.pop(task_id, ()):
+                    if dependent.task_id not in self.waiting:
+                        continue  # already failed or timed out
+                    for dep in (dependent.after, dependent.follow):
+                        if dep is not None and task_id in dep.pending:
+                            dep.resolve(task_id, code)
+                    if self._evaluate(dependent):
+                        self.waiting.pop(dependent.task_id, None)
+        finally:
+            self._settling = False
+
+    def _fail(self, task: Task, ename: str, evalue: str, engine_id: int | None = None, record: bool = True) -> None:
+        """Fail `task` for a reason of the scheduler's own; its dependents are settled in turn."""
+        self.waiting.pop(task.task_id, None)
+        self._failures.append((task, ename, evalue, engine_id))
+        if record:
+            self._record(task, FAILED_UNPLACED if engine_id is None else -2 - engine_id)
+
+    def fail_live(self, task: Task, engine_id: int | None = None) -> None:
+        """Record that `task` failed for a reason outside the scheduler (the hub answers it)."""
+        self.waiting.pop(task.task_id, None)
+        self._record(task, FAILED_UNPLACED if engine_id is None else -2 - engine_id)
+
+    def take_failures(self) -> list[tuple[Task, str, str, int | None]]:
+        """Tasks the scheduler failed since the last call: ``(task, ename, evalue, engine_id)`` each."""
+        failures, self._failures = self._failures, []
+        return failures
+
+    def expire(self) -> None:
+        """Fail the tasks whose dependencies were not met within their ``timeout``."""
+        now = self._clock()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, task = heapq.heappop(deadlines)
+            if task.task_id in self.waiting:
+                self._fail(task, "DependencyTimeout", f"task {task.task_id}'s dependencies were not met in time")
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has something to do (monotonic seconds)."""
+        while self._deadlines and self._deadlines[0][2].task_id not in self.waiting:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def abort(self, task_ids: Iterable[str]) -> dict[EngineSlot, list[str]]:
+        """Fail the given tasks not yet placed with TaskAborted; return the placed ones per engine."""
+        placed: dict[EngineSlot, list[str]] = {}
+        wanted = set(task_ids)
+        for task_id in wanted:
+            task = self.live.get(task_id)
+            if task is None:
+                continue
+            if task.engine is not None:
+                placed.setdefault(task.engine, []).append(task_id)
+                continue
+            self._unqueue(task)
+            self._fail(task, "TaskAborted", f"task {task_id} was aborted before it ran")
+        return placed
+
+    def _unqueue(self, task: Task) -> None:
+        for container in (self.queue, self.restricted):
+            try:
+                container.remove(task)
+                return
+            except ValueError:
+                pass
+        for slot in self.engines.values():
+            try:
+                slot.pinned.remove(task)
+                return
+            except ValueError:
+                pass
+
     def drop_where(self, predicate: Callable[[Task], bool]) -> list[Task]:
-        """Remove and return queued (not yet placed) tasks matching `predicate`."""
-        kept: collections.deque[Task] = collections.deque()
+        """Remove and return ready (not yet placed) tasks matching `predicate`; they count as failed."""
         dropped: list[Task] = []
+        kept: collections.deque[Task] = collections.deque()
         for task in self.queue:
             (dropped if predicate(task) else kept).append(task)
         self.queue = kept
+        restricted: list[Task] = []
+        for task in self.restricted:
+            (dropped if predicate(task) else restricted).append(task)
+        self.restricted = restricted
+        for slot in self.engines.values():
+            pinned = [t for t in slot.pinned if not predicate(t)]
+            dropped += [t for t in slot.pinned if predicate(t)]
+            slot.pinned = collections.deque(pinned)
+        for task in dropped:
+            self.fail_live(task)
         return dropped
+
+    def queued(self) -> int:
+        """Ready tasks not yet placed on an engine."""
+        return len(self.queue) + len(self.restricted) + sum(len(e.pinned) for e in self.engines.values())
 
     def status(self) -> dict[str, Any]:
         return {
             "engines": {
-                str(e.engine_id): {"queue": e.load, "completed": e.completed, "failed": e.failed}
+                str(e.engine_id): {
+                    "queue": e.load,
+                    "completed": e.completed,
+                    "failed": e.failed,
+                    "pinned": len(e.pinned),
+                }
                 for e in sorted(self.engines.values(), key=lambda e: e.engine_id)
             },
-            "unassigned": len(self.queue),
+            "unassigned": self.queued(),
+            "waiting": len(self.waiting),
             "limit": self.limit(),
         }

@@ -46,7 +46,15 @@ import zmq
 from zpool import _partition
 from zpool._partition import MAX_TRACEBACK_CHARS, ItemFailure, describe_exception, run_each
 from zpool._process import ParentWatch
-from zpool.error import ProtocolError, ResultEncodingError, SerializationError, ZPoolError
+from zpool.error import (
+    ImpossibleDependency,
+    ProtocolError,
+    ResultEncodingError,
+    SerializationError,
+    TaskAborted,
+    UnmetDependency,
+    ZPoolError,
+)
 from zpool.protocol import (
     REPLY_COLUMNS,
     Batch,
@@ -108,6 +116,7 @@ class Engine:
         self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self.sock.connect(info.engine)
         self.pending: collections.deque[tuple[str, list[Any]]] = collections.deque()
+        self.aborted: set[str] = set()  # queued here, aborted by the client: answered, never run
         self.outbox = BatchWriter(REPLY_COLUMNS)
         self.outbox_since = 0.0
         self.in_task = False
@@ -205,6 +214,11 @@ class Engine:
                 return
             try:
                 msg = self.session.unpack(frames)
+                if msg.msg_type == MsgType.ABORT_REQUEST.value:
+                    ids = msg.header.get("ids")
+                    if isinstance(ids, list):
+                        self.aborted.update(i for i in ids if isinstance(i, str))
+                    continue
                 if msg.msg_type != MsgType.APPLY_REQUEST.value:
                     raise ProtocolError(f"unexpected message type {msg.msg_type!r}")
                 self._queue(msg)
@@ -220,6 +234,11 @@ class Engine:
     def _run_one(self) -> None:
         task_id, frames = self.pending.popleft()
         started = time.time()
+        if self.aborted and task_id in self.aborted:
+            self.aborted.discard(task_id)
+            error = TaskAborted(f"task {task_id} was aborted before it ran")
+            self._answer_error(task_id, error, started, "", skip_frames=None, status=TaskStatus.ABORTED.value)
+            return
         func: Any = None
         try:
             func, args, kwargs = loads_call(frames)
@@ -235,7 +254,10 @@ class Engine:
             result = func(*args, **kwargs)
         except BaseException as exc:
             self.in_task = False
-            self._answer_error(task_id, exc, started, "", skip_frames=1)
+            # Its functional dependency is not met here: the scheduler tries another engine.
+            unmet = isinstance(exc, UnmetDependency) and not isinstance(exc, ImpossibleDependency)
+            status = TaskStatus.UNMET.value if unmet else TaskStatus.ERROR.value
+            self._answer_error(task_id, exc, started, "", skip_frames=1, status=status)
             return
         finally:
             self.in_task = False
@@ -261,7 +283,13 @@ class Engine:
         self._push(task_id, payload, TaskStatus.OK.value, started, completed)
 
     def _answer_error(
-        self, task_id: str, exc: BaseException, started: float, prefix: str, skip_frames: int | None = 0
+        self,
+        task_id: str,
+        exc: BaseException,
+        started: float,
+        prefix: str,
+        skip_frames: int | None = 0,
+        status: str = TaskStatus.ERROR.value,
     ) -> None:
         completed = time.time()
         tb = exc.__traceback__
@@ -275,7 +303,7 @@ class Engine:
         exc_frames = _portable_exception(exc) if not prefix else None
         if exc_frames is not None:
             frames += exc_frames
-        self._push(task_id, frames, TaskStatus.ERROR.value, started, completed)
+        self._push(task_id, frames, status, started, completed)
 
     def _push(self, task_id: str, frames: list[Any], status: str, started: float, completed: float) -> None:
         with self.lock:

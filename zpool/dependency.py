@@ -1,0 +1,245 @@
+"""Dependencies between tasks, and between tasks and engines (DESIGN §5).
+
+*Graph* dependencies say when and where a task may run, in terms of other
+tasks: :class:`Dependency` (a set of task ids with the switches ``all``,
+``success`` and ``failure``), given as the ``after`` (time) and ``follow``
+(place) flags of a call, together with ``timeout``, ``retries`` and
+``targets``. :func:`task_flags` checks and encodes them for the wire; the
+controller's scheduler enforces them.
+
+*Functional* dependencies are decided on the engine, by the task itself: a
+task that raises :class:`~zpool.error.UnmetDependency` is sent to another
+engine, never twice to the same one. :func:`require`, :func:`depend` and
+:func:`dependent` build such tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import types
+from typing import Any, Callable, Iterable, Mapping
+
+from zpool.error import UnmetDependency
+
+__all__ = ["FLAG_NAMES", "Dependency", "depend", "dependent", "require", "task_flags"]
+
+FLAG_NAMES = ("after", "follow", "timeout", "retries", "targets")
+
+
+class Dependency(set):  # type: ignore[type-arg]
+    """A set of task ids a task depends on, and what counts as met.
+
+    Parameters
+    ----------
+    dependencies : iterable
+        Task ids (str) and :class:`~zpool.AsyncResult` objects (each
+        contributes all of its tasks' ids), or another Dependency.
+    all : bool
+        ``True`` (default): every one must be met; ``False``: any one.
+    success : bool
+        A task that succeeded counts as met (default ``True``).
+    failure : bool
+        A task that failed counts as met (default ``False``). With
+        ``success=False`` this makes clean-up tasks that run only on failure.
+
+    Raises
+    ------
+    ValueError
+        If both `success` and `failure` are false (it could never be met).
+    TypeError
+        If an element is neither a task id nor an AsyncResult.
+    """
+
+    def __init__(
+        self,
+        dependencies: Iterable[Any] = (),
+        all: bool = True,  # noqa: A002  (DESIGN's name for the switch)
+        success: bool = True,
+        failure: bool = False,
+    ) -> None:
+        if not success and not failure:
+            raise ValueError("a Dependency with success=False and failure=False could never be met")
+        super().__init__(_task_ids(dependencies))
+        self.all = bool(all)
+        self.success = bool(success)
+        self.failure = bool(failure)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The wire form: ``{"ids": [...], "all": ..., "success": ..., "failure": ...}``."""
+        return {"ids": sorted(self), "all": self.all, "success": self.success, "failure": self.failure}
+
+    def __repr__(self) -> str:
+        return f"Dependency({sorted(self)!r}, all={self.all}, success={self.success}, failure={self.failure})"
+
+    def __reduce__(self) -> Any:
+        return Dependency, (list(self), self.all, self.success, self.failure)
+
+
+def _task_ids(dependencies: Any) -> list[str]:
+    if dependencies is None:
+        return []
+    if isinstance(dependencies, str) or hasattr(dependencies, "msg_ids"):
+        dependencies = [dependencies]
+    ids: list[str] = []
+    for dep in dependencies:
+        if isinstance(dep, str):
+            ids.append(dep)
+        elif hasattr(dep, "msg_ids"):
+            ids.extend(dep.msg_ids)
+        else:
+            raise TypeError(f"a dependency must be a task id (str) or an AsyncResult, not {type(dep).__name__}")
+    return ids
+
+
+def as_dependency(value: Any) -> Dependency | None:
+    """`value` (None, a Dependency, an AsyncResult, a task id or an iterable of them) as a Dependency."""
+    if value is None:
+        return None
+    if isinstance(value, Dependency):
+        return value
+    return Dependency(value)
+
+
+def task_flags(flags: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Check scheduling flags and encode them for the wire; None when there are none.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the flag that is wrong.
+    """
+    unknown = set(flags) - set(FLAG_NAMES)
+    if unknown:
+        raise TypeError(f"unknown scheduling flag(s) {', '.join(sorted(unknown))}; known: {', '.join(FLAG_NAMES)}")
+    out: dict[str, Any] = {}
+    for name in ("after", "follow"):
+        dep = as_dependency(flags.get(name))
+        if dep:
+            out[name] = dep.as_dict()
+    timeout = flags.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0 (0 or None: never), not {timeout!r}")
+        if timeout > 0:
+            out["timeout"] = float(timeout)
+    retries = flags.get("retries")
+    if retries is not None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+        if retries:
+            out["retries"] = retries
+    targets = flags.get("targets")
+    if targets is not None:
+        if isinstance(targets, int) and not isinstance(targets, bool):
+            targets = [targets]
+        try:
+            engine_ids = sorted({int(t) for t in targets if not isinstance(t, bool) and int(t) == t})
+        except (TypeError, ValueError):
+            raise TypeError(f"targets must be an engine id (int) or a list of them, not {targets!r}") from None
+        if len(engine_ids) != len(set(targets)):
+            raise TypeError(f"targets must be engine ids (ints), not {targets!r}")
+        if not engine_ids:
+            raise ValueError("targets is empty: no engine could run the task")
+        out["targets"] = engine_ids
+    return out or None
+
+
+# -- functional dependencies ---------------------------------------------------------
+
+
+class _Requiring:
+    """`func`, run only where every name in `names` imports (else UnmetDependency)."""
+
+    def __init__(self, func: Callable[..., Any], names: tuple[str, ...]) -> None:
+        self.func = func
+        self.names = names
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for name in self.names:
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                raise UnmetDependency(f"{name!r} does not import here: {exc}") from exc
+        func = self.func
+        namespace = getattr(func, "__globals__", None)
+        if isinstance(namespace, dict):
+            # As `import a.b` would: the top-level package's name is bound.
+            for name in self.names:
+                top = name.split(".")[0]
+                namespace.setdefault(top, importlib.import_module(top))
+        return func(*args, **kwargs)
+
+    def __reduce__(self) -> Any:
+        return _Requiring, (self.func, self.names)
+
+
+class _Depending:
+    """`func`, run only where ``condition(*args, **kwargs)`` is not False (else UnmetDependency)."""
+
+    def __init__(
+        self, func: Callable[..., Any], condition: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.func = func
+        self.condition = condition
+        self.args = args
+        self.kwargs = kwargs
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.condition(*self.args, **self.kwargs) is False:
+            name = getattr(self.condition, "__name__", "the condition")
+            raise UnmetDependency(f"{name}() returned False on this engine")
+        return self.func(*args, **kwargs)
+
+    def __reduce__(self) -> Any:
+        return _Depending, (self.func, self.condition, self.args, self.kwargs)
+
+
+def require(*requirements: str | types.ModuleType) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: run the function only on engines where `requirements` import.
+
+    Each requirement is a module name or a module. On an engine where one
+    does not import, the task raises :class:`~zpool.error.UnmetDependency`
+    and the scheduler tries another engine; where they do, they are imported
+    into the function's globals before it runs.
+
+    Examples
+    --------
+    >>> @require("numpy")
+    ... def norm(v):
+    ...     return numpy.linalg.norm(v)
+    """
+    names: list[str] = []
+    for req in requirements:
+        if isinstance(req, types.ModuleType):
+            names.append(req.__name__)
+        elif isinstance(req, str) and req:
+            names.append(req)
+        else:
+            raise TypeError(f"require() takes module names or modules, not {type(req).__name__}")
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        return _Requiring(func, tuple(names))
+
+    return decorate
+
+
+def depend(
+    condition: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: on the engine, call ``condition(*args, **kwargs)`` first; ``False`` means try another engine."""
+    if not callable(condition):
+        raise TypeError(f"depend() needs a callable condition, not {type(condition).__name__}")
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        return _Depending(func, condition, args, kwargs)
+
+    return decorate
+
+
+def dependent(func: Callable[..., Any], condition: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[..., Any]:
+    """`func` wrapped as by ``@depend(condition, *args, **kwargs)``, without decorating it."""
+    return depend(condition, *args, **kwargs)(func)
