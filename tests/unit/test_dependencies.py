@@ -1,0 +1,383 @@
+"""The scheduler's dependency rules (DESIGN §5), without sockets: every rule and every impossible case."""
+
+from __future__ import annotations
+
+import pytest
+
+from zpool.controller.scheduler import FAILED_UNPLACED, Scheduler, Task
+from zpool.dependency import Dependency, task_flags
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(n_engines: int = 2, hwm: int = 0, expected: int = 0) -> Scheduler:
+    s = Scheduler(hwm=hwm, clock=Clock())
+    s.expected_engines = expected
+    for i in range(n_engines):
+        s.add_engine(i, b"engine-%d" % i)
+    return s
+
+
+def task(task_id: str, **flags) -> Task:
+    return Task(task_id, b"client", [b"payload"], task_flags(flags))
+
+
+def placed(s: Scheduler) -> dict[str, int]:
+    """Assign, and return task id -> engine id for what was placed."""
+    return {t.task_id: slot.engine_id for slot, batch in s.assign().items() for t in batch}
+
+
+def run(s: Scheduler, task_id: str, ok: bool = True, **kwargs) -> Task:
+    """Finish a placed task on the engine that holds it."""
+    slot = next(e for e in s.engines.values() if task_id in e.outstanding)
+    return s.finish(slot, task_id, ok, 0.01, **kwargs)
+
+
+def failures(s: Scheduler) -> dict[str, str]:
+    return {t.task_id: ename for t, ename, _, _ in s.take_failures()}
+
+
+# -- Dependency and flags -------------------------------------------------------------
+
+
+def test_dependency_is_a_set_of_ids_with_switches():
+    dep = Dependency(["a", "b", "a"], all=False, success=False, failure=True)
+    assert dep == {"a", "b"} and isinstance(dep, set)
+    assert (dep.all, dep.success, dep.failure) == (False, False, True)
+    assert sorted(dep) == ["a", "b"]
+    assert dep.as_dict() == {"ids": ["a", "b"], "all": False, "success": False, "failure": True}
+
+
+def test_dependency_that_could_never_be_met_is_refused():
+    with pytest.raises(ValueError, match="could never be met"):
+        Dependency(["a"], success=False, failure=False)
+
+
+def test_dependency_accepts_async_results_and_ids():
+    class FakeResult:
+        msg_ids = ["x-1", "x-2"]
+
+    assert Dependency([FakeResult(), "y"]) == {"x-1", "x-2", "y"}
+    assert Dependency(FakeResult()) == {"x-1", "x-2"}
+    with pytest.raises(TypeError, match="task id"):
+        Dependency([3])
+
+
+@pytest.mark.parametrize(
+    "flags, error, match",
+    [
+        ({"colour": "red"}, TypeError, "unknown scheduling flag"),
+        ({"timeout": -1}, ValueError, "timeout"),
+        ({"timeout": "soon"}, ValueError, "timeout"),
+        ({"retries": 1.5}, ValueError, "retries"),
+        ({"retries": -1}, ValueError, "retries"),
+        ({"targets": []}, ValueError, "targets is empty"),
+        ({"targets": ["zero"]}, TypeError, "targets"),
+        ({"targets": [1.5]}, TypeError, "targets"),
+        ({"after": [object()]}, TypeError, "task id"),
+    ],
+)
+def test_bad_flags(flags, error, match):
+    with pytest.raises(error, match=match):
+        task_flags(flags)
+
+
+def test_flags_wire_form():
+    assert task_flags({}) is None
+    assert task_flags({"after": None, "timeout": 0, "retries": 0}) is None
+    assert task_flags({"after": ["a"], "targets": 3, "timeout": 2, "retries": 1}) == {
+        "after": {"ids": ["a"], "all": True, "success": True, "failure": False},
+        "targets": [3],
+        "timeout": 2.0,
+        "retries": 1,
+    }
+
+
+# -- after -------------------------------------------------------------------------------
+
+
+def test_after_waits_until_dependencies_succeed():
+    s = make()
+    s.submit([task("a"), task("b"), task("c", after=["a", "b"])])
+    assert set(placed(s)) == {"a", "b"}
+    run(s, "a")
+    assert placed(s) == {}
+    run(s, "b")
+    assert set(placed(s)) == {"c"}
+    assert s.status()["waiting"] == 0
+
+
+def test_after_a_finished_task_runs_at_once():
+    s = make()
+    s.submit([task("a")])
+    placed(s)
+    run(s, "a")
+    s.submit([task("b", after=["a"])])
+    assert set(placed(s)) == {"b"}
+    assert not s.waiting
+
+
+def test_after_a_failed_task_is_impossible_and_cascades():
+    s = make()
+    s.submit([task("a"), task("b", after=["a"]), task("c", after=["b"]), task("d", after=["c"])])
+    placed(s)
+    run(s, "a", ok=False)
+    assert failures(s) == {"b": "ImpossibleDependency", "c": "ImpossibleDependency", "d": "ImpossibleDependency"}
+    assert s.done["d"] == FAILED_UNPLACED
+    assert not s.waiting and not s.dependents
+
+
+def test_cascade_through_a_long_chain_does_not_recurse():
+    s = make()
+    n = 20_000
+    s.submit([task("t0")] + [task(f"t{i}", after=[f"t{i - 1}"]) for i in range(1, n)])
+    placed(s)
+    run(s, "t0", ok=False)
+    assert len(failures(s)) == n - 1
+
+
+def test_failure_only_dependency_runs_clean_up_on_failure():
+    s = make()
+    cleanup = Dependency(["a"], success=False, failure=True)
+    s.submit([task("a"), task("on-fail", after=cleanup)])
+    placed(s)
+    run(s, "a", ok=False)
+    assert set(placed(s)) == {"on-fail"}
+
+    s.submit([task("b"), task("never", after=Dependency(["b"], success=False, failure=True))])
+    placed(s)
+    run(s, "b", ok=True)
+    assert failures(s) == {"never": "ImpossibleDependency"}
+
+
+def test_success_or_failure_dependency_waits_for_completion_only():
+    s = make()
+    s.submit([task("a"), task("b", after=Dependency(["a"], failure=True))])
+    placed(s)
+    run(s, "a", ok=False)
+    assert set(placed(s)) == {"b"}
+
+
+def test_any_dependency_met_by_one_success():
+    s = make()
+    s.submit([task("a"), task("b"), task("c", after=Dependency(["a", "b"], all=False))])
+    placed(s)
+    run(s, "a", ok=False)
+    assert placed(s) == {} and not failures(s)
+    run(s, "b", ok=True)
+    assert set(placed(s)) == {"c"}
+
+
+def test_any_dependency_impossible_when_every_one_failed():
+    s = make()
+    s.submit([task("a"), task("b"), task("c", after=Dependency(["a", "b"], all=False))])
+    placed(s)
+    run(s, "a", ok=False)
+    run(s, "b", ok=False)
+    assert failures(s) == {"c": "ImpossibleDependency"}
+
+
+@pytest.mark.parametrize("dep", [["nope"], ["a", "nope"]])
+def test_unknown_dependency_is_invalid(dep):
+    s = make()
+    s.submit([task("a"), task("b", after=dep)])
+    assert failures(s) == {"b": "InvalidDependency"}
+
+
+def test_self_dependency_is_invalid():
+    s = make()
+    s.submit([task("a", after=["a"])])
+    assert failures(s) == {"a": "InvalidDependency"}
+
+
+def test_reused_task_id_is_refused():
+    s = make()
+    s.submit([task("a")])
+    s.submit([task("a")])
+    assert failures(s) == {"a": "InvalidDependency"}
+
+
+def test_timeout_fails_a_waiting_task():
+    s = make()
+    s.submit([task("a"), task("b", after=["a"], timeout=5), task("c", after=["b"])])
+    placed(s)
+    assert s.next_deadline() == 1005.0
+    s._clock.now += 4.9
+    s.expire()
+    assert not failures(s)
+    s._clock.now += 0.2
+    s.expire()
+    assert failures(s) == {"b": "DependencyTimeout", "c": "ImpossibleDependency"}
+    run(s, "a")  # finishing later changes nothing
+    assert placed(s) == {} and not failures(s)
+    assert s.next_deadline() is None
+
+
+def test_timeout_is_only_for_dependencies():
+    s = make()
+    s.submit([task("a"), task("b", after=["a"], timeout=5)])
+    placed(s)
+    run(s, "a")
+    assert set(placed(s)) == {"b"}
+    s._clock.now += 60
+    s.expire()
+    assert not failures(s)
+
+
+# -- follow and targets -----------------------------------------------------------------------
+
+
+def test_follow_runs_where_its_dependencies_ran():
+    s = make(3)
+    s.submit([task("a", targets=[2])])
+    assert placed(s) == {"a": 2}
+    s.submit([task(f"f{i}", follow=["a"]) for i in range(4)])
+    assert placed(s) == {}  # follow also waits for its tasks
+    run(s, "a")
+    assert placed(s) == {f"f{i}": 2 for i in range(4)}
+
+
+def test_follow_all_on_different_engines_is_impossible():
+    s = make(2)
+    s.submit([task("a", targets=[0]), task("b", targets=[1]), task("c", follow=["a", "b"])])
+    placed(s)
+    run(s, "a")
+    run(s, "b")
+    assert failures(s) == {"c": "ImpossibleDependency"}
+
+
+def test_follow_any_may_run_on_either_engine():
+    s = make(3)
+    s.submit([task("a", targets=[0]), task("b", targets=[1]), task("c", follow=Dependency(["a", "b"], all=False))])
+    placed(s)
+    run(s, "a")
+    run(s, "b")
+    assert placed(s)["c"] in {0, 1}
+
+
+def test_follow_an_engine_that_died_is_impossible():
+    s = make(2)
+    s.submit([task("a", targets=[1])])
+    placed(s)
+    run(s, "a")
+    s.remove_engine(b"engine-1")
+    s.submit([task("b", follow=["a"])])
+    assert failures(s) == {"b": "ImpossibleDependency"}
+
+
+def test_targets_restrict_placement():
+    s = make(3, hwm=1)
+    s.submit([task(f"t{i}", targets=[1]) for i in range(3)] + [task("free")])
+    first = placed(s)
+    assert first["t0"] == 1 and "t1" not in first and first["free"] in {0, 2}
+    run(s, "t0")
+    assert placed(s) == {"t1": 1}
+
+
+def test_targets_of_a_dead_engine_are_impossible():
+    s = make(2, hwm=1)
+    s.submit([task("a", targets=[1]), task("b", targets=[1])])
+    placed(s)
+    stranded = s.remove_engine(b"engine-1")
+    assert [t.task_id for t in stranded] == ["a"]
+    assert failures(s) == {"b": "ImpossibleDependency"}
+    s.submit([task("c", targets=[1]), task("d", targets=[7])])
+    assert failures(s) == {"c": "ImpossibleDependency", "d": "ImpossibleDependency"}
+
+
+def test_targets_of_an_engine_still_starting_wait():
+    s = make(1, expected=3)
+    s.submit([task("a", targets=[2])])
+    assert placed(s) == {} and not failures(s)
+    s.add_engine(1, b"engine-1")
+    s.add_engine(2, b"engine-2")
+    assert placed(s) == {"a": 2}
+
+
+# -- retries and functional dependencies ----------------------------------------------------
+
+
+def test_retries_after_failure_go_to_another_engine():
+    s = make(2)
+    s.submit([task("a", retries=2)])
+    first = placed(s)["a"]
+    assert run(s, "a", ok=False).final is False
+    second = placed(s)["a"]
+    assert second != first
+    assert run(s, "a", ok=False).final is False
+    assert placed(s)["a"] in {0, 1}  # every engine tried: the same again
+    last = run(s, "a", ok=False)
+    assert last.final is True and s.done["a"] <= -2
+
+
+def test_retries_after_engine_death():
+    s = make(2)
+    s.submit([task("a", retries=1), task("b")])
+    where = placed(s)
+    victim = where["a"]
+    stranded = s.remove_engine(b"engine-%d" % victim)
+    assert "a" not in [t.task_id for t in stranded]
+    assert placed(s) == {"a": 1 - victim}
+
+
+def test_unmet_functional_dependency_is_rerouted_never_twice():
+    s = make(3)
+    s.submit([task("a")])
+    tried = {placed(s)["a"]}
+    assert run(s, "a", ok=False, unmet=True).final is False
+    tried.add(placed(s)["a"])
+    assert len(tried) == 2
+    run(s, "a", ok=False, unmet=True)
+    tried.add(placed(s)["a"])
+    assert tried == {0, 1, 2}
+    run(s, "a", ok=False, unmet=True)
+    assert failures(s) == {"a": "ImpossibleDependency"}
+    assert placed(s) == {}
+
+
+def test_unmet_with_targets_left_nowhere_is_impossible():
+    s = make(3)
+    s.submit([task("a", targets=[0, 1]), task("b", after=["a"])])
+    placed(s)
+    run(s, "a", ok=False, unmet=True)
+    placed(s)
+    run(s, "a", ok=False, unmet=True)
+    assert failures(s) == {"a": "ImpossibleDependency", "b": "ImpossibleDependency"}
+
+
+# -- abort and scale ---------------------------------------------------------------------------
+
+
+def test_abort_fails_waiting_and_queued_tasks_and_reports_placed_ones():
+    s = make(1, hwm=1)
+    s.submit([task("a"), task("b"), task("c", after=["a"])])
+    placed(s)
+    on_engines = s.abort(["a", "b", "c", "unknown"])
+    assert {slot.engine_id: ids for slot, ids in on_engines.items()} == {0: ["a"]}
+    assert failures(s) == {"b": "TaskAborted", "c": "TaskAborted"}
+    assert s.queued() == 0 and not s.waiting
+
+
+def test_dag_index_touches_only_dependents():
+    # 10,000 tasks and 40,000 edges: submit, then finish in topological order.
+    s = make(4)
+    n = 10_000
+    tasks_ = [task("n0")]
+    for i in range(1, n):
+        deps = sorted({f"n{max(0, i - k)}" for k in (1, 2, 3, 5)} - {f"n{i}"})
+        tasks_.append(task(f"n{i}", after=deps))
+    s.submit(tasks_)
+    finished = 0
+    while finished < n:
+        batch = placed(s)
+        assert batch, "the DAG stalled"
+        for task_id in batch:
+            run(s, task_id)
+            finished += 1
+    assert not s.waiting and not s.dependents and len(s.done) == n
