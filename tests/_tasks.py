@@ -177,3 +177,61 @@ def raise_two_arg_error_if_zero(x):
     if x == 0:
         raise TwoArgError(500, "boom")
     return x
+
+
+# -- dependencies ------------------------------------------------------------------
+
+OPTIONAL_MODULE = "zpool_test_optional"
+
+
+def fail_first_time(marker):
+    """Raise on the first call (any engine), succeed afterwards: for retries."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return "second try", os.getpid()
+    os.close(fd)
+    raise RuntimeError("first try fails")
+
+
+def die_first_time(marker):
+    """Kill this engine on the first call, succeed afterwards: for retries after engine death."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return os.getpid()
+    os.close(fd)
+    os._exit(5)
+
+
+def init_optional_module(marker):
+    """An initializer: the first engine to run it lacks OPTIONAL_MODULE, the others have it."""
+    import sys
+    import types
+
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        module = types.ModuleType(OPTIONAL_MODULE)
+        module.VALUE = 42
+        sys.modules[OPTIONAL_MODULE] = module
+        globals()["HAS_OPTIONAL"] = True
+        return
+    os.close(fd)
+    sys.modules[OPTIONAL_MODULE] = None  # import fails here
+    globals()["HAS_OPTIONAL"] = False
+
+
+HAS_OPTIONAL = None
+
+
+def has_optional():
+    return HAS_OPTIONAL
+
+
+def use_optional(x):
+    return zpool_test_optional.VALUE + x, os.getpid()  # noqa: F821  (imported by @require)
+
+
+def plain_optional(x):
+    return HAS_OPTIONAL, x, os.getpid()

@@ -225,6 +225,9 @@ class Connection:
         batch_flags: dict[str, Any] = {}
         for item in items:
             if isinstance(item, _Request):
+                if len(batch):  # tasks queued before a request reach the controller before it
+                    self._send_batch(batch, batch_flags)
+                    batch, size, batch_flags = BatchWriter(), 0, {}
                 msg_id = self.session.new_id()
                 self._requests[msg_id] = item
                 msg = self.session.build(item.msg_type, content=encode(item.content), msg_id=msg_id)

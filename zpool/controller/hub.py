@@ -174,7 +174,9 @@ class Hub:
                     self._drain(sock)
                 if deadline is not None:
                     self.scheduler.expire()
-                    self._send_failures()
+                # Whatever the scheduler failed meanwhile (a cascade after a reply, an
+                # engine's death, a timeout) is answered before anything new is placed.
+                self._send_failures()
                 self._dispatch()
                 now = time.monotonic()
                 if now >= next_watch:
@@ -393,7 +395,6 @@ class Hub:
         statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
         per_client: dict[bytes, list[int]] = {}
         finish = self.scheduler.finish
-        rescheduled = 0
         for i, task_id in enumerate(ids):
             status = statuses[i]
             task = finish(slot, task_id, status == "ok", completions[i] - starts[i], unmet=status == "unmet")
@@ -401,11 +402,8 @@ class Hub:
                 logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
                 continue
             if not task.final:
-                rescheduled += 1  # retried, or its dependency was unmet there: runs again
-                continue
+                continue  # retried, or its functional dependency was unmet there: it runs again
             per_client.setdefault(task.client, []).append(i)
-        if rescheduled:
-            self._send_failures()
         if slot.budget == 0 and not slot.outstanding:
             self._retire(slot)
         if len(per_client) == 1 and time.time() - msg.header["date"] < FORWARD_MAX_AGE_S:

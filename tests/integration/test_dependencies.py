@@ -1,0 +1,169 @@
+"""Dependencies on a real cluster: after, follow, targets, timeout, retries, @require, @depend, abort, flags."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import zpool
+from tests import _tasks
+from zpool import Dependency, depend, dependent, require
+
+T = 60
+
+
+def test_after_runs_only_once_its_dependencies_completed(pool):
+    first = [pool.apply_async(_tasks.sleep_then, (0.3, i)) for i in range(2)]
+    then = pool.apply_async(_tasks.getpid, after=first)
+    assert then.get(T) > 0
+    for ar in first:
+        assert then.metadata.started >= ar.metadata.completed
+
+
+def test_after_a_failure_is_impossible(pool):
+    bad = pool.apply_async(_tasks.raise_value_error, ("no",))
+    after_bad = pool.apply_async(_tasks.square, (2,), after=[bad])
+    chained = pool.apply_async(_tasks.square, (3,), after=[after_bad])
+    with pytest.raises(zpool.ImpossibleDependency, match="can never run"):
+        after_bad.get(T)
+    with pytest.raises(zpool.ImpossibleDependency):
+        chained.get(T)
+    cleanup = pool.apply_async(_tasks.square, (4,), after=Dependency([bad], success=False, failure=True))
+    assert cleanup.get(T) == 16
+
+
+def test_unknown_dependency_is_invalid(pool):
+    with pytest.raises(zpool.InvalidDependency, match="unknown task no-such-task"):
+        pool.apply_async(_tasks.square, (1,), after=["no-such-task"]).get(T)
+
+
+def test_follow_and_targets_choose_the_engine(pool):
+    engines = pool.wait_for_engines(2, timeout=T)
+    for engine_id in engines:
+        anchor = pool.apply_async(_tasks.square, (1,), targets=engine_id)
+        anchor.get(T)
+        assert anchor.metadata.engine_id == engine_id
+        followers = [pool.apply_async(_tasks.square, (i,), follow=[anchor]) for i in range(6)]
+        assert {(ar.get(T), ar.metadata.engine_id)[1] for ar in followers} == {engine_id}
+
+
+def test_targets_on_map_and_imap(pool):
+    engine_id = pool.wait_for_engines(2, timeout=T)[-1]
+    ar = pool.map_async(_tasks.getpid, range(20), chunksize=2, targets=[engine_id])
+    assert len(set(ar.get(T))) == 1
+    assert {md.engine_id for md in ar.metadata} == {engine_id}
+    assert len(set(pool.imap(_tasks.getpid, range(20), targets=[engine_id]))) == 1
+
+
+def test_target_that_does_not_exist_is_impossible(pool):
+    with pytest.raises(zpool.ImpossibleDependency, match="no engine can run"):
+        pool.apply_async(_tasks.square, (1,), targets=[99]).get(T)
+
+
+def test_dependency_timeout(pool):
+    slow = pool.apply_async(_tasks.sleep_then, (3, None))
+    waiting = pool.apply_async(_tasks.square, (2,), after=[slow], timeout=0.3)
+    with pytest.raises(zpool.DependencyTimeout, match="not met in time"):
+        waiting.get(T)
+    slow.get(T)
+
+
+def test_retries_after_an_exception(pool, tmp_path):
+    marker = str(tmp_path / "once")
+    ar = pool.apply_async(_tasks.fail_first_time, (marker,), retries=1)
+    assert ar.get(T)[0] == "second try"
+    with pytest.raises(RuntimeError, match="first try fails"):
+        pool.apply_async(_tasks.fail_first_time, (str(tmp_path / "never-retried"),)).get(T)
+
+
+def test_retries_after_the_engine_is_killed(fresh_pool, tmp_path):
+    pool = fresh_pool(2)
+    ar = pool.apply_async(_tasks.die_first_time, (str(tmp_path / "once"),), retries=1)
+    assert ar.get(T) > 0
+    with pytest.raises(zpool.EngineError):
+        pool.apply_async(_tasks.die_first_time, (str(tmp_path / "twice"),)).get(T)
+
+
+def test_require_runs_only_where_the_module_imports(fresh_pool, tmp_path):
+    pool = fresh_pool(2, initializer=_tasks.init_optional_module, initargs=(str(tmp_path / "first"),))
+    lacking = {has: pid for has, _, pid in pool.map(_tasks.plain_optional, range(40), chunksize=1)}
+    assert set(lacking) == {True, False}  # one engine lacks the module
+    wrapped = require(_tasks.OPTIONAL_MODULE)(_tasks.use_optional)
+    assert wrapped.__name__ == "use_optional"
+    results = [pool.apply_async(wrapped, (i,)) for i in range(20)]
+    assert {r.get(T)[1] for r in results} == {lacking[True]}
+    assert [r.get(T)[0] for r in results] == [42 + i for i in range(20)]
+
+
+def test_require_nowhere_is_impossible(pool):
+    wrapped = require("zpool_no_such_module_anywhere")(_tasks.square)
+    with pytest.raises(zpool.ImpossibleDependency, match="functional dependency"):
+        pool.apply_async(wrapped, (2,)).get(T)
+
+
+def test_depend_reroutes_to_an_engine_where_the_condition_holds(fresh_pool, tmp_path):
+    pool = fresh_pool(2, initializer=_tasks.init_optional_module, initargs=(str(tmp_path / "first"),))
+    where = {has: pid for has, _, pid in pool.map(_tasks.plain_optional, range(40), chunksize=1)}
+    decorated = depend(_tasks.has_optional)(_tasks.getpid)
+    assert {pool.apply_async(decorated).get(T) for _ in range(10)} == {where[True]}
+    assert {pool.apply_async(dependent(_tasks.getpid, _tasks.has_optional)).get(T) for _ in range(10)} == {where[True]}
+
+
+def test_abort_tasks_not_started(fresh_pool):
+    pool = fresh_pool(1, hwm=1)
+    running = pool.apply_async(_tasks.sleep_then, (1.0, "done"))
+    queued = [pool.apply_async(_tasks.square, (i,)) for i in range(5)]
+    later = pool.apply_async(_tasks.square, (9,), after=[running])
+    report = pool.abort([*queued, later])
+    assert report["aborted"] + report["sent_to_engines"] == 6
+    for ar in [*queued, later]:
+        with pytest.raises(zpool.TaskAborted):
+            ar.get(T)
+    assert running.get(T) == "done"
+    assert pool.apply(_tasks.square, (3,)) == 9
+
+
+def test_temp_flags_and_set_flags(pool):
+    engine_id = pool.wait_for_engines(2, timeout=T)[0]
+    with pool.temp_flags(targets=engine_id):
+        assert pool.flags == {"targets": engine_id}
+        inside = [pool.apply_async(_tasks.square, (i,)) for i in range(4)]
+        other = pool.apply_async(_tasks.square, (5,), targets=1 - engine_id)  # the call's own flag wins
+    assert pool.flags == {}
+    assert {ar.get(T) is not None and ar.metadata.engine_id for ar in inside} == {engine_id}
+    assert other.get(T) == 25 and other.metadata.engine_id == 1 - engine_id
+    pool.set_flags(retries=1)
+    try:
+        assert pool.flags == {"retries": 1}
+    finally:
+        pool.set_flags(retries=None)
+    assert pool.flags == {}
+
+
+@pytest.mark.parametrize(
+    "flags, error",
+    [({"colour": 1}, TypeError), ({"timeout": -2}, ValueError), ({"targets": "all"}, TypeError)],
+)
+def test_bad_flags_raise_in_the_caller(pool, flags, error):
+    with pytest.raises(error):
+        pool.apply_async(_tasks.square, (1,), **flags)
+    with pytest.raises(error):
+        pool.map_async(_tasks.square, [1], **flags)
+    with pytest.raises(error):
+        with pool.temp_flags(**flags):
+            pass
+
+
+def test_a_dead_target_fails_fast(fresh_pool):
+    pool = fresh_pool(2)
+    engines = pool.wait_for_engines(2, timeout=T)
+    pid = pool.queue_status()["engine_pids"][str(engines[1])]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + T
+    while str(engines[1]) in pool.queue_status()["engines"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(zpool.ImpossibleDependency, match="no engine can run"):
+        pool.apply_async(_tasks.square, (1,), targets=engines[1]).get(T)
