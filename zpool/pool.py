@@ -644,6 +644,44 @@ class Pool:
         self._check_connected()
         return self._conn.request(MsgType.ABORT_REQUEST, {"ids": ids})
 
+    def resubmit(self, what: Any) -> AsyncResult[Any]:
+        """Run finished tasks again; return a new result for the new run.
+
+        Parameters
+        ----------
+        what : AsyncResult, task id, or a list of them
+            Finished tasks. A ``MapResult`` gives a ``MapResult`` (the whole
+            map again); the flags each task had apply again.
+
+        Returns
+        -------
+        AsyncResult
+            Of the same kind as `what` when it is one.
+
+        Notes
+        -----
+        The controller keeps the calls of finished tasks of up to 1 MiB
+        each, the newest 64 MiB in all. A task that is not finished, or
+        whose call is no longer kept, fails in the new result with
+        :class:`InvalidDependency`, saying which.
+        """
+        self._check_running()
+        ids = list(what.msg_ids) if isinstance(what, AsyncResult) else list(Dependency(what))
+        new_id = self._conn.session.new_id
+        new_ids = [new_id() for _ in ids]
+        kind = type(what) if isinstance(what, AsyncResult) else AsyncResult
+        ar: AsyncResult[Any] = kind(new_ids, getattr(what, "label", ""))
+        ar._owner, ar._runner = self, self._callbacks
+        if not new_ids:
+            return ar
+        self._results.add(ar)
+        try:
+            self._conn.request(MsgType.RESUBMIT_REQUEST, {"ids": ids, "new_ids": new_ids})
+        except BaseException as exc:
+            self._results.fail(new_ids, functools.partial(_same, exc))
+            raise
+        return ar
+
     # -- extras ----------------------------------------------------------------------
 
     def queue_status(self, timeout: float | None = 10.0) -> dict[str, Any]:

@@ -95,6 +95,8 @@ class MsgType(str, enum.Enum):
     ENGINE_READY = "engine_ready"
     ABORT_REQUEST = "abort_request"
     ABORT_REPLY = "abort_reply"
+    RESUBMIT_REQUEST = "resubmit_request"
+    RESUBMIT_REPLY = "resubmit_reply"
 
 
 class TaskStatus(str, enum.Enum):

@@ -167,3 +167,36 @@ def test_a_dead_target_fails_fast(fresh_pool):
         time.sleep(0.02)
     with pytest.raises(zpool.ImpossibleDependency, match="no engine can run"):
         pool.apply_async(_tasks.square, (1,), targets=engines[1]).get(T)
+
+
+def test_resubmit_runs_finished_tasks_again(pool, tmp_path):
+    ar = pool.apply_async(_tasks.getpid)
+    ar.get(T)
+    again = pool.resubmit(ar)
+    assert type(again) is zpool.AsyncResult and again.msg_ids != ar.msg_ids
+    assert again.get(T) > 0
+    mapped = pool.map_async(_tasks.square, range(10), chunksize=3)
+    mapped.get(T)
+    remapped = pool.resubmit(mapped)
+    assert type(remapped) is zpool.MapResult and remapped.get(T) == [x * x for x in range(10)]
+    by_id = pool.resubmit(ar.msg_ids[0])
+    assert by_id.get(T) > 0
+
+
+def test_resubmit_of_an_unfinished_or_unknown_task_fails_with_the_reason(pool):
+    slow = pool.apply_async(_tasks.sleep_then, (1.0, None))
+    with pytest.raises(zpool.InvalidDependency, match="has not finished yet"):
+        pool.resubmit(slow).get(T)
+    with pytest.raises(zpool.InvalidDependency, match="there is no task nope"):
+        pool.resubmit("nope").get(T)
+    slow.get(T)
+
+
+def test_queue_status_counts(pool):
+    slow = [pool.apply_async(_tasks.sleep_then, (0.5, None)) for _ in range(2)]
+    waiting = pool.apply_async(_tasks.square, (1,), after=slow)
+    status = pool.queue_status()
+    assert status["waiting"] == 1
+    assert sum(e["running"] for e in status["engines"].values()) >= 1
+    assert {"queue", "running", "queued", "completed", "failed"} <= set(next(iter(status["engines"].values())))
+    assert waiting.get(T) == 1

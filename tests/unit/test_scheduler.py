@@ -301,8 +301,8 @@ def test_status_counts():
     s.finish(engine0, "t2", ok=True, run_s=0.5)
     assert s.status() == {
         "engines": {
-            "0": {"queue": 0, "completed": 2, "failed": 0, "pinned": 0},
-            "1": {"queue": 1, "completed": 0, "failed": 1, "pinned": 0},
+            "0": {"queue": 0, "running": 0, "queued": 0, "completed": 2, "failed": 0, "pinned": 0},
+            "1": {"queue": 1, "running": 1, "queued": 0, "completed": 0, "failed": 1, "pinned": 0},
         },
         "unassigned": 1,
         "waiting": 0,

@@ -133,6 +133,7 @@ class Hub:
                 MsgType.QUEUE_REQUEST.value: self._on_queue_request,
                 MsgType.SHUTDOWN_REQUEST.value: self._on_shutdown_request,
                 MsgType.ABORT_REQUEST.value: self._on_abort_request,
+                MsgType.RESUBMIT_REQUEST.value: self._on_resubmit_request,
             },
             self.engine: {
                 MsgType.REGISTER_REQUEST.value: self._on_register_request,
@@ -272,6 +273,19 @@ class Hub:
             notice += len(task_ids)
             self._send(self.engine, slot.ident, self.session.build(MsgType.ABORT_REQUEST, {"ids": task_ids}))
         self._reply(msg, MsgType.ABORT_REPLY, {"aborted": aborted, "sent_to_engines": notice})
+
+    def _on_resubmit_request(self, msg: Message, frames: list[Any]) -> None:
+        content = msg.content
+        old, new = content.get("ids"), content.get("new_ids")
+        if not (
+            isinstance(old, list)
+            and isinstance(new, list)
+            and len(old) == len(new)
+            and all(isinstance(i, str) for i in old + new)
+        ):
+            raise ProtocolError("resubmit_request needs lists ids and new_ids of the same length")
+        refused = self.scheduler.resubmit(old, new, _ident(msg))
+        self._reply(msg, MsgType.RESUBMIT_REPLY, {"resubmitted": len(old) - len(refused)})
 
     def _send_failures(self) -> list[Any]:
         """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts), grouped per client."""

@@ -64,6 +64,11 @@ ADAPTIVE_MAX = 512
 # Weight of the newest task in the run-time moving average.
 EWMA_ALPHA = 0.2
 
+# Finished tasks' calls kept for resubmit: payloads up to KEEP_TASK_BYTES each
+# (copied out of their message), KEEP_BYTES in all, the oldest dropped first.
+KEEP_TASK_BYTES = 1 << 20
+KEEP_BYTES = 64 << 20
+
 # How a finished task is remembered (one small int per task id): the engine id
 # it succeeded on (>= 0); FAILED_UNPLACED if it failed before running; or
 # -2 - engine_id if it failed on that engine.
@@ -119,6 +124,7 @@ class Task:
         "engine",
         "failed_on",
         "final",
+        "flags",
         "follow",
         "frames",
         "retries",
@@ -132,6 +138,7 @@ class Task:
         self.task_id = task_id
         self.client = client
         self.frames = frames
+        self.flags = flags  # as received, kept for resubmit
         # The client message it came in, while forwarding that whole is possible.
         self.source: Any = None
         self.engine: EngineSlot | None = None
@@ -253,6 +260,9 @@ class Scheduler:
         self._settle: collections.deque[tuple[Task, int]] = collections.deque()
         self._settling = False
         self._next_id = 0  # engine ids below this were given out already
+        # task id -> (payload, flags) of finished tasks, for resubmit (bounded, oldest first out).
+        self.kept: collections.OrderedDict[str, tuple[list[bytes], dict[str, Any] | None]] = collections.OrderedDict()
+        self._kept_bytes = 0
         self._clock = clock or time.monotonic
         self._rng = random.Random(seed)
         self._uses = 0
@@ -533,6 +543,8 @@ class Scheduler:
                 task_id = finished.task_id
                 self.live.pop(task_id, None)
                 self.done[task_id] = code
+                if finished.frames:
+                    self._keep(finished)
                 finished.frames = []
                 finished.source = None
                 for dependent in self.dependents.pop(task_id, ()):
@@ -545,6 +557,44 @@ class Scheduler:
                         self.waiting.pop(dependent.task_id, None)
         finally:
             self._settling = False
+
+    def _keep(self, task: Task) -> None:
+        size = 0
+        for frame in task.frames:
+            size += len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+        if size > KEEP_TASK_BYTES:
+            return
+        # Copied: a view would keep its whole message (a batch of many tasks) alive.
+        self.kept[task.task_id] = ([bytes(memoryview(f)) for f in task.frames], task.flags)
+        self._kept_bytes += size
+        while self._kept_bytes > KEEP_BYTES:
+            _, (frames, _) = self.kept.popitem(last=False)
+            self._kept_bytes -= sum(len(f) for f in frames)
+
+    def resubmit(self, old_ids: Sequence[str], new_ids: Sequence[str], client: bytes) -> list[Task]:
+        """Run finished tasks again under new ids; return the new tasks that cannot be (they are failed)."""
+        refused: list[Task] = []
+        fresh: list[Task] = []
+        for old, new in zip(old_ids, new_ids):
+            kept = self.kept.get(old)
+            if kept is None:
+                task = Task(new, client, [])
+                if old in self.live:
+                    why = f"task {old} has not finished yet; resubmit runs finished tasks again"
+                elif old in self.done:
+                    why = (
+                        f"the call of task {old} is no longer kept (the controller keeps calls of up to"
+                        f" {KEEP_TASK_BYTES >> 20} MiB, {KEEP_BYTES >> 20} MiB in all, newest first); submit it anew"
+                    )
+                else:
+                    why = f"there is no task {old}"
+                self._failures.append((task, "InvalidDependency", why, None))
+                refused.append(task)
+                continue
+            frames, flags = kept
+            fresh.append(Task(new, client, list(frames), flags))
+        self.submit(fresh)
+        return refused
 
     def _fail(self, task: Task, ename: str, evalue: str, engine_id: int | None = None, record: bool = True) -> None:
         """Fail `task` for a reason of the scheduler's own; its dependents are settled in turn."""
@@ -634,7 +684,9 @@ class Scheduler:
         return {
             "engines": {
                 str(e.engine_id): {
-                    "queue": e.load,
+                    "queue": e.load,  # tasks it holds: running (one at most) and queued there
+                    "running": min(e.load, 1),
+                    "queued": max(e.load - 1, 0),
                     "completed": e.completed,
                     "failed": e.failed,
                     "pinned": len(e.pinned),
