@@ -21,8 +21,9 @@ setup(
     python_requires=">=3.9",
     install_requires=["pyzmq>=25", "dill>=0.3.6", "numpy>=1.22", "psutil>=5.9"],
     extras_require={
-        # ipykernel and jupyter_client: the tests run zpool in a real Jupyter kernel.
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "ipykernel>=6", "jupyter_client>=7"],
+        # ipykernel and jupyter_client: the tests run zpool in a real Jupyter kernel;
+        # networkx: examples/dag_dependencies.py, which a test runs, builds its graph with it.
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "ipykernel>=6", "jupyter_client>=7", "networkx>=2.6"],
     },
     entry_points={},
     classifiers=[

@@ -46,7 +46,15 @@ def test_migrating_from_multiprocessing():
     assert done.stderr == ""
 
 
+def test_dag_dependencies():
+    done = run_example("dag_dependencies.py", "--nodes", "24", "--edges", "60")
+    assert done.returncode == 0, done.stderr
+    assert "24 tasks, 60 dependencies" in done.stdout
+    assert "every task started after its predecessors completed (60 edges checked)" in done.stdout
+    assert done.stderr == ""
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "examples")) if f.endswith(".py")))
 def test_every_example_is_covered(name):
-    covered = {"monte_carlo_pi.py", "lambdas_and_errors.py", "migrating_from_multiprocessing.py"}
+    covered = {"monte_carlo_pi.py", "lambdas_and_errors.py", "migrating_from_multiprocessing.py", "dag_dependencies.py"}
     assert name in covered, f"add a test that runs examples/{name}"
