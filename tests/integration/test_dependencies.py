@@ -195,7 +195,12 @@ def test_resubmit_of_an_unfinished_or_unknown_task_fails_with_the_reason(pool):
 def test_queue_status_counts(pool):
     slow = [pool.apply_async(_tasks.sleep_then, (0.5, None)) for _ in range(2)]
     waiting = pool.apply_async(_tasks.square, (1,), after=slow)
-    status = pool.queue_status()
+    deadline = time.monotonic() + T
+    while True:  # the status may be taken before the controller's next placement pass
+        status = pool.queue_status()
+        if sum(e["running"] for e in status["engines"].values()) >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert status["waiting"] == 1
     assert sum(e["running"] for e in status["engines"].values()) >= 1
     assert {"queue", "running", "queued", "completed", "failed"} <= set(next(iter(status["engines"].values())))
