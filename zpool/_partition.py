@@ -6,6 +6,8 @@ import os
 import traceback
 from typing import Any, Callable, Sequence
 
+from zpool.error import ImpossibleDependency, UnmetDependency
+
 __all__ = ["ItemFailure", "default_chunksize", "run_chunk", "run_each", "split"]
 
 # Longest traceback text carried back, in characters (the start and end are kept).
@@ -38,12 +40,20 @@ def run_each(func: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
     """Apply `func` to each item; an item that raises gives an :class:`ItemFailure` in its place.
 
     What ``imap`` runs: every item has its own outcome, so a failure costs
-    the caller no other item's result, however the input was chunked.
+    the caller no other item's result, however the input was chunked. An
+    :class:`~zpool.error.UnmetDependency` (the function cannot run on this
+    engine) is raised for the whole chunk, which the scheduler sends to
+    another engine.
     """
     out: list[Any] = []
     for item in items:
         try:
             out.append(func(item))
+        except (UnmetDependency, ImpossibleDependency) as exc:
+            if isinstance(exc, ImpossibleDependency):
+                out.append(ItemFailure.capture(exc, "in imap: "))
+                continue
+            raise  # this engine cannot run the function: the whole chunk goes elsewhere
         except Exception as exc:
             out.append(ItemFailure.capture(exc, "in imap: "))
     return out

@@ -205,3 +205,15 @@ def test_queue_status_counts(pool):
     assert sum(e["running"] for e in status["engines"].values()) >= 1
     assert {"queue", "running", "queued", "completed", "failed"} <= set(next(iter(status["engines"].values())))
     assert waiting.get(T) == 1
+
+
+def test_require_with_map_and_imap_reroutes_whole_chunks(fresh_pool, tmp_path):
+    pool = fresh_pool(2, initializer=_tasks.init_optional_module, initargs=(str(tmp_path / "first"),))
+    where = {has: pid for has, _, pid in pool.map(_tasks.plain_optional, range(40), chunksize=1)}
+    wrapped = require(_tasks.OPTIONAL_MODULE)(_tasks.use_optional)
+    mapped = pool.map(wrapped, range(30), chunksize=3)
+    assert [value for value, _ in mapped] == [42 + i for i in range(30)]
+    assert {pid for _, pid in mapped} == {where[True]}
+    streamed = list(pool.imap(wrapped, range(30)))
+    assert [value for value, _ in streamed] == [42 + i for i in range(30)]
+    assert {pid for _, pid in streamed} == {where[True]}
