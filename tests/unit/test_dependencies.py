@@ -16,10 +16,10 @@ class Clock:
         return self.now
 
 
-def make(n_engines: int = 2, hwm: int = 0, expected: int = 0) -> Scheduler:
+def make(n_engines: int = 2, hwm: int = 0) -> Scheduler:
     s = Scheduler(hwm=hwm, clock=Clock())
-    s.expected_engines = expected
     for i in range(n_engines):
+        s.engine_registered(i)
         s.add_engine(i, b"engine-%d" % i)
     return s
 
@@ -292,12 +292,82 @@ def test_targets_of_a_dead_engine_are_impossible():
 
 
 def test_targets_of_an_engine_still_starting_wait():
-    s = make(1, expected=3)
-    s.submit([task("a", targets=[2])])
+    s = make(1)
+    s.set_more_coming(True)  # two more engines were launched
+    s.submit([task("a", targets=[2]), task("b", targets=[1])])
     assert placed(s) == {} and not failures(s)
+    s.engine_registered(1)  # registered, running its initializer
+    s.engine_registered(2)
+    s.set_more_coming(False)
+    s.add_engine(2, b"engine-2")  # 2 gets ready before 1
+    assert placed(s) == {"a": 2} and not failures(s)
+    s.engine_lost(1)  # its initializer failed: it never gets ready
+    assert failures(s) == {"b": "ImpossibleDependency"}
+
+
+def test_target_beyond_the_launched_engines_fails_once_none_are_coming():
+    s = make(1)
+    s.set_more_coming(True)
+    s.submit([task("a", targets=[5])])
+    assert not failures(s)
+    s.set_more_coming(False)
+    assert failures(s) == {"a": "ImpossibleDependency"}
+
+
+def test_retry_waits_for_an_engine_when_none_is_up():
+    s = make(1)
+    s.submit([task("a", retries=1)])
+    placed(s)
+    assert s.remove_engine(b"engine-0") == []  # retried, not failed
+    s.set_more_coming(True)  # the replacement starts
+    assert not failures(s) and placed(s) == {}
+    s.engine_registered(1)
     s.add_engine(1, b"engine-1")
-    s.add_engine(2, b"engine-2")
-    assert placed(s) == {"a": 2}
+    assert placed(s) == {"a": 1}
+
+
+def test_unmet_everywhere_waits_while_engines_are_starting():
+    s = make(1)
+    s.set_more_coming(True)
+    s.submit([task("a")])
+    placed(s)
+    run(s, "a", ok=False, unmet=True)
+    assert not failures(s) and placed(s) == {}
+    s.engine_registered(1)
+    s.add_engine(1, b"engine-1")
+    assert placed(s) == {"a": 1}
+    run(s, "a", ok=False, unmet=True)
+    s.set_more_coming(False)
+    assert failures(s) == {"a": "ImpossibleDependency"}
+
+
+def test_aborted_reply_is_never_retried():
+    s = make(2)
+    s.submit([task("a", retries=3)])
+    placed(s)
+    finished = run(s, "a", ok=False, aborted=True)
+    assert finished.final is True and placed(s) == {}
+
+
+def test_duplicate_id_does_not_orphan_the_waiting_original():
+    s = make(1)
+    s.submit([task("a"), task("b", after=["a"])])
+    s.submit([task("b")])  # a reused id: refused
+    assert failures(s) == {"b": "InvalidDependency"}
+    placed(s)
+    run(s, "a")
+    assert placed(s) == {"b": 0}
+
+
+def test_many_restricted_tasks_are_not_rescanned():
+    s = make(2, hwm=1)
+    s.submit([task(f"t{i}", targets=[0, 1]) for i in range(5000)])
+    for _ in range(2500):
+        batch = placed(s)
+        assert len(batch) == 2
+        for task_id in batch:
+            run(s, task_id)
+    assert not s._ready_tasks()
 
 
 # -- retries and functional dependencies ----------------------------------------------------
@@ -358,7 +428,8 @@ def test_abort_fails_waiting_and_queued_tasks_and_reports_placed_ones():
     s = make(1, hwm=1)
     s.submit([task("a"), task("b"), task("c", after=["a"])])
     placed(s)
-    on_engines = s.abort(["a", "b", "c", "unknown"])
+    count, on_engines = s.abort(["a", "b", "c", "unknown"])
+    assert count == 2
     assert {slot.engine_id: ids for slot, ids in on_engines.items()} == {0: ["a"]}
     assert failures(s) == {"b": "TaskAborted", "c": "TaskAborted"}
     assert s.queued() == 0 and not s.waiting

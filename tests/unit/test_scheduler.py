@@ -9,6 +9,7 @@ import pytest
 
 from zpool.controller.scheduler import (
     ADAPTIVE_MAX,
+    FAILED_UNPLACED,
     SCHEMES,
     EngineSlot,
     Scheduler,
@@ -287,7 +288,8 @@ def test_drop_where():
     s.submit(tasks(5))
     dropped = s.drop_where(lambda t: t.task_id in {"t1", "t3"})
     assert [t.task_id for t in dropped] == ["t1", "t3"]
-    assert [t.task_id for t in s.queue] == ["t0", "t2", "t4"]
+    assert sorted(t.task_id for t in s._ready_tasks()) == ["t0", "t2", "t4"]  # dropped ones are failed
+    assert {s.done["t1"], s.done["t3"]} == {FAILED_UNPLACED}
 
 
 def test_status_counts():

@@ -110,8 +110,8 @@ class Hub:
         self.settings = settings
         self.session = Session(info.key)
         self.scheduler = Scheduler(settings.scheme, settings.hwm)
-        # Engines launched but not registered yet will get the next ids: tasks may target them.
-        self.scheduler.expected_engines = len(engines.procs) if engines is not None else 0
+        # Engines launched but not registered yet will get the next ids: tasks may wait for them.
+        self.scheduler.set_more_coming(engines is not None and engines.starting() > 0)
         self.monitor = HeartMonitor(settings.heartbeat_misses)
         self.launcher = engines
         self.parent = ParentWatch(settings.parent_pid) if settings.parent_pid else None
@@ -266,8 +266,9 @@ class Hub:
         ids = msg.content.get("ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ProtocolError("abort_request without a list of task ids")
-        placed = self.scheduler.abort(ids)
-        aborted = len(self._send_failures())
+        self._send_failures()  # earlier failures are not this abort's
+        aborted, placed = self.scheduler.abort(ids)
+        self._send_failures()
         notice = 0
         for slot, task_ids in placed.items():
             notice += len(task_ids)
@@ -287,12 +288,21 @@ class Hub:
         refused = self.scheduler.resubmit(old, new, _ident(msg))
         self._reply(msg, MsgType.RESUBMIT_REPLY, {"resubmitted": len(old) - len(refused)})
 
-    def _send_failures(self) -> list[Any]:
-        """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts), grouped per client."""
+    def _send_failures(self) -> None:
+        """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts): one message per client."""
         failures = self.scheduler.take_failures()
+        if not failures:
+            return
+        now = time.time()
+        per_client: dict[bytes, BatchWriter] = {}
         for task, ename, evalue, engine_id in failures:
-            self._fail_tasks([task], ename, evalue, engine_id)
-        return failures
+            out = per_client.get(task.client)
+            if out is None:
+                out = per_client[task.client] = BatchWriter(REPLY_COLUMNS)
+            error = encode({"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id})
+            out.add(task.task_id, [error], TaskStatus.ERROR.value, engine_id, now, now)
+        for client, out in per_client.items():
+            self._send_reply(client, out)
 
     def _on_connect_request(self, msg: Message, frames: list[Any]) -> None:
         self._reply(msg, MsgType.CONNECT_REPLY, self._describe())
@@ -332,6 +342,7 @@ class Hub:
             if record.pid is not None:
                 self.by_pid[record.pid] = ident
             logger.info("engine %d registered (pid %s)", record.engine_id, record.pid)
+            self.scheduler.engine_registered(record.engine_id)
             if not setup:
                 self._engine_ready(record)
         reply = self.session.build(
@@ -364,6 +375,7 @@ class Hub:
             self.launcher.setup_failed(record.pid, error)
         # Forget it first, so that its exit is not mourned as a death.
         self._forget_engine(record.ident)
+        self.scheduler.engine_lost(record.engine_id)
         try:
             send_frames(self.heartbeat, [record.ident, *self.session.build(MsgType.SHUTDOWN_REQUEST)])
         except zmq.ZMQError:
@@ -411,7 +423,14 @@ class Hub:
         finish = self.scheduler.finish
         for i, task_id in enumerate(ids):
             status = statuses[i]
-            task = finish(slot, task_id, status == "ok", completions[i] - starts[i], unmet=status == "unmet")
+            task = finish(
+                slot,
+                task_id,
+                status == "ok",
+                completions[i] - starts[i],
+                unmet=status == "unmet",
+                aborted=status == "aborted",
+            )
             if task is None:
                 logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
                 continue
@@ -495,6 +514,7 @@ class Hub:
         if self.launcher is None:
             return
         self.launcher.tick()
+        self.scheduler.set_more_coming(self.launcher.starting() > 0)
         for pid, how, registered, retired in self.launcher.reap():
             if retired:
                 continue  # its replacement started when it was retired
@@ -576,8 +596,8 @@ def _task_flags(raw: Any, n_tasks: int) -> dict[int, dict[str, Any]]:
             raise ProtocolError(f"flag 'targets' of task index {index} is not a list of engine ids")
         for name in ("timeout", "retries"):
             value = flags.get(name)
-            if value is not None and (type(value) not in (int, float) or value < 0):
-                raise ProtocolError(f"flag {name!r} of task index {index} is not a number >= 0")
+            if value is not None and (type(value) not in (int, float) or not 0 <= value < 1e12):
+                raise ProtocolError(f"flag {name!r} of task index {index} is not a finite number >= 0")
         out[index] = flags
     return out
 

@@ -79,6 +79,10 @@ class LocalEngines:
             self.registered.add(pid)
             self.failed_starts = 0
 
+    def starting(self) -> int:
+        """Engines launched (or due to be) that have not become ready yet."""
+        return sum(1 for pid in self.procs if pid not in self.registered and pid not in self.retired) + len(self.due)
+
     def setup_failed(self, pid: int, error: str) -> None:
         """Record why engine `pid` could not get ready (its initializer raised); it exits."""
         self.setup_error = error

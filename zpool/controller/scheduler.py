@@ -37,10 +37,13 @@ remembered (by id: whether it succeeded, and where it ran) for dependencies
 still to come. Failures the scheduler decides are collected for the hub to
 send (:meth:`Scheduler.take_failures`).
 
-Ready tasks that may run anywhere wait in one queue, the fast path; tasks
-restricted to some engines (``targets``, ``follow``, engines already tried)
-wait in a per-engine queue when one engine can run them, else in a list
-scanned on each pass.
+Ready tasks that may run anywhere wait in one queue, the fast path (a
+retry there prefers engines it has not failed on). Tasks restricted to some
+engines (``targets``, ``follow``, engines where a functional dependency was
+unmet) are queued on each engine that may run them, the first to take one
+winning (the other entries go stale, so nothing is ever searched or
+rescanned); tasks whose engines are not up yet are parked until engines
+change. Aborted tasks are dropped from queues when reached.
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ class Task:
         "flags",
         "follow",
         "frames",
+        "gen",
         "retries",
         "source",
         "targets",
@@ -144,6 +148,8 @@ class Task:
         self.engine: EngineSlot | None = None
         # False once a reply from an engine led to running it again (retry, unmet dependency).
         self.final = True
+        # Bumped each time it becomes ready: queue entries of an older readiness are stale.
+        self.gen = 0
         self.after: _DepState | None = None
         self.follow: _DepState | None = None
         self.deadline: float | None = None
@@ -167,7 +173,8 @@ class Task:
         return self.after is not None or self.follow is not None
 
     def restricted(self) -> bool:
-        return self.targets is not None or self.follow is not None or bool(self.unmet_on) or bool(self.failed_on)
+        """Whether only some engines may run it (retries merely prefer others: not a restriction)."""
+        return self.targets is not None or self.follow is not None or bool(self.unmet_on)
 
     def dep_ids(self) -> Iterable[str]:
         for dep in (self.after, self.follow):
@@ -187,8 +194,10 @@ class EngineSlot:
     failed: int = 0
     # Tasks it may still be given before it retires (maxtasksperchild); None: no end.
     budget: int | None = None
-    # Tasks that only this engine may run, waiting for room on it.
-    pinned: collections.deque[Task] = field(default_factory=collections.deque)
+    # Ready tasks restricted to some engines, this one among them, as (gen, task):
+    # a task sits in the queue of every engine it may run on, and the first to
+    # take it wins; the other entries go stale (see Task.gen).
+    pinned: collections.deque[tuple[int, Task]] = field(default_factory=collections.deque)
 
     @property
     def load(self) -> int:
@@ -248,12 +257,13 @@ class Scheduler:
         self.engines: dict[bytes, EngineSlot] = {}
         self.by_id: dict[int, EngineSlot] = {}
         self.queue: collections.deque[Task] = collections.deque()
-        self.restricted: list[Task] = []  # ready, several engines may run them
+        self.parked: list[Task] = []  # ready, but no engine able to run them is up yet
         self.live: dict[str, Task] = {}  # every task submitted and not finished
         self.done: dict[str, int] = {}  # every finished task: see FAILED_UNPLACED
         self.waiting: dict[str, Task] = {}  # dependencies not met yet
         self.dependents: dict[str, list[Task]] = {}  # task id -> waiting tasks that depend on it
-        self.expected_engines = 0  # engine ids below this may still register (they were launched)
+        self.starting: set[int] = set()  # engines registered, not ready yet (running the initializer)
+        self.more_coming = False  # engines were launched that have not registered yet (set by the hub)
         self._deadlines: list[tuple[float, int, Task]] = []
         self._seq = itertools.count()
         self._failures: list[tuple[Task, str, str, int | None]] = []
@@ -275,8 +285,27 @@ class Scheduler:
         slot = EngineSlot(engine_id, ident, budget=budget)
         self.engines[ident] = slot
         self.by_id[engine_id] = slot
+        self.starting.discard(engine_id)
         self._next_id = max(self._next_id, engine_id + 1)
+        self._unpark()
         return slot
+
+    def engine_registered(self, engine_id: int) -> None:
+        """An engine got its id and is getting ready (its initializer runs): tasks may wait for it."""
+        self.starting.add(engine_id)
+        self._next_id = max(self._next_id, engine_id + 1)
+
+    def engine_lost(self, engine_id: int) -> None:
+        """An engine that never became ready is gone: what waited for it alone fails."""
+        self.starting.discard(engine_id)
+        self._unpark()
+
+    def set_more_coming(self, more: bool) -> None:
+        """Whether launched engines have yet to register (startup, replacements)."""
+        if more != self.more_coming:
+            self.more_coming = more
+            if not more:
+                self._unpark()
 
     def remove_engine(self, ident: bytes) -> list[Task]:
         """Forget an engine; return the tasks it held that now fail (those with retries left run again).
@@ -299,11 +328,12 @@ class Scheduler:
         slot.outstanding.clear()
         for task in stranded:  # the hub answers them (EngineError); what depends on them settles now
             self._record(task, -2 - slot.engine_id)
-        # What waited for this engine alone may have nowhere left to go.
-        pinned, slot.pinned = list(slot.pinned), collections.deque()
-        for task in pinned:
-            self._make_ready(task)
-        self._recheck_restricted()
+        # What it alone could run may have nowhere left to go.
+        for gen, task in slot.pinned:
+            if self._entry_valid(gen, task):
+                self._make_ready(task)
+        slot.pinned.clear()
+        self._unpark()
         return stranded
 
     def limit(self) -> int:
@@ -389,7 +419,7 @@ class Scheduler:
         return f"task {task.task_id} can never run"
 
     def _candidates(self, task: Task) -> list[EngineSlot] | None:
-        """Engines `task` may run on, among those registered; None if any engine may."""
+        """Engines `task` may run on, among those ready; None if any engine may."""
         if not task.restricted():
             return None
         allowed: list[EngineSlot] = list(self.engines.values())
@@ -399,35 +429,42 @@ class Scheduler:
             allowed = [e for e in allowed if e.engine_id in task.follow.engines]
         if task.unmet_on:
             allowed = [e for e in allowed if e.engine_id not in task.unmet_on]
-        if task.failed_on:
-            # Retries go to another engine when one exists, else to the same again.
-            others = [e for e in allowed if e.engine_id not in task.failed_on]
-            if others:
-                return others
         return allowed
 
     def _may_appear(self, task: Task) -> bool:
-        """Whether an engine `task` targets may still register (it was launched, and ids are given in order)."""
-        if task.targets is None or task.follow is not None:
-            return False
-        return any(self._next_id <= t < self.expected_engines for t in task.targets)
+        """Whether an engine able to run `task` may still become ready."""
+        if task.follow is not None:
+            return False  # it must run where its tasks ran: engines that exist already
+        if task.targets is not None:
+            return any(t in self.starting or (t >= self._next_id and self.more_coming) for t in task.targets)
+        return bool(self.starting) or self.more_coming  # tried everywhere so far, but more engines come
 
     def _make_ready(self, task: Task) -> None:
         """Queue `task` where it can be placed, or fail it if no engine can ever run it."""
+        task.gen += 1
         candidates = self._candidates(task)
         if candidates is None:
             self.queue.append(task)
             return
         if not candidates:
             if self._may_appear(task):
-                self.restricted.append(task)  # its engine is still starting
+                self.parked.append(task)
                 return
             self._fail(task, "ImpossibleDependency", self._why_no_engine(task))
             return
-        if len(candidates) == 1:
-            candidates[0].pinned.append(task)
-        else:
-            self.restricted.append(task)
+        entry = (task.gen, task)
+        for slot in candidates:
+            slot.pinned.append(entry)
+
+    def _entry_valid(self, gen: int, task: Task) -> bool:
+        return gen == task.gen and task.engine is None and self.live.get(task.task_id) is task
+
+    def _unpark(self) -> None:
+        """Engines changed: place what waited for them, fail what nothing can run any more."""
+        parked, self.parked = self.parked, []
+        for task in parked:
+            if self.live.get(task.task_id) is task:
+                self._make_ready(task)
 
     def _why_no_engine(self, task: Task) -> str:
         parts = []
@@ -440,12 +477,6 @@ class Scheduler:
         live = sorted(self.by_id)
         return f"no engine can run task {task.task_id}: {' and '.join(parts)} leave none of the engines {live}"
 
-    def _recheck_restricted(self) -> None:
-        """After engines changed: fail restricted tasks that nothing can run any more."""
-        waiting, self.restricted = self.restricted, []
-        for task in waiting:
-            self._make_ready(task)
-
     def assign(self) -> dict[EngineSlot, list[Task]]:
         """Place as many ready tasks as limits allow; return them per engine."""
         batches: dict[EngineSlot, list[Task]] = {}
@@ -455,32 +486,33 @@ class Scheduler:
         engines = [e for e in self.engines.values() if e.budget != 0]
         if not engines:
             return batches
-        # Tasks only one engine may run, then tasks several may run.
+        # Tasks only some engines may run first: each engine takes from its own queue.
         for slot in engines:
             pinned = slot.pinned
             while pinned and (not limit or len(slot.outstanding) < limit) and slot.budget != 0:
-                self._place(pinned.popleft(), slot, batches)
-        if self.restricted:
-            kept: list[Task] = []
-            for task in self.restricted:
-                candidates = self._candidates(task) or []
-                room = [e for e in candidates if e.budget != 0 and (not limit or len(e.outstanding) < limit)]
-                if room:
-                    self._place(task, choose_engine(self.scheme, room, self._rng), batches)
-                else:
-                    kept.append(task)
-            self.restricted = kept
+                gen, task = pinned.popleft()
+                if self._entry_valid(gen, task):
+                    self._place(task, slot, batches)
         queue = self.queue
         if not queue:
             return batches
+        live = self.live
         engines = [e for e in engines if e.budget != 0]
         choose = choose_engine
         while queue and engines:
             candidates = engines if not limit else [e for e in engines if len(e.outstanding) < limit]
             if not candidates:
                 break
-            slot = choose(self.scheme, candidates, self._rng)
-            self._place(queue.popleft(), slot, batches)
+            task = queue.popleft()
+            if live.get(task.task_id) is not task or task.engine is not None:
+                continue  # aborted or failed while queued
+            if task.failed_on:
+                # A retry: another engine than those it failed on, when one has room.
+                others = [e for e in candidates if e.engine_id not in task.failed_on]
+                slot = choose(self.scheme, others or candidates, self._rng)
+            else:
+                slot = choose(self.scheme, candidates, self._rng)
+            self._place(task, slot, batches)
             if slot.budget == 0:
                 engines.remove(slot)
         return batches
@@ -498,7 +530,9 @@ class Scheduler:
         else:
             batch.append(task)
 
-    def finish(self, slot: EngineSlot, task_id: str, ok: bool, run_s: float, unmet: bool = False) -> Task | None:
+    def finish(
+        self, slot: EngineSlot, task_id: str, ok: bool, run_s: float, unmet: bool = False, aborted: bool = False
+    ) -> Task | None:
         """Record a reply; return the task, or None if `slot` did not hold it.
 
         A task that failed with retries left, or whose functional dependency
@@ -517,7 +551,7 @@ class Scheduler:
             task.unmet_on = (task.unmet_on or set()) | {slot.engine_id}
             self._make_ready(task)  # fails it with ImpossibleDependency if no engine is left
             return task
-        if not ok and task.retries > 0:
+        if not ok and task.retries > 0 and not aborted:
             task.retries -= 1
             task.final = False
             task.failed_on = (task.failed_on or set()) | {slot.engine_id}
@@ -598,7 +632,8 @@ class Scheduler:
 
     def _fail(self, task: Task, ename: str, evalue: str, engine_id: int | None = None, record: bool = True) -> None:
         """Fail `task` for a reason of the scheduler's own; its dependents are settled in turn."""
-        self.waiting.pop(task.task_id, None)
+        if self.waiting.get(task.task_id) is task:
+            del self.waiting[task.task_id]
         self._failures.append((task, ename, evalue, engine_id))
         if record:
             self._record(task, FAILED_UNPLACED if engine_id is None else -2 - engine_id)
@@ -628,57 +663,44 @@ class Scheduler:
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else None
 
-    def abort(self, task_ids: Iterable[str]) -> dict[EngineSlot, list[str]]:
-        """Fail the given tasks not yet placed with TaskAborted; return the placed ones per engine."""
+    def abort(self, task_ids: Iterable[str]) -> tuple[int, dict[EngineSlot, list[str]]]:
+        """Fail the given tasks not yet placed with TaskAborted; return their count, and the placed ones per engine.
+
+        Queue entries of aborted tasks are dropped when reached (no queue is searched).
+        """
         placed: dict[EngineSlot, list[str]] = {}
-        wanted = set(task_ids)
-        for task_id in wanted:
+        aborted = 0
+        for task_id in set(task_ids):
             task = self.live.get(task_id)
             if task is None:
                 continue
             if task.engine is not None:
                 placed.setdefault(task.engine, []).append(task_id)
                 continue
-            self._unqueue(task)
             self._fail(task, "TaskAborted", f"task {task_id} was aborted before it ran")
-        return placed
-
-    def _unqueue(self, task: Task) -> None:
-        for container in (self.queue, self.restricted):
-            try:
-                container.remove(task)
-                return
-            except ValueError:
-                pass
-        for slot in self.engines.values():
-            try:
-                slot.pinned.remove(task)
-                return
-            except ValueError:
-                pass
+            aborted += 1
+        return aborted, placed
 
     def drop_where(self, predicate: Callable[[Task], bool]) -> list[Task]:
-        """Remove and return ready (not yet placed) tasks matching `predicate`; they count as failed."""
-        dropped: list[Task] = []
-        kept: collections.deque[Task] = collections.deque()
-        for task in self.queue:
-            (dropped if predicate(task) else kept).append(task)
-        self.queue = kept
-        restricted: list[Task] = []
-        for task in self.restricted:
-            (dropped if predicate(task) else restricted).append(task)
-        self.restricted = restricted
-        for slot in self.engines.values():
-            pinned = [t for t in slot.pinned if not predicate(t)]
-            dropped += [t for t in slot.pinned if predicate(t)]
-            slot.pinned = collections.deque(pinned)
-        for task in dropped:
+        """Fail the ready (not yet placed) tasks matching `predicate`; return them."""
+        ready = [t for t in self._ready_tasks() if predicate(t)]
+        for task in ready:
             self.fail_live(task)
-        return dropped
+        return ready
+
+    def _ready_tasks(self) -> list[Task]:
+        seen: dict[str, Task] = {}
+        candidates = itertools.chain(
+            self.queue, self.parked, (t for e in self.engines.values() for g, t in e.pinned if g == t.gen)
+        )
+        for task in candidates:
+            if task.engine is None and self.live.get(task.task_id) is task:
+                seen[task.task_id] = task
+        return list(seen.values())
 
     def queued(self) -> int:
         """Ready tasks not yet placed on an engine."""
-        return len(self.queue) + len(self.restricted) + sum(len(e.pinned) for e in self.engines.values())
+        return len(self._ready_tasks())
 
     def status(self) -> dict[str, Any]:
         return {
@@ -689,7 +711,7 @@ class Scheduler:
                     "queued": max(e.load - 1, 0),
                     "completed": e.completed,
                     "failed": e.failed,
-                    "pinned": len(e.pinned),
+                    "pinned": sum(1 for gen, t in e.pinned if self._entry_valid(gen, t)),
                 }
                 for e in sorted(self.engines.values(), key=lambda e: e.engine_id)
             },

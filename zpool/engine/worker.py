@@ -142,7 +142,9 @@ class Engine:
                 self._beats.wake()  # replies are held: have them sent if this task is slow
             self._run_one()
             with lock:
-                if not self.pending:
+                # Between tasks, read what arrived: more work, and aborts, which must
+                # overtake the tasks queued here.
+                if not self.pending or int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
                     self._drain()
                 if (
                     not self.pending
@@ -217,7 +219,9 @@ class Engine:
                 if msg.msg_type == MsgType.ABORT_REQUEST.value:
                     ids = msg.header.get("ids")
                     if isinstance(ids, list):
-                        self.aborted.update(i for i in ids if isinstance(i, str))
+                        # The tasks were sent before the abort: queued here, or already run.
+                        queued = {task_id for task_id, _ in self.pending}
+                        self.aborted.update(i for i in ids if isinstance(i, str) and i in queued)
                     continue
                 if msg.msg_type != MsgType.APPLY_REQUEST.value:
                     raise ProtocolError(f"unexpected message type {msg.msg_type!r}")
