@@ -36,15 +36,18 @@ def run_chunk(func: Callable[..., Any], items: Sequence[Any], star: bool = False
     return list(map(func, items))
 
 
-def run_each(func: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+def run_each(func: Callable[..., Any], items: Sequence[Any], strict: bool = False) -> list[Any]:
     """Apply `func` to each item; an item that raises gives an :class:`ItemFailure` in its place.
 
     What ``imap`` runs: every item has its own outcome, so a failure costs
     the caller no other item's result, however the input was chunked. An
     :class:`~zpool.error.UnmetDependency` (the function cannot run on this
     engine) is raised for the whole chunk, which the scheduler sends to
-    another engine.
+    another engine. With `strict` (the call has ``retries``), any exception
+    fails the whole chunk, so that the scheduler runs it again.
     """
+    if strict:
+        return [func(item) for item in items]
     out: list[Any] = []
     for item in items:
         try:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from zpool.error import UnmetDependency
 
-__all__ = ["FLAG_NAMES", "Dependency", "depend", "dependent", "require", "task_flags"]
+__all__ = ["FLAG_NAMES", "Dependency", "depend", "dependent", "require", "task_flags", "task_ids"]
 
 FLAG_NAMES = ("after", "follow", "timeout", "retries", "targets")
 
@@ -78,10 +78,17 @@ class Dependency(set):  # type: ignore[type-arg]
 
 
 def _task_ids(dependencies: Any) -> list[str]:
+    """Task ids, in order, from a task id, an AsyncResult, or a list, tuple or set of them."""
     if dependencies is None:
         return []
     if isinstance(dependencies, str) or hasattr(dependencies, "msg_ids"):
         dependencies = [dependencies]
+    elif not isinstance(dependencies, (list, tuple, set, frozenset)):
+        # Not any iterable: iterating an imap iterator, say, would consume its results.
+        raise TypeError(
+            f"dependencies must be task ids, AsyncResults, or a list, tuple or set of them,"
+            f" not {type(dependencies).__name__} (an imap's results cannot be depended on: use map_async)"
+        )
     ids: list[str] = []
     for dep in dependencies:
         if isinstance(dep, str):
@@ -91,6 +98,9 @@ def _task_ids(dependencies: Any) -> list[str]:
         else:
             raise TypeError(f"a dependency must be a task id (str) or an AsyncResult, not {type(dep).__name__}")
     return ids
+
+
+task_ids = _task_ids
 
 
 def as_dependency(value: Any) -> Dependency | None:

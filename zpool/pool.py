@@ -29,7 +29,7 @@ from zpool.asyncresult import AsyncResult, IMapIterator, MapResult, _IMapChunk, 
 from zpool.client.connection import Connection
 from zpool.client.results import ResultTable, rebuild_failure
 from zpool.cluster import ClusterSettings, LocalCluster
-from zpool.dependency import Dependency, task_flags
+from zpool.dependency import task_flags, task_ids
 from zpool.error import (
     BrokenPoolError,
     PoolClosedError,
@@ -640,7 +640,7 @@ class Pool:
             ``{"aborted": n, "sent_to_engines": m}``: tasks failed by the
             scheduler, and tasks an engine was told to skip.
         """
-        ids = list(Dependency(what)) if not isinstance(what, Dependency) else list(what)
+        ids = task_ids(what)
         self._check_connected()
         return self._conn.request(MsgType.ABORT_REQUEST, {"ids": ids})
 
@@ -660,13 +660,13 @@ class Pool:
 
         Notes
         -----
-        The controller keeps the calls of finished tasks of up to 1 MiB
+        The controller keeps the calls of finished tasks of up to 64 KiB
         each, the newest 64 MiB in all. A task that is not finished, or
         whose call is no longer kept, fails in the new result with
         :class:`InvalidDependency`, saying which.
         """
         self._check_running()
-        ids = list(what.msg_ids) if isinstance(what, AsyncResult) else list(Dependency(what))
+        ids = task_ids(what)  # in order, repeats kept: the new result lines up with `what`
         new_id = self._conn.session.new_id
         new_ids = [new_id() for _ in ids]
         kind = type(what) if isinstance(what, AsyncResult) else AsyncResult
@@ -800,13 +800,19 @@ class Pool:
                 buffersize = max(buffersize, IMAP_MIN_ITEMS_AHEAD // chunksize)
         elif not _is_int(buffersize) or buffersize < 1:
             raise ValueError(f"buffersize must be a positive int or None, not {buffersize!r}")
-        if chunksize is None and self._maxtasksperchild is not None:
-            chunksize = 1  # a chunk is one task: keep maxtasksperchild counting items, as the stdlib's imap does
+        strict = bool(wire_flags and wire_flags.get("retries"))
+        if chunksize is None and (self._maxtasksperchild is not None or strict):
+            # A chunk is one task: maxtasksperchild then counts items, as the stdlib's imap
+            # does, and a failed item is retried alone (with retries, a failure fails its chunk).
+            chunksize = 1
         items = iter(iterable)  # not iterable: TypeError here, in the caller
         state = _IMapState(ordered, buffersize, rebuild_failure)
         self._feeders.add(state)
         feeder = threading.Thread(
-            target=self._feed, args=(state, func, items, chunksize, wire_flags), name="zpool-imap-feeder", daemon=True
+            target=self._feed,
+            args=(state, func, items, chunksize, wire_flags, strict),
+            name="zpool-imap-feeder",
+            daemon=True,
         )
         feeder.start()
         return IMapIterator(state, owner=self)
@@ -818,6 +824,7 @@ class Pool:
         items: Iterable[Any],
         chunksize: int | None,
         flags: dict[str, Any] | None,
+        strict: bool = False,
     ) -> None:
         """Read the input of an ``imap`` chunk by chunk as the consumer makes room, and submit (feeder thread).
 
@@ -838,7 +845,7 @@ class Pool:
                     if chunksize is not None:
                         chunk = []  # the stdlib drops a fixed-size chunk whole; adaptive ones keep what was read
                 if chunk:
-                    submitted = self._feed_chunk(state, func, chunk, number, flags)
+                    submitted = self._feed_chunk(state, func, chunk, number, flags, strict)
                     number += 1
                     if not submitted:
                         break
@@ -856,14 +863,20 @@ class Pool:
             state.end(number)
 
     def _feed_chunk(
-        self, state: _IMapState, func: Callable[..., Any], chunk: list[Any], number: int, flags: dict[str, Any] | None
+        self,
+        state: _IMapState,
+        func: Callable[..., Any],
+        chunk: list[Any],
+        number: int,
+        flags: dict[str, Any] | None,
+        strict: bool = False,
     ) -> bool:
         """Submit one imap chunk as number `number`; False if the pool can take no more."""
         task_id = self._conn.session.new_id()
         holes: list[tuple[int, BaseException]] = []
         try:
             try:
-                frames = self._dump_chunk(func, chunk, False, what="imap", each=True)
+                frames = self._dump_chunk(func, chunk, False, what="imap", each=True, strict=strict)
             except SerializationError:
                 dumps(func)  # the function itself: the whole chunk fails with it
                 # Some items: each raises at its own place, the others still run.
@@ -871,7 +884,7 @@ class Pool:
                 if not chunk:
                     state.chunk_done(number, True, [ItemFailure({}, exc) for _, exc in holes])
                     return True
-                frames = self._dump_chunk(func, chunk, False, what="imap", each=True)
+                frames = self._dump_chunk(func, chunk, False, what="imap", each=True, strict=strict)
             del chunk
             holder = _IMapChunk(state, number, task_id, holes)
             self._results.add(holder)
@@ -916,11 +929,11 @@ class Pool:
 
     @staticmethod
     def _dump_chunk(
-        func: Callable[..., Any], chunk: Any, star: bool, what: str = "map", each: bool = False
+        func: Callable[..., Any], chunk: Any, star: bool, what: str = "map", each: bool = False, strict: bool = False
     ) -> list[Any]:
         try:
             if each:
-                return dumps_call(run_each, (func, chunk))
+                return dumps_call(run_each, (func, chunk, True) if strict else (func, chunk))
             return dumps_call(run_chunk, (func, chunk, True) if star else (func, chunk))
         except SerializationError:
             pass

@@ -217,3 +217,34 @@ def test_require_with_map_and_imap_reroutes_whole_chunks(fresh_pool, tmp_path):
     streamed = list(pool.imap(wrapped, range(30)))
     assert [value for value, _ in streamed] == [42 + i for i in range(30)]
     assert {pid for _, pid in streamed} == {where[True]}
+
+
+def test_a_map_after_a_large_map(pool):
+    # The flags of a map's chunks travel once per message, not once per chunk.
+    first = pool.map_async(_tasks.square, range(1500), chunksize=1)
+    second = pool.map_async(_tasks.identity, range(1500), chunksize=1, after=first)
+    assert second.get(T) == list(range(1500))
+    assert min(md.started for md in second.metadata) >= max(md.completed for md in first.metadata)
+
+
+def test_imap_with_retries_retries_each_item(pool, tmp_path):
+    markers = [str(tmp_path / f"m{i}") for i in range(6)]
+    results = list(pool.imap(_tasks.fail_first_time, markers, retries=1))
+    assert [value for value, _ in results] == ["second try"] * 6
+
+
+def test_an_imap_iterator_is_no_dependency(pool):
+    it = pool.imap(_tasks.square, range(6))
+    with pytest.raises(TypeError, match="imap's results cannot be depended on"):
+        pool.apply_async(_tasks.square, (1,), after=it)
+    with pytest.raises(TypeError):
+        pool.abort(it)
+    assert list(it) == [x * x for x in range(6)]  # nothing consumed
+
+
+def test_resubmit_keeps_order_and_repeats(pool):
+    ars = [pool.apply_async(_tasks.identity, (i,)) for i in range(8)]
+    for ar in ars:
+        ar.get(T)
+    again = pool.resubmit([*ars, ars[0]])
+    assert again.get(T) == [0, 1, 2, 3, 4, 5, 6, 7, 0]

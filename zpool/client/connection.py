@@ -222,12 +222,12 @@ class Connection:
             return
         batch = BatchWriter()
         size = 0
-        batch_flags: dict[str, Any] = {}
+        batch_flags: list[list[Any]] = []  # [first task index, count, flags]: one entry per submission
         for item in items:
             if isinstance(item, _Request):
                 if len(batch):  # tasks queued before a request reach the controller before it
                     self._send_batch(batch, batch_flags)
-                    batch, size, batch_flags = BatchWriter(), 0, {}
+                    batch, size, batch_flags = BatchWriter(), 0, []
                 msg_id = self.session.new_id()
                 self._requests[msg_id] = item
                 msg = self.session.build(item.msg_type, content=encode(item.content), msg_id=msg_id)
@@ -240,19 +240,24 @@ class Connection:
                 tasks, flags = item.items, item.flags
             for task_id, frames in tasks:
                 if flags is not None:
-                    batch_flags[str(len(batch))] = flags
+                    if batch_flags and batch_flags[-1][2] is flags and sum(batch_flags[-1][:2]) == len(batch):
+                        batch_flags[-1][1] += 1
+                    else:
+                        batch_flags.append([len(batch), 1, flags])
                 batch.add(task_id, frames)
                 size += sum(nbytes(f) for f in frames)
                 if len(batch) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
                     self._send_batch(batch, batch_flags)
-                    batch, size, batch_flags = BatchWriter(), 0, {}
+                    batch, size, batch_flags = BatchWriter(), 0, []
         if len(batch):
             self._send_batch(batch, batch_flags)
 
-    def _send_batch(self, batch: BatchWriter, flags: dict[str, Any]) -> None:
+    def _send_batch(self, batch: BatchWriter, flags: list[list[Any]]) -> None:
         fields = batch.fields()
         if flags:
-            fields["flags"] = flags  # task index -> scheduling flags, for the tasks that have some
+            # [first task index, count, flags] per run of tasks sharing flags: a map's
+            # thousand chunks that depend on a thousand tasks carry the ids once.
+            fields["flags"] = flags
         msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
         self._remember(msg[1], batch.ids)
         send_frames(self._sock, msg)

@@ -570,35 +570,36 @@ class Hub:
 
 
 def _task_flags(raw: Any, n_tasks: int) -> dict[int, dict[str, Any]]:
-    """The ``flags`` header field of an apply_request: ``{task index: flags}``, checked."""
+    """The ``flags`` header field of an apply_request, checked: ``{task index: flags}``.
+
+    On the wire: a list of ``[first task index, count, flags]``, one per run
+    of tasks sharing flags; the tasks of a run share one flags object here.
+    """
     if raw is None:
         return {}
-    if not isinstance(raw, dict):
-        raise ProtocolError("apply_request flags must be an object of task index -> flags")
+    if not isinstance(raw, list):
+        raise ProtocolError("apply_request flags must be a list of [first index, count, flags]")
     out: dict[int, dict[str, Any]] = {}
-    for key, flags in raw.items():
-        try:
-            index = int(key)
-        except ValueError:
-            raise ProtocolError(f"bad task index {key!r} in flags") from None
-        if not 0 <= index < n_tasks or not isinstance(flags, dict):
-            raise ProtocolError(f"flags for task index {key!r} do not fit the batch")
+    for entry in raw:
+        if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int and type(entry[1]) is int):
+            raise ProtocolError(f"bad flags entry {str(entry)[:80]}")
+        first, count, flags = entry
+        if not (0 <= first and 0 < count and first + count <= n_tasks) or not isinstance(flags, dict):
+            raise ProtocolError(f"flags entry for tasks {first}..{first + count} does not fit the batch")
         for name in ("after", "follow"):
             dep = flags.get(name)
-            if dep is not None and not (
-                isinstance(dep, dict)
-                and isinstance(dep.get("ids"), list)
-                and all(isinstance(i, str) for i in dep["ids"])
-            ):
-                raise ProtocolError(f"flag {name!r} of task index {index} is not a dependency")
+            ids = dep.get("ids") if isinstance(dep, dict) else None
+            if dep is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+                raise ProtocolError(f"flag {name!r} is not a dependency")
         targets = flags.get("targets")
         if targets is not None and not (isinstance(targets, list) and all(type(t) is int for t in targets)):
-            raise ProtocolError(f"flag 'targets' of task index {index} is not a list of engine ids")
+            raise ProtocolError("flag 'targets' is not a list of engine ids")
         for name in ("timeout", "retries"):
             value = flags.get(name)
             if value is not None and (type(value) not in (int, float) or not 0 <= value < 1e12):
-                raise ProtocolError(f"flag {name!r} of task index {index} is not a finite number >= 0")
-        out[index] = flags
+                raise ProtocolError(f"flag {name!r} is not a finite number >= 0")
+        for index in range(first, first + count):
+            out[index] = flags
     return out
 
 

@@ -69,7 +69,7 @@ EWMA_ALPHA = 0.2
 
 # Finished tasks' calls kept for resubmit: payloads up to KEEP_TASK_BYTES each
 # (copied out of their message), KEEP_BYTES in all, the oldest dropped first.
-KEEP_TASK_BYTES = 1 << 20
+KEEP_TASK_BYTES = 64 << 10
 KEEP_BYTES = 64 << 20
 
 # How a finished task is remembered (one small int per task id): the engine id
@@ -618,7 +618,7 @@ class Scheduler:
                 elif old in self.done:
                     why = (
                         f"the call of task {old} is no longer kept (the controller keeps calls of up to"
-                        f" {KEEP_TASK_BYTES >> 20} MiB, {KEEP_BYTES >> 20} MiB in all, newest first); submit it anew"
+                        f" {KEEP_TASK_BYTES >> 10} KiB, {KEEP_BYTES >> 20} MiB in all, newest first); submit it anew"
                     )
                 else:
                     why = f"there is no task {old}"
