@@ -52,10 +52,9 @@ def run_each(func: Callable[..., Any], items: Sequence[Any], strict: bool = Fals
     for item in items:
         try:
             out.append(func(item))
-        except (UnmetDependency, ImpossibleDependency) as exc:
-            if isinstance(exc, ImpossibleDependency):
-                out.append(ItemFailure.capture(exc, "in imap: "))
-                continue
+        except ImpossibleDependency as exc:  # an UnmetDependency, but final: this item's outcome
+            out.append(ItemFailure.capture(exc, "in imap: "))
+        except UnmetDependency:
             raise  # this engine cannot run the function: the whole chunk goes elsewhere
         except Exception as exc:
             out.append(ItemFailure.capture(exc, "in imap: "))

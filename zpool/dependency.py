@@ -61,7 +61,7 @@ class Dependency(set):  # type: ignore[type-arg]
     ) -> None:
         if not success and not failure:
             raise ValueError("a Dependency with success=False and failure=False could never be met")
-        super().__init__(_task_ids(dependencies))
+        super().__init__(task_ids(dependencies))
         self.all = bool(all)
         self.success = bool(success)
         self.failure = bool(failure)
@@ -77,7 +77,7 @@ class Dependency(set):  # type: ignore[type-arg]
         return Dependency, (list(self), self.all, self.success, self.failure)
 
 
-def _task_ids(dependencies: Any) -> list[str]:
+def task_ids(dependencies: Any) -> list[str]:
     """Task ids, in order, from a task id, an AsyncResult, or a list, tuple or set of them."""
     if dependencies is None:
         return []
@@ -98,9 +98,6 @@ def _task_ids(dependencies: Any) -> list[str]:
         else:
             raise TypeError(f"a dependency must be a task id (str) or an AsyncResult, not {type(dep).__name__}")
     return ids
-
-
-task_ids = _task_ids
 
 
 def as_dependency(value: Any) -> Dependency | None:

@@ -715,16 +715,15 @@ class Pool:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _check_connected(self) -> None:
-        if os.getpid() != self._owner_pid:
-            raise PoolClosedError(f"this Pool belongs to process {self._owner_pid}; a forked child cannot use it")
-        if self._state is PoolState.TERMINATE:
-            raise PoolClosedError("Pool not running")
-        if self._conn.broken:
-            raise BrokenPoolError(self._conn.broken)
-
     def _check_running(self) -> None:
+        """Refuse new work unless the pool is running (see :meth:`_check_connected`)."""
         if self._state is not PoolState.RUN:
+            raise PoolClosedError("Pool not running")
+        self._check_connected()
+
+    def _check_connected(self) -> None:
+        """Refuse requests to the controller (abort, say) once terminated, after a fork, or when broken."""
+        if self._state is PoolState.TERMINATE:
             raise PoolClosedError("Pool not running")
         if os.getpid() != self._owner_pid:
             raise PoolClosedError(

@@ -289,20 +289,10 @@ class Hub:
         self._reply(msg, MsgType.RESUBMIT_REPLY, {"resubmitted": len(old) - len(refused)})
 
     def _send_failures(self) -> None:
-        """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts): one message per client."""
+        """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts)."""
         failures = self.scheduler.take_failures()
-        if not failures:
-            return
-        now = time.time()
-        per_client: dict[bytes, BatchWriter] = {}
-        for task, ename, evalue, engine_id in failures:
-            out = per_client.get(task.client)
-            if out is None:
-                out = per_client[task.client] = BatchWriter(REPLY_COLUMNS)
-            error = encode({"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id})
-            out.add(task.task_id, [error], TaskStatus.ERROR.value, engine_id, now, now)
-        for client, out in per_client.items():
-            self._send_reply(client, out)
+        if failures:
+            self._answer_errors(failures)
 
     def _on_connect_request(self, msg: Message, frames: list[Any]) -> None:
         self._reply(msg, MsgType.CONNECT_REPLY, self._describe())
@@ -455,14 +445,18 @@ class Hub:
         self._send(self.client, client, frames)
 
     def _fail_tasks(self, tasks: list[Task], ename: str, evalue: str, engine_id: int | None = None) -> None:
-        """Answer `tasks` with an error reply each, grouped per client."""
+        """Answer `tasks` with the same error reply each."""
+        self._answer_errors([(task, ename, evalue, engine_id) for task in tasks])
+
+    def _answer_errors(self, failures: list[tuple[Task, str, str, int | None]]) -> None:
+        """Answer each ``(task, ename, evalue, engine_id)`` with an error reply: one message per client."""
         now = time.time()
-        error = encode({"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id})
         per_client: dict[bytes, BatchWriter] = {}
-        for task in tasks:
+        for task, ename, evalue, engine_id in failures:
             out = per_client.get(task.client)
             if out is None:
                 out = per_client[task.client] = BatchWriter(REPLY_COLUMNS)
+            error = encode({"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id})
             out.add(task.task_id, [error], TaskStatus.ERROR.value, engine_id, now, now)
         for client, out in per_client.items():
             self._send_reply(client, out)

@@ -52,6 +52,7 @@ import collections
 import heapq
 import itertools
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -250,8 +251,6 @@ class Scheduler:
     ) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-        import time
-
         self.scheme = scheme
         self.hwm = hwm
         self.engines: dict[bytes, EngineSlot] = {}
