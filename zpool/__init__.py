@@ -2,7 +2,7 @@
 
 Layers (imports flow downward only)::
 
-    pool ─▶ client · cluster · asyncresult · _partition
+    pool ─▶ view ─▶ client · cluster · asyncresult · _partition
     client · controller · engine ─▶ protocol · serialize · _process
     protocol · serialize · _partition · _process ─▶ error ─▶ stdlib
 
@@ -26,6 +26,12 @@ _EXPORTS = {
     "Pool": "zpool.pool",
     "AsyncResult": "zpool.asyncresult",
     "MapResult": "zpool.asyncresult",
+    "DirectResult": "zpool.asyncresult",
+    "JoinedResult": "zpool.asyncresult",
+    "EngineView": "zpool.view",
+    "RemoteFunction": "zpool.view",
+    "ParallelFunction": "zpool.view",
+    "CompositeError": "zpool.error",
     "IMapIterator": "zpool.asyncresult",
     "Metadata": "zpool.asyncresult",
     "Dependency": "zpool.dependency",
@@ -53,11 +59,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from zpool.asyncresult import AsyncResult, IMapIterator, MapResult, Metadata
+    from zpool.asyncresult import AsyncResult, DirectResult, IMapIterator, JoinedResult, MapResult, Metadata
     from zpool.dependency import Dependency, depend, dependent, require
     from zpool.error import (
         AuthenticationError,
         BrokenPoolError,
+        CompositeError,
         DependencyTimeout,
         EngineError,
         ImpossibleDependency,
@@ -74,6 +81,7 @@ if TYPE_CHECKING:
         ZPoolError,
     )
     from zpool.pool import Pool
+    from zpool.view import EngineView, ParallelFunction, RemoteFunction
 
 
 def __getattr__(name: str) -> Any:

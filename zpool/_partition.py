@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from typing import Any, Callable, Sequence
 
 from zpool.error import ImpossibleDependency, UnmetDependency
 
-__all__ = ["ItemFailure", "default_chunksize", "run_chunk", "run_each", "split"]
+__all__ = ["ItemFailure", "default_chunksize", "join_parts", "run_chunk", "run_each", "split", "split_evenly"]
 
 # Longest traceback text carried back, in characters (the start and end are kept).
 MAX_TRACEBACK_CHARS = 20_000
@@ -109,3 +110,47 @@ class ItemFailure:
 
     def __repr__(self) -> str:
         return f"<ItemFailure {self.error.get('ename')}: {self.error.get('evalue')}>"
+
+
+def split_evenly(seq: Any, parts: int) -> list[Any]:
+    """Cut `seq` into `parts` consecutive pieces whose lengths differ by at most one (the longer first).
+
+    A numpy array is cut along its first axis into views (no copy); a list,
+    tuple or range into lists.
+    """
+    n = len(seq)
+    size, extra = divmod(n, parts)
+    is_array = _is_array(seq)
+    out: list[Any] = []
+    start = 0
+    for i in range(parts):
+        stop = start + size + (1 if i < extra else 0)
+        piece = seq[start:stop]
+        out.append(piece if is_array else list(piece))
+        start = stop
+    return out
+
+
+def join_parts(parts: Sequence[Any]) -> Any:
+    """Join pieces back into one: arrays (all of at least one dimension) into one array, else into a list.
+
+    In a list, a list or tuple piece contributes its elements and any other
+    value counts as one element (what ``scatter(..., flatten=True)`` sends).
+    """
+    if parts and all(_is_array(p) and p.ndim >= 1 for p in parts):
+        import numpy
+
+        return numpy.concatenate(parts)
+    out: list[Any] = []
+    for part in parts:
+        if isinstance(part, (list, tuple)) or (_is_array(part) and part.ndim >= 1):
+            out.extend(part)
+        else:
+            out.append(part)
+    return out
+
+
+def _is_array(obj: Any) -> bool:
+    # numpy is loaded only if the caller (or an unpickled result) uses it.
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(obj, numpy.ndarray)

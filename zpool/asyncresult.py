@@ -23,9 +23,9 @@ import weakref
 from typing import Any, Callable, Generator, Generic, TypeVar, cast
 
 from zpool._partition import ItemFailure
-from zpool.error import TimeoutError
+from zpool.error import CompositeError, TimeoutError
 
-__all__ = ["AsyncResult", "IMapIterator", "MapResult", "Metadata"]
+__all__ = ["AsyncResult", "DirectResult", "IMapIterator", "JoinedResult", "MapResult", "Metadata"]
 
 T = TypeVar("T")
 
@@ -333,6 +333,142 @@ class MapResult(AsyncResult[list[T]]):
 
     def _what(self) -> str:
         return f"map({self.label})" if self.label else "map result"
+
+
+class _Collecting(AsyncResult[T]):
+    """A result of several tasks whose values are collected, then combined by :meth:`_combine`.
+
+    Unlike the base class, even one task goes through :meth:`_combine`, and
+    :attr:`_order` records the order in which tasks finished.
+    """
+
+    def __init__(self, msg_ids: list[str], label: str = "") -> None:
+        self._outcomes: list[Any] | None = [None] * len(msg_ids)
+        self._order: list[int] = []
+        super().__init__(msg_ids, label)
+
+    def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
+        if self._single:
+            self._metadata = md
+        else:
+            self._metadata[index] = md
+        self._pending -= 1
+        outcomes = self._outcomes
+        if self._decided or self.done() or outcomes is None:
+            return
+        outcomes[index] = (ok, value)
+        self._order.append(index)
+        if not ok and self._fail_fast():
+            self._outcomes = None
+            self._fail(value)
+            return
+        if self._pending:
+            return
+        self._outcomes = None
+        try:
+            combined = self._collect(outcomes)
+        except BaseException as exc:  # settles the result either way
+            self._fail(exc)
+            return
+        self._finish(combined)
+
+    def _fail_fast(self) -> bool:
+        return True
+
+    def _collect(self, outcomes: list[tuple[bool, Any]]) -> Any:
+        return self._combine([value for _, value in outcomes])
+
+
+class JoinedResult(_Collecting[T]):
+    """The pending result of a call split into chunks (``@pool.parallel``): the chunks' results joined.
+
+    Parameters
+    ----------
+    msg_ids : list of str
+        One task per chunk, in input order.
+    label : str
+        What was called.
+    join : callable
+        Turns the list of chunk results into the value :meth:`get` returns.
+    ordered : bool
+        Join the chunk results in input order (True) or in the order they finished.
+    """
+
+    def __init__(self, msg_ids: list[str], label: str, join: Callable[[list[Any]], Any], ordered: bool = True) -> None:
+        self._join = join
+        self._ordered = ordered
+        super().__init__(msg_ids, label)
+
+    def _combine(self, values: list[Any]) -> Any:
+        if not self._ordered:
+            values = [values[i] for i in self._order]
+        return self._join(values)
+
+
+class DirectResult(_Collecting[T]):
+    """The pending result of a call on the engines of a view: one task per engine, in engine order.
+
+    :meth:`get` returns one value per engine (a list), or the value itself
+    for a view of one engine. It waits for every engine: when some failed,
+    it raises :class:`~zpool.error.CompositeError` naming each (a view of one
+    engine raises that engine's exception itself).
+
+    Attributes
+    ----------
+    engine_ids : list of int
+        The engines, in the order of the results.
+    """
+
+    def __init__(
+        self,
+        msg_ids: list[str],
+        label: str,
+        engine_ids: list[int],
+        single: bool = False,
+        combine: Callable[[list[Any]], Any] | None = None,
+        ordered: bool = True,
+    ) -> None:
+        self.engine_ids = list(engine_ids)
+        self._one_engine = single
+        self._combine_values = combine
+        self._ordered = ordered
+        super().__init__(msg_ids, label)
+
+    def _fail_fast(self) -> bool:
+        return False  # every engine's outcome is reported together
+
+    def _collect(self, outcomes: list[tuple[bool, Any]]) -> Any:
+        failed = [(self.engine_ids[i], value) for i, (ok, value) in enumerate(outcomes) if not ok]
+        if not failed:
+            return self._combine([value for _, value in outcomes])
+        if self._one_engine:
+            engine_id, exc = failed[0]
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"(raised on engine {engine_id}, by {self._what()})")
+            raise exc
+        lines = [f"{self._what()} failed on {len(failed)} of {len(outcomes)} engines:"]
+        for engine_id, exc in failed:
+            lines.append(f"  engine {engine_id}: {type(exc).__name__}: {_first_line(exc)}")
+        error = CompositeError("\n".join(lines), dict(failed), [value for _, value in outcomes])
+        raise error from failed[0][1]
+
+    def _combine(self, values: list[Any]) -> Any:
+        if not self._ordered:  # as the engines finished
+            values = [values[i] for i in self._order]
+        if self._combine_values is not None:
+            return self._combine_values(values)
+        if self._one_engine:
+            return values[0] if values else None
+        return values
+
+
+def _first_line(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except BaseException:
+        return "<unprintable>"
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 class _IMapState:

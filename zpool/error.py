@@ -9,6 +9,7 @@ working after ``from zpool import Pool``::
     ├─ TimeoutError(multiprocessing.TimeoutError, builtins.TimeoutError)
     ├─ BrokenPoolError(concurrent.futures.BrokenExecutor)   controller gone
     ├─ EngineError                            an engine died holding the task
+    ├─ CompositeError                         a call on several engines failed on some
     ├─ SerializationError(pickle.PicklingError)   also the original error's type, e.g. TypeError
     │  └─ ResultEncodingError(multiprocessing.pool.MaybeEncodingError)
     ├─ AuthenticationError(multiprocessing.AuthenticationError)
@@ -39,6 +40,7 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "BrokenPoolError",
+    "CompositeError",
     "DependencyTimeout",
     "EngineError",
     "ImpossibleDependency",
@@ -214,3 +216,33 @@ class RemoteError(ZPoolError):
     def __str__(self) -> str:
         where = "" if self.engine_id is None else f" on engine {self.engine_id}"
         return f"{self.ename}: {self.evalue} (raised{where}; its type could not be rebuilt here)"
+
+
+class CompositeError(ZPoolError):
+    """A call on several engines of a view failed on at least one of them.
+
+    Parameters
+    ----------
+    message : str
+        Says which engines failed, and how.
+    errors : dict
+        ``{engine_id: exception}`` for each engine that failed, each with
+        its remote traceback as ``__cause__``.
+    results : list
+        One entry per engine of the view, in engine order: its result, or
+        its exception where it failed.
+
+    Notes
+    -----
+    Raised once every engine has answered; ``__cause__`` is the first
+    engine's exception, so the traceback printed shows where it failed.
+    """
+
+    def __init__(self, message: str, errors: dict[int, BaseException] | None = None, results: Any = None) -> None:
+        super().__init__(message, errors, results)
+        self.message = message
+        self.errors: dict[int, BaseException] = dict(errors or {})
+        self.results: list[Any] = list(results or [])
+
+    def __str__(self) -> str:
+        return self.message

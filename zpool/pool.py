@@ -24,8 +24,8 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
-from zpool._partition import ItemFailure, default_chunksize, run_chunk, run_each, split
-from zpool.asyncresult import AsyncResult, IMapIterator, MapResult, _IMapChunk, _IMapState
+from zpool._partition import ItemFailure, default_chunksize, join_parts, run_chunk, run_each, split
+from zpool.asyncresult import AsyncResult, DirectResult, IMapIterator, JoinedResult, MapResult, _IMapChunk, _IMapState
 from zpool.client.connection import Connection
 from zpool.client.results import ResultTable, rebuild_failure
 from zpool.cluster import ClusterSettings, LocalCluster
@@ -41,6 +41,7 @@ from zpool.error import (
 )
 from zpool.protocol import SCHEMES, MsgType
 from zpool.serialize import callable_name, dumps, dumps_call
+from zpool.view import EngineView, ParallelFunction, RemoteFunction, _NamespaceMethods
 
 __all__ = ["Pool"]
 
@@ -60,6 +61,10 @@ def _is_int(value: Any) -> bool:
 
 def _same(value: T) -> T:
     return value
+
+
+def _flatten(chunks: list[list[Any]]) -> list[Any]:
+    return list(itertools.chain.from_iterable(chunks))
 
 
 def _usable_cpus() -> int:
@@ -188,8 +193,14 @@ def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, gr
         callbacks.stop(None if graceful else SHUTDOWN_TIMEOUT_S)
 
 
-class Pool:
+class Pool(_NamespaceMethods):
     """A pool of engine processes, used exactly like :class:`multiprocessing.pool.Pool`.
+
+    Beyond the standard library's API, the engines' namespaces are a dict
+    (``push``, ``pull``, ``pool["a"]``, ``scatter``, ``gather``,
+    ``execute``, ``run``, ``clear``, ``sync_imports``: on every engine),
+    :attr:`engines` gives views of some engines, and :meth:`remote` and
+    :meth:`parallel` decorate functions (see ``docs/direct.md``).
 
     Parameters
     ----------
@@ -310,6 +321,7 @@ class Pool:
         self._temp_flags = threading.local()
         # Live imap feeders: join() lets them read ahead without bound.
         self._feeders: weakref.WeakSet[_IMapState] = weakref.WeakSet()
+        self._all_engines_seen = False  # `engines` waits for the first full complement
         conn: Connection | None = None
         try:
             conn = Connection(info, self._results, watch=self._cluster.failure)
@@ -706,12 +718,180 @@ class Pool:
         n = self._processes if n is None else n
         deadline = time.monotonic() + timeout
         while True:
-            engines = self.queue_status(timeout=max(0.1, deadline - time.monotonic()))["engines"]
+            status = self.queue_status(timeout=max(0.1, deadline - time.monotonic()))
+            engines = status["engines"]
             if len(engines) >= n:
                 return sorted(int(e) for e in engines)
+            if status.get("broken") and not engines:
+                raise BrokenPoolError(f"no engine can start: {status['broken']}")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"only {len(engines)} of {n} engines registered within {timeout} s")
             time.sleep(0.02)
+
+    # -- the direct interface (DESIGN §7; zpool.view) ---------------------------------
+
+    @property
+    def engines(self) -> EngineView:
+        """A view of every engine up now, in engine order; index it for fewer.
+
+        ``pool.engines[0]``, ``pool.engines[1:3]``, ``pool.engines[::2]``,
+        ``pool.engines[-1]``: the engines are chosen when the view is made.
+        The first use waits until the pool's engines have started.
+
+        Raises
+        ------
+        PoolClosedError
+            If the pool is closed or terminated.
+        BrokenPoolError
+            If no engine can start.
+        zpool.TimeoutError
+            If no engine is up within a minute.
+        """
+        return EngineView(self, self._engine_ids())
+
+    def _view(self) -> EngineView:
+        return self.engines
+
+    def _engine_ids(self) -> list[int]:
+        """Ids of the engines up now; at first, waits for all of them while more are starting."""
+        self._check_running()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            status = self.queue_status(timeout=max(0.1, deadline - time.monotonic()))
+            ids = sorted(int(e) for e in status["engines"])
+            if len(ids) >= self._processes:
+                self._all_engines_seen = True
+                return ids
+            starting = int(status.get("starting") or 0)
+            if ids and (self._all_engines_seen or not starting):
+                return ids
+            if not ids and status.get("broken"):
+                raise BrokenPoolError(f"no engine can start: {status['broken']}")
+            if time.monotonic() >= deadline:
+                if ids:
+                    return ids
+                raise TimeoutError(f"no engine came up within {STARTUP_TIMEOUT_S:.0f} s")
+            time.sleep(0.01)
+
+    def remote(self, func: Callable[..., Any] | None = None, *, block: bool = True) -> Any:
+        """Decorator: calling the function runs it on an engine, load-balanced (as :meth:`apply`).
+
+        Use as ``@pool.remote()`` or ``@pool.remote``. The call takes the
+        pool's scheduling flags (:meth:`set_flags`, :meth:`temp_flags`). For
+        a call on every engine of a view, use ``@pool.engines.remote()``.
+
+        Parameters
+        ----------
+        block : bool
+            Return the result (default), or an :class:`AsyncResult` at once.
+
+        Returns
+        -------
+        RemoteFunction
+            Keeps the function's name, docstring and signature; the
+            function itself is its ``func`` attribute.
+        """
+        if not isinstance(block, bool):
+            raise TypeError(f"block must be True or False, not {block!r}")
+
+        def decorate(f: Callable[..., Any]) -> RemoteFunction:
+            return RemoteFunction(self, f, block)
+
+        return decorate if func is None else decorate(func)
+
+    def parallel(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        block: bool = True,
+        ordered: bool = True,
+        chunksize: int | None = None,
+    ) -> Any:
+        """Decorator: a call splits its sequence arguments into chunks run in parallel; ``.map`` goes element-wise.
+
+        ``f(seq)`` calls the function on chunks of `seq` (load-balanced
+        tasks) and joins their results, so a function written for a whole
+        list runs on pieces of it; ``f.map(seq)`` calls it on each element,
+        like the builtin ``map``. See :class:`~zpool.view.ParallelFunction`.
+
+        Parameters
+        ----------
+        block : bool
+            Return the result (default), or an :class:`AsyncResult` at once.
+        ordered : bool
+            Results in input order (default), or chunk by chunk as they finish.
+        chunksize : int, optional
+            Items per chunk; by default about four chunks per engine.
+
+        Examples
+        --------
+        >>> @pool.parallel()
+        ... def squares(xs):
+        ...     return [x * x for x in xs]
+        >>> squares(range(6))
+        [0, 1, 4, 9, 16, 25]
+        >>> squares.map(range(3))
+        [0, 1, 4]
+        """
+        for name, value in (("block", block), ("ordered", ordered)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, not {value!r}")
+
+        def decorate(f: Callable[..., Any]) -> ParallelFunction:
+            return ParallelFunction(self, f, block, ordered, chunksize)
+
+        return decorate if func is None else decorate(func)
+
+    def _submit_direct(
+        self, ar: DirectResult[Any], items: list[tuple[str, list[Any]]], flags: list[dict[str, Any]]
+    ) -> None:
+        """Send one direct task per engine (`flags` name each task's engine)."""
+        ar._owner, ar._runner = self, self._callbacks
+        self._results.add(ar)
+        try:
+            for item, item_flags in zip(items, flags):
+                self._conn.submit([item], item_flags)
+        except BaseException as exc:
+            error = exc
+            self._results.fail(ar.msg_ids, lambda: error)
+            raise
+
+    def _submit_joined(
+        self,
+        func: Callable[..., Any],
+        calls: list[tuple[Any, ...]],
+        kwargs: dict[str, Any],
+        label: str,
+        ordered: bool,
+        block: bool,
+    ) -> Any:
+        """Run ``func(*args, **kwargs)`` for each ``args`` of `calls` (load-balanced); join the results."""
+        self._check_running()
+        wire_flags = self._task_flags({})
+        new_id = self._conn.session.new_id
+        items = [(new_id(), dumps_call(func, args, kwargs)) for args in calls]
+        ar: JoinedResult[Any] = JoinedResult([task_id for task_id, _ in items], label, join_parts, ordered)
+        ar._owner, ar._runner = self, self._callbacks
+        if items:
+            self._submit(ar, items, wire_flags)
+        return ar.get() if block else ar
+
+    def _parallel_map(
+        self,
+        func: Callable[..., Any],
+        seqs: tuple[Iterable[Any], ...],
+        chunksize: int | None,
+        ordered: bool,
+        block: bool,
+    ) -> Any:
+        star = len(seqs) > 1
+        items: Iterable[Any] = zip(*seqs) if star else seqs[0]
+
+        def unordered(ids: list[str], label: str) -> JoinedResult[Any]:
+            return JoinedResult(ids, label, _flatten, ordered=False)
+
+        ar = self._map_async(func, items, chunksize, None, None, star, {}, None if ordered else unordered)
+        return ar.get() if block else ar
 
     # -- internals ---------------------------------------------------------------------
 
@@ -749,6 +929,7 @@ class Pool:
         error_callback: Callable[[BaseException], Any] | None,
         star: bool,
         flags: Mapping[str, Any],
+        make_result: Callable[[list[str], str], Any] | None = None,
     ) -> MapResult[T]:
         self._check_running()
         self._check_func(func, callback, error_callback)
@@ -767,7 +948,8 @@ class Pool:
         for chunk in split(items_in, chunksize) if len(items_in) else []:
             items.append((new_id(), self._dump_chunk(func, chunk, star)))
         del items_in
-        ar: MapResult[T] = MapResult([task_id for task_id, _ in items], callable_name(func))
+        ids = [task_id for task_id, _ in items]
+        ar: MapResult[T] = (make_result or MapResult)(ids, callable_name(func))
         ar._owner, ar._runner = self, self._callbacks
         self._callbacks.attach(ar, callback, error_callback)
         if items:

@@ -71,6 +71,20 @@ def set_main_namespace(namespace: dict[str, Any] | None) -> None:
     _SHIPPED.clear()
 
 
+def main_namespace() -> dict[str, Any] | None:
+    """The engine's namespace (see :func:`set_main_namespace`); None outside an engine."""
+    return _MAIN_NAMESPACE
+
+
+def forget_shipped(names: Any = None) -> None:
+    """Forget that `names` (default: all) came from the caller: what it sends next is taken afresh."""
+    if names is None:
+        _SHIPPED.clear()
+        return
+    for name in names:
+        _SHIPPED.pop(name, None)
+
+
 def _from_main(obj: Any) -> bool:
     return getattr(obj, "__module__", None) == "__main__" and (type(obj) is types.FunctionType or isinstance(obj, type))
 

@@ -312,6 +312,8 @@ class Hub:
         status["hwm"] = self.scheduler.hwm
         status["dropped_messages"] = self.dropped
         status["broken"] = self.launcher.gave_up if self.launcher else None
+        # Engines launched and not taking tasks yet (starting, or running the initializer).
+        status["starting"] = len(self.scheduler.starting) + (self.launcher.starting() if self.launcher else 0)
         return status
 
     # -- engines ----------------------------------------------------------
@@ -365,7 +367,7 @@ class Hub:
             self.launcher.setup_failed(record.pid, error)
         # Forget it first, so that its exit is not mourned as a death.
         self._forget_engine(record.ident)
-        self.scheduler.engine_lost(record.engine_id)
+        self.scheduler.engine_lost(record.engine_id, "failed in its initializer")
         try:
             send_frames(self.heartbeat, [record.ident, *self.session.build(MsgType.SHUTDOWN_REQUEST)])
         except zmq.ZMQError:
@@ -382,7 +384,8 @@ class Hub:
         record = self.engines.get(slot.ident)
         logger.info("engine %d ran %d tasks: retiring it", slot.engine_id, self.settings.max_tasks_per_engine)
         self._forget_engine(slot.ident)
-        self.scheduler.remove_engine(slot.ident)
+        how = f"was retired after {self.settings.max_tasks_per_engine} tasks (maxtasksperchild)"
+        self.scheduler.remove_engine(slot.ident, how)
         try:
             send_frames(self.heartbeat, [slot.ident, *self.session.build(MsgType.SHUTDOWN_REQUEST)])
         except zmq.ZMQError:
@@ -528,7 +531,9 @@ class Hub:
         record = self._forget_engine(ident)
         if record is None:
             return
-        stranded = self.scheduler.remove_engine(ident)
+        if not record.ready:  # died in its initializer: what waited for it may fail now
+            self.scheduler.engine_lost(record.engine_id, how)
+        stranded = self.scheduler.remove_engine(ident, how)
         self._send_failures()
         logger.warning(
             "engine %d (pid %s) %s; failing %d task(s) it held", record.engine_id, record.pid, how, len(stranded)
@@ -588,6 +593,9 @@ def _task_flags(raw: Any, n_tasks: int) -> dict[int, dict[str, Any]]:
         targets = flags.get("targets")
         if targets is not None and not (isinstance(targets, list) and all(type(t) is int for t in targets)):
             raise ProtocolError("flag 'targets' is not a list of engine ids")
+        direct = flags.get("direct")
+        if direct is not None and not (direct is True and targets is not None and len(targets) == 1):
+            raise ProtocolError("flag 'direct' must be true, with exactly one target")
         for name in ("timeout", "retries"):
             value = flags.get(name)
             if value is not None and (type(value) not in (int, float) or not 0 <= value < 1e12):

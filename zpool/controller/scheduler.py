@@ -44,6 +44,13 @@ unmet) are queued on each engine that may run them, the first to take one
 winning (the other entries go stale, so nothing is ever searched or
 rescanned); tasks whose engines are not up yet are parked until engines
 change. Aborted tasks are dropped from queues when reached.
+
+Direct tasks (flag ``direct``, with one target: the engines' namespaces,
+DESIGN §7's views) bypass all of that. They go to their engine in the
+order they came, at once, whatever its load or ``hwm`` and without using
+its ``maxtasksperchild`` budget; they never wait for dependencies or retry.
+A direct task for an engine that is not up fails at once with
+``EngineError``, saying what became of the engine.
 """
 
 from __future__ import annotations
@@ -77,6 +84,8 @@ KEEP_BYTES = 64 << 20
 # it succeeded on (>= 0); FAILED_UNPLACED if it failed before running; or
 # -2 - engine_id if it failed on that engine.
 FAILED_UNPLACED = -1
+# How many departed engines are remembered, to say why a direct task cannot reach one.
+DEPARTED_MAX = 1024
 
 
 class _DepState:
@@ -125,6 +134,7 @@ class Task:
         "after",
         "client",
         "deadline",
+        "direct",
         "engine",
         "failed_on",
         "final",
@@ -158,7 +168,9 @@ class Task:
         self.targets: frozenset[int] | None = None
         self.unmet_on: set[int] | None = None  # engines where its functional dependency was unmet: never again
         self.failed_on: set[int] | None = None  # engines it failed on (retries prefer others)
+        self.direct = False  # for its one target, in order, at once (see the module docstring)
         if flags:
+            self.direct = bool(flags.get("direct"))
             if flags.get("after"):
                 self.after = _DepState(flags["after"])
             if flags.get("follow"):
@@ -199,6 +211,8 @@ class EngineSlot:
     # a task sits in the queue of every engine it may run on, and the first to
     # take it wins; the other entries go stale (see Task.gen).
     pinned: collections.deque[tuple[int, Task]] = field(default_factory=collections.deque)
+    # Direct tasks for this engine, in arrival order (sent whatever the limits).
+    direct: collections.deque[Task] = field(default_factory=collections.deque)
 
     @property
     def load(self) -> int:
@@ -276,6 +290,8 @@ class Scheduler:
         self._rng = random.Random(seed)
         self._uses = 0
         self._mean_run_s: float | None = None
+        # engine id -> how it left (for direct tasks that name it); the newest DEPARTED_MAX.
+        self.departed: collections.OrderedDict[int, str] = collections.OrderedDict()
 
     # -- engines ---------------------------------------------------------
 
@@ -294,10 +310,32 @@ class Scheduler:
         self.starting.add(engine_id)
         self._next_id = max(self._next_id, engine_id + 1)
 
-    def engine_lost(self, engine_id: int) -> None:
+    def engine_lost(self, engine_id: int, how: str = "failed to start") -> None:
         """An engine that never became ready is gone: what waited for it alone fails."""
         self.starting.discard(engine_id)
+        self._departed(engine_id, how)
         self._unpark()
+
+    def _departed(self, engine_id: int, how: str) -> None:
+        self.departed[engine_id] = how
+        while len(self.departed) > DEPARTED_MAX:
+            self.departed.popitem(last=False)
+
+    def _why_gone(self, engine_id: int, task: Task) -> str:
+        how = self.departed.get(engine_id)
+        if how is not None:
+            state = f"engine {engine_id} {how}"
+        elif engine_id in self.starting:
+            state = f"engine {engine_id} is still starting"
+        elif engine_id >= self._next_id:
+            state = f"there is no engine {engine_id} (yet)"
+        else:
+            state = f"engine {engine_id} is gone"
+        live = ", ".join(str(i) for i in sorted(self.by_id)) or "none"
+        return (
+            f"{state}: task {task.task_id} for it cannot run (engines up now: {live});"
+            " make a new view of the engines that are up (pool.engines)"
+        )
 
     def set_more_coming(self, more: bool) -> None:
         """Whether launched engines have yet to register (startup, replacements)."""
@@ -306,15 +344,18 @@ class Scheduler:
             if not more:
                 self._unpark()
 
-    def remove_engine(self, ident: bytes) -> list[Task]:
+    def remove_engine(self, ident: bytes, how: str = "left") -> list[Task]:
         """Forget an engine; return the tasks it held that now fail (those with retries left run again).
 
         The returned tasks are recorded as failed; the caller answers them.
+        `how` says what became of the engine ("died from SIGKILL"), for
+        direct tasks that name it later.
         """
         slot = self.engines.pop(ident, None)
         if slot is None:
             return []
         self.by_id.pop(slot.engine_id, None)
+        self._departed(slot.engine_id, how)
         stranded: list[Task] = []
         for task in list(slot.outstanding.values()):
             task.engine = None
@@ -327,6 +368,11 @@ class Scheduler:
         slot.outstanding.clear()
         for task in stranded:  # the hub answers them (EngineError); what depends on them settles now
             self._record(task, -2 - slot.engine_id)
+        # Direct tasks not sent yet: never sent now.
+        while slot.direct:
+            task = slot.direct.popleft()
+            if self.live.get(task.task_id) is task and task.engine is None:
+                self._fail(task, "EngineError", self._why_gone(slot.engine_id, task), slot.engine_id)
         # What it alone could run may have nowhere left to go.
         for gen, task in slot.pinned:
             if self._entry_valid(gen, task):
@@ -354,6 +400,9 @@ class Scheduler:
                 self._fail(task, "InvalidDependency", f"task id {task_id} is already in use", record=False)
                 continue
             self.live[task_id] = task
+            if task.direct:
+                self._submit_direct(task)
+                continue
             if not task.waits() and not task.restricted() and task.deadline is None:
                 self.queue.append(task)  # the fast path
                 continue
@@ -361,6 +410,18 @@ class Scheduler:
                 now = self._clock() if now is None else now
                 task.deadline += now
             self._admit(task)
+
+    def _submit_direct(self, task: Task) -> None:
+        targets = task.targets or frozenset()
+        if len(targets) != 1 or task.waits() or task.deadline is not None or task.retries:
+            self._fail(task, "InvalidDependency", f"direct task {task.task_id} needs one target and no other flags")
+            return
+        (engine_id,) = targets
+        slot = self.by_id.get(engine_id)
+        if slot is None:
+            self._fail(task, "EngineError", self._why_gone(engine_id, task), engine_id)
+            return
+        slot.direct.append(task)
 
     def _admit(self, task: Task) -> None:
         deps = [d for d in (task.after, task.follow) if d is not None]
@@ -481,6 +542,13 @@ class Scheduler:
         batches: dict[EngineSlot, list[Task]] = {}
         if not self.engines:
             return batches
+        live = self.live
+        for slot in self.engines.values():
+            direct = slot.direct
+            while direct:
+                task = direct.popleft()
+                if live.get(task.task_id) is task and task.engine is None:
+                    self._place(task, slot, batches, counts=False)
         limit = self.limit()
         engines = [e for e in self.engines.values() if e.budget != 0]
         if not engines:
@@ -495,7 +563,6 @@ class Scheduler:
         queue = self.queue
         if not queue:
             return batches
-        live = self.live
         engines = [e for e in engines if e.budget != 0]
         choose = choose_engine
         while queue and engines:
@@ -516,13 +583,15 @@ class Scheduler:
                 engines.remove(slot)
         return batches
 
-    def _place(self, task: Task, slot: EngineSlot, batches: dict[EngineSlot, list[Task]]) -> None:
+    def _place(self, task: Task, slot: EngineSlot, batches: dict[EngineSlot, list[Task]], counts: bool = True) -> None:
+        """Give `task` to `slot`; unless `counts` is False (direct tasks), it uses the engine's budget."""
         task.engine = slot
         slot.outstanding[task.task_id] = task
-        slot.last_used = self._uses
-        self._uses += 1
-        if slot.budget is not None:
-            slot.budget -= 1
+        if counts:
+            slot.last_used = self._uses
+            self._uses += 1
+            if slot.budget is not None:
+                slot.budget -= 1
         batch = batches.get(slot)
         if batch is None:
             batches[slot] = [task]
@@ -542,7 +611,7 @@ class Scheduler:
         if task is None:
             return None
         task.engine = None
-        if run_s >= 0 and not unmet:
+        if run_s >= 0 and not unmet and not task.direct:
             mean = self._mean_run_s
             self._mean_run_s = run_s if mean is None else mean + EWMA_ALPHA * (run_s - mean)
         if unmet:

@@ -1,0 +1,109 @@
+"""What runs on an engine for the direct interface: its namespace as a dict (DESIGN §7).
+
+The client sends these functions by reference, as the tasks of
+:class:`~zpool.view.EngineView`'s methods; they act on the engine's
+namespace, the ``__main__`` that code sent from the caller's ``__main__``
+runs in (:func:`zpool.serialize.set_main_namespace`). Errors are raised as
+plain Python errors (``NameError`` for a name that is not there), and the
+traceback the caller sees says which engine raised them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import linecache
+from typing import Any, Sequence
+
+from zpool import _partition, serialize
+
+__all__ = ["clear", "execute", "get", "pull", "push", "sync_imports"]
+
+# Names a namespace keeps through clear(): the module's own (__name__, __builtins__, ...).
+_KEPT = ("__name__", "__doc__", "__package__", "__loader__", "__spec__", "__builtins__")
+
+
+def namespace() -> dict[str, Any]:
+    """The engine's namespace.
+
+    Raises
+    ------
+    RuntimeError
+        Outside an engine.
+    """
+    ns = serialize.main_namespace()
+    if ns is None:
+        raise RuntimeError("the direct interface's functions run on engines only")
+    return ns
+
+
+def push(values: dict[str, Any]) -> None:
+    """Bind each name of `values` in the namespace."""
+    ns = namespace()
+    ns.update(values)
+
+
+def pull(names: str | Sequence[str]) -> Any:
+    """The value of a name, or a list of values for a list of names.
+
+    Raises
+    ------
+    NameError
+        Naming the first name that is not defined here.
+    """
+    ns = namespace()
+    if isinstance(names, str):
+        return _lookup(ns, names)
+    return [_lookup(ns, name) for name in names]
+
+
+def get(names: str | Sequence[str], default: Any = None) -> Any:
+    """Like :func:`pull`, with `default` for names that are not defined."""
+    ns = namespace()
+    if isinstance(names, str):
+        return ns.get(names, default)
+    return [ns.get(name, default) for name in names]
+
+
+def _lookup(ns: dict[str, Any], name: str) -> Any:
+    try:
+        return ns[name]
+    except KeyError:
+        raise NameError(f"name {name!r} is not defined in the namespace of {_partition.engine_label}") from None
+
+
+def clear() -> None:
+    """Empty the namespace (the module's own dunder names stay)."""
+    ns = namespace()
+    for name in [n for n in ns if n not in _KEPT]:
+        del ns[name]
+    serialize.forget_shipped()
+
+
+def execute(code: str, filename: str | None = None) -> None:
+    """Run `code` (a string of statements) in the namespace.
+
+    Its source is registered with :mod:`linecache`, so a traceback shows the
+    failing lines.
+    """
+    if filename is None:
+        digest = hashlib.sha1(code.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        filename = f"<zpool execute {digest}>"
+    compiled = compile(code, filename, "exec")
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    exec(compiled, namespace())
+
+
+def sync_imports(modules: Sequence[str], bindings: Sequence[tuple[str, str, str | None]]) -> None:
+    """Import `modules` (dotted names), then bind each ``(name, module, attribute)`` in the namespace.
+
+    ``attribute`` None binds the module itself (``import numpy as np`` is
+    ``("np", "numpy", None)``); otherwise that attribute of it
+    (``from math import pi`` is ``("pi", "math", "pi")``).
+    """
+    for module in modules:
+        importlib.import_module(module)
+    ns = namespace()
+    for name, module, attr in bindings:
+        mod = importlib.import_module(module)
+        ns[name] = mod if attr is None else getattr(mod, attr)
