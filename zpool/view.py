@@ -628,7 +628,7 @@ class _SyncImports:
             return module
 
         self._hook = recording_import
-        builtins.__import__ = recording_import  # type: ignore[assignment]
+        builtins.__import__ = recording_import
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if builtins.__import__ is self._hook:
