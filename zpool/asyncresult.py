@@ -324,6 +324,10 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
     def _what(self) -> str:
         return f"{self.label}()" if self.label else "result"
 
+    def _renewed(self, msg_ids: list[str]) -> AsyncResult[T]:
+        """A result of the same kind for the same calls under new task ids (:meth:`Pool.resubmit`)."""
+        return type(self)(msg_ids, self.label)
+
 
 class MapResult(AsyncResult[list[T]]):
     """The pending result of :meth:`Pool.map_async`: one task per chunk."""
@@ -404,6 +408,9 @@ class JoinedResult(_Collecting[T]):
             values = [values[i] for i in self._order]
         return self._join(values)
 
+    def _renewed(self, msg_ids: list[str]) -> JoinedResult[T]:
+        return JoinedResult(msg_ids, self.label, self._join, self._ordered)
+
 
 class DirectResult(_Collecting[T]):
     """The pending result of a call on the engines of a view: one task per engine, in engine order.
@@ -436,6 +443,9 @@ class DirectResult(_Collecting[T]):
 
     def _fail_fast(self) -> bool:
         return False  # every engine's outcome is reported together
+
+    def _renewed(self, msg_ids: list[str]) -> DirectResult[T]:
+        return DirectResult(msg_ids, self.label, self.engine_ids, self._one_engine, self._combine_values, self._ordered)
 
     def _collect(self, outcomes: list[tuple[bool, Any]]) -> Any:
         failed = [(self.engine_ids[i], value) for i, (ok, value) in enumerate(outcomes) if not ok]

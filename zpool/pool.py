@@ -681,8 +681,7 @@ class Pool(_NamespaceMethods):
         ids = task_ids(what)  # in order, repeats kept: the new result lines up with `what`
         new_id = self._conn.session.new_id
         new_ids = [new_id() for _ in ids]
-        kind = type(what) if isinstance(what, AsyncResult) else AsyncResult
-        ar: AsyncResult[Any] = kind(new_ids, getattr(what, "label", ""))
+        ar: AsyncResult[Any] = what._renewed(new_ids) if isinstance(what, AsyncResult) else AsyncResult(new_ids)
         ar._owner, ar._runner = self, self._callbacks
         if not new_ids:
             return ar

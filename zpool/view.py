@@ -138,7 +138,12 @@ class _NamespaceMethods:
         self.push(namespace, block=True)
 
     def __getitem__(self, name: Any) -> Any:
-        """``view["a"]``: :meth:`pull` of one name."""
+        """``pool["a"]``: :meth:`pull` of one name."""
+        if not isinstance(name, str):
+            raise TypeError(
+                f"names in the engines' namespace are str, not {type(name).__name__};"
+                " to pick engines, index pool.engines (pool.engines[0], pool.engines[1:3])"
+            )
         return self.pull(name, block=True)
 
     def __setitem__(self, name: str, value: Any) -> None:
@@ -583,6 +588,32 @@ def _bounds(n: int, pieces: int) -> list[tuple[int, int]]:
     return out
 
 
+# sync_imports blocks in progress: id(globals of the block's frame) -> their record lists.
+# One hook serves them all (blocks in several threads, nested blocks), installed while any is open.
+_RECORDERS: dict[int, list[list[tuple[str, tuple[str, ...]]]]] = {}
+_RECORDERS_LOCK = threading.Lock()
+_builtin_import: Any = None
+
+
+def _recording_import(
+    name: str,
+    globals: Any = None,  # noqa: A002  (the builtin's own parameter names: callers may pass them by keyword)
+    locals: Any = None,  # noqa: A002
+    fromlist: Any = (),
+    level: int = 0,
+) -> Any:
+    module = _builtin_import(name, globals, locals, fromlist, level)
+    recorders = _RECORDERS.get(id(globals)) if globals is not None else None
+    if recorders:
+        try:
+            absolute = importlib.util.resolve_name("." * level + name, globals.get("__package__"))
+        except (ImportError, ValueError, AttributeError):
+            absolute = name
+        for records in recorders:
+            records.append((absolute, tuple(fromlist or ())))
+    return module
+
+
 class _SyncImports:
     """``with view.sync_imports(): import numpy as np``: the block's imports, repeated on the engines.
 
@@ -598,41 +629,32 @@ class _SyncImports:
         self._frame: types.FrameType | None = None
         self._records: list[tuple[str, tuple[str, ...]]] = []
         self._before: dict[str, int] = {}
-        self._original: Any = None
-        self._lock = threading.Lock()
+        self._key = 0
 
     def __enter__(self) -> None:
+        global _builtin_import
         frame = sys._getframe(1)
         self._frame = frame
         self._before = {name: id(value) for name, value in frame.f_locals.items()}
-        original = builtins.__import__
-        self._original = original
-        caller_globals = frame.f_globals
-        records = self._records
-
-        # The builtin's own parameter names: callers may pass them by keyword.
-        def recording_import(
-            name: str,
-            globals: Any = None,  # noqa: A002
-            locals: Any = None,  # noqa: A002
-            fromlist: Any = (),
-            level: int = 0,
-        ) -> Any:
-            module = original(name, globals, locals, fromlist, level)
-            if globals is caller_globals:
-                try:
-                    absolute = importlib.util.resolve_name("." * level + name, globals.get("__package__"))
-                except (ImportError, ValueError, AttributeError):
-                    absolute = name
-                records.append((absolute, tuple(fromlist or ())))
-            return module
-
-        self._hook = recording_import
-        builtins.__import__ = recording_import
+        self._records = []
+        self._key = id(frame.f_globals)
+        with _RECORDERS_LOCK:
+            if not _RECORDERS and builtins.__import__ is not _recording_import:
+                _builtin_import = builtins.__import__
+                builtins.__import__ = _recording_import
+            _RECORDERS.setdefault(self._key, []).append(self._records)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if builtins.__import__ is self._hook:
-            builtins.__import__ = self._original
+        with _RECORDERS_LOCK:
+            recorders = _RECORDERS.get(self._key, [])
+            for i, records in enumerate(recorders):
+                if records is self._records:
+                    del recorders[i]
+                    break
+            if not recorders:
+                _RECORDERS.pop(self._key, None)
+            if not _RECORDERS and builtins.__import__ is _recording_import:
+                builtins.__import__ = _builtin_import
         frame, self._frame = self._frame, None
         if exc_type is not None or frame is None:
             return
