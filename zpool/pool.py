@@ -756,8 +756,9 @@ class Pool(_NamespaceMethods):
         self._check_running()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
-            status = self.queue_status(timeout=max(0.1, deadline - time.monotonic()))
-            ids = sorted(int(e) for e in status["engines"])
+            left = max(0.1, deadline - time.monotonic())
+            status = self._conn.request(MsgType.QUEUE_REQUEST, {"brief": True}, timeout=left)
+            ids = [int(e) for e in status["engines"]]
             if len(ids) >= self._processes:
                 self._all_engines_seen = True
                 return ids

@@ -298,7 +298,18 @@ class Hub:
         self._reply(msg, MsgType.CONNECT_REPLY, self._describe())
 
     def _on_queue_request(self, msg: Message, frames: list[Any]) -> None:
+        if msg.content.get("brief"):
+            # Which engines are up (what views are made of): no queue is counted.
+            self._reply(msg, MsgType.QUEUE_REPLY, self._engines_up())
+            return
         self._reply(msg, MsgType.QUEUE_REPLY, self._describe())
+
+    def _engines_up(self) -> dict[str, Any]:
+        return {
+            "engines": sorted(self.scheduler.by_id),
+            "starting": len(self.scheduler.starting) + (self.launcher.starting() if self.launcher else 0),
+            "broken": self.launcher.gave_up if self.launcher else None,
+        }
 
     def _on_shutdown_request(self, msg: Message, frames: list[Any]) -> None:
         logger.info("shutdown requested by a client")
@@ -311,9 +322,10 @@ class Hub:
         status["scheme"] = self.scheduler.scheme
         status["hwm"] = self.scheduler.hwm
         status["dropped_messages"] = self.dropped
-        status["broken"] = self.launcher.gave_up if self.launcher else None
+        up = self._engines_up()
+        status["broken"] = up["broken"]
         # Engines launched and not taking tasks yet (starting, or running the initializer).
-        status["starting"] = len(self.scheduler.starting) + (self.launcher.starting() if self.launcher else 0)
+        status["starting"] = up["starting"]
         return status
 
     # -- engines ----------------------------------------------------------
