@@ -10,9 +10,11 @@ traceback the caller sees says which engine raised them.
 
 from __future__ import annotations
 
+import dis
 import hashlib
 import importlib
 import linecache
+import types
 from typing import Any, Sequence
 
 from zpool import _partition, serialize
@@ -41,6 +43,7 @@ def push(values: dict[str, Any]) -> None:
     """Bind each name of `values` in the namespace."""
     ns = namespace()
     ns.update(values)
+    serialize.forget_shipped(values)  # bound here now: what the caller ships later leaves them be
 
 
 def pull(names: str | Sequence[str]) -> Any:
@@ -91,7 +94,20 @@ def execute(code: str, filename: str | None = None) -> None:
         filename = f"<zpool execute {digest}>"
     compiled = compile(code, filename, "exec")
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    exec(compiled, namespace())
+    try:
+        exec(compiled, namespace())
+    finally:
+        serialize.forget_shipped(_stored_names(compiled))
+
+
+def _stored_names(code: types.CodeType, top: bool = True) -> set[str]:
+    """Global names `code` may bind or delete: at its top level, and with ``global`` in what it defines."""
+    ops = ("STORE_NAME", "DELETE_NAME", "STORE_GLOBAL", "DELETE_GLOBAL") if top else ("STORE_GLOBAL", "DELETE_GLOBAL")
+    names = {instr.argval for instr in dis.get_instructions(code) if instr.opname in ops}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _stored_names(const, top=False)
+    return names
 
 
 def sync_imports(modules: Sequence[str], bindings: Sequence[tuple[str, str, str | None]]) -> None:
@@ -106,4 +122,10 @@ def sync_imports(modules: Sequence[str], bindings: Sequence[tuple[str, str, str 
     ns = namespace()
     for name, module, attr in bindings:
         mod = importlib.import_module(module)
-        ns[name] = mod if attr is None else getattr(mod, attr)
+        if attr is None:
+            ns[name] = mod
+        elif hasattr(mod, attr):
+            ns[name] = getattr(mod, attr)
+        else:  # `from package import submodule`, as the import statement does it
+            ns[name] = importlib.import_module(f"{module}.{attr}")
+    serialize.forget_shipped([name for name, _, _ in bindings])

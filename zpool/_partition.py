@@ -132,15 +132,20 @@ def split_evenly(seq: Any, parts: int) -> list[Any]:
 
 
 def join_parts(parts: Sequence[Any]) -> Any:
-    """Join pieces back into one: arrays (all of at least one dimension) into one array, else into a list.
+    """Join pieces back into one: arrays into one array (along the first axis), anything else into a list.
 
-    In a list, a list or tuple piece contributes its elements and any other
-    value counts as one element (what ``scatter(..., flatten=True)`` sends).
+    Arrays of one dimension or more are concatenated; numpy scalars mixed
+    with 1-D arrays count as one-element arrays (what ``scatter(...,
+    flatten=True)`` leaves of a 1-D array). In a list, a list or tuple piece
+    contributes its elements and any other value counts as one element.
     """
-    if parts and all(_is_array(p) and p.ndim >= 1 for p in parts):
-        import numpy
-
-        return numpy.concatenate(parts)
+    numpy = sys.modules.get("numpy")
+    if parts and numpy is not None and all(isinstance(p, (numpy.ndarray, numpy.generic)) for p in parts):
+        # Arrays, or numpy scalars (the parts of a 1-D array scattered with flatten=True).
+        if all(isinstance(p, numpy.ndarray) and p.ndim >= 1 for p in parts):
+            return numpy.concatenate(parts)
+        if all(numpy.ndim(p) <= 1 for p in parts):
+            return numpy.concatenate([numpy.atleast_1d(p) for p in parts])
     out: list[Any] = []
     for part in parts:
         if isinstance(part, (list, tuple)) or (_is_array(part) and part.ndim >= 1):

@@ -444,6 +444,10 @@ class DirectResult(_Collecting[T]):
     def _fail_fast(self) -> bool:
         return False  # every engine's outcome is reported together
 
+    def _what(self) -> str:
+        label = self.label or "direct call"
+        return label if label.endswith(")") else f"{label}()"
+
     def _renewed(self, msg_ids: list[str]) -> DirectResult[T]:
         return DirectResult(msg_ids, self.label, self.engine_ids, self._one_engine, self._combine_values, self._ordered)
 

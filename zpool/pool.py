@@ -566,7 +566,8 @@ class Pool(_NamespaceMethods):
             _warn(f"unclosed running zpool.Pool {self!r}", ResourceWarning, source=self)
 
     def __repr__(self) -> str:
-        state = getattr(self, "_state", PoolState.TERMINATE).value
+        # Robust at interpreter exit, when module globals (PoolState) may already be None.
+        state = getattr(getattr(self, "_state", None), "value", "terminated")
         return f"<zpool.Pool state={state} processes={getattr(self, '_processes', '?')}>"
 
     # -- scheduling flags and dependencies (DESIGN §5) -------------------------------
@@ -830,8 +831,11 @@ class Pool(_NamespaceMethods):
         ...     return [x * x for x in xs]
         >>> squares(range(6))
         [0, 1, 4, 9, 16, 25]
-        >>> squares.map(range(3))
-        [0, 1, 4]
+        >>> @pool.parallel()
+        ... def double(x):
+        ...     return 2 * x
+        >>> double.map(range(3))
+        [0, 2, 4]
         """
         for name, value in (("block", block), ("ordered", ordered)):
             if not isinstance(value, bool):

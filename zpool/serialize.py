@@ -20,6 +20,7 @@ A serialized object is a list of frames: ``[pickle, buffer_0, buffer_1, ...]``.
 
 from __future__ import annotations
 
+import builtins
 import io
 import pickle
 import sys
@@ -119,8 +120,8 @@ def _adopt(obj: Any, namespace: dict[str, Any], seen: dict[int, Any]) -> Any:
         if _from_main(contents):
             cell.cell_contents = _adopt(contents, namespace, seen)
     for name, value in list(func.__globals__.items()):
-        if name.startswith("__"):
-            continue
+        if name.startswith("__") or getattr(builtins, name, _ABSENT) is value:
+            continue  # dunders, and builtins dill listed among the globals
         current = namespace.get(name, _ABSENT)
         if current is _ABSENT or current is _SHIPPED.get(name, _ABSENT):
             namespace[name] = _SHIPPED[name] = _adopted(value, namespace, seen)

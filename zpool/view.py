@@ -20,11 +20,13 @@ Nothing here touches a socket: tasks go through the pool's connection, as
 
 from __future__ import annotations
 
+import ast
 import builtins
 import collections.abc
 import functools
 import importlib.util
 import keyword
+import linecache
 import os
 import sys
 import threading
@@ -222,6 +224,11 @@ class _NamespaceMethods:
         view = self._view()
         if not view.ids:
             raise ValueError("scatter() on a view with no engines would lose the data")
+        if flatten and getattr(seq, "ndim", 1) > 1:
+            raise ValueError(
+                "flatten=True would send single rows of a multi-dimensional array, which gather() could not"
+                " tell from blocks of rows; scatter it without flatten and take part[0] on the engines"
+            )
         parts = split_evenly(seq, len(view.ids))
         if flatten:
             parts = [p[0] if len(p) == 1 else p for p in parts]
@@ -439,6 +446,8 @@ class EngineView(_NamespaceMethods):
         ordered: bool = True,
     ) -> Any:
         pool = self._pool
+        if not self._ids:
+            raise ValueError(f"{label}: this view has no engines; make one from pool.engines")
         new_id = pool._conn.session.new_id
         ids = [new_id() for _ in payloads]
         ar: DirectResult[Any] = DirectResult(ids, label, list(self._ids), self._single, combine, ordered)
@@ -549,7 +558,7 @@ class ParallelFunction:
                 raise ValueError(f"parallel {name}() on a view with no engines")
             bounds = _bounds(n, pieces)
         else:
-            chunksize = self.chunksize or default_chunksize(n, runner._processes)
+            chunksize = self.chunksize or max(1, default_chunksize(n, runner._processes))
             bounds = [(i, min(i + chunksize, n)) for i in range(0, n, chunksize)]
         calls = []
         for start, stop in bounds:
@@ -618,9 +627,12 @@ class _SyncImports:
     """``with view.sync_imports(): import numpy as np``: the block's imports, repeated on the engines.
 
     While the block runs, ``builtins.__import__`` records the imports made
-    from the calling frame (module names and from-lists); at the end, the
-    names of that frame bound to what was imported (modules, or attributes
-    named in a from-list) are bound the same way on every engine.
+    from the calling frame. At the end, the block's import statements are
+    read from its source (scripts, modules, notebook cells) and those that
+    ran are repeated on every engine, binding the same names. Where the
+    source cannot be read (the plain ``python`` REPL), the names of the
+    calling frame bound to what was imported (modules, or attributes named
+    in a from-list) are bound the same way.
     """
 
     def __init__(self, target: _NamespaceMethods, quiet: bool) -> None:
@@ -638,6 +650,7 @@ class _SyncImports:
         self._before = {name: id(value) for name, value in frame.f_locals.items()}
         self._records = []
         self._key = id(frame.f_globals)
+        self._lineno = frame.f_lineno
         with _RECORDERS_LOCK:
             if not _RECORDERS and builtins.__import__ is not _recording_import:
                 _builtin_import = builtins.__import__
@@ -658,7 +671,8 @@ class _SyncImports:
         frame, self._frame = self._frame, None
         if exc_type is not None or frame is None:
             return
-        modules, bindings = self._resolve(frame.f_locals)
+        found = self._from_source(frame)
+        modules, bindings = found if found is not None else self._resolve(frame.f_locals)
         del frame
         if not modules:
             return
@@ -666,6 +680,55 @@ class _SyncImports:
         if not self._quiet:
             print(f"importing {', '.join(modules)} on engine(s) {view.ids}")
         view._run(_namespace.sync_imports, (modules, bindings), "sync_imports", True, _none)
+
+    def _from_source(self, frame: types.FrameType) -> tuple[list[str], list[tuple[str, str, str | None]]] | None:
+        """The block's imports that ran, read from its source; None if the source is not at hand."""
+        lines = linecache.getlines(frame.f_code.co_filename, frame.f_globals)
+        if not lines:
+            return None
+        try:
+            tree = ast.parse("".join(lines))
+        except (SyntaxError, ValueError):
+            return None
+        line = self._lineno
+        blocks = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.With, ast.AsyncWith))
+            and node.lineno <= line <= max(item.context_expr.end_lineno or node.lineno for item in node.items)
+        ]
+        if not blocks:
+            return None
+        block = max(blocks, key=lambda node: node.lineno)
+        ran = {module for module, _ in self._records}
+        package = frame.f_globals.get("__package__")
+        modules: list[str] = []
+        bindings: list[tuple[str, str, str | None]] = []
+        for node in _statements(block.body):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name not in ran:
+                        continue  # did not run (another branch), or failed
+                    modules.append(alias.name)
+                    if alias.asname:
+                        bindings.append((alias.asname, alias.name, None))
+                    else:
+                        top = alias.name.split(".")[0]
+                        bindings.append((top, top, None))
+            elif isinstance(node, ast.ImportFrom):
+                try:
+                    module = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                except (ImportError, ValueError):
+                    continue
+                if module not in ran:
+                    continue
+                modules.append(module)
+                for alias in node.names:
+                    if alias.name == "*":
+                        bindings += _star_bindings(module, frame.f_locals)
+                    else:
+                        bindings.append((alias.asname or alias.name, module, alias.name))
+        return list(dict.fromkeys(modules)), bindings
 
     def _resolve(self, names: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, str, str | None]]]:
         modules: list[str] = []
@@ -704,7 +767,37 @@ class _SyncImports:
             key = id(value)
             if isinstance(value, types.ModuleType) and key in wanted_modules:
                 bindings.append((name, wanted_modules[key], None))
-            elif key in attrs and (name in natural or self._before.get(name) != key):
+            elif key in attrs and (
+                name in natural or self._before.get(name) != key or not isinstance(value, _SHARED_CONSTANTS)
+            ):
+                # An alias bound before the block to the very same object (a cell run twice) counts
+                # too, unless the object is a constant Python shares between unrelated names.
                 module, attr = attrs[key]
                 bindings.append((name, module, attr))
         return modules, bindings
+
+
+# Objects CPython shares between unrelated names (None, booleans, small ints, interned strings):
+# the same object under another name proves nothing about an import.
+_SHARED_CONSTANTS = (type(None), bool, int, str, bytes)
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements of a block, nested blocks included (not the bodies of functions and classes)."""
+    for node in body:
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for field in ("body", "orelse", "finalbody"):
+            yield from _statements(getattr(node, field, None) or [])
+        for handler in getattr(node, "handlers", None) or []:
+            yield from _statements(handler.body)
+
+
+def _star_bindings(module: str, names: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    """``from module import *``: the names of the caller's namespace it bound."""
+    mod = sys.modules.get(module)
+    if mod is None:
+        return []
+    exported = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
+    return [(n, module, n) for n in exported if n in names and hasattr(mod, n) and names[n] is getattr(mod, n)]

@@ -54,7 +54,48 @@ def test_dag_dependencies():
     assert done.stderr == ""
 
 
+def test_scatter_gather():
+    done = run_example("scatter_gather.py", "--size", "301", "--lines", "2000", "--iterations", "5", "--processes", "2")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "rows per engine: [151, 150]" in lines
+    assert "matrix-vector product matches serial result: True" in lines
+    assert "power iteration matches serial result: True" in lines
+    assert "word counts match serial result: True" in lines
+    assert done.stderr == ""
+
+
+def test_parallel_decorator():
+    done = run_example("parallel_decorator.py", "--limit", "20000", "--rows", "1000", "--processes", "2")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "decorated: primes_in(numbers): The primes among `numbers`, in order." in lines
+    assert "2,262 primes below 20,000; the last: 19997" in lines
+    for check in (
+        "primes match serial result",
+        "row norms match serial result",
+        "sum of partial sums matches serial result",
+        "collatz map matches serial result",
+        "gcd map matches serial result",
+        "unordered holds the same items",
+        "remote factors multiply back",
+        "one answer per engine",
+    ):
+        assert f"{check}: True" in lines
+    assert "row norms: ndarray of shape (1000,)" in lines
+    assert "partial sums: 20 (one per chunk of 1000)" in lines
+    assert "remote with block=False: AsyncResult, value 1001" in lines
+    assert done.stderr == ""
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "examples")) if f.endswith(".py")))
 def test_every_example_is_covered(name):
-    covered = {"monte_carlo_pi.py", "lambdas_and_errors.py", "migrating_from_multiprocessing.py", "dag_dependencies.py"}
+    covered = {
+        "monte_carlo_pi.py",
+        "lambdas_and_errors.py",
+        "migrating_from_multiprocessing.py",
+        "dag_dependencies.py",
+        "scatter_gather.py",
+        "parallel_decorator.py",
+    }
     assert name in covered, f"add a test that runs examples/{name}"

@@ -27,6 +27,7 @@ from the caller's ``__main__`` find their home.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import logging
 import math
@@ -100,6 +101,9 @@ class Engine:
         self.ident = b"engine-" + uuid.uuid4().hex.encode()
         self.engine_id: int | None = None
         main = types.ModuleType("__main__", "zpool engine namespace")
+        # As a real __main__ has: code run with these globals (and C code that
+        # imports on its behalf, as numpy's array methods do) looks builtins up here.
+        main.__dict__["__builtins__"] = builtins
         sys.modules["__main__"] = main
         self.namespace: dict[str, Any] = main.__dict__
         set_main_namespace(self.namespace)
