@@ -5,8 +5,8 @@ is where keeping data on the workers pays. Figures (``processes=2`` unless
 ``--processes N``; a float64 matrix of ``--megabytes`` MB, ``--iterations`` steps):
 
 1. zpool, data on the engines: ``scatter`` the rows of ``A`` once, then per
-   step ``pool.engines.apply(block_product, x)`` and join the blocks; only the
-   vector travels;
+   step ``view.apply(block_product, x)`` on a view of every engine, and join
+   the blocks; only the vector travels;
 2. multiprocessing, blocks sent each step: ``pool.map`` over the row blocks,
    each task carrying its block and ``x`` (what a map-only API invites);
 3. multiprocessing, matrix in the initializer: every worker receives the whole
@@ -14,7 +14,10 @@ is where keeping data on the workers pays. Figures (``processes=2`` unless
    (the best a pool without addressable workers can do).
 
 For each: set-up seconds (scatter, or pool start with the initializer), and
-seconds per step; every result is checked against numpy in this process.
+seconds per step after one untimed warm-up step; every result is checked
+against numpy in this process. Run it with ``OPENBLAS_NUM_THREADS=1`` (or
+your BLAS's equivalent) on small machines: two workers each starting one
+BLAS thread per core oversubscribe the cores, whichever pool runs them.
 Also the direct call's round trip: ``pool.engines[0].apply(noop)`` and
 ``pool.engines.apply(noop)`` (every engine), beside ``pool.apply(noop)``.
 Ratios > 1 mean zpool is faster.
@@ -42,12 +45,10 @@ for _p in (REPO, HERE):
 
 from _workloads import noop  # noqa: E402
 
-# Bound on each engine by scatter (zpool), or by the initializer (multiprocessing).
-A = None
-
 
 def block_product(x):
-    """This engine's rows of A times x (A is in the engine's namespace)."""
+    """This engine's rows of A times x (A is in the engine's namespace, bound by scatter)."""
+    global A
     return A @ x
 
 
@@ -61,6 +62,7 @@ def keep_matrix(matrix):
 
 
 def rows_product(bounds, x):
+    global A  # bound by the initializer
     start, stop = bounds
     return A[start:stop] @ x
 
@@ -95,10 +97,12 @@ def zpool_direct(matrix, x0, steps: int, processes: int) -> tuple[float, float, 
         t0 = time.perf_counter()
         pool.scatter("A", matrix)
         setup = time.perf_counter() - t0
+        view = pool.engines
+        view.apply(block_product, x0)  # warm-up (untimed), as for the others
         x = x0
         t0 = time.perf_counter()
         for _ in range(steps):
-            y = np.concatenate(pool.engines.apply(block_product, x))
+            y = np.concatenate(view.apply(block_product, x))
             x = y / np.linalg.norm(y)
         per_step = (time.perf_counter() - t0) / steps
     return setup, per_step, x
@@ -110,6 +114,7 @@ def mp_blocks(matrix, x0, steps: int, processes: int) -> tuple[float, float, obj
     with multiprocessing.Pool(processes) as pool:
         pool.apply(noop, (0,))
         blocks = [matrix[a:b] for a, b in row_bounds(len(matrix), processes)]
+        pool.starmap(product_of, [(b, x0) for b in blocks], chunksize=1)  # warm-up (untimed)
         x = x0
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -127,6 +132,7 @@ def mp_initializer(matrix, x0, steps: int, processes: int) -> tuple[float, float
         pool.map(noop, range(processes * 4), chunksize=1)  # every worker has run its initializer
         setup = time.perf_counter() - t0
         bounds = row_bounds(len(matrix), processes)
+        pool.starmap(rows_product, [(b, x0) for b in bounds], chunksize=1)  # warm-up (untimed)
         x = x0
         t0 = time.perf_counter()
         for _ in range(steps):

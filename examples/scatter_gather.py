@@ -32,9 +32,6 @@ import numpy as np
 
 import zpool
 
-# Bound on each engine by scatter(); never used in this process (here it stays None).
-A = None
-
 WORDS = "the of and to in is was for on that with as by at from his her an which are".split()
 
 
@@ -43,9 +40,10 @@ def block_product(x: np.ndarray) -> np.ndarray:
 
     `A` is the engine's own global, bound by ``pool.scatter("A", ...)``:
     a function from ``__main__`` runs with the engine's namespace as its
-    globals, and a name bound there by ``scatter`` or ``push`` keeps the
-    engine's value.
+    globals. ``global A`` says so (and keeps linters content); an engine
+    without it raises ``NameError``.
     """
+    global A
     return A @ x
 
 

@@ -10,6 +10,7 @@ traceback the caller sees says which engine raised them.
 
 from __future__ import annotations
 
+import collections
 import dis
 import hashlib
 import importlib
@@ -19,8 +20,13 @@ from typing import Any, Sequence
 
 from zpool import _partition, serialize
 
-__all__ = ["clear", "execute", "get", "pull", "push", "sync_imports"]
+__all__ = ["clear", "execute", "get", "pull", "push", "scatter_part", "sync_imports"]
 
+# Sources of executed code kept for tracebacks (linecache), the newest LINECACHE_MAX.
+LINECACHE_MAX = 256
+_SOURCES: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+_ABSENT = object()
 # Names a namespace keeps through clear(): the module's own (__name__, __builtins__, ...).
 _KEPT = ("__name__", "__doc__", "__package__", "__loader__", "__spec__", "__builtins__")
 
@@ -44,6 +50,11 @@ def push(values: dict[str, Any]) -> None:
     ns = namespace()
     ns.update(values)
     serialize.forget_shipped(values)  # bound here now: what the caller ships later leaves them be
+
+
+def scatter_part(name: str, part: Any) -> None:
+    """Bind this engine's part of a scattered sequence (a range part becomes a list here)."""
+    push({name: list(part) if isinstance(part, range) else part})
 
 
 def pull(names: str | Sequence[str]) -> Any:
@@ -93,11 +104,27 @@ def execute(code: str, filename: str | None = None) -> None:
         digest = hashlib.sha1(code.encode("utf-8", "surrogatepass")).hexdigest()[:10]
         filename = f"<zpool execute {digest}>"
     compiled = compile(code, filename, "exec")
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    _remember_source(filename, code)
+    ns = namespace()
+    # Names the code rebinds (or deletes) are the engine's from now on: what the caller ships later
+    # leaves them be. Judged by identity, so code that failed, or did not reach an assignment, or
+    # merely declares `global x`, changes nothing.
+    stored = _stored_names(compiled)
+    before = {name: id(ns.get(name, _ABSENT)) for name in stored}
     try:
-        exec(compiled, namespace())
+        exec(compiled, ns)
     finally:
-        serialize.forget_shipped(_stored_names(compiled))
+        serialize.forget_shipped([name for name in stored if id(ns.get(name, _ABSENT)) != before[name]])
+
+
+def _remember_source(filename: str, code: str) -> None:
+    """Register `code` with linecache under `filename`, so tracebacks show its lines (bounded)."""
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    _SOURCES[filename] = None
+    _SOURCES.move_to_end(filename)
+    while len(_SOURCES) > LINECACHE_MAX:
+        old, _ = _SOURCES.popitem(last=False)
+        linecache.cache.pop(old, None)
 
 
 def _stored_names(code: types.CodeType, top: bool = True) -> set[str]:

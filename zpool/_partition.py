@@ -141,11 +141,14 @@ def join_parts(parts: Sequence[Any]) -> Any:
     """
     numpy = sys.modules.get("numpy")
     if parts and numpy is not None and all(isinstance(p, (numpy.ndarray, numpy.generic)) for p in parts):
-        # Arrays, or numpy scalars (the parts of a 1-D array scattered with flatten=True).
+        # Arrays, or numpy scalars (the parts of a 1-D array scattered with flatten=True);
+        # masked arrays keep their masks.
+        masked = any(isinstance(p, numpy.ma.MaskedArray) for p in parts)
+        concatenate = numpy.ma.concatenate if masked else numpy.concatenate
         if all(isinstance(p, numpy.ndarray) and p.ndim >= 1 for p in parts):
-            return numpy.concatenate(parts)
+            return concatenate(parts)
         if all(numpy.ndim(p) <= 1 for p in parts):
-            return numpy.concatenate([numpy.atleast_1d(p) for p in parts])
+            return concatenate([numpy.atleast_1d(p) for p in parts])
     out: list[Any] = []
     for part in parts:
         if isinstance(part, (list, tuple)) or (_is_array(part) and part.ndim >= 1):

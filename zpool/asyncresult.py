@@ -444,6 +444,14 @@ class DirectResult(_Collecting[T]):
     def _fail_fast(self) -> bool:
         return False  # every engine's outcome is reported together
 
+    @property
+    def metadata(self) -> Metadata | list[Metadata | None] | None:
+        """Per-engine :class:`Metadata`: a list in engine order (a dict for a view of one engine)."""
+        md = super().metadata
+        if self._one_engine or isinstance(md, list):
+            return md
+        return [md]
+
     def _what(self) -> str:
         label = self.label or "direct call"
         return label if label.endswith(")") else f"{label}()"

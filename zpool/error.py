@@ -194,6 +194,10 @@ RemoteTraceback = multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defi
 class RemoteError(ZPoolError):
     """A task raised an exception that could not be rebuilt in the caller.
 
+    Also what a task's ``SystemExit``, ``KeyboardInterrupt`` or
+    ``GeneratorExit`` becomes: raised in the caller, those would end its
+    program, or pass for its own Ctrl-C.
+
     Parameters
     ----------
     ename : str
@@ -215,7 +219,12 @@ class RemoteError(ZPoolError):
 
     def __str__(self) -> str:
         where = "" if self.engine_id is None else f" on engine {self.engine_id}"
+        if self.ename in _NOT_RERAISED:
+            return f"{self.ename}: {self.evalue} (raised{where}; not raised here: it would end your program)"
         return f"{self.ename}: {self.evalue} (raised{where}; its type could not be rebuilt here)"
+
+
+_NOT_RERAISED = ("SystemExit", "KeyboardInterrupt", "GeneratorExit")
 
 
 class CompositeError(ZPoolError):

@@ -32,6 +32,7 @@ from zpool.cluster import ClusterSettings, LocalCluster
 from zpool.dependency import task_flags, task_ids
 from zpool.error import (
     BrokenPoolError,
+    EngineError,
     PoolClosedError,
     SerializationError,
     TaskAborted,
@@ -322,6 +323,8 @@ class Pool(_NamespaceMethods):
         # Live imap feeders: join() lets them read ahead without bound.
         self._feeders: weakref.WeakSet[_IMapState] = weakref.WeakSet()
         self._all_engines_seen = False  # `engines` waits for the first full complement
+        # name -> the engines pool.scatter(name, ...) split it over, in order (for gather).
+        self._scatters: dict[str, tuple[int, ...]] = {}
         conn: Connection | None = None
         try:
             conn = Connection(info, self._results, watch=self._cluster.failure)
@@ -751,6 +754,31 @@ class Pool(_NamespaceMethods):
 
     def _view(self) -> EngineView:
         return self.engines
+
+    def _scattered(self, name: str, view: EngineView) -> None:
+        self._scatters[name] = tuple(view.ids)
+
+    def _rebound(self, names: Iterable[str] | None) -> None:
+        if names is None:
+            self._scatters.clear()
+        else:
+            for name in names:
+                self._scatters.pop(name, None)
+
+    def _gather_view(self, name: str) -> EngineView:
+        """The engines `name` was scattered over, if it was; refuses to gather it with a part lost."""
+        ids = self._scatters.get(name)
+        if ids is None:
+            return self.engines
+        up = self._engine_ids()
+        lost = [engine_id for engine_id in ids if engine_id not in up]
+        if lost:
+            raise EngineError(
+                f"gather({name!r}): engine(s) {lost}, which held part of {name!r}, are gone"
+                f" ({name!r} was scattered over engines {list(ids)}; up now: {up}), so that part is lost;"
+                f" scatter {name!r} again"
+            )
+        return EngineView(self, ids)
 
     def _engine_ids(self) -> list[int]:
         """Ids of the engines up now; at first, waits for all of them while more are starting."""

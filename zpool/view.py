@@ -27,16 +27,19 @@ import functools
 import importlib.util
 import keyword
 import linecache
+import operator
 import os
 import sys
 import threading
+import tokenize
 import types
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from zpool import _namespace
 from zpool._partition import default_chunksize, join_parts, run_chunk, split_evenly
 from zpool.asyncresult import DirectResult
-from zpool.serialize import callable_name, dumps_call
+from zpool.error import SerializationError, serialization_error
+from zpool.serialize import callable_name, dumps, dumps_call, short_repr
 
 __all__ = ["EngineView", "ParallelFunction", "RemoteFunction"]
 
@@ -46,21 +49,27 @@ def _check_name(name: Any, what: str = "name") -> str:
         raise TypeError(f"a {what} in the engines' namespace must be a str, not {type(name).__name__}")
     if not name.isidentifier() or keyword.iskeyword(name):
         raise ValueError(f"{name!r} is not a valid Python identifier, so it cannot be a {what} in the namespace")
+    if name.startswith("__") and name.endswith("__"):
+        raise ValueError(f"{name!r} is one of the namespace module's own names; choose a name without the __s")
     return name
 
 
 def _is_sequence(value: Any) -> bool:
     """What ``scatter`` and ``@parallel`` split: lists, tuples, ranges, numpy arrays (of 1+ dimensions)."""
-    if isinstance(value, (str, bytes, bytearray, memoryview)):
-        return False
+    if isinstance(value, (list, tuple, range)):
+        return True
     numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.ndarray):
-        return bool(value.ndim >= 1)
-    return isinstance(value, collections.abc.Sequence)
+    return numpy is not None and isinstance(value, numpy.ndarray) and value.ndim >= 1
 
 
 def _none(values: list[Any]) -> None:
     return None
+
+
+def _check_flag(name: str, value: Any, none_ok: bool = False) -> None:
+    if not (isinstance(value, bool) or (none_ok and value is None)):
+        allowed = "True, False or None" if none_ok else "True or False"
+        raise TypeError(f"{name} must be {allowed}, not {value!r}")
 
 
 class _NamespaceMethods:
@@ -105,7 +114,10 @@ class _NamespaceMethods:
         if not isinstance(namespace, collections.abc.Mapping):
             raise TypeError(f"push() takes a mapping of names to values, not {type(namespace).__name__}")
         values = {_check_name(name): value for name, value in namespace.items()}
-        return self._view()._run(_namespace.push, (values,), "push", self._blocking(block), _none)
+        _check_sendable(values, "push")
+        result = self._view()._run(_namespace.push, (values,), "push", self._blocking(block), _none)
+        self._rebound(values)
+        return result
 
     def pull(self, names: str | Sequence[str], block: bool | None = None) -> Any:
         """The values of names in the engines' namespaces.
@@ -135,9 +147,9 @@ class _NamespaceMethods:
         wanted = _check_names(names)
         return self._view()._run(_namespace.get, (wanted, default), "get", self._blocking(block))
 
-    def update(self, namespace: Mapping[str, Any]) -> None:
-        """Bind names in the engines' namespaces and wait (``dict.update``; see :meth:`push`)."""
-        self.push(namespace, block=True)
+    def update(self, namespace: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), /, **names: Any) -> None:
+        """Bind names in the engines' namespaces and wait, as ``dict.update`` takes them (see :meth:`push`)."""
+        self.push({**dict(namespace), **names}, block=True)
 
     def __getitem__(self, name: Any) -> Any:
         """``pool["a"]``: :meth:`pull` of one name."""
@@ -154,7 +166,9 @@ class _NamespaceMethods:
 
     def clear(self, block: bool | None = None) -> Any:
         """Empty the engines' namespaces (what ``push``, ``execute`` and tasks stored there)."""
-        return self._view()._run(_namespace.clear, (), "clear", self._blocking(block), _none)
+        result = self._view()._run(_namespace.clear, (), "clear", self._blocking(block), _none)
+        self._rebound(None)
+        return result
 
     def execute(self, code: str, block: bool | None = None) -> Any:
         """Run Python statements in the engines' namespaces: ``execute("c = a + b")``.
@@ -188,7 +202,7 @@ class _NamespaceMethods:
             If it does not compile.
         """
         path = os.fspath(filename)
-        with open(path, encoding="utf-8") as f:
+        with tokenize.open(path) as f:  # as Python reads source: coding cookie, BOM
             code = f.read()
         compile(code, path, "exec")
         return self._view()._run(_namespace.execute, (code, path), "run", self._blocking(block), _none)
@@ -232,8 +246,12 @@ class _NamespaceMethods:
         parts = split_evenly(seq, len(view.ids))
         if flatten:
             parts = [p[0] if len(p) == 1 else p for p in parts]
-        calls = [(_namespace.push, ({name: part},)) for part in parts]
-        return view._run_each(calls, f"scatter({name!r})", self._blocking(block), _none)
+        for i, part in enumerate(parts):
+            _check_sendable({name: part}, f"scatter (part {i} of {name!r})")
+        calls = [(_namespace.scatter_part, (name, part)) for part in parts]
+        result = view._run_each(calls, f"scatter({name!r})", self._blocking(block), _none)
+        self._scattered(name, view)
+        return result
 
     def gather(self, name: str, block: bool | None = None) -> Any:
         """Join the engines' values of `name`, in engine order, into one list (one array for arrays).
@@ -243,7 +261,18 @@ class _NamespaceMethods:
         other value counts as one element.
         """
         _check_name(name)
-        return self._view()._run(_namespace.pull, (name,), f"gather({name!r})", self._blocking(block), join_parts)
+        view = self._gather_view(name)
+        return view._run(_namespace.pull, (name,), f"gather({name!r})", self._blocking(block), join_parts)
+
+    def _scattered(self, name: str, view: EngineView) -> None:
+        """`name` was scattered over `view` (the pool remembers where, for gather)."""
+
+    def _rebound(self, names: Iterable[str] | None) -> None:
+        """`names` (None: all) were pushed or cleared: no longer what a scatter left."""
+
+    def _gather_view(self, name: str) -> EngineView:
+        """The engines `gather(name)` collects from."""
+        return self._view()
 
     def sync_imports(self, quiet: bool = True) -> _SyncImports:
         """Context manager: imports in the block happen here and on the engines.
@@ -263,6 +292,19 @@ class _NamespaceMethods:
         ...     import numpy as np
         """
         return _SyncImports(self, quiet)
+
+
+def _check_sendable(values: Mapping[str, Any], what: str) -> None:
+    """Raise SerializationError naming the first value of `values` that cannot be sent."""
+    for name, value in values.items():
+        try:
+            dumps(value)
+        except SerializationError as exc:
+            cause = exc.__cause__ or exc
+            raise serialization_error(
+                f"cannot send {name!r} to the engines ({what}): {short_repr(value)} ({type(cause).__name__}: {cause})",
+                cause,
+            ) from cause
 
 
 def _check_names(names: Any) -> str | list[str]:
@@ -318,7 +360,8 @@ class EngineView(_NamespaceMethods):
             return self.pull(key, block=True)
         if isinstance(key, slice):
             return EngineView(self._pool, self._ids[key])
-        if isinstance(key, int) and not isinstance(key, bool):
+        if not isinstance(key, bool) and hasattr(key, "__index__"):  # int, numpy integers
+            key = operator.index(key)
             try:
                 engine_id = self._ids[key]
             except IndexError:
@@ -336,7 +379,7 @@ class EngineView(_NamespaceMethods):
 
     # -- calls ---------------------------------------------------------------
 
-    def apply(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``func(*args, **kwargs)`` on every engine of the view; wait unless :attr:`block` is False.
 
         A function from ``__main__`` runs with the engine's namespace as its
@@ -351,11 +394,11 @@ class EngineView(_NamespaceMethods):
         """
         return self._apply(func, args, kwargs, self.block)
 
-    def apply_sync(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply_sync(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Like :meth:`apply`, always waiting."""
         return self._apply(func, args, kwargs, True)
 
-    def apply_async(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> DirectResult[Any]:
+    def apply_async(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> DirectResult[Any]:
         """Like :meth:`apply`, returning a :class:`DirectResult` at once."""
         result: DirectResult[Any] = self._apply(func, args, kwargs, False)
         return result
@@ -365,7 +408,7 @@ class EngineView(_NamespaceMethods):
             raise TypeError(f"apply() needs a callable, not {type(func).__name__}")
         return self._run(func, args, callable_name(func), block, kwargs=kwargs)
 
-    def map(self, func: Callable[..., Any], *iterables: Iterable[Any], block: bool | None = None) -> Any:
+    def map(self, func: Callable[..., Any], /, *iterables: Iterable[Any], block: bool | None = None) -> Any:
         """``func`` over the items of `iterables` (zipped, as the builtin ``map``), split over the view.
 
         Each engine gets one contiguous part of the items (as :meth:`scatter`
@@ -383,15 +426,30 @@ class EngineView(_NamespaceMethods):
         else:
             items = list(zip(*iterables))
             star = True
+        name = callable_name(func)
         parts = split_evenly(items, len(self._ids))
-        calls = [(run_chunk, (func, part, star) if star else (func, part)) for part in parts]
-        return self._run_each(calls, f"map({callable_name(func)})", self._blocking(block), join_parts)
+        try:
+            calls = [(run_chunk, (func, part, star) if star else (func, part)) for part in parts]
+            return self._run_each(calls, f"map({name})", self._blocking(block), join_parts)
+        except SerializationError:
+            dumps_call(func)  # the function itself: raises naming it
+            for item in items:
+                try:
+                    dumps(item)
+                except SerializationError as exc:
+                    cause = exc.__cause__ or exc
+                    raise serialization_error(
+                        f"cannot serialize an item of the iterable given to map({name}): {exc}", cause
+                    ) from cause
+            raise
 
     def remote(self, func: Callable[..., Any] | None = None, *, block: bool | None = None) -> Any:
         """Decorator: calling the function runs it on every engine of the view (see :class:`RemoteFunction`)."""
 
+        _check_flag("block", block, none_ok=True)
+
         def decorate(f: Callable[..., Any]) -> RemoteFunction:
-            return RemoteFunction(self, f, self.block if block is None else block)
+            return RemoteFunction(self, f, block)
 
         return decorate if func is None else decorate(func)
 
@@ -404,8 +462,11 @@ class EngineView(_NamespaceMethods):
         :meth:`map` does.
         """
 
+        _check_flag("block", block, none_ok=True)
+        _check_flag("ordered", ordered)
+
         def decorate(f: Callable[..., Any]) -> ParallelFunction:
-            return ParallelFunction(self, f, self.block if block is None else block, ordered, None)
+            return ParallelFunction(self, f, block, ordered, None)
 
         return decorate if func is None else decorate(func)
 
@@ -464,11 +525,12 @@ class RemoteFunction:
 
     Attributes
     ----------
-    block : bool
-        Wait for the result (default) or return an :class:`AsyncResult`.
+    block : bool or None
+        Wait for the result, or return an :class:`AsyncResult` at once;
+        None (views only): as the view's ``block`` says at each call.
     """
 
-    def __init__(self, runner: Any, func: Callable[..., Any], block: bool = True) -> None:
+    def __init__(self, runner: Any, func: Callable[..., Any], block: bool | None = True) -> None:
         if not callable(func):
             raise TypeError(f"remote() decorates a callable, not {type(func).__name__}")
         self._runner = runner
@@ -476,12 +538,13 @@ class RemoteFunction:
         self.block = block
         functools.update_wrapper(self, func)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         runner = self._runner
+        block = runner.block if self.block is None else self.block
         if isinstance(runner, EngineView):
-            return runner._apply(self.func, args, kwargs, self.block)
+            return runner._apply(self.func, args, kwargs, block)
         ar = runner.apply_async(self.func, args, kwargs)
-        return ar.get() if self.block else ar
+        return ar.get() if block else ar
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {callable_name(self.func)}>"
@@ -509,8 +572,9 @@ class ParallelFunction:
 
     Attributes
     ----------
-    block : bool
-        Wait for the result (default) or return an :class:`AsyncResult`.
+    block : bool or None
+        Wait for the result, or return an :class:`AsyncResult` at once;
+        None (views only): as the view's ``block`` says at each call.
     ordered : bool
         Join chunk results in input order (default) or as they finish.
     chunksize : int or None
@@ -521,7 +585,7 @@ class ParallelFunction:
         self,
         runner: Any,
         func: Callable[..., Any],
-        block: bool = True,
+        block: bool | None = True,
         ordered: bool = True,
         chunksize: int | None = None,
     ) -> None:
@@ -536,7 +600,7 @@ class ParallelFunction:
         self.chunksize = chunksize
         functools.update_wrapper(self, func)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         split_at = [i for i, arg in enumerate(args) if _is_sequence(arg)]
         name = callable_name(self.func)
         if not split_at:
@@ -552,11 +616,15 @@ class ParallelFunction:
             )
         (n,) = lengths
         runner = self._runner
-        if isinstance(runner, EngineView):
+        block = runner.block if self.block is None else self.block
+        if n == 0:
+            bounds = [(0, 0)]  # one call on the empty input: the result the function gives for it
+        elif isinstance(runner, EngineView):
             pieces = len(runner.ids)
             if not pieces:
                 raise ValueError(f"parallel {name}() on a view with no engines")
-            bounds = _bounds(n, pieces)
+            # Never an empty chunk: with fewer items than engines, the first engines take one each.
+            bounds = _bounds(n, min(n, pieces))
         else:
             chunksize = self.chunksize or max(1, default_chunksize(n, runner._processes))
             bounds = [(i, min(i + chunksize, n)) for i in range(0, n, chunksize)]
@@ -566,18 +634,20 @@ class ParallelFunction:
             calls.append(chunk_args)
         if isinstance(runner, EngineView):
             runner._pool._check_running()
+            view = runner if len(calls) == len(runner.ids) else runner[: len(calls)]
             payloads = [dumps_call(self.func, chunk_args, kwargs) for chunk_args in calls]
-            return runner._submit(payloads, name, self.block, join_parts, ordered=self.ordered)
-        return runner._submit_joined(self.func, calls, kwargs, name, self.ordered, self.block)
+            return view._submit(payloads, name, block, join_parts, ordered=self.ordered)
+        return runner._submit_joined(self.func, calls, kwargs, name, self.ordered, block)
 
     def map(self, *seqs: Iterable[Any]) -> Any:
         """Call the function on each element of `seqs` (zipped), in parallel; the results as a list."""
         runner = self._runner
         if not seqs:
             raise TypeError("map() needs at least one sequence")
+        block = runner.block if self.block is None else self.block
         if isinstance(runner, EngineView):
-            return runner.map(self.func, *seqs, block=self.block)
-        return runner._parallel_map(self.func, seqs, self.chunksize, self.ordered, self.block)
+            return runner.map(self.func, *seqs, block=block)
+        return runner._parallel_map(self.func, seqs, self.chunksize, self.ordered, block)
 
     def __repr__(self) -> str:
         return f"<ParallelFunction {callable_name(self.func)}>"
@@ -597,9 +667,9 @@ def _bounds(n: int, pieces: int) -> list[tuple[int, int]]:
     return out
 
 
-# sync_imports blocks in progress: id(globals of the block's frame) -> their record lists.
+# sync_imports blocks in progress: (id(globals of the block's frame), thread) -> their record lists.
 # One hook serves them all (blocks in several threads, nested blocks), installed while any is open.
-_RECORDERS: dict[int, list[list[tuple[str, tuple[str, ...]]]]] = {}
+_RECORDERS: dict[tuple[int, int], list[list[tuple[str, tuple[str, ...]]]]] = {}
 _RECORDERS_LOCK = threading.Lock()
 _builtin_import: Any = None
 
@@ -612,7 +682,7 @@ def _recording_import(
     level: int = 0,
 ) -> Any:
     module = _builtin_import(name, globals, locals, fromlist, level)
-    recorders = _RECORDERS.get(id(globals)) if globals is not None else None
+    recorders = _RECORDERS.get((id(globals), threading.get_ident())) if globals is not None else None
     if recorders:
         try:
             absolute = importlib.util.resolve_name("." * level + name, globals.get("__package__"))
@@ -641,7 +711,7 @@ class _SyncImports:
         self._frame: types.FrameType | None = None
         self._records: list[tuple[str, tuple[str, ...]]] = []
         self._before: dict[str, int] = {}
-        self._key = 0
+        self._key = (0, 0)
 
     def __enter__(self) -> None:
         global _builtin_import
@@ -649,7 +719,7 @@ class _SyncImports:
         self._frame = frame
         self._before = {name: id(value) for name, value in frame.f_locals.items()}
         self._records = []
-        self._key = id(frame.f_globals)
+        self._key = (id(frame.f_globals), threading.get_ident())
         self._lineno = frame.f_lineno
         with _RECORDERS_LOCK:
             if not _RECORDERS and builtins.__import__ is not _recording_import:
@@ -783,15 +853,29 @@ _SHARED_CONSTANTS = (type(None), bool, int, str, bytes)
 
 
 def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
-    """The statements of a block, nested blocks included (not the bodies of functions and classes)."""
+    """The statements of a block, nested blocks included (not the bodies of functions and classes,
+    nor nested ``sync_imports`` blocks, which sync their own imports)."""
     for node in body:
         yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or _is_sync_block(node):
             continue
         for field in ("body", "orelse", "finalbody"):
             yield from _statements(getattr(node, field, None) or [])
         for handler in getattr(node, "handlers", None) or []:
             yield from _statements(handler.body)
+
+
+def _is_sync_block(node: ast.stmt) -> bool:
+    if not isinstance(node, (ast.With, ast.AsyncWith)):
+        return False
+    for item in node.items:
+        call = item.context_expr
+        if isinstance(call, ast.Call):
+            func = call.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name == "sync_imports":
+                return True
+    return False
 
 
 def _star_bindings(module: str, names: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:

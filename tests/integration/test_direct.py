@@ -1148,3 +1148,188 @@ def test_pushed_and_executed_names_are_not_overwritten_by_shipped_globals(pool):
     assert view.apply(ns["read"]) == (True, 1000)
     view.clear()  # forgets every binding: the caller's current values come again
     assert view.apply(ns["read"]) == (False, 2000)
+
+
+# -- review fixes ------------------------------------------------------------------------------
+
+
+def test_gather_refuses_when_an_engine_holding_a_part_died(fresh_pool):
+    pool = fresh_pool(3)
+    pool.scatter("x", list(range(9)))
+    pids = pool.engines.apply(os.getpid)
+    victim = pool.engines.ids[1]
+    os.kill(pids[1], signal.SIGKILL)
+    wait_until_gone(pool, victim)
+    # Whether or not its replacement is up yet, part of x is gone: an error, never a short list.
+    with pytest.raises(zpool.EngineError, match=rf"engine\(s\) \[{victim}\].*scatter 'x' again"):
+        pool.gather("x")
+    pool.wait_for_engines(3, timeout=T)
+    pool.scatter("x", list(range(9)))
+    assert pool.gather("x") == list(range(9))
+    pool.push({"x": [1]})  # no longer a scattered sequence: one value per engine up
+    assert pool.gather("x") == [1, 1, 1]
+
+
+def test_gather_keeps_the_masks_of_masked_arrays(pool):
+    m = np.ma.array([1.0, 2.0, 3.0, 4.0, 5.0], mask=[0, 1, 0, 1, 0])
+    pool.scatter("m", m)
+    back = pool.gather("m")
+    assert isinstance(back, np.ma.MaskedArray)
+    np.testing.assert_array_equal(back.mask, m.mask)
+    assert back.sum() == m.sum() == 9.0
+
+
+def test_a_failed_or_conditional_execute_does_not_pin_a_shipped_value(pool):
+    ns = as_main("threshold = 0.5\ndef read():\n    return threshold\n")
+    pool.clear()
+    view = pool.engines
+    assert view.apply(ns["read"]) == [0.5] * len(view)
+    with pytest.raises(zpool.CompositeError):
+        view.execute("threshold = undefined_name")
+    view.execute("if False:\n    threshold = 1")
+    view.execute("def later():\n    global threshold\n    threshold = 2")
+    ns["threshold"] = 0.9
+    assert view.apply(ns["read"]) == [0.9] * len(view)  # still the caller's, shipped afresh
+    view.execute("later()")  # now the engines bind it: theirs from here on
+    ns["threshold"] = 0.1
+    assert view.apply(ns["read"]) == [2] * len(view)
+
+
+def test_view_parallel_never_makes_empty_chunks(pool):
+    view = pool.engines  # two engines
+    assert view.parallel()(lambda xs: [max(xs)])([7]) == [7]
+    assert view.parallel()(lambda xs: [max(xs)])([3, 5]) == [3, 5]
+
+
+def test_parallel_of_an_empty_input_calls_the_function_once(pool):
+    def shape_of_rows(a):
+        return np.zeros((len(a), 3))
+
+    empty = np.zeros((0, 3))
+    for parallel in (pool.parallel(), pool.engines.parallel()):
+        out = parallel(shape_of_rows)(empty)
+        assert isinstance(out, np.ndarray) and out.shape == (0, 3)
+        assert parallel(lambda xs: [len(xs)])([]) == [0]
+
+
+def test_scatter_of_a_range_is_listed_on_the_engines(pool):
+    pool.scatter("r", range(0, 20, 3))
+    assert pool.pull("r") == [[0, 3, 6, 9], [12, 15, 18]]
+    assert pool.gather("r") == list(range(0, 20, 3))
+
+
+def test_nested_sync_imports_blocks_sync_their_own_imports(pool, tmp_path):
+    # From a file, as a script's block is: its import statements are read from the source.
+    source = tmp_path / "nested_blocks.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            def run(pool):
+                with pool.sync_imports():
+                    import json
+                    with pool.engines[0].sync_imports():
+                        import decimal
+            """
+        )
+    )
+    ns = {"__name__": "__main__"}
+    exec(compile(source.read_text(), str(source), "exec"), ns)
+    pool.clear()
+    ns["run"](pool)
+    pool.execute("found = [name for name in ('json', 'decimal') if name in globals()]")
+    assert pool.pull("found") == [["json", "decimal"], ["json"]]
+
+
+def test_run_reads_files_as_python_does(pool, tmp_path):
+    bom = tmp_path / "bom.py"
+    bom.write_bytes(b"\xef\xbb\xbfbom_ok = 1\n")
+    latin = tmp_path / "latin.py"
+    latin.write_bytes("# -*- coding: latin-1 -*-\nword = 'caf\xe9'\n".encode("latin-1"))
+    pool.run(bom)
+    pool.run(str(latin))
+    assert pool.pull("bom_ok") == [1] * len(pool.engines)
+    assert pool.pull("word") == ["caf\xe9"] * len(pool.engines)
+
+
+def test_only_lists_tuples_ranges_and_arrays_are_split(pool):
+    import collections
+
+    with pytest.raises(TypeError, match="list, tuple, range or numpy array"):
+        pool.scatter("d", collections.deque([1, 2, 3]))
+    with pytest.raises(TypeError, match="at least one list"):
+        pool.parallel()(len)(collections.deque([1, 2]))
+
+
+def test_errors_name_what_cannot_be_sent(pool):
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(zpool.SerializationError, match=r"cannot send 'bad' to the engines \(push\)"):
+        pool.push({"good": 1, "bad": lock})
+    with pytest.raises(zpool.SerializationError, match=r"part 1 of 'x'"):
+        pool.scatter("x", [1, lock])
+    with pytest.raises(zpool.SerializationError, match=r"an item of the iterable given to map\(len\)"):
+        pool.engines.map(len, [[1], lock])
+
+
+def test_dunder_names_are_refused(pool):
+    for name in ("__builtins__", "__name__", "__x__"):
+        with pytest.raises(ValueError, match="module's own names"):
+            pool.push({name: 1})
+
+
+def test_view_decorators_follow_the_views_block_at_each_call(pool):
+    view = pool.engines
+    pids = view.remote()(os.getpid)
+    assert isinstance(pids(), list)
+    view.block = False
+    ar = pids()
+    assert isinstance(ar, DirectResult)
+    assert ar.get(timeout=T) == view.apply_sync(os.getpid)
+    with pytest.raises(TypeError, match="ordered"):
+        view.parallel(ordered="no")
+    with pytest.raises(TypeError, match="block"):
+        view.remote(block="no")
+
+
+def test_numpy_integers_index_views(pool):
+    assert pool.engines[np.int64(0)].ids == pool.engines[0].ids
+    assert pool.engines[np.argmin([5, 1])].ids == [pool.engines.ids[1]]
+
+
+def test_metadata_is_per_engine_on_views_of_several_engines(pool):
+    ar = pool.engines[0:1].apply_async(os.getpid)
+    ar.get(timeout=T)
+    assert isinstance(ar.metadata, list) and len(ar.metadata) == 1
+    assert ar.metadata[0]["engine_id"] == pool.engines.ids[0]
+    one = pool.engines[0].apply_async(os.getpid)
+    one.get(timeout=T)
+    assert one.metadata["engine_id"] == pool.engines.ids[0]
+
+
+def test_system_exit_in_a_task_is_reported_not_raised(pool):
+    with pytest.raises(zpool.RemoteError, match="SystemExit: 3.*not raised here") as info:
+        pool.engines[0].execute("raise SystemExit(3)")
+    assert info.value.ename == "SystemExit"
+    ns = as_main("def interrupt():\n    raise KeyboardInterrupt('remote')\n")
+    with pytest.raises(zpool.RemoteError, match="KeyboardInterrupt"):
+        pool.apply(ns["interrupt"])
+
+
+def test_apply_passes_every_keyword_to_the_function(pool):
+    def takes(func, block=None):
+        return (func, block)
+
+    assert pool.engines[0].apply(takes, func=1, block=2) == (1, 2)
+    pool.update({"u1": 1}, u2=2)
+    pool.update(u3=3)
+    assert pool.engines[0].pull(["u1", "u2", "u3"]) == [1, 2, 3]
+
+
+def test_unmet_functional_dependency_on_a_view_gives_its_reason(pool):
+    @zpool.require("no_such_module_zpool_test")
+    def needs():
+        return 1
+
+    with pytest.raises(zpool.UnmetDependency, match="no_such_module_zpool_test"):
+        pool.engines[0].apply(needs)

@@ -382,6 +382,44 @@ def test_namespace_functions_refuse_to_run_outside_an_engine():
         _namespace.pull("a")
 
 
+def test_executed_sources_kept_for_tracebacks_are_bounded(namespace):
+    import linecache
+
+    names = []
+    for i in range(_namespace.LINECACHE_MAX + 50):
+        _namespace.execute(f"x = {i}")
+        names.append(next(reversed(_namespace._SOURCES)))
+    assert namespace["x"] == _namespace.LINECACHE_MAX + 49
+    assert len(_namespace._SOURCES) == _namespace.LINECACHE_MAX
+    assert names[0] not in linecache.cache  # the oldest were dropped
+    assert names[-1] in linecache.cache
+
+
+def test_sync_imports_blocks_in_two_threads_record_their_own_imports():
+    import threading
+
+    from zpool.view import _SyncImports
+
+    views = [_FakeView(), _FakeView()]
+    inside = threading.Barrier(2)
+
+    def block(view, which):
+        with _SyncImports(view, quiet=True):
+            inside.wait(timeout=10)  # both blocks open at once, in one module's globals
+            if which == "heapq":
+                import heapq  # noqa: F401
+            else:
+                import bisect  # noqa: F401
+            inside.wait(timeout=10)
+
+    threads = [threading.Thread(target=block, args=(v, m)) for v, m in zip(views, ("heapq", "bisect"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert [synced(v)[0] for v in views] == [["heapq"], ["bisect"]]
+
+
 def test_push_and_pull(namespace):
     _namespace.push({"a": 1, "b": [2, 3]})
     assert namespace["a"] == 1

@@ -76,6 +76,10 @@ def rebuild_exception(
                 exc = cls(evalue)
             except Exception:
                 exc = None
+    if exc is not None and not isinstance(exc, Exception):
+        # SystemExit, KeyboardInterrupt, GeneratorExit from a task: raised here, they would end
+        # the caller's program or pass for its own Ctrl-C. They are reported, not re-raised.
+        exc = None
     if exc is None:
         exc = RemoteError(ename, evalue, text, engine_id if isinstance(engine_id, int) else None)
     if text:

@@ -611,6 +611,8 @@ class Scheduler:
         if task is None:
             return None
         task.engine = None
+        if task.direct:
+            unmet = False  # it raised UnmetDependency on the one engine it was for: that is its answer
         if run_s >= 0 and not unmet and not task.direct:
             mean = self._mean_run_s
             self._mean_run_s = run_s if mean is None else mean + EWMA_ALPHA * (run_s - mean)
