@@ -66,13 +66,20 @@ def exit_now(code=3):
 
 
 def frame_address_proof(arr):
-    """Report whether `arr` is a read-only view on the received ZeroMQ frame itself."""
+    """Report how `arr` arrived: a read-only view on the received ZeroMQ frame, or on a shared-memory mapping."""
 
-    return arr, in_received_frame(arr), arr.flags.writeable
+    return arr, received_via(arr), arr.flags.writeable
 
 
 def in_received_frame(arr) -> bool:
     """True if `arr`'s data lies inside the memory of a zmq.Frame (no copy was made)."""
+    return received_via(arr) == "frame"
+
+
+def received_via(arr) -> str | None:
+    """"frame" if `arr`'s data lies inside a zmq.Frame, "shm" if inside a mapped segment, else None (a copy)."""
+    import mmap
+
     import numpy as np
     import zmq
 
@@ -80,11 +87,15 @@ def in_received_frame(arr) -> bool:
     while isinstance(base, np.ndarray):
         base = base.base
     owner = getattr(base, "obj", None)
-    if not isinstance(owner, zmq.Frame):
-        return False
-    frame_start = np.frombuffer(owner, dtype=np.uint8).ctypes.data
+    if isinstance(owner, zmq.Frame):
+        kind, size = "frame", len(owner)
+    elif isinstance(owner, mmap.mmap):
+        kind, size = "shm", len(owner)
+    else:
+        return None
+    region = np.frombuffer(owner, dtype=np.uint8).ctypes.data
     start = arr.ctypes.data
-    return frame_start <= start and start + arr.nbytes <= frame_start + len(owner)
+    return kind if region <= start and start + arr.nbytes <= region + size else None
 
 
 def _explode():

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import psutil
 import zmq
 
+from zpool import _shm
 from zpool._process import describe_exit, kill_process_group, kill_process_tree
 from zpool.error import ZPoolError
 from zpool.protocol import ConnectionInfo, new_key, write_frames
@@ -49,6 +50,8 @@ class ClusterSettings:
     max_tasks_per_engine: int | None = None
     # Serialized call (frames) every engine runs before its first task: the initializer.
     engine_setup: tuple[bytes, ...] = ()
+    # Large buffers through shared memory (where the host has /dev/shm).
+    shared_memory: bool = True
 
 
 class LocalCluster:
@@ -76,6 +79,7 @@ class LocalCluster:
             f"{base}/heartbeat",
             new_key(),
             mp_authkey=bytes(multiprocessing.current_process().authkey),
+            shm_prefix=f"zpool-{os.urandom(6).hex()}" if self.settings.shared_memory and _shm.available() else None,
         )
         path = os.path.join(self.workdir, "cluster.json")
         info.write(path)
@@ -182,6 +186,8 @@ class LocalCluster:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        if self.info is not None and self.info.shm_prefix:
+            _shm.remove_all(self.info.shm_prefix)  # what processes killed mid-send left behind
 
 
 def _child_env() -> dict[str, str]:

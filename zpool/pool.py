@@ -24,6 +24,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
+from zpool import _shm
 from zpool._partition import ItemFailure, default_chunksize, join_parts, run_chunk, run_each, split
 from zpool.asyncresult import AsyncResult, DirectResult, IMapIterator, JoinedResult, MapResult, _IMapChunk, _IMapState
 from zpool.client.connection import Connection
@@ -62,6 +63,13 @@ def _is_int(value: Any) -> bool:
 
 def _same(value: T) -> T:
     return value
+
+
+def _release_unsent(items: list[tuple[str, list[Any]]]) -> None:
+    """Unlink the shared-memory segments of payloads that never left this process."""
+    for _, frames in items:
+        for name in _shm.manifest_names(frames):
+            _shm.unlink(name)
 
 
 def _flatten(chunks: list[list[Any]]) -> list[Any]:
@@ -315,6 +323,8 @@ class Pool(_NamespaceMethods):
             )
         )
         info = self._cluster.start()
+        # Writes large arguments into shared-memory segments (zpool._shm); None: they go as frames.
+        self._shm = _shm.Writer(info.shm_prefix, "c") if info.shm_prefix else None
         self._results = ResultTable()
         self._callbacks = _Callbacks()
         # Scheduling flags: defaults for every call (set_flags), and per thread for a block (temp_flags).
@@ -396,7 +406,7 @@ class Pool(_NamespaceMethods):
         wire_flags = self._task_flags(flags)
         if not isinstance(kwds, collections.abc.Mapping):
             raise TypeError(f"kwds must be a mapping (a dict of keyword arguments), not {type(kwds).__name__}")
-        frames = dumps_call(func, tuple(args), dict(kwds))
+        frames = dumps_call(func, tuple(args), dict(kwds), shared=self._shm)
         task_id = self._conn.session.new_id()
         ar: AsyncResult[T] = AsyncResult([task_id], callable_name(func))
         ar._owner, ar._runner = self, self._callbacks
@@ -879,13 +889,17 @@ class Pool(_NamespaceMethods):
     ) -> None:
         """Send one direct task per engine (`flags` name each task's engine)."""
         ar._owner, ar._runner = self, self._callbacks
-        self._results.add(ar)
+        sent = 0
         try:
+            self._results.add(ar)
             for item, item_flags in zip(items, flags):
                 self._conn.submit([item], item_flags)
+                sent += 1
         except BaseException as exc:
             error = exc
             self._results.fail(ar.msg_ids, lambda: error)
+            if not sent:  # (once one is sent, the controller counts the segments it shares)
+                _release_unsent(items)
             raise
 
     def _submit_joined(
@@ -901,7 +915,7 @@ class Pool(_NamespaceMethods):
         self._check_running()
         wire_flags = self._task_flags({})
         new_id = self._conn.session.new_id
-        items = [(new_id(), dumps_call(func, args, kwargs)) for args in calls]
+        items = [(new_id(), dumps_call(func, args, kwargs, shared=self._shm)) for args in calls]
         ar: JoinedResult[Any] = JoinedResult([task_id for task_id, _ in items], label, join_parts, ordered)
         ar._owner, ar._runner = self, self._callbacks
         if items:
@@ -1108,18 +1122,20 @@ class Pool(_NamespaceMethods):
             self._conn.submit([(task_id, frames)], flags)
         except BaseException as exc:
             self._results.fail([task_id], functools.partial(_same, exc))
+            _release_unsent([(task_id, frames)])
             return False
         return True
 
     def _submit(
         self, ar: AsyncResult[Any], items: list[tuple[str, list[Any]]], flags: dict[str, Any] | None = None
     ) -> None:
-        self._results.add(ar)
         try:
+            self._results.add(ar)
             self._conn.submit(items, flags)
         except BaseException as exc:
             error = exc
             self._results.fail(ar.msg_ids, lambda: error)
+            _release_unsent(items)
             raise
 
     @staticmethod
@@ -1140,14 +1156,20 @@ class Pool(_NamespaceMethods):
                 good.append(item)
         return holes, good
 
-    @staticmethod
     def _dump_chunk(
-        func: Callable[..., Any], chunk: Any, star: bool, what: str = "map", each: bool = False, strict: bool = False
+        self,
+        func: Callable[..., Any],
+        chunk: Any,
+        star: bool,
+        what: str = "map",
+        each: bool = False,
+        strict: bool = False,
     ) -> list[Any]:
+        shared = self._shm
         try:
             if each:
-                return dumps_call(run_each, (func, chunk, True) if strict else (func, chunk))
-            return dumps_call(run_chunk, (func, chunk, True) if star else (func, chunk))
+                return dumps_call(run_each, (func, chunk, True) if strict else (func, chunk), shared=shared)
+            return dumps_call(run_chunk, (func, chunk, True) if star else (func, chunk), shared=shared)
         except SerializationError:
             pass
         name = callable_name(func)

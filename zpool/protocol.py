@@ -520,6 +520,9 @@ class ConnectionInfo:
     # The creating process's multiprocessing authkey, for engines to adopt, so
     # that Manager proxies it passes to tasks connect (hidden clusters only).
     mp_authkey: bytes | None = None
+    # Large buffers go through shared-memory segments named with this prefix
+    # (``zpool-<cluster id>``); None: through the sockets (see zpool._shm).
+    shm_prefix: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -532,6 +535,8 @@ class ConnectionInfo:
         }
         if self.mp_authkey is not None:
             data["mp_authkey"] = self.mp_authkey.hex()
+        if self.shm_prefix is not None:
+            data["shm_prefix"] = self.shm_prefix
         return data
 
     def write(self, path: str) -> None:
@@ -554,6 +559,7 @@ class ConnectionInfo:
                 key=data["key"].encode("ascii"),
                 controller_pid=data.get("controller_pid"),
                 mp_authkey=bytes.fromhex(data["mp_authkey"]) if data.get("mp_authkey") else None,
+                shm_prefix=str(data["shm_prefix"]) if data.get("shm_prefix") else None,
             )
         except (KeyError, AttributeError, TypeError, ValueError) as exc:
             raise ProtocolError(f"connection file {path} is incomplete or malformed: {exc!r}") from exc

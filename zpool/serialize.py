@@ -28,6 +28,7 @@ import threading
 import types
 from typing import Any, Callable, Mapping, Sequence
 
+from zpool import _shm
 from zpool.error import SerializationError, serialization_error
 
 __all__ = [
@@ -266,8 +267,13 @@ def _lift(obj: Any) -> Any:
     return obj
 
 
-def dumps(obj: Any) -> list[Any]:
+def dumps(obj: Any, shared: _shm.Writer | None = None) -> list[Any]:
     """Serialize `obj` into ``[pickle, *buffers]``; large buffers are not copied.
+
+    With `shared`, buffers of :data:`zpool._shm.THRESHOLD` bytes or more are
+    written into shared-memory segments instead (one copy, made here), and
+    the frames are ``[manifest, pickle, *buffers]`` with an empty frame for
+    each of those (see :mod:`zpool._shm`).
 
     Raises
     ------
@@ -292,22 +298,78 @@ def dumps(obj: Any) -> list[Any]:
         raise serialization_error(f"cannot serialize {short_repr(obj)}: {exc}", exc) from exc
     # A small pickle is cheaper to handle as bytes than as a view on the stream.
     head = stream.getvalue() if stream.tell() < OOB_THRESHOLD else stream.getbuffer()
+    if shared is not None and any(buf.nbytes >= _shm.THRESHOLD for buf in buffers):
+        return [*_to_shared(buffers, shared), head, *buffers]
     return [head, *buffers]
 
 
-def loads(frames: Sequence[Any]) -> Any:
+def _to_shared(buffers: list[Any], shared: _shm.Writer) -> list[bytes]:
+    """Move the large `buffers` into segments (in place: empty frames remain); return the manifest frame."""
+    segments: dict[int, tuple[str, int]] = {}
+    try:
+        for i, buf in enumerate(buffers):
+            if buf.nbytes >= _shm.THRESHOLD:
+                segments[i] = (shared.write(buf), buf.nbytes)
+                buffers[i] = b""
+    except BaseException:
+        for name, _ in segments.values():
+            _shm.unlink(name)
+        raise
+    return [_shm.make_manifest(segments)]
+
+
+def loads(frames: Sequence[Any], release: bool = False) -> Any:
     """Rebuild an object from ``[pickle, *buffers]`` (zmq Frames or bytes).
 
     Out-of-band buffers become read-only views on the frames, so received
-    arrays are read-only and were never copied.
+    arrays are read-only and were never copied. Buffers that came through
+    shared memory (a manifest frame first) are read-only views on the
+    mapped segments; with `release`, the segments are unlinked once mapped
+    (the caller owns them: see :mod:`zpool._shm`).
+
+    Raises
+    ------
+    SerializationError
+        If a shared-memory segment cannot be mapped.
     """
     head = frames[0]
+    if len(frames) > 1 and _is_manifest(head):
+        return _loads_shared(frames, release)
     if len(frames) == 1:  # everything in band: nothing of the frame reaches the caller
         return pickle.loads(head)
     buffers = [_readonly_view(f) for f in frames[1:]]
     # The pickle itself is never exposed to the caller: copy a small one, it is cheaper.
     head = head.bytes if len(head) < OOB_THRESHOLD and hasattr(head, "bytes") else _readonly_view(head)
     return pickle.loads(head, buffers=buffers)
+
+
+def _is_manifest(frame: Any) -> bool:
+    first = frame[:1] if type(frame) is bytes else bytes(memoryview(frame)[:1])
+    return first == _shm.MANIFEST[:1]  # a pickle starts with b"\x80"
+
+
+def _loads_shared(frames: Sequence[Any], release: bool) -> Any:
+    try:
+        segments = _shm.read_manifest(frames[0]) or {}
+    except (ValueError, TypeError) as exc:
+        raise SerializationError(f"malformed shared-memory manifest: {exc}") from exc
+    try:
+        buffers: list[Any] = [_readonly_view(f) for f in frames[2:]]
+        for index, (name, size) in segments.items():
+            if not 0 <= index < len(buffers):
+                raise SerializationError(f"shared-memory manifest names buffer {index}, which is not there")
+            try:
+                buffers[index] = _shm.open_segment(name, size)
+            except (OSError, ValueError) as exc:
+                raise SerializationError(
+                    f"cannot map shared-memory segment {name} ({size} bytes): {exc}; it was removed"
+                    " (its pool ended), or this process runs on another host than its sender"
+                ) from exc
+    finally:
+        if release:
+            for name, _ in segments.values():
+                _shm.unlink(name)
+    return pickle.loads(_readonly_view(frames[1]), buffers=buffers)
 
 
 def _readonly_view(frame: Any) -> Any:
@@ -347,6 +409,7 @@ def dumps_call(
     kwargs: Mapping[str, Any] | None = None,
     *,
     describe_arg: Callable[[int, str], str] | None = None,
+    shared: _shm.Writer | None = None,
 ) -> list[Any]:
     """Serialize a call ``func(*args, **kwargs)``.
 
@@ -358,7 +421,7 @@ def dumps_call(
     args = tuple(_lift(a) for a in args)
     kwargs = {k: _lift(v) for k, v in (kwargs or {}).items()}
     try:
-        return dumps((func, args, kwargs))
+        return dumps((func, args, kwargs), shared)
     except SerializationError as exc:
         raise _explain_call(func, args, kwargs, describe_arg) from exc.__cause__
 
@@ -389,6 +452,6 @@ def _explain_call(
 
 
 def loads_call(frames: Sequence[Any]) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    """Rebuild ``(func, args, kwargs)`` serialized by :func:`dumps_call`."""
+    """Rebuild ``(func, args, kwargs)`` serialized by :func:`dumps_call` (segments stay: the controller owns them)."""
     func, args, kwargs = loads(frames)
     return func, args, kwargs

@@ -472,6 +472,10 @@ class EngineView(_NamespaceMethods):
 
     # -- submission ------------------------------------------------------------
 
+    def _require_engines(self, label: str) -> None:
+        if not self._ids:
+            raise ValueError(f"{label}: this view has no engines; make one from pool.engines")
+
     def _run(
         self,
         func: Callable[..., Any],
@@ -483,7 +487,8 @@ class EngineView(_NamespaceMethods):
     ) -> Any:
         """The same call on every engine of the view (serialized once)."""
         self._pool._check_running()
-        frames = dumps_call(func, args, kwargs or {})
+        self._require_engines(label)
+        frames = dumps_call(func, args, kwargs or {}, shared=self._pool._shm)
         return self._submit([frames] * len(self._ids), label, block, combine)
 
     def _run_each(
@@ -495,7 +500,8 @@ class EngineView(_NamespaceMethods):
     ) -> Any:
         """One call per engine of the view, in order."""
         self._pool._check_running()
-        payloads = [dumps_call(func, args) for func, args in calls]
+        self._require_engines(label)
+        payloads = [dumps_call(func, args, shared=self._pool._shm) for func, args in calls]
         return self._submit(payloads, label, block, combine)
 
     def _submit(
@@ -507,8 +513,7 @@ class EngineView(_NamespaceMethods):
         ordered: bool = True,
     ) -> Any:
         pool = self._pool
-        if not self._ids:
-            raise ValueError(f"{label}: this view has no engines; make one from pool.engines")
+        self._require_engines(label)
         new_id = pool._conn.session.new_id
         ids = [new_id() for _ in payloads]
         ar: DirectResult[Any] = DirectResult(ids, label, list(self._ids), self._single, combine, ordered)
@@ -635,7 +640,7 @@ class ParallelFunction:
         if isinstance(runner, EngineView):
             runner._pool._check_running()
             view = runner if len(calls) == len(runner.ids) else runner[: len(calls)]
-            payloads = [dumps_call(self.func, chunk_args, kwargs) for chunk_args in calls]
+            payloads = [dumps_call(self.func, chunk_args, kwargs, shared=runner._pool._shm) for chunk_args in calls]
             return view._submit(payloads, name, block, join_parts, ordered=self.ordered)
         return runner._submit_joined(self.func, calls, kwargs, name, self.ordered, block)
 

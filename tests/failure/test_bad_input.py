@@ -111,7 +111,7 @@ def test_modified_argument_fails_its_task_instead_of_hanging(pool):
     import numpy as np
 
     conn = pool._conn
-    arr = np.zeros(1 << 20)
+    arr = np.zeros(1 << 15)  # 256 KiB: out of band as a frame (shared memory starts at 1 MiB)
     before = _dropped(pool)
     # Change the data right after the I/O thread signed it, before ZeroMQ sends it
     # (the window a caller hits by writing to an argument after apply_async returns).

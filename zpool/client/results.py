@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+from zpool import _shm
 from zpool import error as _errors
 from zpool._partition import ItemFailure
 from zpool.error import PoolClosedError, RemoteError, RemoteTraceback, SerializationError
@@ -139,15 +140,17 @@ class ResultTable:
         for i, task_id in enumerate(batch.ids):
             status = statuses[i]
             slot = pop(task_id, None)
-            if slot is None:
-                continue  # already failed locally (terminate, controller loss)
-            outcome, index = _unpack_slot(slot)
             frames = batch.payload(i)
+            if slot is None:  # already failed locally (terminate, controller loss)
+                for name in _shm.manifest_names(frames):
+                    _shm.unlink(name)
+                continue
+            outcome, index = _unpack_slot(slot)
             metadata = (engine_ids[i], status, starts[i], completions[i], received)
             ok = status == TaskStatus.OK.value
             try:
                 if ok:
-                    value: Any = loads(frames)
+                    value: Any = loads(frames, release=True)  # result segments are ours to unlink
                 else:
                     value = rebuild_exception(json.loads(bytes(frames[0])), frames[1:])
             except BaseException as exc:  # e.g. SystemExit from a hostile __reduce__: not the I/O thread's end

@@ -21,6 +21,7 @@ hub re-batches the untouched payload frames under a header of its own.
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import math
@@ -30,6 +31,7 @@ from typing import Any, Callable
 
 import zmq
 
+from zpool import _shm
 from zpool._process import ParentWatch
 from zpool.controller.heartbeat import HeartMonitor
 from zpool.controller.launcher import LocalEngines
@@ -110,6 +112,9 @@ class Hub:
         self.settings = settings
         self.session = Session(info.key)
         self.scheduler = Scheduler(settings.scheme, settings.hwm)
+        self.scheduler.on_finished = self._release_segments
+        # Shared-memory segments of task arguments -> how many live tasks refer to them.
+        self._segments: collections.Counter[str] = collections.Counter()
         # Engines launched but not registered yet will get the next ids: tasks may wait for them.
         self.scheduler.set_more_coming(engines is not None and engines.starting() > 0)
         self.monitor = HeartMonitor(settings.heartbeat_misses)
@@ -253,8 +258,12 @@ class Hub:
         batch = Batch(msg.header, msg.buffers)
         flags = _task_flags(msg.header.get("flags"), len(batch.ids))
         tasks = [Task(task_id, client, batch.payload(i), flags.get(i)) for i, task_id in enumerate(batch.ids)]
+        for task in tasks:
+            self._segments.update(_shm.manifest_names(task.frames))
         if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
             self._fail_tasks(tasks, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
+            for task in tasks:
+                self._release_segments(task)
             return
         source = _Source(frames[len(msg.idents) :], len(tasks), msg.header["date"])
         for task in tasks:
@@ -287,6 +296,23 @@ class Hub:
             raise ProtocolError("resubmit_request needs lists ids and new_ids of the same length")
         refused = self.scheduler.resubmit(old, new, _ident(msg))
         self._reply(msg, MsgType.RESUBMIT_REPLY, {"resubmitted": len(old) - len(refused)})
+
+    def _release_segments(self, task: Task) -> None:
+        """`task` is done for good: unlink the segments of its arguments no other live task needs."""
+        for name in _shm.manifest_names(task.frames):
+            left = self._segments[name] - 1
+            if left > 0:
+                self._segments[name] = left
+                continue
+            self._segments.pop(name, None)
+            _shm.unlink(name)
+
+    @staticmethod
+    def _discard_reply(batch: Batch, indices: Any) -> None:
+        """Reply payloads that will reach no client: unlink the segments of their results."""
+        for i in indices:
+            for name in _shm.manifest_names(batch.payload(i)):
+                _shm.unlink(name)
 
     def _send_failures(self) -> None:
         """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts)."""
@@ -440,6 +466,7 @@ class Hub:
                 logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
                 continue
             if not task.final:
+                self._discard_reply(batch, (i,))
                 continue  # retried, or its functional dependency was unmet there: it runs again
             per_client.setdefault(task.client, []).append(i)
         if slot.budget == 0 and not slot.outstanding:
@@ -447,17 +474,19 @@ class Hub:
         if len(per_client) == 1 and time.time() - msg.header["date"] < FORWARD_MAX_AGE_S:
             client, answered = next(iter(per_client.items()))
             if len(answered) == len(ids):
-                self._send(self.client, client, frames[len(msg.idents) :])
+                if not self._send(self.client, client, frames[len(msg.idents) :]):
+                    self._discard_reply(batch, answered)
                 return
         for client, answered in per_client.items():
             out = BatchWriter(REPLY_COLUMNS)
             for i in answered:
                 out.add(ids[i], batch.payload(i), statuses[i], engine_ids[i], starts[i], completions[i])
-            self._send_reply(client, out)
+            if not self._send_reply(client, out):
+                self._discard_reply(batch, answered)
 
-    def _send_reply(self, client: bytes, batch: BatchWriter) -> None:
+    def _send_reply(self, client: bytes, batch: BatchWriter) -> bool:
         frames = self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers())
-        self._send(self.client, client, frames)
+        return self._send(self.client, client, frames)
 
     def _fail_tasks(self, tasks: list[Task], ename: str, evalue: str, engine_id: int | None = None) -> None:
         """Answer `tasks` with the same error reply each."""
@@ -578,6 +607,8 @@ class Hub:
         self.engine.close(linger=0)
         self.heartbeat.close(linger=1000)
         self.ctx.term()
+        if self.info.shm_prefix:
+            _shm.remove_all(self.info.shm_prefix)
 
 
 def _task_flags(raw: Any, n_tasks: int) -> dict[int, dict[str, Any]]:

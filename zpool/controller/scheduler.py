@@ -63,6 +63,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from zpool import _shm
 from zpool.protocol import SCHEMES
 
 __all__ = ["SCHEMES", "EngineSlot", "Scheduler", "Task", "choose_engine"]
@@ -86,6 +87,12 @@ KEEP_BYTES = 64 << 20
 FAILED_UNPLACED = -1
 # How many departed engines are remembered, to say why a direct task cannot reach one.
 DEPARTED_MAX = 1024
+
+
+def _uses_shared_memory(frame: Any) -> bool:
+    """Whether a payload starts with a shared-memory manifest (see zpool._shm)."""
+    first = frame[:1] if type(frame) is bytes else bytes(memoryview(frame)[:1])
+    return first == _shm.MANIFEST[:1]
 
 
 class _DepState:
@@ -292,6 +299,9 @@ class Scheduler:
         self._mean_run_s: float | None = None
         # engine id -> how it left (for direct tasks that name it); the newest DEPARTED_MAX.
         self.departed: collections.OrderedDict[int, str] = collections.OrderedDict()
+        # Called with each task that is done for good, before its payload is let go
+        # (the hub frees the shared-memory segments it refers to).
+        self.on_finished: Callable[[Task], None] | None = None
 
     # -- engines ---------------------------------------------------------
 
@@ -398,6 +408,8 @@ class Scheduler:
             task_id = task.task_id
             if task_id in self.live or task_id in self.done:
                 self._fail(task, "InvalidDependency", f"task id {task_id} is already in use", record=False)
+                if self.on_finished is not None:
+                    self.on_finished(task)
                 continue
             self.live[task_id] = task
             if task.direct:
@@ -648,6 +660,8 @@ class Scheduler:
                 self.live.pop(task_id, None)
                 self.done[task_id] = code
                 if finished.frames:
+                    if self.on_finished is not None:
+                        self.on_finished(finished)
                     self._keep(finished)
                 finished.frames = []
                 finished.source = None
@@ -663,6 +677,8 @@ class Scheduler:
             self._settling = False
 
     def _keep(self, task: Task) -> None:
+        if task.frames and _uses_shared_memory(task.frames[0]):
+            return  # its segments are freed now: such a call cannot run again
         size = 0
         for frame in task.frames:
             size += len(frame) if type(frame) is bytes else memoryview(frame).nbytes

@@ -44,7 +44,7 @@ from typing import Any
 
 import zmq
 
-from zpool import _partition
+from zpool import _partition, _shm
 from zpool._partition import MAX_TRACEBACK_CHARS, ItemFailure, describe_exception, run_each
 from zpool._process import ParentWatch
 from zpool.error import (
@@ -111,6 +111,8 @@ class Engine:
             # The caller's multiprocessing authkey: Manager proxies it sends can connect back.
             multiprocessing.current_process().authkey = info.mp_authkey
         self.parent = ParentWatch(parent_pid) if parent_pid else None
+        # Large results go through shared memory when the cluster offers it (zpool._shm).
+        self.shared = _shm.Writer(info.shm_prefix, "e") if info.shm_prefix and _shm.available() else None
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, self.ident)
@@ -274,12 +276,12 @@ class Engine:
             _make_failures_portable(result)
         try:
             try:
-                payload = dumps(result)
+                payload = dumps(result, self.shared)
             except SerializationError:
                 if not per_item:
                     raise
                 _replace_unsendable(result, item_func)
-                payload = dumps(result)
+                payload = dumps(result, self.shared)
         except SerializationError as exc:
             cause = exc.__cause__ or exc
             hint = f" (the result of {callable_name(func)}() cannot be sent back: return something picklable)"
@@ -434,10 +436,18 @@ class _Heartbeat:
             if self._woken and time.monotonic() - engine.outbox_since >= REPLY_HOLD_S:
                 self._send_held_replies()
             if parent is not None and not parent.alive():
+                self._orphaned()
                 _exit("its parent process ended")
             # The controller stops beating when it dies: leave after twice the tolerance.
             if self.configured and time.monotonic() - self.last_beat > 2 * self.interval * self.misses:
+                self._orphaned()
                 _exit("the controller stopped sending heartbeats")
+
+    def _orphaned(self) -> None:
+        """The cluster is gone (its controller died, say): remove the shared-memory segments it left."""
+        prefix = self.engine.info.shm_prefix
+        if prefix:
+            _shm.remove_all(prefix)
 
     def _send_held_replies(self) -> None:
         engine = self.engine
