@@ -77,7 +77,7 @@ def in_received_frame(arr) -> bool:
 
 
 def received_via(arr) -> str | None:
-    """"frame" if `arr`'s data lies inside a zmq.Frame, "shm" if inside a mapped segment, else None (a copy)."""
+    """ "frame" if `arr`'s data lies inside a zmq.Frame, "shm" if inside a mapped segment, else None (a copy)."""
     import mmap
 
     import numpy as np

@@ -7,6 +7,7 @@ import glob
 import os
 import shutil
 import tempfile
+import time
 
 import psutil
 import pytest
@@ -68,16 +69,39 @@ def _cluster_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "zpool-*")))
 
 
+def _segments() -> set[str]:
+    return set(glob.glob("/dev/shm/zpool-*"))
+
+
+def assert_no_new_segments(before: set[str], timeout: float = 5.0) -> None:
+    """Fail if shared-memory segments made since `before` outlive `timeout` (tasks still finishing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _segments() - before
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            for path in left:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            pytest.fail(f"shared-memory segments outlived the test: {sorted(left)}")
+        time.sleep(0.05)
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes():
-    """Every test: processes and cluster directories it created must be gone when it ends."""
+    """Every test: processes, cluster directories and shared-memory segments it made must be gone when it ends."""
     before = set(_descendants())
     dirs_before = _cluster_dirs()
+    segments_before = _segments()
     yield
     assert_no_new_processes(before)
     left = _cluster_dirs() - dirs_before
     if left:
         pytest.fail(f"cluster directories outlived the test: {sorted(left)}")
+    assert_no_new_segments(segments_before)
 
 
 @pytest.fixture(scope="session", autouse=True)
