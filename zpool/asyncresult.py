@@ -98,6 +98,8 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         self._decided = False
         self._decide_lock = threading.Lock() if len(msg_ids) > 1 else None
         self._finished_at: float | None = None
+        # track=True: when ZeroMQ has let go of the arguments' memory (client.connection.SendTracker).
+        self._tracker: Any = None
         if not msg_ids:
             self._finish(self._combine([]))
 
@@ -191,6 +193,20 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
             completed=_stamp(completed),
             received=_stamp(received),
         )
+
+    @property
+    def sent(self) -> bool:
+        """Whether the call's arguments were sent and ZeroMQ let go of their memory.
+
+        Only calls made with ``track=True`` are tracked: for them, it is
+        safe to modify an argument (a numpy array, a bytearray) once
+        ``sent`` is True. Untracked calls report True.
+        """
+        return self._tracker is None or self._tracker.done
+
+    def wait_on_send(self, timeout: float | None = None) -> bool:
+        """Wait until :attr:`sent` (``track=True`` calls); return False if `timeout` seconds passed first."""
+        return self._tracker is None or self._tracker.wait(timeout)
 
     @property
     def msg_ids(self) -> list[str]:

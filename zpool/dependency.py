@@ -25,7 +25,7 @@ from zpool.error import UnmetDependency
 
 __all__ = ["FLAG_NAMES", "Dependency", "depend", "dependent", "require", "task_flags", "task_ids"]
 
-FLAG_NAMES = ("after", "follow", "timeout", "retries", "targets")
+FLAG_NAMES = ("after", "follow", "timeout", "retries", "targets", "track")
 
 
 class Dependency(set):  # type: ignore[type-arg]
@@ -120,6 +120,10 @@ def task_flags(flags: Mapping[str, Any]) -> dict[str, Any] | None:
     unknown = set(flags) - set(FLAG_NAMES)
     if unknown:
         raise TypeError(f"unknown scheduling flag(s) {', '.join(sorted(unknown))}; known: {', '.join(FLAG_NAMES)}")
+    track = flags.get("track")
+    if track is not None and not isinstance(track, bool):
+        raise TypeError(f"track must be True or False, not {track!r}")
+    # (track is the caller's business: it never goes on the wire)
     out: dict[str, Any] = {}
     for name in ("after", "follow"):
         dep = as_dependency(flags.get(name))

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from zpool import _shm
 from zpool._partition import ItemFailure, default_chunksize, join_parts, run_chunk, run_each, split
 from zpool.asyncresult import AsyncResult, DirectResult, IMapIterator, JoinedResult, MapResult, _IMapChunk, _IMapState
-from zpool.client.connection import Connection
+from zpool.client.connection import Connection, SendTracker
 from zpool.client.results import ResultTable, rebuild_failure
 from zpool.cluster import ClusterSettings, LocalCluster
 from zpool.dependency import task_flags, task_ids
@@ -240,6 +240,11 @@ class Pool(_NamespaceMethods):
         Seconds between heartbeats to the engines.
     heartbeat_misses : int, keyword-only
         Heartbeats an engine may miss before it is declared dead.
+    shared_memory : bool, keyword-only
+        Send buffers of 1 MiB or more (numpy array data, bytes) through
+        shared memory (``/dev/shm``) rather than through the sockets: one
+        copy instead of several, and none on the receiving side (default,
+        where the host has ``/dev/shm``). See ``docs/arrays.md``.
 
     Raises
     ------
@@ -275,6 +280,7 @@ class Pool(_NamespaceMethods):
         hwm: int | None = None,
         heartbeat_interval: float = 1.0,
         heartbeat_misses: int = 10,
+        shared_memory: bool = True,
     ) -> None:
         self._state = PoolState.TERMINATE  # until fully started, for __del__
         if processes is None:
@@ -302,6 +308,8 @@ class Pool(_NamespaceMethods):
             raise ValueError(f"heartbeat_interval must be a positive number of seconds, not {heartbeat_interval!r}")
         if not _is_int(heartbeat_misses) or heartbeat_misses < 1:
             raise ValueError(f"heartbeat_misses must be a positive int, not {heartbeat_misses!r}")
+        if not isinstance(shared_memory, bool):
+            raise TypeError(f"shared_memory must be True or False, not {shared_memory!r}")
         setup: tuple[bytes, ...] = ()
         if initializer is not None:
             frames = dumps_call(
@@ -320,6 +328,7 @@ class Pool(_NamespaceMethods):
                 heartbeat_misses,
                 max_tasks_per_engine=maxtasksperchild,
                 engine_setup=setup,
+                shared_memory=shared_memory,
             )
         )
         info = self._cluster.start()
@@ -403,7 +412,7 @@ class Pool(_NamespaceMethods):
         """
         self._check_running()
         self._check_func(func, callback, error_callback)
-        wire_flags = self._task_flags(flags)
+        wire_flags, track = self._task_flags(flags)
         if not isinstance(kwds, collections.abc.Mapping):
             raise TypeError(f"kwds must be a mapping (a dict of keyword arguments), not {type(kwds).__name__}")
         frames = dumps_call(func, tuple(args), dict(kwds), shared=self._shm)
@@ -411,7 +420,7 @@ class Pool(_NamespaceMethods):
         ar: AsyncResult[T] = AsyncResult([task_id], callable_name(func))
         ar._owner, ar._runner = self, self._callbacks
         self._callbacks.attach(ar, callback, error_callback)
-        self._submit(ar, [(task_id, frames)], wire_flags)
+        self._submit(ar, [(task_id, frames)], wire_flags, track)
         return ar
 
     def map(
@@ -642,13 +651,14 @@ class Pool(_NamespaceMethods):
             merged.update(layer)
         return {name: value for name, value in merged.items() if value is not None}
 
-    def _task_flags(self, call_flags: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _task_flags(self, call_flags: Mapping[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """The wire form of the flags a call gets, and whether its sends are tracked (``track``)."""
         stack = getattr(self._temp_flags, "stack", None)
         if not call_flags and not self._default_flags and not stack:
-            return None  # the common case, kept cheap
+            return None, False  # the common case, kept cheap
         merged = self.flags
         merged.update(call_flags)
-        return task_flags(merged)
+        return task_flags(merged), bool(merged.get("track"))
 
     def abort(self, what: Any) -> dict[str, Any]:
         """Abort tasks that have not started: they fail with :class:`TaskAborted`.
@@ -889,17 +899,22 @@ class Pool(_NamespaceMethods):
     ) -> None:
         """Send one direct task per engine (`flags` name each task's engine)."""
         ar._owner, ar._runner = self, self._callbacks
+        tracker = None
+        if self.flags.get("track"):  # views take no flags of their own; the pool's track applies
+            tracker = ar._tracker = SendTracker(len(items))
         sent = 0
         try:
             self._results.add(ar)
             for item, item_flags in zip(items, flags):
-                self._conn.submit([item], item_flags)
+                self._conn.submit([item], item_flags, tracker)
                 sent += 1
         except BaseException as exc:
             error = exc
             self._results.fail(ar.msg_ids, lambda: error)
             if not sent:  # (once one is sent, the controller counts the segments it shares)
                 _release_unsent(items)
+            if tracker is not None:
+                tracker._abandon()
             raise
 
     def _submit_joined(
@@ -913,13 +928,13 @@ class Pool(_NamespaceMethods):
     ) -> Any:
         """Run ``func(*args, **kwargs)`` for each ``args`` of `calls` (load-balanced); join the results."""
         self._check_running()
-        wire_flags = self._task_flags({})
+        wire_flags, track = self._task_flags({})
         new_id = self._conn.session.new_id
         items = [(new_id(), dumps_call(func, args, kwargs, shared=self._shm)) for args in calls]
         ar: JoinedResult[Any] = JoinedResult([task_id for task_id, _ in items], label, join_parts, ordered)
         ar._owner, ar._runner = self, self._callbacks
         if items:
-            self._submit(ar, items, wire_flags)
+            self._submit(ar, items, wire_flags, track)
         return ar.get() if block else ar
 
     def _parallel_map(
@@ -979,7 +994,7 @@ class Pool(_NamespaceMethods):
     ) -> MapResult[T]:
         self._check_running()
         self._check_func(func, callback, error_callback)
-        wire_flags = self._task_flags(flags)
+        wire_flags, track = self._task_flags(flags)
         # Sliceable sequences are chunked in place; anything else (generators, sets,
         # dicts: their keys, as the standard library does) is materialised first.
         items_in = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
@@ -999,7 +1014,7 @@ class Pool(_NamespaceMethods):
         ar._owner, ar._runner = self, self._callbacks
         self._callbacks.attach(ar, callback, error_callback)
         if items:
-            self._submit(ar, items, wire_flags)
+            self._submit(ar, items, wire_flags, track)
         return ar
 
     def _imap(
@@ -1013,7 +1028,8 @@ class Pool(_NamespaceMethods):
     ) -> IMapIterator[T]:
         self._check_running()
         self._check_func(func)
-        wire_flags = self._task_flags(flags)
+        # (imap's arguments are read lazily by its feeder: their sends are not tracked)
+        wire_flags, _ = self._task_flags(flags)
         if chunksize is not None:
             if not _is_int(chunksize):
                 raise TypeError(f"chunksize must be an int or None, not {type(chunksize).__name__}")
@@ -1127,15 +1143,24 @@ class Pool(_NamespaceMethods):
         return True
 
     def _submit(
-        self, ar: AsyncResult[Any], items: list[tuple[str, list[Any]]], flags: dict[str, Any] | None = None
+        self,
+        ar: AsyncResult[Any],
+        items: list[tuple[str, list[Any]]],
+        flags: dict[str, Any] | None = None,
+        track: bool = False,
     ) -> None:
+        tracker = None
+        if track:
+            tracker = ar._tracker = SendTracker(len(items))
         try:
             self._results.add(ar)
-            self._conn.submit(items, flags)
+            self._conn.submit(items, flags, tracker)
         except BaseException as exc:
             error = exc
             self._results.fail(ar.msg_ids, lambda: error)
             _release_unsent(items)
+            if tracker is not None:
+                tracker._abandon()
             raise
 
     @staticmethod

@@ -111,22 +111,28 @@ class TaskStatus(str, enum.Enum):
 _SNDMORE = int(zmq.SNDMORE)
 
 
-def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0) -> None:
+def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0, track: bool = False) -> list[Any]:
     """Send a multipart message: small frames copied, large ones (>= zmq.COPY_THRESHOLD) without copying.
 
     Three times cheaper than ``Socket.send_multipart`` for our many small
     frames (no per-frame flag enums or Frame objects). All frames of a message
     are queued together by ZeroMQ, so an error can only come from the first.
+    With `track`, returns a ``zmq.MessageTracker`` per frame sent without
+    copying (done once ZeroMQ no longer needs its memory); else ``[]``.
     """
     last = len(frames) - 1
     threshold = zmq.COPY_THRESHOLD
     send = sock.send
+    trackers: list[Any] = []
     for i, frame in enumerate(frames):
         more = _SNDMORE if i < last else 0
         if type(frame) is bytes or nbytes(frame) < threshold:
             send(frame, flags | more)
+        elif track:
+            trackers.append(send(frame, flags | more, copy=False, track=True))
         else:
             send(frame, flags | more, copy=False)
+    return trackers
 
 
 def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[Any]:

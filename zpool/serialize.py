@@ -309,13 +309,34 @@ def _to_shared(buffers: list[Any], shared: _shm.Writer) -> list[bytes]:
     try:
         for i, buf in enumerate(buffers):
             if buf.nbytes >= _shm.THRESHOLD:
-                segments[i] = (shared.write(buf), buf.nbytes)
+                try:
+                    name = shared.write(buf)
+                except OSError as exc:  # /dev/shm full (64 MB in a default container), say
+                    _warn_no_shared_memory(exc, buf.nbytes)
+                    continue  # this one goes as a frame
+                segments[i] = (name, buf.nbytes)
                 buffers[i] = b""
     except BaseException:
         for name, _ in segments.values():
             _shm.unlink(name)
         raise
-    return [_shm.make_manifest(segments)]
+    return [_shm.make_manifest(segments)] if segments else []
+
+
+_WARNED: list[bool] = []
+
+
+def _warn_no_shared_memory(exc: OSError, size: int) -> None:
+    if not _WARNED:
+        _WARNED.append(True)
+        import logging
+
+        logging.getLogger("zpool").warning(
+            "could not write %d bytes to shared memory (%s); sending large buffers through the sockets"
+            " instead where that fails (slower). Make /dev/shm larger, or pass Pool(shared_memory=False)",
+            size,
+            exc,
+        )
 
 
 def loads(frames: Sequence[Any], release: bool = False) -> Any:

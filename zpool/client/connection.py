@@ -59,13 +59,61 @@ WATCH_INTERVAL_S = 0.1
 
 
 class _Flagged:
-    """Tasks queued for sending with scheduling flags (all the same)."""
+    """Tasks queued for sending with scheduling flags (all the same), and perhaps a send tracker."""
 
-    __slots__ = ("flags", "items")
+    __slots__ = ("flags", "items", "tracker")
 
-    def __init__(self, items: list[tuple[str, list[Any]]], flags: dict[str, Any]) -> None:
+    def __init__(
+        self, items: list[tuple[str, list[Any]]], flags: dict[str, Any] | None, tracker: SendTracker | None = None
+    ) -> None:
         self.items = items
         self.flags = flags
+        self.tracker = tracker
+
+
+class SendTracker:
+    """When ZeroMQ has let go of the buffers of some tasks (``track=True``).
+
+    The I/O thread sends the tasks, in one or several batches, with tracked
+    zero-copy frames, and hands each batch's ZeroMQ trackers over here.
+    """
+
+    def __init__(self, n_tasks: int) -> None:
+        self._left = n_tasks
+        self._trackers: list[Any] = []
+        self._handed = threading.Event()  # every task was sent (or failed before it could be)
+        if n_tasks == 0:
+            self._handed.set()
+
+    def _sent(self, n_tasks: int, trackers: list[Any]) -> None:
+        """`n_tasks` of the tasks went out in a message tracked by `trackers` (I/O thread)."""
+        self._trackers += trackers
+        self._left -= n_tasks
+        if self._left <= 0:
+            self._handed.set()
+
+    def _abandon(self) -> None:
+        """The tasks will never be sent (the connection failed): nothing holds their buffers."""
+        self._handed.set()
+
+    @property
+    def done(self) -> bool:
+        return self._handed.is_set() and all(t.done for t in self._trackers)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until ZeroMQ let go of every buffer; False if `timeout` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._handed.wait(timeout):
+            return False
+        for tracker in self._trackers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left is not None and left == 0.0 and not tracker.done:
+                return False
+            try:
+                tracker.wait(left)
+            except zmq.NotDone:
+                return False
+        return True
 
 
 class _Request:
@@ -118,9 +166,17 @@ class Connection:
 
     # -- user threads -------------------------------------------------------------
 
-    def submit(self, items: list[tuple[str, list[Any]]], flags: dict[str, Any] | None = None) -> None:
-        """Queue tasks for sending: ``(task_id, payload_frames)`` each, all with the same scheduling `flags`."""
-        self._enqueue(items if flags is None else _Flagged(items, flags))
+    def submit(
+        self,
+        items: list[tuple[str, list[Any]]],
+        flags: dict[str, Any] | None = None,
+        tracker: SendTracker | None = None,
+    ) -> None:
+        """Queue tasks for sending: ``(task_id, payload_frames)`` each, all with the same scheduling `flags`.
+
+        With a `tracker`, their zero-copy frames are sent tracked (see :class:`SendTracker`).
+        """
+        self._enqueue(items if flags is None and tracker is None else _Flagged(items, flags, tracker))
 
     def request(
         self, msg_type: MsgType, content: dict[str, Any] | None = None, timeout: float | None = 30.0
@@ -216,6 +272,16 @@ class Connection:
 
     def _send_queued(self) -> None:
         items = self._take_queue()
+        try:
+            self._send_items(items)
+        except BaseException:
+            # Whatever was not sent never will be (the I/O thread fails): no wait on it may hang.
+            for item in items:
+                if isinstance(item, _Flagged) and item.tracker is not None:
+                    item.tracker._abandon()
+            raise
+
+    def _send_items(self, items: list[Any]) -> None:
         if self.broken:
             reason = self.broken
             self._fail_items(items, lambda: BrokenPoolError(reason))
@@ -223,11 +289,13 @@ class Connection:
         batch = BatchWriter()
         size = 0
         batch_flags: list[list[Any]] = []  # [first task index, count, flags]: one entry per submission
+        # Trackers of the tasks in this batch: [tracker, how many of its tasks].
+        tracked: list[list[Any]] = []
         for item in items:
             if isinstance(item, _Request):
                 if len(batch):  # tasks queued before a request reach the controller before it
-                    self._send_batch(batch, batch_flags)
-                    batch, size, batch_flags = BatchWriter(), 0, []
+                    self._send_batch(batch, batch_flags, tracked)
+                    batch, size, batch_flags, tracked = BatchWriter(), 0, [], []
                 msg_id = self.session.new_id()
                 self._requests[msg_id] = item
                 msg = self.session.build(item.msg_type, content=encode(item.content), msg_id=msg_id)
@@ -235,10 +303,16 @@ class Connection:
                 send_frames(self._sock, msg)
                 continue
             flags = None
+            tracker = None
             tasks = item
             if isinstance(item, _Flagged):
-                tasks, flags = item.items, item.flags
+                tasks, flags, tracker = item.items, item.flags, item.tracker
             for task_id, frames in tasks:
+                if tracker is not None:
+                    if tracked and tracked[-1][0] is tracker:
+                        tracked[-1][1] += 1
+                    else:
+                        tracked.append([tracker, 1])
                 if flags is not None:
                     if batch_flags and batch_flags[-1][2] is flags and sum(batch_flags[-1][:2]) == len(batch):
                         batch_flags[-1][1] += 1
@@ -247,12 +321,12 @@ class Connection:
                 batch.add(task_id, frames)
                 size += sum(nbytes(f) for f in frames)
                 if len(batch) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
-                    self._send_batch(batch, batch_flags)
-                    batch, size, batch_flags = BatchWriter(), 0, []
+                    self._send_batch(batch, batch_flags, tracked)
+                    batch, size, batch_flags, tracked = BatchWriter(), 0, [], []
         if len(batch):
-            self._send_batch(batch, batch_flags)
+            self._send_batch(batch, batch_flags, tracked)
 
-    def _send_batch(self, batch: BatchWriter, flags: list[list[Any]]) -> None:
+    def _send_batch(self, batch: BatchWriter, flags: list[list[Any]], tracked: list[list[Any]] | None = None) -> None:
         fields = batch.fields()
         if flags:
             # [first task index, count, flags] per run of tasks sharing flags: a map's
@@ -260,7 +334,12 @@ class Connection:
             fields["flags"] = flags
         msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
         self._remember(msg[1], batch.ids)
-        send_frames(self._sock, msg)
+        if not tracked:
+            send_frames(self._sock, msg)
+            return
+        trackers = send_frames(self._sock, msg, track=True)
+        for tracker, n_tasks in tracked:
+            tracker._sent(n_tasks, trackers)
 
     def _remember(self, signature: bytes, what: list[str] | str) -> None:
         self._sent[signature] = what
@@ -344,3 +423,5 @@ class Connection:
             else:
                 tasks = item.items if isinstance(item, _Flagged) else item
                 self.results.fail([task_id for task_id, _ in tasks], exc_for)
+                if isinstance(item, _Flagged) and item.tracker is not None:
+                    item.tracker._abandon()
