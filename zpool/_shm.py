@@ -199,12 +199,25 @@ def read_manifest(frame: Any) -> dict[int, tuple[str, int]] | None:
     return out
 
 
-def manifest_names(frames: Sequence[Any]) -> list[str]:
-    """Names of the segments a payload (``[manifest?, pickle, ...]``) refers to; [] if none or malformed."""
+def manifest_names(frames: Sequence[Any], prefix: str | None = None) -> list[str]:
+    """Names of the segments a payload (``[manifest?, pickle, ...]``) refers to; [] if none or malformed.
+
+    With `prefix` (a cluster's), only that cluster's segments: nobody is
+    ever made to unlink another cluster's.
+    """
     if not frames:
         return []
+    first = frames[0]
+    # Cheap for the common case, a pickle (b"\x80..."): one byte looked at.
+    if (first[:1] if type(first) is bytes else bytes(memoryview(first)[:1])) != MANIFEST[:1]:
+        return []
     try:
-        segments = read_manifest(frames[0])
+        segments = read_manifest(first)
     except (ValueError, TypeError):
         return []
-    return [name for name, _ in segments.values()] if segments else []
+    if not segments:
+        return []
+    names = [name for name, _ in segments.values()]
+    if prefix is not None:
+        names = [name for name in names if name.startswith(prefix + "-")]
+    return names

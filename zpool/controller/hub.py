@@ -258,8 +258,10 @@ class Hub:
         batch = Batch(msg.header, msg.buffers)
         flags = _task_flags(msg.header.get("flags"), len(batch.ids))
         tasks = [Task(task_id, client, batch.payload(i), flags.get(i)) for i, task_id in enumerate(batch.ids)]
-        for task in tasks:
-            self._segments.update(_shm.manifest_names(task.frames))
+        prefix = self.info.shm_prefix
+        if prefix:
+            for task in tasks:
+                self._segments.update(_shm.manifest_names(task.frames, prefix))
         if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
             self._fail_tasks(tasks, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
             for task in tasks:
@@ -299,7 +301,10 @@ class Hub:
 
     def _release_segments(self, task: Task) -> None:
         """`task` is done for good: unlink the segments of its arguments no other live task needs."""
-        for name in _shm.manifest_names(task.frames):
+        prefix = self.info.shm_prefix
+        if not prefix:
+            return
+        for name in _shm.manifest_names(task.frames, prefix):
             left = self._segments[name] - 1
             if left > 0:
                 self._segments[name] = left
@@ -307,11 +312,13 @@ class Hub:
             self._segments.pop(name, None)
             _shm.unlink(name)
 
-    @staticmethod
-    def _discard_reply(batch: Batch, indices: Any) -> None:
+    def _discard_reply(self, batch: Batch, indices: Any) -> None:
         """Reply payloads that will reach no client: unlink the segments of their results."""
+        prefix = self.info.shm_prefix
+        if not prefix:
+            return
         for i in indices:
-            for name in _shm.manifest_names(batch.payload(i)):
+            for name in _shm.manifest_names(batch.payload(i), prefix):
                 _shm.unlink(name)
 
     def _send_failures(self) -> None:

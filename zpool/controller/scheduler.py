@@ -704,7 +704,8 @@ class Scheduler:
                 elif old in self.done:
                     why = (
                         f"the call of task {old} is no longer kept (the controller keeps calls of up to"
-                        f" {KEEP_TASK_BYTES >> 10} KiB, {KEEP_BYTES >> 20} MiB in all, newest first); submit it anew"
+                        f" {KEEP_TASK_BYTES >> 10} KiB, {KEEP_BYTES >> 20} MiB in all, newest first, and none"
+                        " whose arguments went through shared memory); submit it anew"
                     )
                 else:
                     why = f"there is no task {old}"
