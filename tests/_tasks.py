@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -246,3 +247,118 @@ def use_optional(x):
 
 def plain_optional(x):
     return HAS_OPTIONAL, x, os.getpid()
+
+
+# -- arrays and shared memory (test_arrays.py, test_shm_exit_paths.py) ------------------
+
+
+def _write_raises(arr) -> bool:
+    """True if writing into `arr` raises ValueError (read-only); a writable array is rewritten with its own values."""
+    try:
+        arr[...] = arr.copy()
+    except ValueError:
+        return True
+    return False
+
+
+def array_report(arr):
+    """How an array argument arrived on the engine: transport, writability and layout (and the array itself)."""
+    return {
+        "array": arr,
+        "via": received_via(arr),
+        "writeable": bool(arr.flags.writeable),
+        "write_raises": _write_raises(arr),
+        "dtype": arr.dtype.str if arr.dtype.names is None else arr.dtype.descr,
+        "shape": arr.shape,
+        "c_contiguous": bool(arr.flags.c_contiguous),
+        "f_contiguous": bool(arr.flags.f_contiguous),
+    }
+
+
+def reports_of(arrays):
+    """`array_report` (without the array) of every array in a dict of arrays."""
+    out = {}
+    for key, arr in arrays.items():
+        report = array_report(arr)
+        del report["array"]
+        out[key] = report
+    return out
+
+
+def digest(arr) -> str:
+    import hashlib
+
+    return hashlib.sha256(arr.tobytes()).hexdigest()
+
+
+def inspect_pushed(name):
+    """What an engine sees under `name` in its namespace (bound by push or scatter)."""
+    from zpool.serialize import main_namespace
+
+    arr = main_namespace()[name]
+    return {
+        "via": received_via(arr),
+        "write_raises": _write_raises(arr),
+        "digest": digest(arr),
+        "shape": arr.shape,
+        "pid": os.getpid(),
+    }
+
+
+def make_array(nbytes, fill=1.0):
+    """A float64 array of `nbytes` bytes made on the engine (a large result)."""
+    import numpy as np
+
+    return np.full(nbytes // 8, fill, dtype=np.float64)
+
+
+def sleep_then_make_array(seconds, nbytes):
+    time.sleep(seconds)
+    return make_array(nbytes)
+
+
+def write_segment_then_sleep(prefix, nbytes, seconds):
+    """Write a segment as an engine does for a result, then sleep (killed here, it is never sent: orphaned)."""
+    from zpool import _shm
+
+    name = _shm.Writer(prefix, "e").write(bytes(nbytes))
+    time.sleep(seconds)
+    return name
+
+
+@dataclasses.dataclass(eq=False)
+class ArrayBundle:
+    """A dataclass holding arrays (compared field by field in the tests)."""
+
+    label: str
+    values: object
+    weights: object
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+class MiniFrame:
+    """A pandas-like table: named column arrays sharing an index array."""
+
+    def __init__(self, columns, index):
+        self.columns = dict(columns)
+        self.index = index
+
+    def __len__(self):
+        return len(self.index)
+
+    def __eq__(self, other):
+        import numpy as np
+
+        if type(other) is not MiniFrame:
+            return NotImplemented
+
+        def same(a, b):
+            return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+
+        return (
+            list(self.columns) == list(other.columns)
+            and same(self.index, other.index)
+            and all(same(self.columns[k], other.columns[k]) for k in self.columns)
+        )
+
+    __hash__ = None

@@ -12,8 +12,9 @@ Who unlinks (each segment has one owner):
 
 * a task's arguments: the controller, once the task is finished for good
   (an engine that runs it only maps them, and a retry maps them again);
-  the same segment may serve several tasks (``push`` to every engine), so
-  the controller counts them;
+  the same segment may serve several tasks (``push`` to every engine): the
+  manifest says how many (``users``), and the controller counts them down,
+  however late the others arrive;
 * a result: the client, as soon as it has mapped it;
 * whatever is left when a cluster ends (a process killed between writing
   and sending): every segment of a cluster starts with the cluster's
@@ -22,7 +23,7 @@ Who unlinks (each segment has one owner):
 
 A payload that uses segments starts with a *manifest* frame::
 
-    [b"ZPSHM1" + JSON {"segments": {"<buffer index>": ["<name>", <size>]}}, pickle, buffer...]
+    [b"ZPSHM1" + JSON {"segments": {"<buffer index>": ["<name>", <size>]}, "users": n}, pickle, buffer...]
 
 with an empty frame in place of each buffer that went through shared
 memory. Pickle streams never start with those bytes, so payloads without
@@ -170,9 +171,22 @@ def remove_all(prefix: str) -> int:
     return removed
 
 
-def make_manifest(segments: dict[int, tuple[str, int]]) -> bytes:
-    """The manifest frame for ``{buffer index: (name, size)}``."""
-    return MANIFEST + json.dumps({"segments": {str(i): list(v) for i, v in segments.items()}}).encode()
+def make_manifest(segments: dict[int, tuple[str, int]], users: int = 1) -> bytes:
+    """The manifest frame for ``{buffer index: (name, size)}``, used by `users` tasks (a push to every engine)."""
+    data: dict[str, Any] = {"segments": {str(i): list(v) for i, v in segments.items()}}
+    if users != 1:
+        data["users"] = users
+    return MANIFEST + json.dumps(data).encode()
+
+
+def manifest_users(frame: Any) -> int:
+    """How many tasks share the segments of manifest `frame` (1 unless the sender said more)."""
+    try:
+        data = json.loads(bytes(memoryview(frame)[len(MANIFEST) :]))
+        users = data.get("users", 1) if isinstance(data, dict) else 1
+    except (ValueError, TypeError):
+        return 1
+    return users if isinstance(users, int) and 1 <= users <= 1 << 20 else 1
 
 
 def read_manifest(frame: Any) -> dict[int, tuple[str, int]] | None:

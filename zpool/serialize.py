@@ -184,6 +184,19 @@ def _dumps_dill(obj: Any) -> bytes:
     return data
 
 
+_NDARRAY: Any = None
+
+
+def _ndarray_type() -> Any:
+    """numpy.ndarray once numpy is loaded (it never is on account of zpool alone), else None."""
+    global _NDARRAY
+    if _NDARRAY is None:
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            _NDARRAY = numpy.ndarray
+    return _NDARRAY
+
+
 def _rebuild_memoryview(buf: Any, fmt: str = "B", shape: tuple[int, ...] | None = None) -> Any:
     view: Any = memoryview(buf).toreadonly()
     if fmt == "B" and shape is None:
@@ -227,9 +240,38 @@ def _check_findable(obj: Any) -> bool:
     return found is obj
 
 
+def _rebuild_array(raw: Any, dtype: Any, shape: tuple[int, ...], fortran: bool) -> Any:
+    """An array of `dtype` and `shape` over the bytes of `raw` (a uint8 array), without copying."""
+    flat = raw.view(dtype)
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
+def _has_datetime(dtype: Any) -> bool:
+    if dtype.kind in "mM":
+        return True
+    if dtype.fields:
+        return any(_has_datetime(field[0]) for field in dtype.fields.values())
+    return bool(dtype.subdtype) and _has_datetime(dtype.subdtype[0])
+
+
+def _reduce_datetime_array(arr: Any) -> Any:
+    """numpy pickles datetime64/timedelta64 arrays in band (a copy each way): send their bytes out of band."""
+    if arr.flags.c_contiguous:
+        raw, fortran = arr.reshape(-1).view("u1"), False
+    elif arr.flags.f_contiguous:
+        raw, fortran = arr.T.reshape(-1).view("u1"), True
+    else:
+        return NotImplemented  # numpy gathers it into the pickle anyway
+    return _rebuild_array, (raw, arr.dtype, arr.shape, fortran)
+
+
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
+        if kind is _ndarray_type() and obj.dtype.hasobject is False and obj.nbytes >= OOB_THRESHOLD:
+            if _has_datetime(obj.dtype):
+                return _reduce_datetime_array(obj)
+            return NotImplemented
         if kind is types.FunctionType or isinstance(obj, type):
             if _findable_by_name(obj):
                 return NotImplemented
@@ -267,13 +309,14 @@ def _lift(obj: Any) -> Any:
     return obj
 
 
-def dumps(obj: Any, shared: _shm.Writer | None = None) -> list[Any]:
+def dumps(obj: Any, shared: _shm.Writer | None = None, users: int = 1) -> list[Any]:
     """Serialize `obj` into ``[pickle, *buffers]``; large buffers are not copied.
 
     With `shared`, buffers of :data:`zpool._shm.THRESHOLD` bytes or more are
     written into shared-memory segments instead (one copy, made here), and
     the frames are ``[manifest, pickle, *buffers]`` with an empty frame for
-    each of those (see :mod:`zpool._shm`).
+    each of those (see :mod:`zpool._shm`); `users` is how many tasks will
+    carry these same frames (the controller frees the segments after the last).
 
     Raises
     ------
@@ -299,11 +342,11 @@ def dumps(obj: Any, shared: _shm.Writer | None = None) -> list[Any]:
     # A small pickle is cheaper to handle as bytes than as a view on the stream.
     head = stream.getvalue() if stream.tell() < OOB_THRESHOLD else stream.getbuffer()
     if shared is not None and any(buf.nbytes >= _shm.THRESHOLD for buf in buffers):
-        return [*_to_shared(buffers, shared), head, *buffers]
+        return [*_to_shared(buffers, shared, users), head, *buffers]
     return [head, *buffers]
 
 
-def _to_shared(buffers: list[Any], shared: _shm.Writer) -> list[bytes]:
+def _to_shared(buffers: list[Any], shared: _shm.Writer, users: int = 1) -> list[bytes]:
     """Move the large `buffers` into segments (in place: empty frames remain); return the manifest frame."""
     segments: dict[int, tuple[str, int]] = {}
     try:
@@ -320,7 +363,7 @@ def _to_shared(buffers: list[Any], shared: _shm.Writer) -> list[bytes]:
         for name, _ in segments.values():
             _shm.unlink(name)
         raise
-    return [_shm.make_manifest(segments)] if segments else []
+    return [_shm.make_manifest(segments, users)] if segments else []
 
 
 _WARNED: list[bool] = []
@@ -431,6 +474,7 @@ def dumps_call(
     *,
     describe_arg: Callable[[int, str], str] | None = None,
     shared: _shm.Writer | None = None,
+    users: int = 1,
 ) -> list[Any]:
     """Serialize a call ``func(*args, **kwargs)``.
 
@@ -442,7 +486,7 @@ def dumps_call(
     args = tuple(_lift(a) for a in args)
     kwargs = {k: _lift(v) for k, v in (kwargs or {}).items()}
     try:
-        return dumps((func, args, kwargs), shared)
+        return dumps((func, args, kwargs), shared, users)
     except SerializationError as exc:
         raise _explain_call(func, args, kwargs, describe_arg) from exc.__cause__
 

@@ -488,7 +488,7 @@ class EngineView(_NamespaceMethods):
         """The same call on every engine of the view (serialized once)."""
         self._pool._check_running()
         self._require_engines(label)
-        frames = dumps_call(func, args, kwargs or {}, shared=self._pool._shm)
+        frames = dumps_call(func, args, kwargs or {}, shared=self._pool._shm, users=len(self._ids))
         return self._submit([frames] * len(self._ids), label, block, combine)
 
     def _run_each(

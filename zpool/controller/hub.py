@@ -261,7 +261,14 @@ class Hub:
         prefix = self.info.shm_prefix
         if prefix:
             for task in tasks:
-                self._segments.update(_shm.manifest_names(task.frames, prefix))
+                names = _shm.manifest_names(task.frames, prefix)
+                if names:
+                    # As many users as the sender declared, counted once: the other tasks
+                    # sharing the segments may arrive after the first has finished.
+                    users = _shm.manifest_users(task.frames[0])
+                    for name in names:
+                        if name not in self._segments:
+                            self._segments[name] = users
         if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
             self._fail_tasks(tasks, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
             for task in tasks:

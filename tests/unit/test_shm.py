@@ -1,0 +1,577 @@
+"""Shared-memory segments (zpool._shm) and the serializer's use of them, in this process.
+
+Every segment a test makes has a prefix of its own (``prefixes`` fixture),
+and everything under it is removed when the test ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import logging
+import os
+import pickle
+import re
+import stat
+
+import numpy as np
+import pytest
+import zmq
+
+from tests import _tasks
+from zpool import _shm, serialize
+from zpool.error import SerializationError
+from zpool.serialize import dumps, dumps_call, loads, loads_call
+
+BIG = _shm.THRESHOLD  # bytes: the smallest buffer that goes through a segment
+
+
+@pytest.fixture
+def prefixes():
+    """Factory of fresh cluster prefixes; every file under them is removed at the end."""
+    made = []
+
+    def new() -> str:
+        prefix = f"zpool-{os.urandom(6).hex()}"
+        made.append(prefix)
+        return prefix
+
+    yield new
+    for prefix in made:
+        for path in glob.glob(os.path.join(_shm.DIRECTORY, prefix + "*")):
+            os.unlink(path)
+
+
+@pytest.fixture
+def prefix(prefixes):
+    return prefixes()
+
+
+def seg_path(name: str) -> str:
+    return os.path.join(_shm.DIRECTORY, name)
+
+
+def under(prefix: str) -> list[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(_shm.DIRECTORY, prefix + "-*")))
+
+
+def data(nbytes: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+
+
+class FailingOs:
+    """Stands in for the os module inside zpool._shm: write() fails with ENOSPC after `ok` calls."""
+
+    def __init__(self, ok: int) -> None:
+        self.ok = ok
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, buf):
+        if self.ok <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.ok -= 1
+        return os.write(fd, buf)
+
+
+class FullWriter(_shm.Writer):
+    """A Writer on a full /dev/shm: every write after the first `ok` raises ENOSPC."""
+
+    def __init__(self, prefix: str, ok: int = 0) -> None:
+        super().__init__(prefix, "c")
+        self.ok = ok
+        self.attempts = 0
+
+    def write(self, buffer) -> str:
+        self.attempts += 1
+        if self.attempts > self.ok:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(buffer)
+
+
+class BrokenWriter(_shm.Writer):
+    """A Writer whose second write raises something other than OSError."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix, "c")
+        self.attempts = 0
+
+    def write(self, buffer) -> str:
+        self.attempts += 1
+        if self.attempts > 1:
+            raise RuntimeError("writer broke")
+        return super().write(buffer)
+
+
+# -- Writer ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "zpool-",
+        "zpool-xyz",
+        "zpool-0123456",  # 7 hex digits: too short
+        "zpool-" + "a" * 33,  # too long
+        "zpool-0123456789AB",  # upper case
+        "other-0123456789ab",
+        "../zpool-0123456789ab",
+        "zpool-0123456789ab/..",
+        "zpool-0123456789ab-c1",
+        "zpool-0123456789ab\n",
+    ],
+)
+def test_writer_rejects_bad_prefixes(bad):
+    with pytest.raises(ValueError, match="prefix"):
+        _shm.Writer(bad, "c")
+
+
+@pytest.mark.parametrize("role", ["", "x", "ce", "C", "client", None])
+def test_writer_rejects_bad_roles(prefix, role):
+    with pytest.raises(ValueError):
+        _shm.Writer(prefix, role)
+
+
+@pytest.mark.parametrize("role", ["c", "e"])
+def test_writer_makes_private_segments_with_numbered_names(prefix, role):
+    writer = _shm.Writer(prefix, role)
+    payload = data(3000)
+    first, second = writer.write(payload), writer.write(b"xyz")
+    pid = os.getpid()
+    assert first == f"{prefix}-{role}{pid}-0" and second == f"{prefix}-{role}{pid}-1"
+    assert under(prefix) == sorted([first, second])
+    st = os.stat(seg_path(first))
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_size == len(payload)
+    with open(seg_path(first), "rb") as f:
+        assert f.read() == payload
+    with open(seg_path(second), "rb") as f:
+        assert f.read() == b"xyz"
+
+
+def test_writer_takes_any_contiguous_buffer(prefix):
+    writer = _shm.Writer(prefix, "c")
+    arr = np.arange(5000, dtype=np.float64).reshape(50, 100)
+    for buf in (bytes(data(100)), bytearray(data(200)), arr, memoryview(arr), np.asfortranarray(arr).T):
+        name = writer.write(buf)
+        expected = memoryview(buf).cast("B").tobytes() if not isinstance(buf, np.ndarray) else buf.tobytes("A")
+        with open(seg_path(name), "rb") as f:
+            assert f.read() == expected
+    empty = writer.write(b"")
+    assert os.stat(seg_path(empty)).st_size == 0
+    assert _shm.open_segment(empty, 0).tobytes() == b""
+
+
+def test_writer_skips_names_left_by_an_earlier_process(prefix):
+    stale = f"{prefix}-c{os.getpid()}-0"
+    with open(seg_path(stale), "wb") as f:
+        f.write(b"left by a dead process with this pid")
+    name = _shm.Writer(prefix, "c").write(b"new")
+    assert name == f"{prefix}-c{os.getpid()}-1"
+    with open(seg_path(stale), "rb") as f:
+        assert f.read() == b"left by a dead process with this pid"  # not overwritten
+
+
+def test_writer_failing_midway_leaves_no_segment(prefix, monkeypatch):
+    monkeypatch.setattr(_shm, "_WRITE_CHUNK", 1024)
+    monkeypatch.setattr(_shm, "os", FailingOs(ok=2))  # two chunks in, /dev/shm is full
+    writer = _shm.Writer(prefix, "c")
+    with pytest.raises(OSError) as info:
+        writer.write(data(10_000))
+    assert info.value.errno == errno.ENOSPC
+    assert under(prefix) == []
+
+
+def test_writer_chunks_large_buffers(prefix, monkeypatch):
+    monkeypatch.setattr(_shm, "_WRITE_CHUNK", 4096)
+    payload = data(4096 * 5 + 17)
+    name = _shm.Writer(prefix, "e").write(payload)
+    with open(seg_path(name), "rb") as f:
+        assert f.read() == payload
+
+
+# -- open_segment / unlink ----------------------------------------------------------------------
+
+
+def test_open_segment_maps_read_only(prefix):
+    payload = data(100_000)
+    name = _shm.Writer(prefix, "c").write(payload)
+    view = _shm.open_segment(name, len(payload))
+    assert type(view) is memoryview and view.readonly and view.nbytes == len(payload)
+    assert view.tobytes() == payload
+    with pytest.raises(TypeError):
+        view[0] = 1
+    arr = np.frombuffer(view, dtype=np.uint8)
+    assert _tasks.received_via(arr) == "shm"  # a view on the mapping, not a copy
+    assert not arr.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        arr[0] = 1
+    assert _shm.open_segment(name, 10).tobytes() == payload[:10]  # a prefix of it is fine
+
+
+def test_open_segment_checks_the_size(prefix):
+    name = _shm.Writer(prefix, "c").write(b"0123456789")
+    with pytest.raises(ValueError, match="smaller"):
+        _shm.open_segment(name, 11)
+    for bad in (-1, 1.5, "10", None):
+        with pytest.raises(ValueError, match="size"):
+            _shm.open_segment(name, bad)
+
+
+def test_open_after_unlink_raises_but_mappings_stay_valid(prefix):
+    payload = data(BIG + 5)
+    name = _shm.Writer(prefix, "c").write(payload)
+    view = _shm.open_segment(name, len(payload))
+    arr = np.frombuffer(view, dtype=np.uint8)
+    _shm.unlink(name)
+    assert not os.path.exists(seg_path(name))
+    with pytest.raises(OSError) as info:
+        _shm.open_segment(name, len(payload))
+    assert info.value.errno == errno.ENOENT
+    # The mapping outlives the name.
+    assert view.tobytes() == payload
+    assert arr.tobytes() == payload and int(arr.sum()) == sum(payload)
+    _shm.unlink(name)  # gone already: no error
+
+
+def test_unlink_of_a_name_never_created_is_quiet(prefix):
+    _shm.unlink(f"{prefix}-c1-0")
+    assert under(prefix) == []
+
+
+# (Nothing here names a real file outside the test's own directory: were the check broken,
+# unlink would remove it.)
+BAD_NAMES = [
+    "",
+    "../etc/passwd",
+    "../../../../../../etc/passwd",
+    "zpool-0123456789ab",  # a prefix, not a segment
+    "zpool-0123456789ab-x1-0",  # unknown role
+    "zpool-0123456789ab-c-0",
+    "zpool-0123456789ab-c1-",
+    "zpool-0123456789AB-c1-0",
+    "zpool-0123456789ab-c1-0\n",
+    "zpool-0123456789ab-c1-0 ",
+    "zpool-0123456789ab-c1-0/x",
+    "zpool-0123456789ab-c1-0/../../../etc/passwd",
+    "other-0123456789ab-c1-0",
+    "psm_0123456789ab",
+    b"zpool-0123456789ab-c1-0",
+    None,
+    5,
+]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES, ids=repr)
+def test_names_are_validated(bad, monkeypatch, tmp_path):
+    monkeypatch.setattr(_shm, "DIRECTORY", str(tmp_path / "a" / "b" / "c" / "d" / "e" / "f" / "g"))
+    with pytest.raises(ValueError, match="segment name"):
+        _shm.open_segment(bad, 10)
+    with pytest.raises(ValueError, match="segment name"):
+        _shm.unlink(bad)
+
+
+def test_absolute_paths_are_not_opened():
+    with pytest.raises(ValueError, match="segment name"):
+        _shm.open_segment("/etc/passwd", 1)  # (read-only: harmless were the check broken)
+
+
+def test_unlink_cannot_reach_outside_the_directory(tmp_path):
+    canary = tmp_path / "canary"
+    canary.write_bytes(b"alive")
+    relative = os.path.relpath(canary, _shm.DIRECTORY)
+    assert relative.startswith("..")
+    for name in (relative, str(canary), f"zpool-0123456789ab-c1-0/../{relative}"):
+        with pytest.raises(ValueError):
+            _shm.unlink(name)
+        with pytest.raises(ValueError):
+            _shm.open_segment(name, 1)
+    assert canary.read_bytes() == b"alive"
+
+
+# -- remove_all -----------------------------------------------------------------------------------
+
+
+def test_remove_all_removes_only_its_prefix(prefixes):
+    mine = prefixes()
+    longer = prefixes()
+    longer = mine + longer[len("zpool-") : len("zpool-") + 2]  # mine is a string prefix of this one
+    other = prefixes()
+    c, e = _shm.Writer(mine, "c"), _shm.Writer(mine, "e")
+    doomed = [c.write(b"a"), c.write(b"b"), e.write(b"c")]
+    kept = [_shm.Writer(longer, "c").write(b"d"), _shm.Writer(other, "e").write(b"e")]
+    # Files under the prefix that are not segment names are not zpool's: left alone.
+    strays = [f"{mine}-notes", f"{mine}-c1-0.bak", mine]
+    for stray in strays:
+        with open(seg_path(stray), "wb") as f:
+            f.write(b"not a segment")
+    try:
+        assert _shm.remove_all(mine) == 3
+        for name in doomed:
+            assert not os.path.exists(seg_path(name))
+        for name in kept + strays:
+            assert os.path.exists(seg_path(name)), name
+        assert _shm.remove_all(mine) == 0
+    finally:
+        for name in strays + kept:
+            os.unlink(seg_path(name))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "zpool-",
+        "zpool-xyz",
+        "zpool",
+        "../",
+        "..",
+        "zpool-*",
+        "zpool-0123456789ab-c1",
+        "/dev/shm/zpool-0123456789ab",
+    ],
+)
+def test_remove_all_rejects_bad_prefixes(bad):
+    with pytest.raises(ValueError, match="prefix"):
+        _shm.remove_all(bad)
+
+
+def test_without_the_directory(prefix, monkeypatch, tmp_path):
+    assert _shm.available()
+    monkeypatch.setattr(_shm, "DIRECTORY", str(tmp_path / "missing"))
+    assert not _shm.available()
+    assert _shm.remove_all(prefix) == 0
+    monkeypatch.setattr(_shm, "DIRECTORY", str(tmp_path))
+    assert _shm.available()
+    name = _shm.Writer(prefix, "c").write(b"elsewhere")
+    assert os.path.exists(tmp_path / name)
+    assert _shm.open_segment(name, 9).tobytes() == b"elsewhere"
+    assert _shm.remove_all(prefix) == 1 and not os.path.exists(tmp_path / name)
+
+
+# -- manifests --------------------------------------------------------------------------------------
+
+
+def test_manifest_round_trip(prefix):
+    segments = {0: (f"{prefix}-c12-0", 5), 3: (f"{prefix}-e7-41", BIG)}
+    frame = _shm.make_manifest(segments)
+    assert frame.startswith(_shm.MANIFEST)
+    assert json.loads(frame[len(_shm.MANIFEST) :]) == {
+        "segments": {"0": [segments[0][0], 5], "3": [segments[3][0], BIG]}
+    }
+    for form in (frame, bytearray(frame), memoryview(frame), zmq.Frame(frame)):
+        assert _shm.read_manifest(form) == segments
+    assert _shm.manifest_names([frame, b"pickle", b""]) == [segments[0][0], segments[3][0]]
+    assert _shm.manifest_names([zmq.Frame(frame)]) == [segments[0][0], segments[3][0]]
+    assert _shm.read_manifest(_shm.make_manifest({})) == {}
+
+
+def test_not_a_manifest():
+    pickled = pickle.dumps([1, 2], protocol=5)
+    for frame in (pickled, b"", b"ZPSHM", b"ZPSHM2{}", memoryview(pickled)):
+        assert _shm.read_manifest(frame) is None
+    assert _shm.manifest_names([]) == []
+    assert _shm.manifest_names([pickled, b"x"]) == []
+
+
+GOOD = "zpool-0123456789ab-c1-0"
+MALFORMED = [
+    b"ZPSHM1",
+    b"ZPSHM1{",
+    b"ZPSHM1\xff\xfe",
+    b"ZPSHM1[]",
+    b"ZPSHM1null",
+    b'ZPSHM1{"segments": []}',
+    b'ZPSHM1{"other": {}}',
+    b'ZPSHM1{"segments": {"0": ["' + GOOD.encode() + b'"]}}',
+    b'ZPSHM1{"segments": {"0": ["' + GOOD.encode() + b'", "10"]}}',
+    b'ZPSHM1{"segments": {"0": ["' + GOOD.encode() + b'", 1.5]}}',
+    b'ZPSHM1{"segments": {"0": ["' + GOOD.encode() + b'", 10, 1]}}',
+    b'ZPSHM1{"segments": {"x": ["' + GOOD.encode() + b'", 10]}}',
+    b'ZPSHM1{"segments": {"0": ["../etc/passwd", 10]}}',
+    b'ZPSHM1{"segments": {"0": ["other-0123456789ab-c1-0", 10]}}',
+    b'ZPSHM1{"segments": {"0": [5, 10]}}',
+]
+
+
+@pytest.mark.parametrize("frame", MALFORMED, ids=lambda f: f.decode("latin-1"))
+def test_malformed_manifests(frame):
+    with pytest.raises(ValueError):
+        _shm.read_manifest(frame)
+    assert _shm.manifest_names([frame, b"pickle"]) == []  # the controller just skips them
+    with pytest.raises(SerializationError, match="manifest"):
+        loads([frame, pickle.dumps(None, protocol=5), b""])
+    with pytest.raises(SerializationError, match="manifest"):
+        loads([frame, pickle.dumps(None, protocol=5), b""], release=True)
+
+
+# -- the serializer with a Writer --------------------------------------------------------------
+
+
+def test_dumps_uses_segments_only_from_the_threshold(prefix):
+    writer = _shm.Writer(prefix, "c")
+    small = np.arange(100)
+    mid = np.frombuffer(data(BIG - 1), dtype=np.uint8)
+    for obj in (small, mid, {"a": small, "b": mid}, b"x" * (BIG - 1)):
+        frames = dumps(obj, shared=writer)
+        assert _shm.read_manifest(frames[0]) is None
+        assert [bytes(f) for f in frames] == [bytes(f) for f in dumps(obj)]
+    assert under(prefix) == []
+
+    big = np.frombuffer(data(BIG, seed=1), dtype=np.uint8)
+    frames = dumps(big, shared=writer)
+    manifest = _shm.read_manifest(frames[0])
+    assert list(manifest) == [0]
+    name, size = manifest[0]
+    assert size == BIG and re.fullmatch(rf"{prefix}-c{os.getpid()}-\d+", name)
+    assert len(frames) == 3 and bytes(frames[2]) == b""  # its place in the frames is empty
+    assert under(prefix) == [name]
+    with open(seg_path(name), "rb") as f:
+        assert f.read() == big.tobytes()
+    got = loads(frames, release=True)
+    np.testing.assert_array_equal(got, big)
+    assert under(prefix) == []
+
+
+def test_mixed_payload_and_release(prefix):
+    writer = _shm.Writer(prefix, "c")
+    obj = {
+        "big": np.frombuffer(data(2 * BIG, seed=2), dtype=np.float64).reshape(-1, 4),
+        "mid": np.arange(20_000, dtype=np.int64),  # 160 KB: a frame
+        "small": np.arange(10, dtype=np.int8),  # in the pickle
+        "fortran": np.asfortranarray(np.arange(BIG // 4, dtype=np.float32).reshape(-1, 8)),
+        "text": "hello",
+    }
+    frames = dumps(obj, shared=writer)
+    manifest = _shm.read_manifest(frames[0])
+    buffers = frames[2:]
+    assert len(buffers) == 3 and len(manifest) == 2
+    assert sorted(size for _, size in manifest.values()) == sorted([obj["big"].nbytes, obj["fortran"].nbytes])
+    for index in manifest:
+        assert bytes(buffers[index]) == b""
+    (frame_index,) = set(range(3)) - set(manifest)
+    assert bytes(buffers[frame_index]) == obj["mid"].tobytes()
+    names = [name for name, _ in manifest.values()]
+    assert _shm.manifest_names(frames) == names and under(prefix) == sorted(names)
+
+    # release=False: the segments stay (their owner unlinks them); loads can map them again.
+    kept = loads(frames)
+    again = loads([zmq.Frame(f) for f in frames])
+    assert under(prefix) == sorted(names)
+    for got in (kept, again):
+        for key in ("big", "mid", "small", "fortran"):
+            assert got[key].dtype == obj[key].dtype and got[key].strides == obj[key].strides
+            np.testing.assert_array_equal(got[key], obj[key])
+        assert got["text"] == "hello"
+        assert _tasks.received_via(got["big"]) == "shm" and _tasks.received_via(got["fortran"]) == "shm"
+        assert not got["big"].flags.writeable
+
+    # release=True: unlinked once mapped; the arrays stay readable.
+    released = loads(frames, release=True)
+    assert under(prefix) == []
+    np.testing.assert_array_equal(released["big"], obj["big"])
+    np.testing.assert_array_equal(kept["fortran"], obj["fortran"])
+    assert _tasks.received_via(released["big"]) == "shm"
+    with pytest.raises(SerializationError, match="cannot map"):
+        loads(frames)
+
+
+def test_bytes_and_memoryview_through_segments(prefix):
+    writer = _shm.Writer(prefix, "c")
+    raw = data(BIG + 3, seed=4)
+    typed = memoryview(np.arange(BIG // 8, dtype=np.float64).reshape(-1, 16))
+    frames = dumps_call(_tasks.identity, (raw, bytearray(raw), typed), shared=writer)
+    assert len(_shm.read_manifest(frames[0])) == 3
+    func, args, kwargs = loads_call(frames)  # the controller owns call segments: nothing unlinked
+    assert func is _tasks.identity and kwargs == {}
+    assert len(under(prefix)) == 3
+    assert type(args[0]) is bytes and args[0] == raw
+    assert type(args[1]) is bytearray and args[1] == raw
+    assert type(args[2]) is memoryview and args[2].readonly
+    assert (args[2].format, args[2].shape) == ("d", typed.shape) and args[2].tobytes() == typed.tobytes()
+    for name in _shm.manifest_names(frames):
+        _shm.unlink(name)
+    assert under(prefix) == []
+    assert args[2].tobytes() == typed.tobytes()  # still mapped
+
+
+def test_full_shared_memory_falls_back_to_frames(prefix, monkeypatch, caplog):
+    monkeypatch.setattr(serialize, "_WARNED", [])
+    obj = {"a": np.frombuffer(data(BIG, seed=5), dtype=np.uint8), "b": np.arange(BIG // 4, dtype=np.int32)}
+    writer = FullWriter(prefix)
+    with caplog.at_level(logging.WARNING, logger="zpool"):
+        frames = dumps(obj, shared=writer)
+    assert writer.attempts == 2
+    assert _shm.read_manifest(frames[0]) is None and bytes(frames[0][:1]) == b"\x80"  # a plain payload
+    assert [bytes(f) for f in frames[1:]] == [obj["a"].tobytes(), obj["b"].tobytes()]
+    assert under(prefix) == []
+    got = loads(frames, release=True)
+    for key in obj:
+        np.testing.assert_array_equal(got[key], obj[key])
+        assert got[key].dtype == obj[key].dtype
+    warnings = [r for r in caplog.records if r.name == "zpool" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "shared memory" in warnings[0].getMessage()
+    # Warned once per process, not per buffer or per call.
+    dumps(obj, shared=FullWriter(prefix))
+    assert len([r for r in caplog.records if r.name == "zpool"]) == 1
+
+
+def test_partly_full_shared_memory(prefix, monkeypatch):
+    monkeypatch.setattr(serialize, "_WARNED", [True])  # (warned already)
+    first, second = np.frombuffer(data(BIG, seed=6), dtype=np.uint8), np.frombuffer(data(BIG, seed=7), np.uint8)
+    frames = dumps([first, second], shared=FullWriter(prefix, ok=1))
+    manifest = _shm.read_manifest(frames[0])
+    assert list(manifest) == [0] and len(under(prefix)) == 1
+    assert bytes(frames[2]) == b"" and bytes(frames[3]) == second.tobytes()
+    got = loads(frames, release=True)
+    assert under(prefix) == []
+    np.testing.assert_array_equal(got[0], first)
+    np.testing.assert_array_equal(got[1], second)
+    assert _tasks.received_via(got[0]) == "shm" and _tasks.received_via(got[1]) is None
+
+
+def test_writer_error_other_than_oserror_unlinks_what_was_written(prefix):
+    obj = [np.zeros(BIG, dtype=np.uint8), np.ones(BIG, dtype=np.uint8)]
+    writer = BrokenWriter(prefix)
+    with pytest.raises(RuntimeError, match="writer broke"):
+        dumps(obj, shared=writer)
+    assert writer.attempts == 2
+    assert under(prefix) == []
+
+
+def _two_segment_payload(prefix):
+    writer = _shm.Writer(prefix, "c")
+    obj = [np.full(BIG, 1, dtype=np.uint8), np.full(BIG, 2, dtype=np.uint8)]
+    frames = dumps(obj, shared=writer)
+    names = _shm.manifest_names(frames)
+    assert len(names) == 2
+    return frames, names
+
+
+def test_missing_segment_raises_serialization_error_and_release_still_unlinks(prefix):
+    frames, names = _two_segment_payload(prefix)
+    _shm.unlink(names[1])
+    with pytest.raises(SerializationError, match=f"cannot map shared-memory segment {names[1]}"):
+        loads(frames)
+    assert under(prefix) == [names[0]]  # without release: left to its owner
+    with pytest.raises(SerializationError, match="cannot map"):
+        loads(frames, release=True)
+    assert under(prefix) == []  # with release: unlinked even though loading failed
+
+
+def test_segment_smaller_than_its_manifest_says(prefix):
+    name = _shm.Writer(prefix, "c").write(b"short")
+    frames = [_shm.make_manifest({0: (name, 100)}), pickle.dumps(None, protocol=5), b""]
+    with pytest.raises(SerializationError, match="smaller"):
+        loads(frames)
+
+
+@pytest.mark.parametrize("index", [1, 5, -1])
+def test_manifest_naming_a_buffer_that_is_not_there(prefix, index):
+    name = _shm.Writer(prefix, "c").write(b"0123456789")
+    frames = [_shm.make_manifest({index: (name, 10)}), pickle.dumps(None, protocol=5), b""]
+    with pytest.raises(SerializationError, match="not there"):
+        loads(frames, release=True)
+    assert under(prefix) == []  # released all the same
