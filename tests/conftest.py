@@ -57,6 +57,7 @@ def pytest_configure(config):
     os.environ["TMPDIR"] = run_dir  # child processes (scripts the tests start)
     tempfile.tempdir = run_dir
     config._zpool_run_dir = run_dir
+    _record_prefixes()
 
 
 def pytest_unconfigure(config):
@@ -69,8 +70,30 @@ def _cluster_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "zpool-*")))
 
 
+# Shared-memory prefixes of the clusters this test run started (other zpool programs
+# running on the machine at the same time have their own).
+_OUR_PREFIXES: set[str] = set()
+
+
+def _record_prefixes() -> None:
+    from zpool.cluster import LocalCluster
+
+    start = LocalCluster.start
+    if getattr(start, "_records_prefixes", False):
+        return
+
+    def recording_start(self):
+        info = start(self)
+        if info.shm_prefix:
+            _OUR_PREFIXES.add(info.shm_prefix)
+        return info
+
+    recording_start._records_prefixes = True
+    LocalCluster.start = recording_start
+
+
 def _segments() -> set[str]:
-    return set(glob.glob("/dev/shm/zpool-*"))
+    return {path for path in glob.glob("/dev/shm/zpool-*") if os.path.basename(path).rsplit("-", 2)[0] in _OUR_PREFIXES}
 
 
 def assert_no_new_segments(before: set[str], timeout: float = 5.0) -> None:
