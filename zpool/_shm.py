@@ -33,6 +33,7 @@ reads manifests to count and unlink segments.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import mmap
@@ -94,8 +95,22 @@ class Writer:
         self._lock = threading.Lock()
 
     def write(self, buffer: Any) -> str:
-        """Copy `buffer` into a new segment; return its name."""
+        """Copy `buffer` into a new segment; return its name.
+
+        Raises
+        ------
+        OSError
+            ``ENOSPC`` at once if the directory has no room for it (checked
+            first: filling it up to fail would cost as much as the copy).
+        """
         view = memoryview(buffer).cast("B")
+        try:
+            stat = os.statvfs(DIRECTORY)
+            room = stat.f_bavail * stat.f_frsize
+        except OSError:
+            room = None
+        if room is not None and room < view.nbytes:
+            raise OSError(errno.ENOSPC, f"{DIRECTORY} has {room} bytes free, fewer than {view.nbytes}")
         while True:
             with self._lock:
                 n = next(self._counter)

@@ -399,7 +399,7 @@ class Pool(_NamespaceMethods):
             the result or the exception.
         **flags
             Scheduling flags for this call (see :meth:`set_flags`): ``after``,
-            ``follow``, ``timeout``, ``retries``, ``targets``.
+            ``follow``, ``timeout``, ``retries``, ``targets``; and ``track``.
 
         Raises
         ------
@@ -612,6 +612,10 @@ class Pool(_NamespaceMethods):
             when there is one (an engine dying counts as a failure).
         targets : int or list of int
             Run only on these engines (ids as in :meth:`queue_status`).
+        track : bool
+            Track the sends of the arguments' memory: :attr:`AsyncResult.sent`
+            and :meth:`AsyncResult.wait_on_send` tell when ZeroMQ is done with
+            it, so that it may be modified (``imap`` is not tracked).
 
         Raises
         ------
