@@ -334,7 +334,7 @@ class Pool(_NamespaceMethods):
         info = self._cluster.start()
         # Writes large arguments into shared-memory segments (zpool._shm); None: they go as frames.
         self._shm = _shm.Writer(info.shm_prefix, "c") if info.shm_prefix else None
-        self._results = ResultTable()
+        self._results = ResultTable(info.shm_prefix)
         self._callbacks = _Callbacks()
         # Scheduling flags: defaults for every call (set_flags), and per thread for a block (temp_flags).
         self._default_flags: dict[str, Any] = {}
@@ -905,18 +905,15 @@ class Pool(_NamespaceMethods):
         ar._owner, ar._runner = self, self._callbacks
         tracker = None
         if self.flags.get("track"):  # views take no flags of their own; the pool's track applies
-            tracker = ar._tracker = SendTracker(len(items))
-        sent = 0
+            tracker = ar._tracker = SendTracker(len(items), self._conn.dead)
         try:
             self._results.add(ar)
-            for item, item_flags in zip(items, flags):
-                self._conn.submit([item], item_flags, tracker)
-                sent += 1
+            # All at once or none: the controller expects every user of a shared segment.
+            self._conn.submit_each([([item], item_flags) for item, item_flags in zip(items, flags)], tracker)
         except BaseException as exc:
             error = exc
             self._results.fail(ar.msg_ids, lambda: error)
-            if not sent:  # (once one is sent, the controller counts the segments it shares)
-                _release_unsent(items)
+            _release_unsent(items)
             if tracker is not None:
                 tracker._abandon()
             raise
@@ -1155,7 +1152,7 @@ class Pool(_NamespaceMethods):
     ) -> None:
         tracker = None
         if track:
-            tracker = ar._tracker = SendTracker(len(items))
+            tracker = ar._tracker = SendTracker(len(items), self._conn.dead)
         try:
             self._results.add(ar)
             self._conn.submit(items, flags, tracker)

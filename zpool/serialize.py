@@ -356,7 +356,9 @@ def _to_shared(buffers: list[Any], shared: _shm.Writer, users: int = 1) -> list[
                     name = shared.write(buf)
                 except OSError as exc:  # /dev/shm full (64 MB in a default container), say
                     _warn_no_shared_memory(exc, buf.nbytes)
-                    continue  # this one goes as a frame
+                    # As a frame; copied, so that the caller's array is free at once all the same.
+                    buffers[i] = bytes(buf)
+                    continue
                 segments[i] = (name, buf.nbytes)
                 buffers[i] = b""
     except BaseException:
@@ -382,14 +384,15 @@ def _warn_no_shared_memory(exc: OSError, size: int) -> None:
         )
 
 
-def loads(frames: Sequence[Any], release: bool = False) -> Any:
+def loads(frames: Sequence[Any], release: bool | str = False) -> Any:
     """Rebuild an object from ``[pickle, *buffers]`` (zmq Frames or bytes).
 
     Out-of-band buffers become read-only views on the frames, so received
     arrays are read-only and were never copied. Buffers that came through
     shared memory (a manifest frame first) are read-only views on the
     mapped segments; with `release`, the segments are unlinked once mapped
-    (the caller owns them: see :mod:`zpool._shm`).
+    (the caller owns them: see :mod:`zpool._shm`); a string `release` is a
+    cluster's prefix: only segments with that prefix are unlinked.
 
     Raises
     ------
@@ -412,7 +415,7 @@ def _is_manifest(frame: Any) -> bool:
     return first == _shm.MANIFEST[:1]  # a pickle starts with b"\x80"
 
 
-def _loads_shared(frames: Sequence[Any], release: bool) -> Any:
+def _loads_shared(frames: Sequence[Any], release: bool | str) -> Any:
     try:
         segments = _shm.read_manifest(frames[0]) or {}
     except (ValueError, TypeError) as exc:
@@ -431,8 +434,10 @@ def _loads_shared(frames: Sequence[Any], release: bool) -> Any:
                 ) from exc
     finally:
         if release:
+            prefix = release + "-" if isinstance(release, str) else ""
             for name, _ in segments.values():
-                _shm.unlink(name)
+                if name.startswith(prefix):
+                    _shm.unlink(name)
     return pickle.loads(_readonly_view(frames[1]), buffers=buffers)
 
 

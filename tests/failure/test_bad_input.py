@@ -135,6 +135,35 @@ def test_modified_argument_fails_its_task_instead_of_hanging(pool):
     assert pool.apply(_tasks.square, (4,)) == 16
 
 
+def test_rejected_message_frees_its_shared_memory_segments(pool):
+    """A call whose frame argument was modified in flight is rejected; the segments of its
+    other, large argument are freed by the client (the controller never accepted them)."""
+    import glob
+
+    import numpy as np
+
+    conn = pool._conn
+    prefix = pool._cluster.info.shm_prefix
+    big = np.ones(1 << 18)  # 2 MiB: through shared memory
+    arr = np.zeros(1 << 15)  # 256 KiB: a frame, modified after signing
+    original_sign = conn.session.sign
+
+    def sign_then_mutate(frames):
+        signature = original_sign(frames)
+        if any(memoryview(f).nbytes == arr.nbytes for f in list(frames)[4:]):
+            arr[1] = 2.0
+        return signature
+
+    conn.session.sign = sign_then_mutate
+    try:
+        ar = pool.apply_async(_tasks.identity, (big, arr))
+        with pytest.raises(zpool.AuthenticationError):
+            ar.get(T)
+    finally:
+        del conn.session.sign
+    assert glob.glob(f"/dev/shm/{prefix}-*") == []
+
+
 def test_task_with_wrong_key_never_runs(pool, attacker, tmp_path):
     """A forged apply_request (valid layout, wrong key) must not execute."""
     from zpool.serialize import dumps_call

@@ -344,3 +344,19 @@ def test_user_process_killed(tmp_path):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_wait_on_send_returns_once_the_controller_is_gone(fresh_pool):
+    """Tracked sends queued for a controller that died will never go out: waiting ends."""
+    pool = fresh_pool(1, shared_memory=False)
+    arr = np.zeros(100_000)  # 800 KB: a tracked frame
+    controller = pool._cluster.proc.pid
+    os.kill(controller, signal.SIGSTOP)
+    try:
+        results = [pool.apply_async(_tasks.identity, (arr,), track=True) for _ in range(50)]
+    finally:
+        os.kill(controller, signal.SIGKILL)
+    with pytest.raises(zpool.BrokenPoolError):
+        results[-1].get(timeout=30)
+    assert all(ar.wait_on_send(timeout=10) for ar in results)
+    assert all(ar.sent for ar in results)

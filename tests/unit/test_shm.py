@@ -575,3 +575,12 @@ def test_manifest_naming_a_buffer_that_is_not_there(prefix, index):
     with pytest.raises(SerializationError, match="not there"):
         loads(frames, release=True)
     assert under(prefix) == []  # released all the same
+
+
+def test_full_shared_memory_fallback_copies_so_the_callers_array_is_free_at_once(prefix, monkeypatch):
+    monkeypatch.setattr(serialize, "_WARNED", [True])  # (warned already)
+    arr = np.arange(BIG // 8, dtype=np.float64)
+    frames = dumps(arr, shared=FullWriter(prefix))
+    arr[:] = -1.0  # as a caller may, once the call returned
+    got = loads(frames)
+    np.testing.assert_array_equal(got, np.arange(BIG // 8, dtype=np.float64))

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import zmq
 
+from zpool import _shm
 from zpool.client.results import ResultTable
 from zpool.error import AuthenticationError, BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
 from zpool.protocol import (
@@ -54,6 +55,8 @@ BATCH_MAX_TASKS = 4096
 # Signatures of recently sent messages are remembered (up to this many task
 # ids) so that a controller's reject_notice can fail the right tasks.
 SENT_MEMORY_TASKS = 200_000
+# How often a wait_on_send looks whether the connection broke meanwhile, in seconds.
+TRACK_POLL_S = 0.1
 BATCH_MAX_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.1
 
@@ -78,10 +81,12 @@ class SendTracker:
     zero-copy frames, and hands each batch's ZeroMQ trackers over here.
     """
 
-    def __init__(self, n_tasks: int) -> None:
+    def __init__(self, n_tasks: int, dead: threading.Event | None = None) -> None:
         self._left = n_tasks
         self._trackers: list[Any] = []
         self._handed = threading.Event()  # every task was sent (or failed before it could be)
+        # Set when the connection broke: what is still queued in ZeroMQ will never go out.
+        self._dead = dead if dead is not None else threading.Event()
         if n_tasks == 0:
             self._handed.set()
 
@@ -98,21 +103,25 @@ class SendTracker:
 
     @property
     def done(self) -> bool:
-        return self._handed.is_set() and all(t.done for t in self._trackers)
+        return self._dead.is_set() or (self._handed.is_set() and all(t.done for t in self._trackers))
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until ZeroMQ let go of every buffer; False if `timeout` seconds passed first."""
+        """Wait until ZeroMQ let go of every buffer (or never will send them); False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._handed.wait(timeout):
-            return False
-        for tracker in self._trackers:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if left is not None and left == 0.0 and not tracker.done:
+        while not self.done:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 return False
-            try:
-                tracker.wait(left)
-            except zmq.NotDone:
-                return False
+            step = TRACK_POLL_S if left is None else min(TRACK_POLL_S, left)
+            if not self._handed.is_set():
+                self._handed.wait(step)
+                continue
+            pending = next((t for t in self._trackers if not t.done), None)
+            if pending is not None:
+                try:
+                    pending.wait(step)
+                except zmq.NotDone:
+                    pass
         return True
 
 
@@ -160,11 +169,23 @@ class Connection:
         self._sock.connect(info.client)
         self._requests: dict[str, _Request] = {}
         self._sent: collections.OrderedDict[bytes, list[str] | str] = collections.OrderedDict()
+        # Shared-memory segments of the messages in _sent that carry any (to free them if rejected).
+        self._sent_segments: dict[bytes, list[str]] = {}
+        # Set when the connection breaks: tracked sends still queued will never go out.
+        self.dead = threading.Event()
         self._sent_tasks = 0
         self._thread = threading.Thread(target=self._run, name="zpool-io", daemon=True)
         self._thread.start()
 
     # -- user threads -------------------------------------------------------------
+
+    def submit_each(
+        self,
+        groups: list[tuple[list[tuple[str, list[Any]]], dict[str, Any] | None]],
+        tracker: SendTracker | None = None,
+    ) -> None:
+        """Queue several submissions at once (all or none): ``(items, flags)`` each, as for :meth:`submit`."""
+        self._enqueue_all([_Flagged(items, flags, tracker) for items, flags in groups])
 
     def submit(
         self,
@@ -198,6 +219,9 @@ class Connection:
             raise TimeoutError(f"the controller did not answer {msg_type.value} within {timeout} s") from None
 
     def _enqueue(self, item: Any) -> None:
+        self._enqueue_all([item])
+
+    def _enqueue_all(self, items: list[Any]) -> None:
         # Checked under the lock: the I/O thread closes the wake pipe under it too,
         # so nothing is ever written to a closed (and perhaps reused) descriptor.
         with self._lock:
@@ -205,7 +229,7 @@ class Connection:
                 raise BrokenPoolError(self.broken)
             if self._closing:
                 raise PoolClosedError("the connection to the controller is closed")
-            self._queue.append(item)
+            self._queue += items
             if self._signaled:
                 return
             self._signaled = True
@@ -249,6 +273,7 @@ class Connection:
         finally:
             self._sock.close(linger=0)
             self._ctx.term()
+            self.dead.set()  # the socket is closed: nothing queued will go out any more
             with self._lock:
                 self._closing = True
                 os.close(self._wake_r)
@@ -291,11 +316,12 @@ class Connection:
         batch_flags: list[list[Any]] = []  # [first task index, count, flags]: one entry per submission
         # Trackers of the tasks in this batch: [tracker, how many of its tasks].
         tracked: list[list[Any]] = []
+        segments: list[str] = []  # shared-memory segments the batch's payloads refer to
         for item in items:
             if isinstance(item, _Request):
                 if len(batch):  # tasks queued before a request reach the controller before it
-                    self._send_batch(batch, batch_flags, tracked)
-                    batch, size, batch_flags, tracked = BatchWriter(), 0, [], []
+                    self._send_batch(batch, batch_flags, tracked, segments)
+                    batch, size, batch_flags, tracked, segments = BatchWriter(), 0, [], [], []
                 msg_id = self.session.new_id()
                 self._requests[msg_id] = item
                 msg = self.session.build(item.msg_type, content=encode(item.content), msg_id=msg_id)
@@ -308,6 +334,7 @@ class Connection:
             if isinstance(item, _Flagged):
                 tasks, flags, tracker = item.items, item.flags, item.tracker
             for task_id, frames in tasks:
+                segments += _shm.manifest_names(frames)
                 if tracker is not None:
                     if tracked and tracked[-1][0] is tracker:
                         tracked[-1][1] += 1
@@ -321,12 +348,18 @@ class Connection:
                 batch.add(task_id, frames)
                 size += sum(nbytes(f) for f in frames)
                 if len(batch) >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
-                    self._send_batch(batch, batch_flags, tracked)
-                    batch, size, batch_flags, tracked = BatchWriter(), 0, [], []
+                    self._send_batch(batch, batch_flags, tracked, segments)
+                    batch, size, batch_flags, tracked, segments = BatchWriter(), 0, [], [], []
         if len(batch):
-            self._send_batch(batch, batch_flags, tracked)
+            self._send_batch(batch, batch_flags, tracked, segments)
 
-    def _send_batch(self, batch: BatchWriter, flags: list[list[Any]], tracked: list[list[Any]] | None = None) -> None:
+    def _send_batch(
+        self,
+        batch: BatchWriter,
+        flags: list[list[Any]],
+        tracked: list[list[Any]] | None = None,
+        segments: list[str] | None = None,
+    ) -> None:
         fields = batch.fields()
         if flags:
             # [first task index, count, flags] per run of tasks sharing flags: a map's
@@ -334,6 +367,8 @@ class Connection:
             fields["flags"] = flags
         msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
         self._remember(msg[1], batch.ids)
+        if segments:
+            self._sent_segments[msg[1]] = segments
         if not tracked:
             send_frames(self._sock, msg)
             return
@@ -345,8 +380,9 @@ class Connection:
         self._sent[signature] = what
         self._sent_tasks += len(what) if isinstance(what, list) else 1
         while self._sent_tasks > SENT_MEMORY_TASKS:
-            _, old = self._sent.popitem(last=False)
+            signature, old = self._sent.popitem(last=False)
             self._sent_tasks -= len(old) if isinstance(old, list) else 1
+            self._sent_segments.pop(signature, None)
 
     def _on_rejected(self, msg: Message) -> None:
         content = msg.content
@@ -358,6 +394,8 @@ class Connection:
         if what is None:
             return  # not ours, or long forgotten
         self._sent_tasks -= len(what) if isinstance(what, list) else 1
+        for name in self._sent_segments.pop(signature, ()):  # the controller never accepted them
+            _shm.unlink(name)
         text = (
             f"the controller rejected the message carrying this call ({content.get('reason')}). Its signature"
             " no longer matched its contents, which usually means an argument's memory (a numpy array, a"
@@ -405,6 +443,7 @@ class Connection:
 
     def _break(self, reason: str) -> None:
         self.broken = reason
+        self.dead.set()
         self.results.fail_all(lambda: BrokenPoolError(reason))
         self._fail_requests(BrokenPoolError(reason))
         self._fail_items(self._take_queue(), lambda: BrokenPoolError(reason))
@@ -423,5 +462,8 @@ class Connection:
             else:
                 tasks = item.items if isinstance(item, _Flagged) else item
                 self.results.fail([task_id for task_id, _ in tasks], exc_for)
+                for _, frames in tasks:  # never sent: their segments are still ours
+                    for name in _shm.manifest_names(frames):
+                        _shm.unlink(name)
                 if isinstance(item, _Flagged) and item.tracker is not None:
                     item.tracker._abandon()

@@ -96,7 +96,9 @@ def _unpack_slot(slot: Any) -> tuple[Any, int]:
 class ResultTable:
     """Outstanding tasks of one client, by task id."""
 
-    def __init__(self) -> None:
+    def __init__(self, shm_prefix: str | None = None) -> None:
+        # Result segments of this cluster are ours to unlink (zpool._shm); no other's.
+        self._shm_prefix = shm_prefix
         # The outcome itself for single-task results (most of them), else
         # (outcome, index): one object fewer per call for the garbage collector.
         self._tasks: dict[str, Any] = {}
@@ -142,7 +144,7 @@ class ResultTable:
             slot = pop(task_id, None)
             frames = batch.payload(i)
             if slot is None:  # already failed locally (terminate, controller loss)
-                for name in _shm.manifest_names(frames):
+                for name in _shm.manifest_names(frames, self._shm_prefix or "zpool-none"):
                     _shm.unlink(name)
                 continue
             outcome, index = _unpack_slot(slot)
@@ -150,7 +152,7 @@ class ResultTable:
             ok = status == TaskStatus.OK.value
             try:
                 if ok:
-                    value: Any = loads(frames, release=True)  # result segments are ours to unlink
+                    value: Any = loads(frames, release=self._shm_prefix or False)  # ours to unlink
                 else:
                     value = rebuild_exception(json.loads(bytes(frames[0])), frames[1:])
             except BaseException as exc:  # e.g. SystemExit from a hostile __reduce__: not the I/O thread's end

@@ -459,9 +459,10 @@ class Hub:
     def _on_apply_reply(self, msg: Message, frames: list[Any]) -> None:
         ident = _ident(msg)
         slot = self.scheduler.engines.get(ident)
-        if slot is None:
-            raise ProtocolError("apply_reply from an engine that is not registered (or was declared dead)")
         batch = Batch(msg.header, msg.buffers, REPLY_COLUMNS)
+        if slot is None:
+            self._discard_reply(batch, range(len(batch.ids)))
+            raise ProtocolError("apply_reply from an engine that is not registered (or was declared dead)")
         ids = batch.ids
         statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
         per_client: dict[bytes, list[int]] = {}
@@ -478,6 +479,7 @@ class Hub:
             )
             if task is None:
                 logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
+                self._discard_reply(batch, (i,))
                 continue
             if not task.final:
                 self._discard_reply(batch, (i,))
