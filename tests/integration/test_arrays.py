@@ -137,7 +137,7 @@ def sample(dtype, nbytes: int, seed: int = 0) -> np.ndarray:
 def datetime_sample(dtype, nbytes: int) -> np.ndarray:
     n = nbytes // 8
     arr = (np.arange(n, dtype=np.int64) * 7_919 - n * 3_000).astype(dtype)
-    arr[1] = np.datetime64("NaT") if arr.dtype.kind == "M" else np.timedelta64("NaT")
+    arr[1] = np.array(["NaT"], dtype=arr.dtype)[0]  # NaT in the array's own unit (a bare one is deprecated)
     return arr
 
 
