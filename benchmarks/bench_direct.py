@@ -36,6 +36,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -44,6 +45,8 @@ for _p in (REPO, HERE):
         sys.path.insert(0, _p)
 
 from _workloads import noop  # noqa: E402
+
+from zpool._partition import even_bounds  # noqa: E402
 
 
 def block_product(x):
@@ -67,16 +70,6 @@ def rows_product(bounds, x):
     return A[start:stop] @ x
 
 
-def row_bounds(n: int, parts: int) -> list[tuple[int, int]]:
-    size, extra = divmod(n, parts)
-    out, start = [], 0
-    for i in range(parts):
-        stop = start + size + (1 if i < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
-
-
 def reference(matrix, x0, steps: int):
     import numpy as np
 
@@ -87,9 +80,23 @@ def reference(matrix, x0, steps: int):
     return x
 
 
-def zpool_direct(matrix, x0, steps: int, processes: int) -> tuple[float, float, object]:
+def iterate(blocks_of: Callable[[object], list], x0, steps: int) -> tuple[float, object]:
+    """Power iteration with ``blocks_of(x)`` giving the row blocks of A @ x: seconds per step, and x.
+
+    One untimed warm-up step first, for every pool alike.
+    """
     import numpy as np
 
+    blocks_of(x0)
+    x = x0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        y = np.concatenate(blocks_of(x))
+        x = y / np.linalg.norm(y)
+    return (time.perf_counter() - t0) / steps, x
+
+
+def zpool_direct(matrix, x0, steps: int, processes: int) -> tuple[float, float, object]:
     from zpool import Pool
 
     with Pool(processes) as pool:
@@ -98,47 +105,25 @@ def zpool_direct(matrix, x0, steps: int, processes: int) -> tuple[float, float, 
         pool.scatter("A", matrix)
         setup = time.perf_counter() - t0
         view = pool.engines
-        view.apply(block_product, x0)  # warm-up (untimed), as for the others
-        x = x0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            y = np.concatenate(view.apply(block_product, x))
-            x = y / np.linalg.norm(y)
-        per_step = (time.perf_counter() - t0) / steps
+        per_step, x = iterate(lambda x: view.apply(block_product, x), x0, steps)
     return setup, per_step, x
 
 
 def mp_blocks(matrix, x0, steps: int, processes: int) -> tuple[float, float, object]:
-    import numpy as np
-
     with multiprocessing.Pool(processes) as pool:
         pool.apply(noop, (0,))
-        blocks = [matrix[a:b] for a, b in row_bounds(len(matrix), processes)]
-        pool.starmap(product_of, [(b, x0) for b in blocks], chunksize=1)  # warm-up (untimed)
-        x = x0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            y = np.concatenate(pool.starmap(product_of, [(b, x) for b in blocks], chunksize=1))
-            x = y / np.linalg.norm(y)
-        per_step = (time.perf_counter() - t0) / steps
+        blocks = [matrix[a:b] for a, b in even_bounds(len(matrix), processes)]
+        per_step, x = iterate(lambda x: pool.starmap(product_of, [(b, x) for b in blocks], chunksize=1), x0, steps)
     return 0.0, per_step, x
 
 
 def mp_initializer(matrix, x0, steps: int, processes: int) -> tuple[float, float, object]:
-    import numpy as np
-
     t0 = time.perf_counter()
     with multiprocessing.Pool(processes, initializer=keep_matrix, initargs=(matrix,)) as pool:
         pool.map(noop, range(processes * 4), chunksize=1)  # every worker has run its initializer
         setup = time.perf_counter() - t0
-        bounds = row_bounds(len(matrix), processes)
-        pool.starmap(rows_product, [(b, x0) for b in bounds], chunksize=1)  # warm-up (untimed)
-        x = x0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            y = np.concatenate(pool.starmap(rows_product, [(b, x) for b in bounds], chunksize=1))
-            x = y / np.linalg.norm(y)
-        per_step = (time.perf_counter() - t0) / steps
+        bounds = even_bounds(len(matrix), processes)
+        per_step, x = iterate(lambda x: pool.starmap(rows_product, [(b, x) for b in bounds], chunksize=1), x0, steps)
     return setup, per_step, x
 
 

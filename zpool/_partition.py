@@ -9,7 +9,16 @@ from typing import Any, Callable, Sequence
 
 from zpool.error import ImpossibleDependency, UnmetDependency
 
-__all__ = ["ItemFailure", "default_chunksize", "join_parts", "run_chunk", "run_each", "split", "split_evenly"]
+__all__ = [
+    "ItemFailure",
+    "default_chunksize",
+    "even_bounds",
+    "join_parts",
+    "run_chunk",
+    "run_each",
+    "split",
+    "split_evenly",
+]
 
 # Longest traceback text carried back, in characters (the start and end are kept).
 MAX_TRACEBACK_CHARS = 20_000
@@ -112,23 +121,27 @@ class ItemFailure:
         return f"<ItemFailure {self.error.get('ename')}: {self.error.get('evalue')}>"
 
 
+def even_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of `parts` consecutive pieces of `n` items, lengths differing by at most one (longer first)."""
+    size, extra = divmod(n, parts)
+    out: list[tuple[int, int]] = []
+    start = 0
+    for i in range(parts):
+        stop = start + size + (1 if i < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
 def split_evenly(seq: Any, parts: int) -> list[Any]:
-    """Cut `seq` into `parts` consecutive pieces whose lengths differ by at most one (the longer first).
+    """Cut `seq` into `parts` pieces at :func:`even_bounds`.
 
     A numpy array is cut along its first axis into views (no copy); a list,
     tuple or range into lists.
     """
-    n = len(seq)
-    size, extra = divmod(n, parts)
-    is_array = _is_array(seq)
-    out: list[Any] = []
-    start = 0
-    for i in range(parts):
-        stop = start + size + (1 if i < extra else 0)
-        piece = seq[start:stop]
-        out.append(piece if is_array else list(piece))
-        start = stop
-    return out
+    if _is_array(seq):
+        return [seq[start:stop] for start, stop in even_bounds(len(seq), parts)]
+    return [list(seq[start:stop]) for start, stop in even_bounds(len(seq), parts)]
 
 
 def join_parts(parts: Sequence[Any]) -> Any:

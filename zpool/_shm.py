@@ -228,20 +228,28 @@ def read_manifest(frame: Any) -> dict[int, tuple[str, int]] | None:
     return out
 
 
+def is_manifest(frame: Any) -> bool:
+    """Whether a payload's first frame is a manifest; one byte looked at (a pickle starts with b"\\x80")."""
+    first = frame[:1] if type(frame) is bytes else bytes(memoryview(frame)[:1])
+    return first == MANIFEST[:1]
+
+
+def release(frames: Sequence[Any], prefix: str | None = None) -> None:
+    """Unlink the segments a payload refers to (its owner drops it unread); with `prefix`, only that cluster's."""
+    for name in manifest_names(frames, prefix):
+        unlink(name)
+
+
 def manifest_names(frames: Sequence[Any], prefix: str | None = None) -> list[str]:
     """Names of the segments a payload (``[manifest?, pickle, ...]``) refers to; [] if none or malformed.
 
     With `prefix` (a cluster's), only that cluster's segments: nobody is
     ever made to unlink another cluster's.
     """
-    if not frames:
-        return []
-    first = frames[0]
-    # Cheap for the common case, a pickle (b"\x80..."): one byte looked at.
-    if (first[:1] if type(first) is bytes else bytes(memoryview(first)[:1])) != MANIFEST[:1]:
+    if not frames or not is_manifest(frames[0]):
         return []
     try:
-        segments = read_manifest(first)
+        segments = read_manifest(frames[0])
     except (ValueError, TypeError):
         return []
     if not segments:

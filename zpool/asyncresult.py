@@ -250,13 +250,17 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
 
     # -- called by the client's I/O thread -----------------------------------------
 
-    def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
-        """Record one task's outcome; `md` is ``(engine_id, status, started, completed, received)``."""
+    def _account(self, index: int, md: tuple[Any, ...]) -> None:
+        """Keep task `index`'s metadata and count it as finished."""
         if self._single:
             self._metadata = md
         else:
             self._metadata[index] = md
         self._pending -= 1
+
+    def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
+        """Record one task's outcome; `md` is ``(engine_id, status, started, completed, received)``."""
+        self._account(index, md)
         if self._decided or self.done():
             return  # an earlier task failed it (or it was cancelled): just account
         values = self._values
@@ -368,11 +372,7 @@ class _Collecting(AsyncResult[T]):
         super().__init__(msg_ids, label)
 
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
-        if self._single:
-            self._metadata = md
-        else:
-            self._metadata[index] = md
-        self._pending -= 1
+        self._account(index, md)
         outcomes = self._outcomes
         if self._decided or self.done() or outcomes is None:
             return

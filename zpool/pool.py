@@ -42,8 +42,8 @@ from zpool.error import (
     serialization_error,
 )
 from zpool.protocol import SCHEMES, MsgType
-from zpool.serialize import callable_name, dumps, dumps_call
-from zpool.view import EngineView, ParallelFunction, RemoteFunction, _NamespaceMethods
+from zpool.serialize import callable_name, dumps, dumps_call, explain_iterable
+from zpool.view import EngineView, ParallelFunction, RemoteFunction, _check_flag, _NamespaceMethods
 
 __all__ = ["Pool"]
 
@@ -68,8 +68,7 @@ def _same(value: T) -> T:
 def _release_unsent(items: list[tuple[str, list[Any]]]) -> None:
     """Unlink the shared-memory segments of payloads that never left this process."""
     for _, frames in items:
-        for name in _shm.manifest_names(frames):
-            _shm.unlink(name)
+        _shm.release(frames)
 
 
 def _flatten(chunks: list[list[Any]]) -> list[Any]:
@@ -844,8 +843,7 @@ class Pool(_NamespaceMethods):
             Keeps the function's name, docstring and signature; the
             function itself is its ``func`` attribute.
         """
-        if not isinstance(block, bool):
-            raise TypeError(f"block must be True or False, not {block!r}")
+        _check_flag("block", block)
 
         def decorate(f: Callable[..., Any]) -> RemoteFunction:
             return RemoteFunction(self, f, block)
@@ -889,9 +887,8 @@ class Pool(_NamespaceMethods):
         >>> double.map(range(3))
         [0, 2, 4]
         """
-        for name, value in (("block", block), ("ordered", ordered)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be True or False, not {value!r}")
+        _check_flag("block", block)
+        _check_flag("ordered", ordered)
 
         def decorate(f: Callable[..., Any]) -> ParallelFunction:
             return ParallelFunction(self, f, block, ordered, chunksize)
@@ -1198,20 +1195,4 @@ class Pool(_NamespaceMethods):
             return dumps_call(run_chunk, (func, chunk, True) if star else (func, chunk), shared=shared)
         except SerializationError:
             pass
-        name = callable_name(func)
-        try:
-            dumps(func)
-        except SerializationError as exc:
-            cause = exc.__cause__ or exc
-            raise serialization_error(
-                f"cannot serialize the function {name} given to {what}(): {exc}", cause
-            ) from cause
-        for item in chunk:
-            try:
-                dumps(item)
-            except SerializationError as exc:
-                cause = exc.__cause__ or exc
-                raise serialization_error(
-                    f"cannot serialize an item of the iterable given to {what}({name}): {exc}", cause
-                ) from cause
-        raise SerializationError(f"cannot serialize a chunk of the iterable given to {what}({name})")
+        raise explain_iterable(func, chunk, what)

@@ -26,7 +26,7 @@ import pickle
 import sys
 import threading
 import types
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from zpool import _shm
 from zpool.error import SerializationError, serialization_error
@@ -400,7 +400,7 @@ def loads(frames: Sequence[Any], release: bool | str = False) -> Any:
         If a shared-memory segment cannot be mapped.
     """
     head = frames[0]
-    if len(frames) > 1 and _is_manifest(head):
+    if len(frames) > 1 and _shm.is_manifest(head):
         return _loads_shared(frames, release)
     if len(frames) == 1:  # everything in band: nothing of the frame reaches the caller
         return pickle.loads(head)
@@ -408,11 +408,6 @@ def loads(frames: Sequence[Any], release: bool | str = False) -> Any:
     # The pickle itself is never exposed to the caller: copy a small one, it is cheaper.
     head = head.bytes if len(head) < OOB_THRESHOLD and hasattr(head, "bytes") else _readonly_view(head)
     return pickle.loads(head, buffers=buffers)
-
-
-def _is_manifest(frame: Any) -> bool:
-    first = frame[:1] if type(frame) is bytes else bytes(memoryview(frame)[:1])
-    return first == _shm.MANIFEST[:1]  # a pickle starts with b"\x80"
 
 
 def _loads_shared(frames: Sequence[Any], release: bool | str) -> Any:
@@ -519,6 +514,32 @@ def _explain_call(
                 cause,
             )
     return SerializationError(f"cannot serialize the call {name}(...)")
+
+
+def explain_iterable(func: Callable[..., Any], items: Iterable[Any], what: str) -> SerializationError:
+    """Why a ``what(func, items)`` call (``map``, ``imap``) cannot be serialized.
+
+    The error names the function, or the first item that cannot be sent,
+    with pickle's own error as its ``__cause__``.
+    """
+    name = callable_name(func)
+    try:
+        dumps(func)
+    except SerializationError as exc:
+        cause = exc.__cause__ or exc
+        error = serialization_error(f"cannot serialize the function {name} given to {what}(): {exc}", cause)
+        error.__cause__ = cause
+        return error
+    for item in items:
+        try:
+            dumps(item)
+        except SerializationError as exc:
+            cause = exc.__cause__ or exc
+            message = f"cannot serialize an item of the iterable given to {what}({name}): {exc}"
+            error = serialization_error(message, cause)
+            error.__cause__ = cause
+            return error
+    return SerializationError(f"cannot serialize a chunk of the iterable given to {what}({name})")
 
 
 def loads_call(frames: Sequence[Any]) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:

@@ -36,10 +36,10 @@ import types
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from zpool import _namespace
-from zpool._partition import default_chunksize, join_parts, run_chunk, split_evenly
+from zpool._partition import default_chunksize, even_bounds, join_parts, run_chunk, split_evenly
 from zpool.asyncresult import DirectResult
 from zpool.error import SerializationError, serialization_error
-from zpool.serialize import callable_name, dumps, dumps_call, short_repr
+from zpool.serialize import callable_name, dumps, dumps_call, explain_iterable, short_repr
 
 __all__ = ["EngineView", "ParallelFunction", "RemoteFunction"]
 
@@ -432,16 +432,7 @@ class EngineView(_NamespaceMethods):
             calls = [(run_chunk, (func, part, star) if star else (func, part)) for part in parts]
             return self._run_each(calls, f"map({name})", self._blocking(block), join_parts)
         except SerializationError:
-            dumps_call(func)  # the function itself: raises naming it
-            for item in items:
-                try:
-                    dumps(item)
-                except SerializationError as exc:
-                    cause = exc.__cause__ or exc
-                    raise serialization_error(
-                        f"cannot serialize an item of the iterable given to map({name}): {exc}", cause
-                    ) from cause
-            raise
+            raise explain_iterable(func, items, "map")  # noqa: B904 (its cause is pickle's error)
 
     def remote(self, func: Callable[..., Any] | None = None, *, block: bool | None = None) -> Any:
         """Decorator: calling the function runs it on every engine of the view (see :class:`RemoteFunction`)."""
@@ -629,7 +620,7 @@ class ParallelFunction:
             if not pieces:
                 raise ValueError(f"parallel {name}() on a view with no engines")
             # Never an empty chunk: with fewer items than engines, the first engines take one each.
-            bounds = _bounds(n, min(n, pieces))
+            bounds = even_bounds(n, min(n, pieces))
         else:
             chunksize = self.chunksize or max(1, default_chunksize(n, runner._processes))
             bounds = [(i, min(i + chunksize, n)) for i in range(0, n, chunksize)]
@@ -659,17 +650,6 @@ class ParallelFunction:
 
     def __reduce__(self) -> Any:
         raise TypeError("a ParallelFunction belongs to its pool and cannot be pickled; send its .func instead")
-
-
-def _bounds(n: int, pieces: int) -> list[tuple[int, int]]:
-    size, extra = divmod(n, pieces)
-    out = []
-    start = 0
-    for i in range(pieces):
-        stop = start + size + (1 if i < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
 
 
 # sync_imports blocks in progress: (id(globals of the block's frame), thread) -> their record lists.

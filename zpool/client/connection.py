@@ -463,7 +463,6 @@ class Connection:
                 tasks = item.items if isinstance(item, _Flagged) else item
                 self.results.fail([task_id for task_id, _ in tasks], exc_for)
                 for _, frames in tasks:  # never sent: their segments are still ours
-                    for name in _shm.manifest_names(frames):
-                        _shm.unlink(name)
+                    _shm.release(frames)
                 if isinstance(item, _Flagged) and item.tracker is not None:
                     item.tracker._abandon()

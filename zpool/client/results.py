@@ -144,8 +144,8 @@ class ResultTable:
             slot = pop(task_id, None)
             frames = batch.payload(i)
             if slot is None:  # already failed locally (terminate, controller loss)
-                for name in _shm.manifest_names(frames, self._shm_prefix or "zpool-none"):
-                    _shm.unlink(name)
+                if self._shm_prefix:
+                    _shm.release(frames, self._shm_prefix)
                 continue
             outcome, index = _unpack_slot(slot)
             metadata = (engine_ids[i], status, starts[i], completions[i], received)

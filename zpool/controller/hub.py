@@ -325,8 +325,7 @@ class Hub:
         if not prefix:
             return
         for i in indices:
-            for name in _shm.manifest_names(batch.payload(i), prefix):
-                _shm.unlink(name)
+            _shm.release(batch.payload(i), prefix)
 
     def _send_failures(self) -> None:
         """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts)."""

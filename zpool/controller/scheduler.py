@@ -89,12 +89,6 @@ FAILED_UNPLACED = -1
 DEPARTED_MAX = 1024
 
 
-def _uses_shared_memory(frame: Any) -> bool:
-    """Whether a payload starts with a shared-memory manifest (see zpool._shm)."""
-    first = frame[:1] if type(frame) is bytes else bytes(memoryview(frame)[:1])
-    return first == _shm.MANIFEST[:1]
-
-
 class _DepState:
     """One graph dependency of a waiting task, with counts so that each finished id costs O(1)."""
 
@@ -677,7 +671,7 @@ class Scheduler:
             self._settling = False
 
     def _keep(self, task: Task) -> None:
-        if task.frames and _uses_shared_memory(task.frames[0]):
+        if task.frames and _shm.is_manifest(task.frames[0]):
             return  # its segments are freed now: such a call cannot run again
         size = 0
         for frame in task.frames:
