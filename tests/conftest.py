@@ -73,12 +73,13 @@ def _cluster_dirs() -> set[str]:
 # Shared-memory prefixes of the clusters this test run started (other zpool programs
 # running on the machine at the same time have their own).
 _OUR_PREFIXES: set[str] = set()
+_RUNNING_PREFIXES: set[str] = set()  # clusters started and not stopped yet
 
 
 def _record_prefixes() -> None:
     from zpool.cluster import LocalCluster
 
-    start = LocalCluster.start
+    start, stop = LocalCluster.start, LocalCluster.stop
     if getattr(start, "_records_prefixes", False):
         return
 
@@ -86,14 +87,33 @@ def _record_prefixes() -> None:
         info = start(self)
         if info.shm_prefix:
             _OUR_PREFIXES.add(info.shm_prefix)
+            _RUNNING_PREFIXES.add(info.shm_prefix)
         return info
 
+    def recording_stop(self, *args, **kwargs):
+        info = self.info
+        try:
+            return stop(self, *args, **kwargs)
+        finally:
+            if info is not None:
+                _RUNNING_PREFIXES.discard(info.shm_prefix)
+
     recording_start._records_prefixes = True
-    LocalCluster.start = recording_start
+    LocalCluster.start, LocalCluster.stop = recording_start, recording_stop
 
 
 def _segments() -> set[str]:
-    return {path for path in glob.glob("/dev/shm/zpool-*") if os.path.basename(path).rsplit("-", 2)[0] in _OUR_PREFIXES}
+    """Segments of this run's clusters that a message names, and those kept for reuse by clusters that ended.
+
+    A writer keeps segments for reuse (``...-k<n>``, zpool._shm.Writer) while
+    its cluster runs: a pool shared by several tests keeps them between tests.
+    """
+    found = set()
+    for path in glob.glob("/dev/shm/zpool-*"):
+        prefix, _, number = os.path.basename(path).rsplit("-", 2)
+        if prefix in _OUR_PREFIXES and not (number.startswith("k") and prefix in _RUNNING_PREFIXES):
+            found.add(path)
+    return found
 
 
 def assert_no_new_segments(before: set[str], timeout: float = 5.0) -> None:

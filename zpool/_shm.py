@@ -40,7 +40,13 @@ import mmap
 import os
 import re
 import threading
+import time
 from typing import Any, Sequence
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no shared memory (available() is False) and no reuse
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "MANIFEST",
@@ -60,8 +66,16 @@ THRESHOLD = 1 << 20
 MANIFEST = b"ZPSHM1"
 # zpool-<cluster id>-<c|e><pid>-<n>: nothing else is ever opened or unlinked.
 _NAME = re.compile(r"zpool-[0-9a-f]{8,32}-[ce][0-9]{1,10}-[0-9]{1,20}")
+# A segment a writer keeps for reuse (Writer) has a name of its own, which no message carries.
+_KEPT_NAME = re.compile(r"zpool-[0-9a-f]{8,32}-[ce][0-9]{1,10}-k[0-9]{1,20}")
 _PREFIX = re.compile(r"zpool-[0-9a-f]{8,32}")
 _WRITE_CHUNK = 1 << 26
+# Segments a Writer keeps for reuse: at most this many, and bytes; freed after this long unused.
+KEEP_COUNT = 16
+KEEP_BYTES = 2 << 30
+KEEP_IDLE = 10.0
+CLOSE_TIMEOUT = 5.0
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def available() -> bool:
@@ -76,7 +90,29 @@ def _check(name: str) -> str:
 
 
 class Writer:
-    """Writes buffers into new segments named ``<prefix>-<role><pid>-<n>``.
+    """Writes buffers into segments named ``<prefix>-<role><pid>-<n>``.
+
+    Writing into a fresh segment costs far more than a copy: the kernel
+    allocates and clears every page as the data arrives (a quarter of the
+    memcpy rate, or less). So the writer keeps the segments it wrote, under
+    a name of their own, and hands each message a second name (a hard link)
+    for the same file. Once that name is gone (its owner unlinked it) and
+    no receiver maps the file any more, the next buffer of about its size
+    is copied into the pages already there, at the memcpy rate.
+
+    How the writer knows nobody maps it: a receiver takes a shared
+    ``flock`` on the file before it maps it (:func:`open_segment`), and the
+    lock lasts as long as its mapping, even past the receiver's death (the
+    kernel drops it with the last reference). The writer rewrites a segment
+    only after taking an exclusive lock without waiting. A receiver that
+    locked first keeps the segment for itself; one that opened the name
+    before the owner unlinked it but locked after the writer finds the name
+    gone once it holds the lock, and fails instead of reading new data.
+
+    Only buffers of :data:`THRESHOLD` bytes or more are kept (smaller ones
+    get a segment of their own). Kept segments are bounded (:data:`KEEP_COUNT` of them, a quarter of the
+    free space and :data:`KEEP_BYTES` at most) and freed when unused for
+    :data:`KEEP_IDLE` seconds, or by :meth:`close`.
 
     Parameters
     ----------
@@ -84,18 +120,22 @@ class Writer:
         ``zpool-<cluster id>``: the cluster's segments all start with it.
     role : str
         ``"c"`` for a client, ``"e"`` for an engine.
+    keep : bool
+        Keep segments for reuse (default True); False: one new segment per buffer.
     """
 
-    def __init__(self, prefix: str, role: str) -> None:
+    def __init__(self, prefix: str, role: str, keep: bool = True) -> None:
         if not _PREFIX.fullmatch(prefix) or role not in ("c", "e"):
             raise ValueError(f"bad shared-memory prefix {prefix!r} or role {role!r}")
         self.prefix = prefix
         self.role = role
         self._counter = itertools.count()
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._kept = _Kept(self) if keep and fcntl is not None else None
 
     def write(self, buffer: Any) -> str:
-        """Copy `buffer` into a new segment; return its name.
+        """Copy `buffer` into a segment; return the name that the message carries.
 
         Raises
         ------
@@ -104,22 +144,41 @@ class Writer:
             first: filling it up to fail would cost as much as the copy).
         """
         view = memoryview(buffer).cast("B")
-        try:
-            stat = os.statvfs(DIRECTORY)
-            room = stat.f_bavail * stat.f_frsize
-        except OSError:
-            room = None
-        if room is not None and room < view.nbytes:
-            raise OSError(errno.ENOSPC, f"{DIRECTORY} has {room} bytes free, fewer than {view.nbytes}")
+        kept = self._kept
+        if kept is not None and view.nbytes >= THRESHOLD and os.getpid() == self._pid:
+            name = kept.write(view)
+            if name is not None:
+                return name
+        name, fd = self._write_new(view, os.O_WRONLY)
+        os.close(fd)
+        return name
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Free the kept segments and stop their thread (waits up to `timeout` s for it); idempotent."""
+        if self._kept is not None and os.getpid() == self._pid:
+            self._kept.close(timeout)
+
+    def _create(self, mode: int, kept: bool = False) -> tuple[str, int]:
+        """A new, empty segment: its name (a kept segment's own with `kept`) and a descriptor open with `mode`."""
         while True:
-            with self._lock:
-                n = next(self._counter)
-            name = f"{self.prefix}-{self.role}{os.getpid()}-{n}"
+            name = self._next_name(kept)
             try:
-                fd = os.open(os.path.join(DIRECTORY, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(os.path.join(DIRECTORY, name), mode | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:  # left by an earlier process with this pid
                 continue
-            break
+            return name, fd
+
+    def _next_name(self, kept: bool = False) -> str:
+        with self._lock:
+            n = next(self._counter)
+        return f"{self.prefix}-{self.role}{os.getpid()}-{'k' if kept else ''}{n}"
+
+    def _write_new(self, view: memoryview, mode: int, kept: bool = False) -> tuple[str, int]:
+        """A new segment holding `view`: its name (see `_create`) and a descriptor open with `mode`."""
+        room = free_space()
+        if room is not None and room < view.nbytes:
+            raise OSError(errno.ENOSPC, f"{DIRECTORY} has {room} bytes free, fewer than {view.nbytes}")
+        name, fd = self._create(mode, kept)
         try:
             # write() into the RAM-backed file: the kernel allocates its pages as it copies,
             # much cheaper than faulting in a fresh mapping page by page.
@@ -130,8 +189,167 @@ class Writer:
             os.close(fd)
             unlink(name)
             raise
-        os.close(fd)
+        return name, fd
+
+
+def free_space() -> int | None:
+    """Bytes free in :data:`DIRECTORY`, or None if it cannot be asked."""
+    try:
+        stat = os.statvfs(DIRECTORY)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+class _Segment:
+    """A segment a :class:`Writer` keeps: its own name, an open descriptor, and (once reused) a mapping."""
+
+    __slots__ = ("fd", "filling", "mapping", "name", "size", "used")
+
+    def __init__(self, name: str, fd: int, size: int) -> None:
+        self.name = name
+        self.fd = fd
+        self.size = size
+        self.mapping: mmap.mmap | None = None
+        self.used = time.monotonic()
+        self.filling = False  # a thread is copying into it
+
+    def free(self) -> None:
+        """Forget it: receivers that map it keep their pages until they unmap."""
+        if self.mapping is not None:
+            self.mapping.close()
+        os.close(self.fd)
+        try:
+            os.unlink(os.path.join(DIRECTORY, self.name))
+        except FileNotFoundError:
+            pass
+
+
+class _Kept:
+    """The segments one :class:`Writer` keeps for reuse, and the thread that frees the unused ones."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._cond = threading.Condition()
+        self._segments: list[_Segment] = []
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def write(self, view: memoryview) -> str | None:
+        """Copy `view` into a kept segment (reused or new) and link a message name to it; None: not kept."""
+        size = view.nbytes
+        seg = self._reusable(size)
+        if seg is None:
+            return self._keep_new(view)
+        try:
+            if seg.mapping is None:
+                # MAP_POPULATE: the pages are there already; map them all in one call.
+                seg.mapping = mmap.mmap(seg.fd, seg.size, flags=mmap.MAP_SHARED | _POPULATE)
+            with memoryview(seg.mapping) as target:
+                target[:size] = view  # one memcpy, into pages already there
+            fcntl.flock(seg.fd, fcntl.LOCK_UN)
+            name = self._writer._next_name()
+            os.link(os.path.join(DIRECTORY, seg.name), os.path.join(DIRECTORY, name))
+        except BaseException:
+            with self._cond:
+                self._segments.remove(seg)
+            seg.free()
+            raise
+        with self._cond:
+            seg.filling = False
+            seg.used = time.monotonic()
         return name
+
+    def _reusable(self, size: int) -> _Segment | None:
+        """The best-fitting kept segment nobody uses, locked and marked as filling; None if there is none."""
+        with self._cond:
+            if self._closed:
+                return None
+            fits = sorted(
+                (seg for seg in self._segments if not seg.filling and size <= seg.size <= size + size // 4),
+                key=lambda seg: seg.size,
+            )
+            for seg in fits:
+                try:
+                    links = os.fstat(seg.fd).st_nlink
+                except OSError:
+                    links = 0
+                if links == 0:  # removed under it (remove_all): useless
+                    self._segments.remove(seg)
+                    seg.free()
+                    continue
+                if links > 1:
+                    continue  # a message still names it
+                try:
+                    fcntl.flock(seg.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a receiver maps it
+                seg.filling = True
+                return seg
+        return None
+
+    def _keep_new(self, view: memoryview) -> str | None:
+        """Write `view` into a new segment and keep it, if the bounds allow; None: they do not."""
+        size = view.nbytes
+        with self._cond:
+            if self._closed:
+                return None
+            room = free_space()
+            limit = min(KEEP_BYTES, room // 4) if room is not None else 0
+            # Room for it: forget the least recently used segments nobody is filling.
+            while self._segments and (
+                len(self._segments) >= KEEP_COUNT or sum(seg.size for seg in self._segments) + size > limit
+            ):
+                idle = [seg for seg in self._segments if not seg.filling]
+                if not idle:
+                    break
+                oldest = min(idle, key=lambda seg: seg.used)
+                self._segments.remove(oldest)
+                oldest.free()
+            if len(self._segments) >= KEEP_COUNT or sum(seg.size for seg in self._segments) + size > limit:
+                return None
+        own, fd = self._writer._write_new(view, os.O_RDWR, kept=True)
+        seg = _Segment(own, fd, size)
+        try:
+            name = self._writer._next_name()
+            os.link(os.path.join(DIRECTORY, own), os.path.join(DIRECTORY, name))
+        except BaseException:
+            seg.free()
+            raise
+        with self._cond:
+            if self._closed:
+                seg.free()  # the message keeps its name and pages
+                return name
+            self._segments.append(seg)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="zpool-shm-keeper", daemon=True)
+                self._thread.start()
+        return name
+
+    def close(self, timeout: float) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cond:
+            segments, self._segments = self._segments, []
+        for seg in segments:
+            seg.free()
+
+    def _run(self) -> None:
+        """Free the segments unused for KEEP_IDLE seconds; end when none is left (the next kept one starts another)."""
+        with self._cond:
+            while not self._closed and self._segments:
+                now = time.monotonic()
+                for seg in list(self._segments):
+                    if not seg.filling and now - seg.used > KEEP_IDLE:
+                        self._segments.remove(seg)
+                        seg.free()
+                if self._segments:
+                    self._cond.wait(KEEP_IDLE / 4)
+            self._thread = None
 
 
 def open_segment(name: str, size: int) -> memoryview:
@@ -149,9 +367,24 @@ def open_segment(name: str, size: int) -> memoryview:
         raise ValueError(f"bad segment size {size!r}")
     if size == 0:
         return memoryview(b"")
-    fd = os.open(os.path.join(DIRECTORY, name), os.O_RDONLY)
+    path = os.path.join(DIRECTORY, name)
+    fd = os.open(path, os.O_RDONLY)
     try:
-        if os.fstat(fd).st_size < size:
+        stat = os.fstat(fd)
+        if fcntl is not None:
+            # Held as long as the mapping lives (the lock belongs to the open file, which the
+            # mapping keeps): its writer does not reuse the segment until then (see Writer).
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FileNotFoundError(errno.ENOENT, "segment already reused by its writer", name) from None
+            try:
+                same = os.stat(path).st_ino == stat.st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise FileNotFoundError(errno.ENOENT, "segment already released by its owner", name)
+        if stat.st_size < size:
             raise ValueError(f"shared-memory segment {name} is smaller than {size} bytes")
         mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     finally:
@@ -177,7 +410,7 @@ def remove_all(prefix: str) -> int:
     except OSError:
         return 0
     for name in names:
-        if name.startswith(prefix + "-") and _NAME.fullmatch(name):
+        if name.startswith(prefix + "-") and (_NAME.fullmatch(name) or _KEPT_NAME.fullmatch(name)):
             try:
                 os.unlink(os.path.join(DIRECTORY, name))
                 removed += 1

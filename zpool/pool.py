@@ -176,7 +176,14 @@ def _run_callback(func: Callable[[Any], Any], value: Any) -> None:
         traceback.print_exc()
 
 
-def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, graceful: bool, owner: int) -> None:
+def _shutdown(
+    conn: Connection,
+    cluster: LocalCluster,
+    callbacks: _Callbacks,
+    shared: _shm.Writer | None,
+    graceful: bool,
+    owner: int,
+) -> None:
     """Stop the cluster and the client; called at most once per pool (weakref.finalize)."""
     if os.getpid() != owner:
         return  # a forked child inherited the pool object: the cluster is its parent's
@@ -184,7 +191,7 @@ def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, gr
         # The last reference went away as a result settled on the I/O thread, which
         # cannot wait for its own replies: shut down from a thread of its own.
         threading.Thread(
-            target=_shutdown, args=(conn, cluster, callbacks, graceful, owner), name="zpool-shutdown"
+            target=_shutdown, args=(conn, cluster, callbacks, shared, graceful, owner), name="zpool-shutdown"
         ).start()
         return
     reason = "the pool was terminated before this task finished"
@@ -196,6 +203,8 @@ def _shutdown(conn: Connection, cluster: LocalCluster, callbacks: _Callbacks, gr
         pass
     finally:
         conn.close()
+        if shared is not None:
+            shared.close()  # its spare segments, before the cluster removes what is left
         cluster.stop(timeout=SHUTDOWN_TIMEOUT_S)
         # join() waits for every callback, as the standard library's does; terminate() not for long.
         callbacks.stop(None if graceful else SHUTDOWN_TIMEOUT_S)
@@ -356,7 +365,7 @@ class Pool(_NamespaceMethods):
             raise
         self._conn = conn
         self._finalizer = weakref.finalize(
-            self, _shutdown, self._conn, self._cluster, self._callbacks, False, os.getpid()
+            self, _shutdown, self._conn, self._cluster, self._callbacks, self._shm, False, os.getpid()
         )
         self._state = PoolState.RUN
 
@@ -567,7 +576,7 @@ class Pool(_NamespaceMethods):
                 state.wait_finished()
             self._results.wait_empty()
             self._finalizer.detach()
-            _shutdown(self._conn, self._cluster, self._callbacks, True, os.getpid())
+            _shutdown(self._conn, self._cluster, self._callbacks, self._shm, True, os.getpid())
         else:
             self._finalizer()
 

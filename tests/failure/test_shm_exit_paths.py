@@ -34,8 +34,10 @@ def prefix_of(pool) -> str:
     return prefix
 
 
-def segments(prefix: str) -> list[str]:
-    return sorted(glob.glob(f"/dev/shm/{prefix}-*"))
+def segments(prefix: str, kept: bool = False) -> list[str]:
+    """The segments a message names; with `kept`, also those writers keep for reuse (``-k<n>``, zpool._shm.Writer)."""
+    found = sorted(glob.glob(f"/dev/shm/{prefix}-*"))
+    return found if kept else [path for path in found if "-k" not in os.path.basename(path)]
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -49,11 +51,12 @@ def wait_for(condition, timeout: float, what: str):
         time.sleep(0.02)
 
 
-def wait_no_segments(prefix: str, timeout: float, when: str) -> None:
+def wait_no_segments(prefix: str, timeout: float, when: str, kept: bool = False) -> None:
+    """Wait until no message names a segment; with `kept` (the pool ended), until no segment at all is left."""
     deadline = time.monotonic() + timeout
-    while segments(prefix):
+    while segments(prefix, kept):
         if time.monotonic() > deadline:
-            pytest.fail(f"segments left {timeout} s after {when}: {segments(prefix)}")
+            pytest.fail(f"segments left {timeout} s after {when}: {segments(prefix, kept)}")
         time.sleep(0.02)
 
 
@@ -95,7 +98,7 @@ def test_pool_ends_normally_with_results_unread(fresh_pool):
     wait_no_segments(prefix, 10, "every task finished")
     pool.close()
     pool.join()
-    assert segments(prefix) == []
+    assert segments(prefix, kept=True) == []
     # The results are still there, in mappings that outlive the segments' names and the pool.
     for i, ar in enumerate(ars):
         value = ar.get(0)
@@ -111,7 +114,7 @@ def test_pool_terminated_with_results_in_flight(fresh_pool):
         pool.apply_async(_tasks.identity, (big_array(),))
     pool.terminate()
     pool.join()
-    wait_no_segments(prefix, 5, "terminate()")
+    wait_no_segments(prefix, 5, "terminate()", kept=True)
 
 
 def test_context_manager_exit_while_a_task_holds_a_big_argument(fresh_pool):
@@ -122,7 +125,7 @@ def test_context_manager_exit_while_a_task_holds_a_big_argument(fresh_pool):
         queued = [pool.apply_async(_tasks.identity, (big_array(),)) for _ in range(3)]
         assert len(segments(prefix)) >= 1
     pool.join()
-    wait_no_segments(prefix, 5, "leaving the with block")
+    wait_no_segments(prefix, 5, "leaving the with block", kept=True)
     assert all(ar.ready() for ar in queued)
 
 
@@ -138,7 +141,7 @@ def test_terminate_while_a_task_holds_a_big_argument(fresh_pool):
     pool.terminate()
     pool.join()
     assert time.monotonic() - started < 30
-    wait_no_segments(prefix, 5, "terminate()")
+    wait_no_segments(prefix, 5, "terminate()", kept=True)
     _, alive = psutil.wait_procs(tree, timeout=10)
     assert not alive
     with pytest.raises(zpool.TaskAborted, match="terminated"):
@@ -200,7 +203,7 @@ def test_engine_killed_while_running_a_task_with_a_big_argument(fresh_pool):
     wait_no_segments(prefix, 10, "a round trip")
     pool.terminate()
     pool.join()
-    assert segments(prefix) == []
+    assert segments(prefix, kept=True) == []
 
 
 def test_engine_killed_with_retries_keeps_the_argument_for_the_retry(fresh_pool):
@@ -249,7 +252,7 @@ def test_engine_killed_between_writing_a_result_segment_and_sending_it(fresh_poo
         ar.get(T)
     pool.terminate()
     pool.join()
-    wait_no_segments(prefix, 5, "terminate()")
+    wait_no_segments(prefix, 5, "terminate()", kept=True)
 
 
 def test_engines_killed_while_streaming_big_results(fresh_pool):
@@ -269,7 +272,7 @@ def test_engines_killed_while_streaming_big_results(fresh_pool):
         assert value[0] == float(i) and value.nbytes == 8 << 20
     pool.terminate()
     pool.join()
-    wait_no_segments(prefix, 5, "terminate()")
+    wait_no_segments(prefix, 5, "terminate()", kept=True)
 
 
 def test_controller_killed_while_a_task_holds_a_big_argument(fresh_pool):
@@ -284,7 +287,7 @@ def test_controller_killed_while_a_task_holds_a_big_argument(fresh_pool):
         ar.get(T)
     pool.terminate()
     pool.join()
-    wait_no_segments(prefix, 5, "terminate() after the controller was killed")
+    wait_no_segments(prefix, 5, "terminate() after the controller was killed", kept=True)
     _, alive = psutil.wait_procs(tree, timeout=15)
     assert not alive
 
@@ -298,7 +301,7 @@ def test_orphaned_engines_remove_the_segments(fresh_pool):
     os.kill(pool._cluster.proc.pid, signal.SIGKILL)
     _, alive = psutil.wait_procs(engines, timeout=15)
     assert not alive
-    wait_no_segments(prefix, 5, "the engines left")
+    wait_no_segments(prefix, 5, "the engines left", kept=True)
 
 
 USER_SCRIPT = textwrap.dedent("""
@@ -340,7 +343,7 @@ def test_user_process_killed(tmp_path):
         started = time.monotonic()
         _, alive = psutil.wait_procs(tree, timeout=15)
         assert not alive, [p.pid for p in alive]
-        wait_no_segments(prefix, max(1.0, 15 - (time.monotonic() - started)), "the user process was killed")
+        wait_no_segments(prefix, max(1.0, 15 - (time.monotonic() - started)), "the user process was killed", kept=True)
     finally:
         proc.kill()
         proc.communicate()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import glob
 import os
 import re
@@ -100,8 +101,10 @@ def expected_via(nbytes: int, shm: bool) -> str | None:
 
 
 def segments(pool) -> list[str]:
+    """The pool's segments that a message names (not those its writers keep for reuse, ``-k<n>``)."""
     prefix = pool._cluster.info.shm_prefix
-    return sorted(glob.glob(f"/dev/shm/{prefix}-*")) if prefix else []
+    found = sorted(glob.glob(f"/dev/shm/{prefix}-*")) if prefix else []
+    return [path for path in found if "-k" not in os.path.basename(path)]
 
 
 def wait_no_segments(pool, timeout: float = 10.0) -> None:
@@ -822,6 +825,55 @@ def test_push_segment_survives_a_slow_submitting_thread(fresh_pool, monkeypatch)
     reports = pool.engines.apply(_tasks.inspect_pushed, "big")
     assert [r["digest"] for r in reports] == [_tasks.digest(arr)] * 2
     assert all(r["via"] == "shm" for r in reports)
+
+
+def kept_inodes(pool) -> set[int]:
+    """Inodes of the segments the pool's writers keep for reuse (zpool._shm.Writer)."""
+    prefix = pool._cluster.info.shm_prefix
+    found = set()
+    for path in glob.glob(f"/dev/shm/{prefix}-*"):
+        if "-k" in os.path.basename(path):
+            try:
+                found.add(os.stat(path).st_ino)
+            except FileNotFoundError:
+                pass
+    return found
+
+
+def test_round_trips_reuse_segments_and_never_change_what_is_held(pool):
+    """Writers rewrite a segment only once nobody maps it: results held stay as they were."""
+    size = 3 << 20
+    held = []
+    for i in range(6):
+        got = pool.apply(_tasks.identity, (np.full(size // 8, float(i)),))
+        assert _tasks.received_via(got) == "shm"
+        held.append(got)
+    for i, got in enumerate(held):  # six results held: six segments, none rewritten under them
+        assert got.shape == (size // 8,) and (got == float(i)).all()
+    del held, got
+    gc.collect()
+    before = kept_inodes(pool)
+    for i in range(20):  # each result dropped before the next call: the same segments serve again
+        got = pool.apply(_tasks.identity, (np.full(size // 8, float(i)),))
+        assert (got == float(i)).all() and _tasks.received_via(got) == "shm"
+        del got
+        gc.collect()
+    after = kept_inodes(pool)
+    assert after and len(after - before) <= 4, "segments were not reused"
+    wait_no_segments(pool)
+
+
+def test_pushed_arrays_keep_their_segment_from_reuse(pool):
+    a, b = sample("float64", 2 << 20), sample("int64", 2 << 20)
+    try:
+        pool.push({"a": a})
+        wait_no_segments(pool)  # the message is done with it; both engines map it still
+        for _ in range(3):
+            pool.push({"b": b})
+        for got in pool.pull("a"):
+            assert _tasks.digest(got) == _tasks.digest(a)
+    finally:
+        pool.clear()
 
 
 def test_push_and_pull_large_arrays(any_pool):

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -52,8 +53,10 @@ def seg_path(name: str) -> str:
     return os.path.join(_shm.DIRECTORY, name)
 
 
-def under(prefix: str) -> list[str]:
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(_shm.DIRECTORY, prefix + "-*")))
+def under(prefix: str, kept: bool = False) -> list[str]:
+    """Names of the segments a message names; with `kept`, also those a writer keeps for reuse (``-k<n>``)."""
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(_shm.DIRECTORY, prefix + "-*")))
+    return names if kept else [name for name in names if not name.rsplit("-", 1)[1].startswith("k")]
 
 
 def data(nbytes: int, seed: int = 0) -> bytes:
@@ -190,6 +193,161 @@ def test_writer_chunks_large_buffers(prefix, monkeypatch):
     name = _shm.Writer(prefix, "e").write(payload)
     with open(seg_path(name), "rb") as f:
         assert f.read() == payload
+
+
+# -- segments kept for reuse --------------------------------------------------------------------
+
+
+def inode(name: str) -> int:
+    return os.stat(seg_path(name)).st_ino
+
+
+def test_small_buffers_are_never_kept(prefix):
+    writer = _shm.Writer(prefix, "c")
+    name = writer.write(data(BIG - 1))
+    assert under(prefix, kept=True) == [name]
+    writer.close()
+
+
+def test_a_segment_is_reused_once_its_name_is_gone_and_nobody_maps_it(prefix):
+    writer = _shm.Writer(prefix, "c")
+    first = writer.write(data(BIG, seed=1))
+    (own,) = [n for n in under(prefix, kept=True) if n not in under(prefix)]
+    assert re.fullmatch(rf"{prefix}-c{os.getpid()}-k\d+", own)
+    assert inode(own) == inode(first) and os.stat(seg_path(own)).st_nlink == 2
+    assert stat.S_IMODE(os.stat(seg_path(own)).st_mode) == 0o600
+
+    second = writer.write(data(BIG, seed=2))  # `first` is still named by its message: a new segment
+    assert inode(second) != inode(first) and len(under(prefix, kept=True)) == 4
+
+    reused = inode(first)
+    _shm.unlink(first)  # its owner is done with it
+    third = writer.write(data(BIG, seed=3))
+    assert inode(third) == reused and third not in (first, second)
+    with open(seg_path(third), "rb") as f:
+        assert f.read() == data(BIG, seed=3)
+    writer.close()
+    assert under(prefix, kept=True) == sorted([second, third])  # the messages keep their names
+
+
+def test_a_mapped_segment_is_never_rewritten(prefix):
+    writer = _shm.Writer(prefix, "c")
+    payload = data(BIG, seed=1)
+    name = writer.write(payload)
+    view = _shm.open_segment(name, BIG)  # a receiver holds it ...
+    _shm.unlink(name)  # ... and its owner unlinked its name
+    other = writer.write(data(BIG, seed=2))
+    assert view.tobytes() == payload  # not overwritten
+    assert len(under(prefix, kept=True)) == 3  # two kept segments, one still named
+    _shm.unlink(other)
+    del view  # the receiver lets go: its lock goes with the mapping
+    again = writer.write(data(BIG, seed=3))
+    assert inode(again) in {inode(n) for n in under(prefix, kept=True) if n != again}  # one of the two kept
+    writer.close()
+
+
+def test_a_receiver_that_locks_after_a_reuse_fails_rather_than_read_new_data(prefix, monkeypatch):
+    writer = _shm.Writer(prefix, "c")
+    old = writer.write(data(BIG, seed=1))
+    real = _shm.fcntl
+    reused = []
+
+    class Racing:
+        """fcntl as seen by _shm: between the receiver's open and its lock, the owner unlinks and the writer reuses."""
+
+        def __getattr__(self, attr):
+            return getattr(real, attr)
+
+        def flock(self, fd, op):
+            if op & real.LOCK_SH and not reused:
+                _shm.unlink(old)
+                reused.append(writer.write(data(BIG, seed=2)))
+            return real.flock(fd, op)
+
+    monkeypatch.setattr(_shm, "fcntl", Racing())
+    with pytest.raises(FileNotFoundError, match="released"):
+        _shm.open_segment(old, BIG)
+    assert os.stat(seg_path(reused[0])).st_nlink == 2  # the writer did reuse it, under a new name
+    writer.close()
+
+
+def test_a_close_fit_is_reused_and_a_loose_one_is_not(prefix):
+    writer = _shm.Writer(prefix, "c")
+    size = 4 * BIG
+    first = writer.write(data(size))
+    reused = inode(first)
+    _shm.unlink(first)
+    loose = writer.write(data(size // 2))  # would waste half of it: a segment of its own
+    assert inode(loose) != reused
+    _shm.unlink(loose)
+    close = writer.write(data(size - size // 5))
+    assert inode(close) == reused and os.path.getsize(seg_path(close)) == size
+    assert _shm.open_segment(close, size - size // 5).tobytes() == data(size - size // 5)
+    writer.close()
+
+
+def test_kept_segments_are_bounded(prefix, monkeypatch):
+    monkeypatch.setattr(_shm, "KEEP_COUNT", 2)
+    writer = _shm.Writer(prefix, "c")
+    names = [writer.write(data(BIG, seed=i)) for i in range(3)]
+    assert len(under(prefix, kept=True)) == 3 + 2  # the third was not kept
+    for name in names:
+        _shm.unlink(name)
+    # Room again: the least recently used idle one is forgotten for a new size.
+    other = writer.write(data(2 * BIG))
+    assert len(under(prefix, kept=True)) - len(under(prefix)) == 2 and other in under(prefix)
+    writer.close()
+    assert under(prefix, kept=True) == [other]
+
+    monkeypatch.setattr(_shm, "KEEP_BYTES", BIG)
+    small = _shm.Writer(prefix, "e")
+    name = small.write(data(2 * BIG))  # over the byte bound: not kept
+    assert under(prefix, kept=True) == sorted([other, name])
+    small.close()
+
+
+def test_unused_kept_segments_are_freed(prefix, monkeypatch):
+    monkeypatch.setattr(_shm, "KEEP_IDLE", 0.2)
+    writer = _shm.Writer(prefix, "c")
+    _shm.unlink(writer.write(data(BIG)))
+    assert len(under(prefix, kept=True)) == 1
+    deadline = time.monotonic() + 10
+    while under(prefix, kept=True) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert under(prefix, kept=True) == []
+    name = writer.write(data(BIG))  # and it starts keeping again
+    assert len(under(prefix, kept=True)) == 2
+    writer.close()
+    assert under(prefix, kept=True) == [name]
+
+
+def test_a_kept_segment_removed_under_the_writer_is_replaced(prefix):
+    writer = _shm.Writer(prefix, "c")
+    _shm.unlink(writer.write(data(BIG, seed=1)))
+    assert _shm.remove_all(prefix) == 1  # its cluster ended under it
+    name = writer.write(data(BIG, seed=2))
+    with open(seg_path(name), "rb") as f:
+        assert f.read() == data(BIG, seed=2)
+    assert len(under(prefix, kept=True)) == 2
+    writer.close()
+
+
+def test_a_forked_child_writes_segments_of_its_own(prefix):
+    writer = _shm.Writer(prefix, "c")
+    _shm.unlink(writer.write(data(BIG, seed=1)))
+    (own,) = under(prefix, kept=True)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            name = writer.write(data(BIG, seed=2))
+            ok = inode(name) != inode(own) and f"-c{os.getpid()}-" in name
+            writer.close()  # the parent's segments are not the child's to free
+            os._exit(0 if ok and os.path.exists(seg_path(own)) else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    writer.close()
 
 
 # -- open_segment / unlink ----------------------------------------------------------------------

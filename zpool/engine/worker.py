@@ -437,11 +437,11 @@ class _Heartbeat:
                 self._send_held_replies()
             if parent is not None and not parent.alive():
                 self._orphaned()
-                _exit("its parent process ended")
+                _exit("its parent process ended", self.engine.shared)
             # The controller stops beating when it dies: leave after twice the tolerance.
             if self.configured and time.monotonic() - self.last_beat > 2 * self.interval * self.misses:
                 self._orphaned()
-                _exit("the controller stopped sending heartbeats")
+                _exit("the controller stopped sending heartbeats", self.engine.shared)
 
     def _orphaned(self) -> None:
         """The cluster is gone (its controller died, say): remove the shared-memory segments it left."""
@@ -472,13 +472,15 @@ class _Heartbeat:
             self.last_beat = time.monotonic()
             send_frames(sock, self.session.build(MsgType.HEARTBEAT_REPLY, {"beat": msg.header.get("beat")}))
         elif msg.msg_type == MsgType.SHUTDOWN_REQUEST.value:
-            _exit("the controller asked it to shut down", level=logging.INFO)
+            _exit("the controller asked it to shut down", self.engine.shared, level=logging.INFO)
         else:
             logger.error("heartbeat: dropped a message of unexpected type %r", msg.msg_type)
 
 
-def _exit(why: str, level: int = logging.WARNING) -> None:
+def _exit(why: str, shared: _shm.Writer | None, level: int = logging.WARNING) -> None:
     logger.log(level, "engine exiting: %s", why)
+    if shared is not None:
+        shared.close(timeout=1.0)  # its spare segments: nobody else would remove them before the cluster ends
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
