@@ -23,7 +23,11 @@ the other, the order flipped from one size to the next:
   back-to-back repetitions get.
 
 Two figures per path (``processes=2``), the median of ``--reps``
-repetitions after an untimed warm-up (one call per worker):
+repetitions after an untimed warm-up (two calls per worker: a zpool
+process writes its first buffer of a size into fresh pages, at a quarter
+of the memcpy rate or less, and maps its segment the first time it
+reuses it; from then on it rewrites the same pages, see
+``docs/arrays.md``):
 
 1. one-way -- ``pool.apply(operator.itemgetter(0), (arr,))``: the array goes
    to a worker, only its first element comes back. GB/s = bytes / time.
@@ -201,14 +205,15 @@ def measure_pool(pool: Any, arr: Any, reps: int, s: Settings) -> dict[str, list[
     import numpy as np
 
     samples: dict[str, list[float]] = {"one_way": [], "round_trip": []}
-    for i in range(s.processes + reps):  # the first `processes` calls warm every worker up
+    warmup = 2 * s.processes  # two untimed calls per worker (see the module docstring)
+    for i in range(warmup + reps):
         secs, out = timed_call(pool, FIRST_ELEMENT, arr, s.get_timeout)
         check(out == arr[0], f"one-way returned {out!r}, expected {arr[0]!r}")
-        if i >= s.processes:
+        if i >= warmup:
             samples["one_way"].append(secs)
         del out
         gc.collect()
-    for i in range(s.processes + reps):
+    for i in range(warmup + reps):
         secs, out = timed_call(pool, identity, arr, s.get_timeout)
         check(
             isinstance(out, np.ndarray)
@@ -218,7 +223,7 @@ def measure_pool(pool: Any, arr: Any, reps: int, s: Settings) -> dict[str, list[
             and np.array_equal(out[::9973], arr[::9973]),
             "round trip returned a different array",
         )
-        if i >= s.processes:
+        if i >= warmup:
             samples["round_trip"].append(secs)
         del out
         gc.collect()
