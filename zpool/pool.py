@@ -51,6 +51,8 @@ T = TypeVar("T")
 
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 5.0
+# Ctrl-C during a blocking call: how long the abort of its tasks may take before the KeyboardInterrupt goes on.
+INTERRUPT_ABORT_S = 2.0
 # Chunks an imap submits ahead of its consumer, at least (see Pool.imap's buffersize).
 IMAP_MIN_READ_AHEAD = 32
 # ... and, with a fixed chunksize, at least this many items.
@@ -378,7 +380,7 @@ class Pool(_NamespaceMethods):
         for :meth:`apply_async`.
         """
         ar: AsyncResult[T] = self.apply_async(func, args, kwds, **flags)
-        return ar.get()
+        return self._get_blocking(ar)
 
     def apply_async(
         self,
@@ -440,7 +442,7 @@ class Pool(_NamespaceMethods):
         every item is done and raises the first failure. `flags` apply to
         every chunk (see :meth:`set_flags`).
         """
-        return self._map_async(func, iterable, chunksize, None, None, False, flags).get()
+        return self._get_blocking(self._map_async(func, iterable, chunksize, None, None, False, flags))
 
     def map_async(
         self,
@@ -475,7 +477,7 @@ class Pool(_NamespaceMethods):
 
         Same contract as :meth:`multiprocessing.pool.Pool.starmap`.
         """
-        return self._map_async(func, iterable, chunksize, None, None, True, flags).get()
+        return self._get_blocking(self._map_async(func, iterable, chunksize, None, None, True, flags))
 
     def starmap_async(
         self,
@@ -672,25 +674,45 @@ class Pool(_NamespaceMethods):
         merged.update(call_flags)
         return task_flags(merged), bool(merged.get("track"))
 
-    def abort(self, what: Any) -> dict[str, Any]:
-        """Abort tasks that have not started: they fail with :class:`TaskAborted`.
+    def abort(self, what: Any, interrupt: bool = False) -> dict[str, Any]:
+        """Abort tasks that have not started, and with `interrupt` those running: they fail with :class:`TaskAborted`.
 
         Parameters
         ----------
         what : AsyncResult, task id, or a list of them
             Tasks still waiting in the scheduler fail at once; tasks already
-            queued on an engine fail there before they start. Tasks running
-            or finished are not affected.
+            queued on an engine fail there before they start. Finished tasks
+            are not affected.
+        interrupt : bool
+            Also interrupt those running: their engine raises
+            ``KeyboardInterrupt`` in the task's code (as Ctrl-C would), and
+            they fail with :class:`TaskAborted` (default False: they run to
+            their end). See :meth:`EngineView.interrupt`.
 
         Returns
         -------
         dict
             ``{"aborted": n, "sent_to_engines": m}``: tasks failed by the
-            scheduler, and tasks an engine was told to skip.
+            scheduler, and tasks an engine was told to skip (or interrupt).
         """
+        _check_flag("interrupt", interrupt)
         ids = task_ids(what)
         self._check_connected()
-        return self._conn.request(MsgType.ABORT_REQUEST, {"ids": ids})
+        return self._conn.request(MsgType.ABORT_REQUEST, {"ids": ids, "interrupt": interrupt})
+
+    def _get_blocking(self, ar: AsyncResult[T]) -> T:
+        """``ar.get()`` for a blocking call: on Ctrl-C, abort the call's tasks (interrupting those running)."""
+        try:
+            return ar.get()
+        except KeyboardInterrupt:
+            if self._state is PoolState.RUN and not self._conn.broken and not ar.ready():
+                try:
+                    self._conn.request(
+                        MsgType.ABORT_REQUEST, {"ids": list(ar.msg_ids), "interrupt": True}, timeout=INTERRUPT_ABORT_S
+                    )
+                except ZPoolError:
+                    pass  # the pool is going away: its tasks with it
+            raise
 
     def resubmit(self, what: Any) -> AsyncResult[Any]:
         """Run finished tasks again; return a new result for the new run.
@@ -942,7 +964,7 @@ class Pool(_NamespaceMethods):
         ar._owner, ar._runner = self, self._callbacks
         if items:
             self._submit(ar, items, wire_flags, track)
-        return ar.get() if block else ar
+        return self._get_blocking(ar) if block else ar
 
     def _parallel_map(
         self,
@@ -959,7 +981,7 @@ class Pool(_NamespaceMethods):
             return JoinedResult(ids, label, _flatten, ordered=False)
 
         ar = self._map_async(func, items, chunksize, None, None, star, {}, None if ordered else unordered)
-        return ar.get() if block else ar
+        return self._get_blocking(ar) if block else ar
 
     # -- internals ---------------------------------------------------------------------
 

@@ -97,6 +97,8 @@ class MsgType(str, enum.Enum):
     ABORT_REPLY = "abort_reply"
     RESUBMIT_REQUEST = "resubmit_request"
     RESUBMIT_REPLY = "resubmit_reply"
+    INTERRUPT_REQUEST = "interrupt_request"
+    INTERRUPT_REPLY = "interrupt_reply"
 
 
 class TaskStatus(str, enum.Enum):

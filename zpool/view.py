@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from zpool import _namespace
 from zpool._partition import default_chunksize, even_bounds, join_parts, run_chunk, split_evenly
 from zpool.asyncresult import DirectResult
-from zpool.error import SerializationError, serialization_error
+from zpool.error import EngineError, SerializationError, serialization_error
+from zpool.protocol import MsgType
 from zpool.serialize import callable_name, dumps, dumps_call, explain_iterable, short_repr
 
 __all__ = ["EngineView", "ParallelFunction", "RemoteFunction"]
@@ -403,6 +404,31 @@ class EngineView(_NamespaceMethods):
         result: DirectResult[Any] = self._apply(func, args, kwargs, False)
         return result
 
+    def interrupt(self) -> None:
+        """Interrupt the task each engine of the view is running, as Ctrl-C would.
+
+        The engine raises ``KeyboardInterrupt`` in the task's code, even in
+        a blocking call such as ``time.sleep``; the task fails with
+        :class:`~zpool.error.TaskAborted`, and the engine goes on with its
+        next task. An engine between tasks ignores it. Code that holds the
+        interpreter lock in C for long (a single huge numpy operation) is
+        interrupted when that returns. Queued tasks are not touched (see
+        :meth:`Pool.abort`); :meth:`Pool.terminate` ends even a task that
+        never returns.
+
+        Raises
+        ------
+        EngineError
+            If an engine of the view is no longer up.
+        """
+        pool = self._pool
+        pool._check_connected()
+        reply = pool._conn.request(MsgType.INTERRUPT_REQUEST, {"engines": list(self._ids)})
+        unknown = reply.get("unknown") or []
+        if unknown:
+            gone = ", ".join(str(i) for i in unknown)
+            raise EngineError(f"interrupt(): engine {gone} is no longer up (the others were interrupted)")
+
     def _apply(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], block: bool) -> Any:
         if not callable(func):
             raise TypeError(f"apply() needs a callable, not {type(func).__name__}")
@@ -509,7 +535,7 @@ class EngineView(_NamespaceMethods):
         ids = [new_id() for _ in payloads]
         ar: DirectResult[Any] = DirectResult(ids, label, list(self._ids), self._single, combine, ordered)
         pool._submit_direct(ar, list(zip(ids, payloads)), self._flags)
-        return ar.get() if block else ar
+        return pool._get_blocking(ar) if block else ar
 
 
 class RemoteFunction:
@@ -540,7 +566,7 @@ class RemoteFunction:
         if isinstance(runner, EngineView):
             return runner._apply(self.func, args, kwargs, block)
         ar = runner.apply_async(self.func, args, kwargs)
-        return ar.get() if block else ar
+        return runner._get_blocking(ar) if block else ar
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {callable_name(self.func)}>"

@@ -139,6 +139,7 @@ class Hub:
                 MsgType.SHUTDOWN_REQUEST.value: self._on_shutdown_request,
                 MsgType.ABORT_REQUEST.value: self._on_abort_request,
                 MsgType.RESUBMIT_REQUEST.value: self._on_resubmit_request,
+                MsgType.INTERRUPT_REQUEST.value: self._on_interrupt_request,
             },
             self.engine: {
                 MsgType.REGISTER_REQUEST.value: self._on_register_request,
@@ -288,10 +289,36 @@ class Hub:
         aborted, placed = self.scheduler.abort(ids)
         self._send_failures()
         notice = 0
+        interrupt = msg.content.get("interrupt") is True
         for slot, task_ids in placed.items():
             notice += len(task_ids)
             self._send(self.engine, slot.ident, self.session.build(MsgType.ABORT_REQUEST, {"ids": task_ids}))
+            if interrupt:  # the one running, if it is one of them (the engine knows)
+                self._interrupt(slot.ident, task_ids)
         self._reply(msg, MsgType.ABORT_REPLY, {"aborted": aborted, "sent_to_engines": notice})
+
+    def _on_interrupt_request(self, msg: Message, frames: list[Any]) -> None:
+        wanted = msg.content.get("engines")
+        if not isinstance(wanted, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in wanted):
+            raise ProtocolError("interrupt_request without a list of engine ids")
+        by_id = {record.engine_id: ident for ident, record in self.engines.items()}
+        sent, unknown = [], []
+        for engine_id in wanted:
+            ident = by_id.get(engine_id)
+            if ident is None:
+                unknown.append(engine_id)
+            elif self._interrupt(ident, None):
+                sent.append(engine_id)
+        self._reply(msg, MsgType.INTERRUPT_REPLY, {"engines": sent, "unknown": unknown})
+
+    def _interrupt(self, ident: bytes, task_ids: list[str] | None) -> bool:
+        """Ask an engine's heartbeat thread to interrupt its running task (one of `task_ids`, if given)."""
+        content = {} if task_ids is None else {"ids": task_ids}
+        try:
+            send_frames(self.heartbeat, [ident, *self.session.build(MsgType.INTERRUPT_REQUEST, content)])
+        except zmq.ZMQError:
+            return False  # gone: its death is noticed elsewhere
+        return True
 
     def _on_resubmit_request(self, msg: Message, frames: list[Any]) -> None:
         content = msg.content

@@ -33,6 +33,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import threading
@@ -126,12 +127,16 @@ class Engine:
         self.outbox = BatchWriter(REPLY_COLUMNS)
         self.outbox_since = 0.0
         self.in_task = False
+        self.task_id: str | None = None  # the task running, or last run
+        self.interrupting: str | None = None  # the task interrupt() was asked for (see request_interrupt)
         self.lock = threading.Lock()  # every use of self.sock and self.outbox
         self._beats = _Heartbeat(self)
 
     # -- lifecycle ----------------------------------------------------------
 
     def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_sigint)
         self._beats.start()
         self._register()
         poller = zmq.Poller()
@@ -239,6 +244,34 @@ class Engine:
         batch = Batch(msg.header, msg.buffers)
         self.pending.extend((task_id, batch.payload(i)) for i, task_id in enumerate(batch.ids))
 
+    # -- interrupting ---------------------------------------------------------
+
+    def request_interrupt(self, ids: Any) -> bool:
+        """Interrupt the running task (any thread): with `ids`, only if it is one of them; True if signalled.
+
+        SIGINT to this process runs :meth:`_on_sigint` in the main thread,
+        which raises KeyboardInterrupt in the task's code, even in a blocking
+        call such as ``time.sleep``. Code that holds the interpreter lock in C
+        for long is interrupted when it returns.
+        """
+        task_id = self.task_id
+        if not self.in_task or task_id is None or (ids is not None and task_id not in ids):
+            return False
+        self.interrupting = task_id
+        os.kill(os.getpid(), signal.SIGINT)
+        return True
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT: interrupt the task's code; ignored between tasks and in the engine's own frame around it.
+
+        In ``_run_one`` itself (just before or after the call) an exception
+        could escape its handlers: the task would go unanswered.
+        ``_call_task`` gives the call a frame of its own, where raising is
+        always caught, even when the function is C code (``time.sleep``).
+        """
+        if self.in_task and frame is not None and frame.f_code is not _RUN_ONE_CODE:
+            raise KeyboardInterrupt
+
     # -- running --------------------------------------------------------------
 
     def _run_one(self) -> None:
@@ -259,11 +292,17 @@ class Engine:
         # imap chunks: every item has its own outcome, so none may spoil the others.
         per_item = func is run_each and bool(args)
         item_func = args[0] if per_item else None
+        self.task_id, self.interrupting = task_id, None
         self.in_task = True
         try:
-            result = func(*args, **kwargs)
+            result = _call_task(func, args, kwargs)
         except BaseException as exc:
             self.in_task = False
+            if isinstance(exc, KeyboardInterrupt) and self.interrupting == task_id:
+                error = TaskAborted(f"task {task_id} was interrupted while running on engine {self.engine_id}")
+                error.__traceback__ = exc.__traceback__
+                self._answer_error(task_id, error, started, "", skip_frames=1, status=TaskStatus.ABORTED.value)
+                return
             # Its functional dependency is not met here: the scheduler tries another engine.
             unmet = isinstance(exc, UnmetDependency) and not isinstance(exc, ImpossibleDependency)
             status = TaskStatus.UNMET.value if unmet else TaskStatus.ERROR.value
@@ -471,6 +510,9 @@ class _Heartbeat:
         if msg.msg_type == MsgType.HEARTBEAT_REQUEST.value:
             self.last_beat = time.monotonic()
             send_frames(sock, self.session.build(MsgType.HEARTBEAT_REPLY, {"beat": msg.header.get("beat")}))
+        elif msg.msg_type == MsgType.INTERRUPT_REQUEST.value:
+            ids = msg.content.get("ids")
+            self.engine.request_interrupt(set(ids) if isinstance(ids, list) else None)
         elif msg.msg_type == MsgType.SHUTDOWN_REQUEST.value:
             _exit("the controller asked it to shut down", self.engine.shared, level=logging.INFO)
         else:
@@ -487,3 +529,11 @@ def _exit(why: str, shared: _shm.Writer | None, level: int = logging.WARNING) ->
         except Exception:
             pass
     os._exit(0)
+
+
+def _call_task(func: Any, args: Any, kwargs: Any) -> Any:
+    """Call the task's function: a frame of its own, in which SIGINT may raise even if `func` is written in C."""
+    return func(*args, **kwargs)
+
+
+_RUN_ONE_CODE = Engine._run_one.__code__
