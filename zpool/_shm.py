@@ -41,6 +41,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from typing import Any, Sequence
 
 try:
@@ -187,7 +188,7 @@ class Writer:
                 done += os.write(fd, view[done : done + _WRITE_CHUNK])
         except BaseException:
             os.close(fd)
-            unlink(name)
+            _unlink_path(name)  # a kept segment's name is not a message's: unlink() would refuse it
             raise
         return name, fd
 
@@ -202,27 +203,51 @@ def free_space() -> int | None:
 
 
 class _Segment:
-    """A segment a :class:`Writer` keeps: its own name, an open descriptor, and (once reused) a mapping."""
+    """A segment a :class:`Writer` keeps: its own name, an open descriptor, and (once reused) a mapping.
+
+    While ``filling``, one thread owns it (copying into it, or writing it
+    for the first time: then ``fd`` is -1 and the size only reserved).
+    """
 
     __slots__ = ("fd", "filling", "mapping", "name", "size", "used")
 
-    def __init__(self, name: str, fd: int, size: int) -> None:
-        self.name = name
-        self.fd = fd
+    def __init__(self, size: int) -> None:
+        self.name = ""
+        self.fd = -1
         self.size = size
         self.mapping: mmap.mmap | None = None
         self.used = time.monotonic()
-        self.filling = False  # a thread is copying into it
+        self.filling = True
 
     def free(self) -> None:
         """Forget it: receivers that map it keep their pages until they unmap."""
         if self.mapping is not None:
             self.mapping.close()
-        os.close(self.fd)
-        try:
-            os.unlink(os.path.join(DIRECTORY, self.name))
-        except FileNotFoundError:
-            pass
+            self.mapping = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.name:
+            _unlink_path(self.name)
+
+    def drop_in_child(self) -> None:
+        """After fork(), in the child: let go of the parent's pages, touching no file."""
+        if self.mapping is not None:
+            self.mapping.close()
+            self.mapping = None
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+
+def _unlink_path(name: str) -> None:
+    try:
+        os.unlink(os.path.join(DIRECTORY, name))
+    except FileNotFoundError:
+        pass
 
 
 class _Kept:
@@ -234,6 +259,7 @@ class _Kept:
         self._segments: list[_Segment] = []
         self._closed = False
         self._thread: threading.Thread | None = None
+        _ALL_KEPT.add(self)
 
     def write(self, view: memoryview) -> str | None:
         """Copy `view` into a kept segment (reused or new) and link a message name to it; None: not kept."""
@@ -241,6 +267,7 @@ class _Kept:
         seg = self._reusable(size)
         if seg is None:
             return self._keep_new(view)
+        name = ""
         try:
             if seg.mapping is None:
                 # MAP_POPULATE: the pages are there already; map them all in one call.
@@ -248,16 +275,13 @@ class _Kept:
             with memoryview(seg.mapping) as target:
                 target[:size] = view  # one memcpy, into pages already there
             fcntl.flock(seg.fd, fcntl.LOCK_UN)
-            name = self._writer._next_name()
-            os.link(os.path.join(DIRECTORY, seg.name), os.path.join(DIRECTORY, name))
+            name = self._link(seg)
         except BaseException:
-            with self._cond:
-                self._segments.remove(seg)
-            seg.free()
+            self._forget(seg)
+            if name:
+                _unlink_path(name)
             raise
-        with self._cond:
-            seg.filling = False
-            seg.used = time.monotonic()
+        self._done(seg)
         return name
 
     def _reusable(self, size: int) -> _Segment | None:
@@ -270,16 +294,8 @@ class _Kept:
                 key=lambda seg: seg.size,
             )
             for seg in fits:
-                try:
-                    links = os.fstat(seg.fd).st_nlink
-                except OSError:
-                    links = 0
-                if links == 0:  # removed under it (remove_all): useless
-                    self._segments.remove(seg)
-                    seg.free()
+                if not self._unnamed(seg):
                     continue
-                if links > 1:
-                    continue  # a message still names it
                 try:
                     fcntl.flock(seg.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
@@ -287,6 +303,20 @@ class _Kept:
                 seg.filling = True
                 return seg
         return None
+
+    def _unnamed(self, seg: _Segment) -> bool:
+        """Whether no message names `seg` any more (lock held); forgets it if its own name was removed."""
+        try:
+            links = os.fstat(seg.fd).st_nlink
+            own = os.stat(os.path.join(DIRECTORY, seg.name)).st_ino == os.fstat(seg.fd).st_ino
+        except OSError:
+            links, own = 0, False
+        if not own:  # removed under it (remove_all): its last link may be a message's
+            self._segments.remove(seg)
+            seg.name = ""  # not ours to unlink any more
+            seg.free()
+            return False
+        return links == 1
 
     def _keep_new(self, view: memoryview) -> str | None:
         """Write `view` into a new segment and keep it, if the bounds allow; None: they do not."""
@@ -296,37 +326,66 @@ class _Kept:
                 return None
             room = free_space()
             limit = min(KEEP_BYTES, room // 4) if room is not None else 0
+
+            def full() -> bool:
+                return len(self._segments) >= KEEP_COUNT or sum(seg.size for seg in self._segments) + size > limit
+
             # Room for it: forget the least recently used segments nobody is filling.
-            while self._segments and (
-                len(self._segments) >= KEEP_COUNT or sum(seg.size for seg in self._segments) + size > limit
-            ):
+            while self._segments and full():
                 idle = [seg for seg in self._segments if not seg.filling]
                 if not idle:
                     break
                 oldest = min(idle, key=lambda seg: seg.used)
                 self._segments.remove(oldest)
                 oldest.free()
-            if len(self._segments) >= KEEP_COUNT or sum(seg.size for seg in self._segments) + size > limit:
+            if full():
                 return None
-        own, fd = self._writer._write_new(view, os.O_RDWR, kept=True)
-        seg = _Segment(own, fd, size)
-        try:
-            name = self._writer._next_name()
-            os.link(os.path.join(DIRECTORY, own), os.path.join(DIRECTORY, name))
-        except BaseException:
-            seg.free()
-            raise
-        with self._cond:
-            if self._closed:
-                seg.free()  # the message keeps its name and pages
-                return name
+            seg = _Segment(size)  # its room reserved, under the lock, before writing
             self._segments.append(seg)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="zpool-shm-keeper", daemon=True)
                 self._thread.start()
+        name = ""
+        try:
+            seg.name, seg.fd = self._writer._write_new(view, os.O_RDWR, kept=True)
+            name = self._link(seg)
+        except BaseException:
+            self._forget(seg)
+            if name:
+                _unlink_path(name)
+            raise
+        self._done(seg)
         return name
 
+    def _link(self, seg: _Segment) -> str:
+        """A new message name for `seg`'s file."""
+        while True:
+            name = self._writer._next_name()
+            try:
+                os.link(os.path.join(DIRECTORY, seg.name), os.path.join(DIRECTORY, name))
+            except FileExistsError:  # left by an earlier process with this pid
+                continue
+            return name
+
+    def _done(self, seg: _Segment) -> None:
+        """The filling thread is done with `seg`: keep it, unless the writer was closed meanwhile."""
+        with self._cond:
+            seg.filling = False
+            seg.used = time.monotonic()
+            if not self._closed:
+                return
+            if seg in self._segments:
+                self._segments.remove(seg)
+        seg.free()  # the message keeps its own name and the pages
+
+    def _forget(self, seg: _Segment) -> None:
+        with self._cond:
+            if seg in self._segments:
+                self._segments.remove(seg)
+        seg.free()
+
     def close(self, timeout: float) -> None:
+        """Free every segment, except those a thread is filling: that thread frees them when done."""
         with self._cond:
             self._closed = True
             self._cond.notify()
@@ -334,9 +393,19 @@ class _Kept:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         with self._cond:
-            segments, self._segments = self._segments, []
-        for seg in segments:
+            idle = [seg for seg in self._segments if not seg.filling]
+            self._segments = [seg for seg in self._segments if seg.filling]
+        for seg in idle:
             seg.free()
+
+    def forked(self) -> None:
+        """In a forked child: the parent's segments are not the child's; drop its descriptors and mappings."""
+        self._cond = threading.Condition()  # another thread may have held it at the fork
+        segments, self._segments = self._segments, []
+        self._closed = True
+        self._thread = None
+        for seg in segments:
+            seg.drop_in_child()
 
     def _run(self) -> None:
         """Free the segments unused for KEEP_IDLE seconds; end when none is left (the next kept one starts another)."""
@@ -350,6 +419,18 @@ class _Kept:
                 if self._segments:
                     self._cond.wait(KEEP_IDLE / 4)
             self._thread = None
+
+
+_ALL_KEPT: weakref.WeakSet[_Kept] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for kept in list(_ALL_KEPT):
+        kept.forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def open_segment(name: str, size: int) -> memoryview:
@@ -411,6 +492,29 @@ def remove_all(prefix: str) -> int:
         return 0
     for name in names:
         if name.startswith(prefix + "-") and (_NAME.fullmatch(name) or _KEPT_NAME.fullmatch(name)):
+            try:
+                os.unlink(os.path.join(DIRECTORY, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def remove_kept(prefix: str, role: str, pid: int) -> int:
+    """Remove the segments a process (of `role`, pid `pid`) kept for reuse, once it is dead; return how many.
+
+    Only its own names go: a message name it linked may still be on its way.
+    """
+    if not _PREFIX.fullmatch(prefix) or role not in ("c", "e") or not isinstance(pid, int):
+        raise ValueError(f"bad shared-memory prefix {prefix!r}, role {role!r} or pid {pid!r}")
+    start = f"{prefix}-{role}{pid}-k"
+    removed = 0
+    try:
+        names = os.listdir(DIRECTORY)
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith(start) and _KEPT_NAME.fullmatch(name):
             try:
                 os.unlink(os.path.join(DIRECTORY, name))
                 removed += 1

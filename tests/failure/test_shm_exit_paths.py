@@ -239,6 +239,22 @@ def test_engine_killed_before_returning_a_big_result(fresh_pool):
     wait_no_segments(prefix, 10, "the result was received")
 
 
+def test_a_killed_engine_kept_segments_are_removed_while_the_pool_runs(fresh_pool):
+    """What an engine kept for reuse would otherwise hold /dev/shm space until the pool ends."""
+    pool = fresh_pool(1)
+    prefix = prefix_of(pool)
+    pid = pool.apply(_tasks.getpid)
+    got = pool.apply(_tasks.make_array, (BIG, 2.0))
+    assert _tasks.received_via(got) == "shm"
+    kept = [p for p in segments(prefix, kept=True) if f"-e{pid}-k" in p]
+    assert len(kept) == 1
+    os.kill(pid, signal.SIGKILL)
+    pool.wait_for_engines(1, timeout=T)
+    wait_for(lambda: not any(f"-e{pid}-k" in p for p in segments(prefix, kept=True)), 10, "its kept segment went")
+    assert (got == 2.0).all()  # the result already received keeps its pages
+    assert (pool.apply(_tasks.make_array, (BIG, 3.0)) == 3.0).all()
+
+
 def test_engine_killed_between_writing_a_result_segment_and_sending_it(fresh_pool):
     """A segment only the dead engine knew of: removed when the pool ends."""
     pool = fresh_pool(2)

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import stat
+import threading
 import time
 
 import numpy as np
@@ -340,13 +341,97 @@ def test_a_forked_child_writes_segments_of_its_own(prefix):
     if pid == 0:  # pragma: no cover - the child
         try:
             name = writer.write(data(BIG, seed=2))
-            ok = inode(name) != inode(own) and f"-c{os.getpid()}-" in name
+            ok = inode(name) != inode(own) and f"-c{os.getpid()}-" in name and writer._kept._segments == []
             writer.close()  # the parent's segments are not the child's to free
             os._exit(0 if ok and os.path.exists(seg_path(own)) else 1)
         except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    writer.close()
+
+
+def test_a_new_kept_segment_failing_midway_raises_oserror_and_leaves_nothing(prefix, monkeypatch):
+    monkeypatch.setattr(_shm, "_WRITE_CHUNK", BIG // 4)
+    monkeypatch.setattr(_shm, "os", FailingOs(ok=2))  # /dev/shm fills up under the write
+    writer = _shm.Writer(prefix, "c")
+    with pytest.raises(OSError) as info:
+        writer.write(data(BIG))
+    assert info.value.errno == errno.ENOSPC
+    assert under(prefix, kept=True) == []
+    monkeypatch.undo()
+    assert writer._kept._segments == []  # its reservation is gone too
+    name = writer.write(data(BIG))
+    assert len(under(prefix, kept=True)) == 2 and name in under(prefix)
+    writer.close()
+
+
+def test_the_bounds_hold_for_concurrent_writers(prefix, monkeypatch):
+    monkeypatch.setattr(_shm, "KEEP_COUNT", 3)
+    writer = _shm.Writer(prefix, "c")
+    barrier = threading.Barrier(8)
+    names, errors = [], []
+
+    def send(seed):
+        try:
+            barrier.wait()
+            names.append(writer.write(data(2 * BIG, seed=seed)))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(set(names)) == 8
+    for i, name in enumerate(sorted(names, key=lambda n: int(n.rsplit("-", 1)[1]))):
+        assert os.path.getsize(seg_path(name)) == 2 * BIG
+    assert len(under(prefix, kept=True)) - len(under(prefix)) <= 3
+    writer.close()
+
+
+def test_close_leaves_a_segment_being_filled_to_its_thread(prefix):
+    writer = _shm.Writer(prefix, "c")
+    _shm.unlink(writer.write(data(BIG, seed=1)))
+    kept = writer._kept
+    seg = kept._reusable(BIG)  # a thread starts filling it ...
+    assert seg is not None and seg.filling
+    writer.close()  # ... while the pool ends
+    assert os.path.exists(seg_path(seg.name)) and seg.fd >= 0  # not freed under that thread
+    kept._done(seg)  # the thread finishes: now it goes
+    assert seg.fd == -1 and under(prefix, kept=True) == []
+
+
+def test_a_message_name_left_alone_is_never_rewritten(prefix):
+    """The writer's own name removed under it (its cluster ending) while a message still names the file."""
+    writer = _shm.Writer(prefix, "c")
+    payload = data(BIG, seed=1)
+    name = writer.write(payload)
+    (own,) = [n for n in under(prefix, kept=True) if n != name]
+    os.unlink(seg_path(own))  # now the message's name is the file's only link
+    other = writer.write(data(BIG, seed=2))
+    assert inode(other) != inode(name)
+    with open(seg_path(name), "rb") as f:
+        assert f.read() == payload
+    writer.close()
+
+
+def test_remove_kept_removes_only_one_process_kept_segments(prefixes):
+    mine = prefixes()
+    writer = _shm.Writer(mine, "e")
+    message = writer.write(data(BIG))
+    (own,) = [n for n in under(mine, kept=True) if n != message]
+    other = f"{mine}-e{os.getpid() + 1}-k0"
+    with open(seg_path(other), "wb") as f:
+        f.write(b"another engine's")
+    assert _shm.remove_kept(mine, "e", os.getpid()) == 1
+    assert under(mine, kept=True) == sorted([message, other])  # the message's name stays
+    assert not os.path.exists(seg_path(own))
+    for bad in (("zpool-x", "e", 1), (mine, "x", 1), (mine, "e", "1")):
+        with pytest.raises(ValueError):
+            _shm.remove_kept(*bad)
     writer.close()
 
 

@@ -596,6 +596,9 @@ class Hub:
         self.launcher.tick()
         self.scheduler.set_more_coming(self.launcher.starting() > 0)
         for pid, how, registered, retired in self.launcher.reap():
+            if self.info.shm_prefix:
+                # The segments it kept for reuse: nobody else would remove them before the cluster ends.
+                _shm.remove_kept(self.info.shm_prefix, "e", pid)
             if retired:
                 continue  # its replacement started when it was retired
             ident = self.by_pid.get(pid)
