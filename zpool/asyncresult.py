@@ -180,6 +180,27 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
             return [self._build_metadata(raw) for raw in md]
         return self._build_metadata(md)
 
+    def _outcome_codes(self) -> dict[str, int]:
+        """How each finished task ended, coded as the controller's scheduler codes it.
+
+        A dependency on this result sends them along: the controller
+        remembers finished tasks only for a while (``record_window``).
+        """
+        raws = self._metadata if isinstance(self._metadata, list) else [self._metadata]
+        codes: dict[str, int] = {}
+        for task_id, raw in zip(self.msg_ids, raws):
+            if raw is None:
+                continue
+            if isinstance(raw, Metadata):
+                engine_id, status = raw["engine_id"], raw["status"]
+            else:
+                engine_id, status = raw[0], raw[1]
+            if status == "ok" and isinstance(engine_id, int):
+                codes[task_id] = engine_id
+            elif status != "ok":
+                codes[task_id] = -1 if not isinstance(engine_id, int) else -2 - engine_id
+        return codes
+
     def _build_metadata(self, raw: Any) -> Metadata | None:
         # Built on first access: most callers never look, and replies arrive in bulk.
         if raw is None or isinstance(raw, Metadata):

@@ -52,6 +52,9 @@ class ClusterSettings:
     engine_setup: tuple[bytes, ...] = ()
     # Large buffers through shared memory (where the host has /dev/shm).
     shared_memory: bool = True
+    # Finished tasks the controller remembers: the newest so many, of the last so many seconds.
+    record_window: int = 100_000
+    record_age: float = 3600.0
 
 
 class LocalCluster:
@@ -122,6 +125,7 @@ class LocalCluster:
             "--remove-dir",
             self.workdir,
         ]
+        argv += ["--record-window", str(s.record_window), "--record-age", repr(float(s.record_age))]
         if s.hwm is not None:
             argv += ["--hwm", str(s.hwm)]
         if s.max_tasks_per_engine is not None:

@@ -19,6 +19,7 @@ import functools
 import importlib
 import math
 import types
+import weakref
 from typing import Any, Callable, Iterable, Mapping
 
 from zpool.error import UnmetDependency
@@ -62,13 +63,27 @@ class Dependency(set):  # type: ignore[type-arg]
         if not success and not failure:
             raise ValueError("a Dependency with success=False and failure=False could never be met")
         super().__init__(task_ids(dependencies))
+        # The AsyncResults among them (weakly): how their tasks ended goes along with the ids.
+        self._sources = [weakref.ref(d) for d in _results_in(dependencies)]
         self.all = bool(all)
         self.success = bool(success)
         self.failure = bool(failure)
 
     def as_dict(self) -> dict[str, Any]:
-        """The wire form: ``{"ids": [...], "all": ..., "success": ..., "failure": ...}``."""
-        return {"ids": sorted(self), "all": self.all, "success": self.success, "failure": self.failure}
+        """The wire form: ``{"ids": [...], "all": ..., "success": ..., "failure": ...[, "known": {id: code}]}``.
+
+        ``known``: how the tasks of the AsyncResults it was made from ended,
+        for those finished already (the controller may have forgotten them).
+        """
+        out: dict[str, Any] = {"ids": sorted(self), "all": self.all, "success": self.success, "failure": self.failure}
+        known: dict[str, int] = {}
+        for ref in self._sources:
+            result = ref()
+            if result is not None:
+                known.update((k, v) for k, v in result._outcome_codes().items() if k in self)
+        if known:
+            out["known"] = known
+        return out
 
     def __repr__(self) -> str:
         return f"Dependency({sorted(self)!r}, all={self.all}, success={self.success}, failure={self.failure})"
@@ -98,6 +113,17 @@ def task_ids(dependencies: Any) -> list[str]:
         else:
             raise TypeError(f"a dependency must be a task id (str) or an AsyncResult, not {type(dep).__name__}")
     return ids
+
+
+def _results_in(dependencies: Any) -> list[Any]:
+    """The AsyncResults in `dependencies` (as :func:`task_ids` takes them)."""
+    if isinstance(dependencies, Dependency):
+        return [r for r in (ref() for ref in dependencies._sources) if r is not None]
+    if hasattr(dependencies, "_outcome_codes"):
+        return [dependencies]
+    if isinstance(dependencies, (list, tuple, set, frozenset)):
+        return [d for d in dependencies if hasattr(d, "_outcome_codes")]
+    return []
 
 
 def as_dependency(value: Any) -> Dependency | None:

@@ -15,6 +15,7 @@ import contextlib
 import enum
 import functools
 import itertools
+import math
 import multiprocessing.context
 import os
 import queue
@@ -255,6 +256,13 @@ class Pool(_NamespaceMethods):
         shared memory (``/dev/shm``) rather than through the sockets: one
         copy instead of several, and none on the receiving side (default,
         where the host has ``/dev/shm``). See ``docs/arrays.md``.
+    record_window, record_age : int, float, keyword-only
+        How many finished tasks the controller remembers (default the newest
+        100,000), and for how long (default 3600 s): for dependencies on
+        them given by task id, and :meth:`resubmit`. A dependency on an
+        :class:`AsyncResult` works however old it is (the client sends its
+        outcome along). Bounds the controller's memory. See
+        ``docs/faults.md``.
 
     Raises
     ------
@@ -291,6 +299,8 @@ class Pool(_NamespaceMethods):
         heartbeat_interval: float = 1.0,
         heartbeat_misses: int = 10,
         shared_memory: bool = True,
+        record_window: int = 100_000,
+        record_age: float = 3600.0,
     ) -> None:
         self._state = PoolState.TERMINATE  # until fully started, for __del__
         if processes is None:
@@ -320,6 +330,10 @@ class Pool(_NamespaceMethods):
             raise ValueError(f"heartbeat_misses must be a positive int, not {heartbeat_misses!r}")
         if not isinstance(shared_memory, bool):
             raise TypeError(f"shared_memory must be True or False, not {shared_memory!r}")
+        if not _is_int(record_window) or record_window < 1:
+            raise ValueError(f"record_window must be a positive int, not {record_window!r}")
+        if isinstance(record_age, bool) or not isinstance(record_age, (int, float)) or not 0 < record_age < math.inf:
+            raise ValueError(f"record_age must be a positive number of seconds, not {record_age!r}")
         setup: tuple[bytes, ...] = ()
         if initializer is not None:
             frames = dumps_call(
@@ -339,6 +353,8 @@ class Pool(_NamespaceMethods):
                 max_tasks_per_engine=maxtasksperchild,
                 engine_setup=setup,
                 shared_memory=shared_memory,
+                record_window=record_window,
+                record_age=float(record_age),
             )
         )
         info = self._cluster.start()

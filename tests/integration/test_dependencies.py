@@ -248,3 +248,42 @@ def test_resubmit_keeps_order_and_repeats(pool):
         ar.get(T)
     again = pool.resubmit([*ars, ars[0]])
     assert again.get(T) == [0, 1, 2, 3, 4, 5, 6, 7, 0]
+
+
+# -- the controller's record window ------------------------------------------------------------
+
+
+def test_dependencies_on_results_older_than_the_record_window(fresh_pool):
+    pool = fresh_pool(2, record_window=5)
+    first = pool.apply_async(_tasks.square, (3,))
+    assert first.get(T) == 9
+    failed = pool.apply_async(_tasks.raise_value_error, ("old failure",))
+    with pytest.raises(ValueError):
+        failed.get(T)
+    assert pool.map(_tasks.square, range(20), chunksize=1) == [x * x for x in range(20)]  # both forgotten
+    # Given as AsyncResults, their outcomes go along: success and failure count as they were.
+    assert pool.apply_async(_tasks.add, (1, 2), after=[first]).get(T) == 3
+    with pytest.raises(zpool.ImpossibleDependency):
+        pool.apply_async(_tasks.add, (1, 2), after=[failed]).get(T)
+    cleanup = pool.apply_async(_tasks.add, (5,), after=zpool.Dependency([failed], success=False, failure=True))
+    assert cleanup.get(T) == 5
+    # Given as a bare id, the controller cannot know: it says why.
+    with pytest.raises(zpool.InvalidDependency, match="record_window"):
+        pool.apply_async(_tasks.add, (1, 2), after=first.msg_ids).get(T)
+    with pytest.raises(zpool.InvalidDependency, match="there is no task"):
+        pool.resubmit(first).get(T)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"record_window": 0},
+        {"record_window": 1.5},
+        {"record_age": 0},
+        {"record_age": float("nan")},
+        {"record_age": "1"},
+    ],
+)
+def test_record_window_arguments_are_checked(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        zpool.Pool(1, **kwargs)

@@ -452,3 +452,71 @@ def test_dag_index_touches_only_dependents():
             run(s, task_id)
             finished += 1
     assert not s.waiting and not s.dependents and len(s.done) == n
+
+
+# -- the record window: what the scheduler remembers of finished tasks ------------------------
+
+
+def make_windowed(window: int, age: float = 3600.0) -> Scheduler:
+    s = Scheduler(hwm=0, clock=Clock(), record_window=window, record_age=age)
+    s.engine_registered(0)
+    s.add_engine(0, b"engine-0")
+    return s
+
+
+def run_all(s: Scheduler, ids: list[str]) -> None:
+    s.submit([task(i) for i in ids])
+    placed(s)
+    for task_id in ids:
+        run(s, task_id)
+
+
+def test_finished_tasks_are_remembered_within_the_window_by_count():
+    s = make_windowed(3)
+    run_all(s, ["a", "b", "c", "d", "e"])
+    assert list(s.done) == ["c", "d", "e"]
+    s.submit([task("x", after=["d"]), task("y", after=["a"])])
+    assert placed(s) == {"x": 0}
+    fails = s.take_failures()
+    assert [(t.task_id, ename) for t, ename, _, _ in fails] == [("y", "InvalidDependency")]
+    assert "record_window" in fails[0][2] and "unknown task a" in fails[0][2]
+
+
+def test_finished_tasks_are_forgotten_after_the_age():
+    s = make_windowed(1000, age=60.0)
+    run_all(s, ["a"])
+    s._clock.now += 61
+    run_all(s, ["b"])  # each finish forgets what is too old
+    assert list(s.done) == ["b"]
+
+
+def test_outcomes_sent_along_stand_in_for_forgotten_tasks():
+    s = make_windowed(1)
+    run_all(s, ["a", "b"])
+    assert "a" not in s.done
+    ok = Task("x", b"client", [b"p"], {"after": {"ids": ["a"], "known": {"a": 0}}})
+    failed = Task("y", b"client", [b"p"], {"after": {"ids": ["a"], "known": {"a": -2}}})
+    on_failure = {"ids": ["a"], "failure": True, "success": False, "known": {"a": -2}}
+    cleanup = Task("z", b"client", [b"p"], {"after": on_failure})
+    s.submit([ok, failed, cleanup])
+    assert placed(s) == {"x": 0, "z": 0}
+    assert failures(s) == {"y": "ImpossibleDependency"}
+
+
+def test_kept_calls_for_resubmit_go_with_the_window():
+    s = make_windowed(2)
+    run_all(s, ["a", "b", "c"])
+    assert list(s.kept) == ["b", "c"]
+    assert s._kept_bytes == 2 * len(b"payload")
+
+
+def test_stale_deadlines_do_not_pile_up():
+    s = make_windowed(10)
+    for n in range(3000):
+        s.submit([task(f"d{n}"), task(f"t{n}", after=[f"d{n}"], timeout=3600)])  # t waits: it gets a deadline
+        placed(s)
+        run(s, f"d{n}")
+        placed(s)
+        run(s, f"t{n}")
+    assert len(s._deadlines) <= 1024 + 2 * len(s.waiting)
+    assert len(s.done) == 10 and not s.live and not s.waiting

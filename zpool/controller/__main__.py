@@ -30,6 +30,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hwm", type=int, default=None, help="tasks per engine; 0 unlimited; omit for adaptive")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--heartbeat-misses", type=int, default=10)
+    p.add_argument("--record-window", type=int, default=100_000, help="finished tasks remembered, newest first")
+    p.add_argument("--record-age", type=float, default=3600.0, help="seconds a finished task is remembered")
     p.add_argument("--max-tasks-per-engine", type=int, default=None, help="retire an engine after N tasks")
     p.add_argument("--engine-setup", default=None, help="file of a serialized call each engine runs first")
     p.add_argument("--log-file", default=None)
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             parent_pid=args.parent_pid,
             max_tasks_per_engine=args.max_tasks_per_engine,
             engine_setup=setup,
+            record_window=args.record_window,
+            record_age=args.record_age,
         )
         Hub(info, settings, engines).run()
     except KeyboardInterrupt:

@@ -77,6 +77,9 @@ class HubSettings:
     max_tasks_per_engine: int | None = None
     # A serialized call every engine runs before its first task (the initializer).
     engine_setup: tuple[bytes, ...] = ()
+    # Finished tasks remembered (dependencies on them, resubmit): the newest so many, of the last so long.
+    record_window: int = 100_000
+    record_age: float = 3600.0
 
 
 class HubState(enum.Enum):
@@ -111,7 +114,9 @@ class Hub:
         self.info = info
         self.settings = settings
         self.session = Session(info.key)
-        self.scheduler = Scheduler(settings.scheme, settings.hwm)
+        self.scheduler = Scheduler(
+            settings.scheme, settings.hwm, record_window=settings.record_window, record_age=settings.record_age
+        )
         self.scheduler.on_finished = self._release_segments
         # Shared-memory segments of task arguments -> how many live tasks refer to them.
         self._segments: collections.Counter[str] = collections.Counter()

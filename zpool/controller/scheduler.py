@@ -87,18 +87,29 @@ KEEP_BYTES = 64 << 20
 FAILED_UNPLACED = -1
 # How many departed engines are remembered, to say why a direct task cannot reach one.
 DEPARTED_MAX = 1024
+# Finished tasks remembered (for dependencies on them and resubmit): the newest so many, of the last so long.
+RECORD_WINDOW = 100_000
+RECORD_AGE_S = 3600.0
 
 
 class _DepState:
     """One graph dependency of a waiting task, with counts so that each finished id costs O(1)."""
 
-    __slots__ = ("all", "engines", "failure", "met", "pending", "success", "total", "unmet")
+    __slots__ = ("all", "engines", "failure", "known", "met", "pending", "success", "total", "unmet")
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.all = bool(spec.get("all", True))
         self.success = bool(spec.get("success", True))
         self.failure = bool(spec.get("failure", False))
         self.pending: set[str] = set(spec["ids"])
+        # How the client saw some of them end (codes as in `Scheduler.done`): used for
+        # those finished longer ago than the scheduler remembers.
+        known = spec.get("known")
+        self.known: dict[str, int] | None = (
+            {k: v for k, v in known.items() if isinstance(k, str) and type(v) is int}
+            if isinstance(known, dict)
+            else None
+        )
         self.total = len(self.pending)
         self.met = 0
         self.unmet = 0
@@ -263,6 +274,8 @@ class Scheduler:
         hwm: int | None = None,
         seed: int | None = None,
         clock: Callable[[], float] | None = None,
+        record_window: int = RECORD_WINDOW,
+        record_age: float = RECORD_AGE_S,
     ) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
@@ -273,7 +286,11 @@ class Scheduler:
         self.queue: collections.deque[Task] = collections.deque()
         self.parked: list[Task] = []  # ready, but no engine able to run them is up yet
         self.live: dict[str, Task] = {}  # every task submitted and not finished
-        self.done: dict[str, int] = {}  # every finished task: see FAILED_UNPLACED
+        # Finished tasks, the newest `record_window` of the last `record_age` seconds: see FAILED_UNPLACED.
+        self.done: dict[str, int] = {}
+        self.record_window = record_window
+        self.record_age = record_age
+        self._done_order: collections.deque[tuple[float, str]] = collections.deque()  # (when, id), oldest first
         self.waiting: dict[str, Task] = {}  # dependencies not met yet
         self.dependents: dict[str, list[Task]] = {}  # task id -> waiting tasks that depend on it
         self.starting: set[int] = set()  # engines registered, not ready yet (running the initializer)
@@ -437,10 +454,19 @@ class Scheduler:
                     self._fail(task, "InvalidDependency", f"task {dep_id} depends on itself")
                     return
                 code = self.done.get(dep_id)
+                if code is None and dep_id not in self.live and dep.known is not None:
+                    code = dep.known.get(dep_id)
                 if code is not None:
                     dep.resolve(dep_id, code)
                 elif dep_id not in self.live:
-                    self._fail(task, "InvalidDependency", f"task {task.task_id} depends on unknown task {dep_id}")
+                    self._fail(
+                        task,
+                        "InvalidDependency",
+                        f"task {task.task_id} depends on unknown task {dep_id}: never submitted, or finished"
+                        f" before the newest {self.record_window} tasks of the last {self.record_age:g} s, which"
+                        " is all the controller remembers (depend on its AsyncResult, whose outcome the client"
+                        " sends along, or raise Pool(record_window=..., record_age=...))",
+                    )
                     return
         if self._evaluate(task):
             return
@@ -653,6 +679,7 @@ class Scheduler:
                 task_id = finished.task_id
                 self.live.pop(task_id, None)
                 self.done[task_id] = code
+                self._done_order.append((self._clock(), task_id))
                 if finished.frames:
                     if self.on_finished is not None:
                         self.on_finished(finished)
@@ -667,8 +694,25 @@ class Scheduler:
                             dep.resolve(task_id, code)
                     if self._evaluate(dependent):
                         self.waiting.pop(dependent.task_id, None)
+            self._forget_old()
         finally:
             self._settling = False
+
+    def _forget_old(self) -> None:
+        """Forget finished tasks beyond the record window (by count and age), and their kept calls."""
+        order, done = self._done_order, self.done
+        horizon = self._clock() - self.record_age
+        while order and (len(order) > self.record_window or order[0][0] < horizon):
+            _, task_id = order.popleft()
+            done.pop(task_id, None)
+            kept = self.kept.pop(task_id, None)
+            if kept is not None:
+                self._kept_bytes -= sum(len(f) for f in kept[0])
+        deadlines = self._deadlines
+        if len(deadlines) > 2 * len(self.waiting) + 1024:
+            # Entries of tasks no longer waiting go when they reach the top; never let them pile up.
+            self._deadlines = [entry for entry in deadlines if entry[2].task_id in self.waiting]
+            heapq.heapify(self._deadlines)
 
     def _keep(self, task: Task) -> None:
         if task.frames and _shm.is_manifest(task.frames[0]):
@@ -702,7 +746,10 @@ class Scheduler:
                         " whose arguments went through shared memory); submit it anew"
                     )
                 else:
-                    why = f"there is no task {old}"
+                    why = (
+                        f"there is no task {old}: never submitted, or finished before the newest"
+                        f" {self.record_window} tasks of the last {self.record_age:g} s (record_window, record_age)"
+                    )
                 self._failures.append((task, "InvalidDependency", why, None))
                 refused.append(task)
                 continue
