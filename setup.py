@@ -23,7 +23,15 @@ setup(
     extras_require={
         # ipykernel and jupyter_client: the tests run zpool in a real Jupyter kernel;
         # networkx: examples/dag_dependencies.py, which a test runs, builds its graph with it.
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "ipykernel>=6", "jupyter_client>=7", "networkx>=2.6"],
+        # hypothesis: tests/failure/test_fuzz.py generates the messages it throws at the sockets.
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2.1",
+            "ipykernel>=6",
+            "jupyter_client>=7",
+            "networkx>=2.6",
+            "hypothesis>=6.50",
+        ],
     },
     entry_points={},
     classifiers=[

@@ -269,7 +269,11 @@ def _decode_dict(frame: Any, what: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        if b"\\ud" in raw or b"\\uD" in raw:
+            # An escaped surrogate: a lone one decodes, but could never be encoded again
+            # (a reply naming it would fail far from here). Only such rare messages pay.
+            encode(value)
+    except (ValueError, UnicodeError) as exc:
         raise ProtocolError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} is a JSON {type(value).__name__}, not an object")

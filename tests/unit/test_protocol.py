@@ -348,3 +348,23 @@ def test_new_key():
     for key in keys:
         assert isinstance(key, bytes)
         assert re.fullmatch(rb"[0-9a-f]{64}", key)
+
+
+@pytest.mark.parametrize("where", ["header", "content"])
+def test_signed_json_holding_a_lone_surrogate_is_malformed(sender, receiver, where):
+    """It decodes, but no reply naming it could be encoded: refused at once (found by the fuzz harness)."""
+    lone = json.dumps({"ids": ["\ud800"]}).encode()  # the escape \ud800, as any JSON library may send it
+    if where == "header":
+        frames = sender.build(MsgType.APPLY_REQUEST, {"ids": ["x"]})
+        delim = frames.index(DELIMITER)
+        frames[delim + 2] = frames[delim + 2][:-1] + b',"extra":' + lone + b"}"
+        frames[delim + 1] = sender.sign(frames[delim + 2 :])
+        with pytest.raises(ProtocolError, match="header is not valid JSON"):
+            receiver.unpack(frames)
+    else:
+        msg = receiver.unpack(sender.build(MsgType.APPLY_REQUEST, content=lone))
+        with pytest.raises(ProtocolError, match="content is not valid JSON"):
+            _ = msg.content
+    pair = json.dumps({"ids": ["\U0001f600 \u00e9"]}).encode()  # escaped as a surrogate pair: fine
+    assert b"\\ud83d" in pair
+    assert receiver.unpack(sender.build(MsgType.APPLY_REQUEST, content=pair)).content == {"ids": ["\U0001f600 \u00e9"]}
