@@ -207,8 +207,9 @@ def _shutdown(
     finally:
         conn.close()
         if shared is not None:
-            shared.close()  # its spare segments, before the cluster removes what is left
-        cluster.stop(timeout=SHUTDOWN_TIMEOUT_S)
+            shared.close()  # its kept segments, before the cluster removes what is left
+        # A broken connection: the controller is dead or stuck, and will not leave on its own.
+        cluster.stop(timeout=1.0 if conn.broken else SHUTDOWN_TIMEOUT_S)
         # join() waits for every callback, as the standard library's does; terminate() not for long.
         callbacks.stop(None if graceful else SHUTDOWN_TIMEOUT_S)
 
@@ -372,7 +373,9 @@ class Pool(_NamespaceMethods):
         self._scatters: dict[str, tuple[int, ...]] = {}
         conn: Connection | None = None
         try:
-            conn = Connection(info, self._results, watch=self._cluster.failure)
+            # A controller silent for twice the engines' tolerance, while work is outstanding, is stuck.
+            silence = 2 * heartbeat_interval * heartbeat_misses
+            conn = Connection(info, self._results, watch=self._cluster.failure, silence=silence)
             conn.request(MsgType.CONNECT_REQUEST, timeout=STARTUP_TIMEOUT_S)
         except BaseException as exc:  # Ctrl-C included: leave nothing running
             if conn is not None:
@@ -747,7 +750,7 @@ class Pool(_NamespaceMethods):
         Notes
         -----
         The controller keeps the calls of finished tasks of up to 64 KiB
-        each, the newest 64 MiB in all. A task that is not finished, or
+        each, the newest 10,000 within 64 MiB in all. A task that is not finished, or
         whose call is no longer kept, fails in the new result with
         :class:`InvalidDependency`, saying which.
         """

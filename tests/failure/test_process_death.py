@@ -72,6 +72,41 @@ def test_controller_killed_breaks_waiting_calls(fresh_pool):
     # The orphaned engines notice their parent is gone; the leak check verifies they exit.
 
 
+@pytest.mark.parametrize(
+    "wait",
+    [
+        pytest.param(lambda pool, ar, it: ar.get(T), id="get"),
+        pytest.param(lambda pool, ar, it: (ar.wait(T), ar.get(0)), id="wait"),
+        pytest.param(lambda pool, ar, it: list(it), id="imap"),
+        pytest.param(lambda pool, ar, it: pool.apply(_tasks.square, (2,)), id="apply"),
+    ],
+)
+def test_a_stuck_controller_breaks_waiting_calls(fresh_pool, wait):
+    """Alive but silent (SIGSTOP): waiting calls raise within twice the heartbeat tolerance, not never."""
+    pool = fresh_pool(2, heartbeat_interval=0.2, heartbeat_misses=5)  # silent 2 s: stuck
+    ar = pool.apply_async(_tasks.sleep_then, (30,))
+    it = pool.imap(_tasks.sleep_then, [30, 30])
+    _engine_holding_task(pool)
+    controller = pool._cluster.proc.pid
+    os.kill(controller, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(zpool.BrokenPoolError, match="controller has not answered for .* stuck"):
+            wait(pool, ar, it)
+        assert time.monotonic() - started < 15
+        with pytest.raises(zpool.BrokenPoolError):
+            pool.apply_async(_tasks.square, (1,))
+    finally:
+        os.kill(controller, signal.SIGCONT)
+
+
+def test_long_tasks_keep_a_silent_but_healthy_controller_alive(fresh_pool):
+    """Tasks that run far longer than the silence bound: the pings keep hearing the controller."""
+    pool = fresh_pool(1, heartbeat_interval=0.1, heartbeat_misses=5)  # 1 s of silence would break
+    assert pool.apply(_tasks.sleep_then, (4, "slept")) == "slept"
+    assert pool.queue_status()["broken"] is None
+
+
 def _run_script(body: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(

@@ -145,15 +145,27 @@ class Connection:
         Where replies are settled.
     watch : callable, optional
         Returns a reason string once the controller is known to be gone.
+    silence : float, optional
+        While tasks or requests are outstanding, the controller is pinged
+        when it has said nothing for a tenth of this many seconds, and the
+        connection breaks when it has said nothing for this long (it is
+        alive but stuck, or unreachable). None: never.
     """
 
     def __init__(
-        self, info: ConnectionInfo, results: ResultTable, watch: Callable[[], str | None] | None = None
+        self,
+        info: ConnectionInfo,
+        results: ResultTable,
+        watch: Callable[[], str | None] | None = None,
+        silence: float | None = None,
     ) -> None:
         self.session = Session(info.key)
         self.results = results
         self.broken: str | None = None
         self._watch = watch
+        self._silence = silence
+        self._heard = time.monotonic()  # when the controller last said anything (or we last waited for nothing)
+        self._pinged = 0.0
         self._lock = threading.Lock()
         self._queue: list[Any] = []
         self._signaled = False
@@ -417,6 +429,9 @@ class Connection:
                 return
             try:
                 msg = self.session.unpack(frames)
+                self._heard = time.monotonic()
+                if msg.msg_type == MsgType.HEARTBEAT_REPLY.value:
+                    continue  # an answer to _check_silence's ping: hearing it was the point
                 if msg.msg_type == MsgType.APPLY_REPLY.value:
                     self.results.handle_reply(msg)
                 elif msg.msg_type == MsgType.REJECT_NOTICE.value:
@@ -435,11 +450,29 @@ class Connection:
             req.future.set_result(msg.content)
 
     def _check_controller(self) -> None:
-        if self._watch is None or self.broken:
+        if self.broken:
             return
-        reason = self._watch()
+        reason = self._watch() if self._watch is not None else None
         if reason:
             self._break(reason)
+        elif self._silence is not None:
+            self._check_silence(self._silence)
+
+    def _check_silence(self, silence: float) -> None:
+        """Ping a controller silent while work is outstanding; break if it stays silent `silence` seconds."""
+        now = time.monotonic()
+        if not len(self.results) and not self._requests:
+            self._heard = now  # waiting for nothing: silence means nothing
+            return
+        quiet = now - self._heard
+        if quiet >= silence:
+            self._break(
+                f"the controller has not answered for {quiet:.1f} s (heartbeat_interval x heartbeat_misses x 2):"
+                " it is stuck or unreachable"
+            )
+        elif quiet >= silence / 10 and now - self._pinged >= silence / 10:
+            self._pinged = now
+            send_frames(self._sock, self.session.build(MsgType.HEARTBEAT_REQUEST))
 
     def _break(self, reason: str) -> None:
         self.broken = reason

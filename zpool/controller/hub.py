@@ -145,6 +145,7 @@ class Hub:
                 MsgType.ABORT_REQUEST.value: self._on_abort_request,
                 MsgType.RESUBMIT_REQUEST.value: self._on_resubmit_request,
                 MsgType.INTERRUPT_REQUEST.value: self._on_interrupt_request,
+                MsgType.HEARTBEAT_REQUEST.value: self._on_client_ping,
             },
             self.engine: {
                 MsgType.REGISTER_REQUEST.value: self._on_register_request,
@@ -301,6 +302,10 @@ class Hub:
             if interrupt:  # the one running, if it is one of them (the engine knows)
                 self._interrupt(slot.ident, task_ids)
         self._reply(msg, MsgType.ABORT_REPLY, {"aborted": aborted, "sent_to_engines": notice})
+
+    def _on_client_ping(self, msg: Message, frames: list[Any]) -> None:
+        """A client waiting for work checks that this controller still answers."""
+        self._reply(msg, MsgType.HEARTBEAT_REPLY, {})
 
     def _on_interrupt_request(self, msg: Message, frames: list[Any]) -> None:
         wanted = msg.content.get("engines")

@@ -80,6 +80,8 @@ EWMA_ALPHA = 0.2
 # (copied out of their message), KEEP_BYTES in all, the oldest dropped first.
 KEEP_TASK_BYTES = 64 << 10
 KEEP_BYTES = 64 << 20
+# ... and at most this many calls (each costs about 250 bytes more than its payload).
+KEEP_COUNT = 10_000
 
 # How a finished task is remembered (one small int per task id): the engine id
 # it succeeded on (>= 0); FAILED_UNPLACED if it failed before running; or
@@ -725,7 +727,7 @@ class Scheduler:
         # Copied: a view would keep its whole message (a batch of many tasks) alive.
         self.kept[task.task_id] = ([bytes(memoryview(f)) for f in task.frames], task.flags)
         self._kept_bytes += size
-        while self._kept_bytes > KEEP_BYTES:
+        while self._kept_bytes > KEEP_BYTES or len(self.kept) > KEEP_COUNT:
             _, (frames, _) = self.kept.popitem(last=False)
             self._kept_bytes -= sum(len(f) for f in frames)
 
@@ -742,7 +744,7 @@ class Scheduler:
                 elif old in self.done:
                     why = (
                         f"the call of task {old} is no longer kept (the controller keeps calls of up to"
-                        f" {KEEP_TASK_BYTES >> 10} KiB, {KEEP_BYTES >> 20} MiB in all, newest first, and none"
+                        f" {KEEP_TASK_BYTES >> 10} KiB, the newest {KEEP_COUNT} and {KEEP_BYTES >> 20} MiB, and none"
                         " whose arguments went through shared memory); submit it anew"
                     )
                 else:
