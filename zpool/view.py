@@ -42,6 +42,10 @@ from zpool.error import EngineError, SerializationError, serialization_error
 from zpool.protocol import MsgType
 from zpool.serialize import callable_name, dumps, dumps_call, explain_iterable, short_repr
 
+# ast.parse from two threads at once can fail with "SystemError: AST constructor recursion
+# depth mismatch" on Python 3.11 (CPython gh-106905): sync_imports blocks parse one at a time.
+_AST_LOCK = threading.Lock()
+
 __all__ = ["EngineView", "ParallelFunction", "RemoteFunction"]
 
 
@@ -768,7 +772,8 @@ class _SyncImports:
         if not lines:
             return None
         try:
-            tree = ast.parse("".join(lines))
+            with _AST_LOCK:
+                tree = ast.parse("".join(lines))
         except (SyntaxError, ValueError):
             return None
         line = self._lineno
