@@ -191,3 +191,23 @@ def test_connection_file_and_directory_are_private(pool):
     assert stat.S_IMODE(os.stat(os.path.join(workdir, "cluster.json")).st_mode) == 0o600
     for address in (pool._cluster.info.client, pool._cluster.info.engine, pool._cluster.info.heartbeat):
         assert address.startswith("ipc://" + workdir)
+
+
+def test_forged_engine_registration_is_rejected(pool, attacker):
+    """Without the key, no fake engine joins (it would be handed real tasks)."""
+    from zpool.protocol import encode, new_key
+
+    info = pool._cluster.info
+    before_ids = pool.wait_for_engines(2, timeout=T)
+    before = _dropped(pool)
+    forger = Session(new_key())
+    sock = attacker(info.engine)
+    content = encode({"pid": os.getpid(), "hostname": "forged"})
+    sock.send_multipart(forger.build(MsgType.REGISTER_REQUEST, content=content))  # wrong key
+    genuine = Session(info.key).build(MsgType.REGISTER_REQUEST, content=content)
+    unsigned = [*genuine[:1], b"\0" * 32, *genuine[2:]]
+    sock.send_multipart(unsigned)
+    _wait_dropped(pool, before + 2)
+    assert not sock.poll(500)  # no register_reply, no engine id
+    assert sorted(int(i) for i in pool.queue_status()["engines"]) == sorted(before_ids)
+    assert pool.map(_tasks.square, range(10)) == [x * x for x in range(10)]

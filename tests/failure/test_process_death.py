@@ -48,6 +48,29 @@ def test_engine_killed_mid_task_fails_that_task_and_is_replaced(fresh_pool):
     assert pool.map(_tasks.square, range(20)) == [x * x for x in range(20)]
 
 
+def test_stalled_engine_is_declared_dead_by_missed_heartbeats(fresh_pool):
+    """SIGSTOP: the process lives, its heartbeat thread cannot answer; after the tolerance it is dead."""
+    pool = fresh_pool(2, heartbeat_interval=0.1, heartbeat_misses=10)  # 1 s of silence
+    ar = pool.apply_async(_tasks.sleep_then, (30,))
+    engine_id, pid = _engine_holding_task(pool)
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        with pytest.raises(zpool.EngineError, match=rf"engine {engine_id} .*missed.*task {ar.msg_ids[0]}") as info:
+            ar.get(T)
+        assert time.monotonic() - started < 15
+        assert "stopped answering heartbeats" in str(info.value)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        psutil.Process(pid).wait(T)  # a local engine declared dead is killed
+    except psutil.NoSuchProcess:
+        pass
+    ids = pool.wait_for_engines(2, timeout=T)
+    assert engine_id not in ids
+    assert pool.map(_tasks.square, range(10)) == [x * x for x in range(10)]
+
+
 def test_task_that_exits_the_engine(fresh_pool):
     pool = fresh_pool(1)
     with pytest.raises(zpool.EngineError, match="exited with exit code 3"):
