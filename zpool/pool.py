@@ -733,6 +733,30 @@ class Pool(_NamespaceMethods):
                     pass  # the pool is going away: its tasks with it
             raise
 
+    def purge_results(self, what: Any = "all") -> dict[str, Any]:
+        """Make the controller forget finished tasks now, rather than when they leave its window.
+
+        The controller does not store results (they come straight to this
+        process, where the :class:`AsyncResult` holds them); it remembers
+        how finished tasks ended, for dependencies named by task id and for
+        :meth:`resubmit`, for the newest ``record_window`` tasks of the last
+        ``record_age`` seconds. This forgets them at once.
+
+        Parameters
+        ----------
+        what : "all", AsyncResult, task id, or a list of them
+            The finished tasks to forget (default: every one). Tasks not
+            finished yet are left alone.
+
+        Returns
+        -------
+        dict
+            ``{"purged": n, "not_finished": [ids]}``.
+        """
+        ids = None if isinstance(what, str) and what == "all" else task_ids(what)
+        self._check_connected()
+        return self._conn.request(MsgType.PURGE_REQUEST, {"ids": ids})
+
     def resubmit(self, what: Any) -> AsyncResult[Any]:
         """Run finished tasks again; return a new result for the new run.
 

@@ -99,6 +99,8 @@ class MsgType(str, enum.Enum):
     RESUBMIT_REPLY = "resubmit_reply"
     INTERRUPT_REQUEST = "interrupt_request"
     INTERRUPT_REPLY = "interrupt_reply"
+    PURGE_REQUEST = "purge_request"
+    PURGE_REPLY = "purge_reply"
 
 
 class TaskStatus(str, enum.Enum):

@@ -287,3 +287,21 @@ def test_dependencies_on_results_older_than_the_record_window(fresh_pool):
 def test_record_window_arguments_are_checked(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         zpool.Pool(1, **kwargs)
+
+
+def test_purge_results_forgets_finished_tasks(fresh_pool):
+    pool = fresh_pool(1)
+    done = pool.map_async(_tasks.square, range(4), chunksize=1)
+    assert done.get(T) == [0, 1, 4, 9]
+    running = pool.apply_async(_tasks.sleep_then, (1.0, "x"))
+    reply = pool.purge_results([done, running])
+    assert reply == {"purged": 4, "not_finished": running.msg_ids}
+    with pytest.raises(zpool.InvalidDependency, match="unknown task"):
+        pool.apply_async(_tasks.square, (2,), after=done.msg_ids[:1]).get(T)
+    with pytest.raises(zpool.InvalidDependency, match="there is no task"):
+        pool.resubmit(done).get(T)
+    assert running.get(T) == "x"  # left alone
+    assert pool.purge_results()["purged"] >= 1
+    assert pool.purge_results("all")["purged"] == 0
+    with pytest.raises(TypeError):
+        pool.purge_results(3.5)

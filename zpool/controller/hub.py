@@ -146,6 +146,7 @@ class Hub:
                 MsgType.RESUBMIT_REQUEST.value: self._on_resubmit_request,
                 MsgType.INTERRUPT_REQUEST.value: self._on_interrupt_request,
                 MsgType.HEARTBEAT_REQUEST.value: self._on_client_ping,
+                MsgType.PURGE_REQUEST.value: self._on_purge_request,
             },
             self.engine: {
                 MsgType.REGISTER_REQUEST.value: self._on_register_request,
@@ -302,6 +303,13 @@ class Hub:
             if interrupt:  # the one running, if it is one of them (the engine knows)
                 self._interrupt(slot.ident, task_ids)
         self._reply(msg, MsgType.ABORT_REPLY, {"aborted": aborted, "sent_to_engines": notice})
+
+    def _on_purge_request(self, msg: Message, frames: list[Any]) -> None:
+        ids = msg.content.get("ids")
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            raise ProtocolError("purge_request with ids that are not a list of task ids")
+        forgotten, live = self.scheduler.purge(ids)
+        self._reply(msg, MsgType.PURGE_REPLY, {"purged": forgotten, "not_finished": live})
 
     def _on_client_ping(self, msg: Message, frames: list[Any]) -> None:
         """A client waiting for work checks that this controller still answers."""

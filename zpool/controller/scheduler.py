@@ -700,6 +700,31 @@ class Scheduler:
         finally:
             self._settling = False
 
+    def purge(self, task_ids: Iterable[str] | None) -> tuple[int, list[str]]:
+        """Forget finished tasks (every one with None): their outcome and kept call.
+
+        Returns how many were forgotten, and the given ids that are not
+        finished yet (those are left alone).
+        """
+        if task_ids is None:
+            forgotten = len(self.done)
+            self.done.clear()
+            self._done_order.clear()
+            self.kept.clear()
+            self._kept_bytes = 0
+            return forgotten, []
+        forgotten, live = 0, []
+        for task_id in task_ids:
+            if task_id in self.live:
+                live.append(task_id)
+            elif self.done.pop(task_id, None) is not None:
+                forgotten += 1
+                kept = self.kept.pop(task_id, None)
+                if kept is not None:
+                    self._kept_bytes -= sum(len(f) for f in kept[0])
+        # (their _done_order entries go when they reach its front: done.pop tolerates them)
+        return forgotten, live
+
     def _forget_old(self) -> None:
         """Forget finished tasks beyond the record window (by count and age), and their kept calls."""
         order, done = self._done_order, self.done
