@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -95,6 +96,28 @@ def test_controller_killed_breaks_waiting_calls(fresh_pool):
     with pytest.raises(zpool.BrokenPoolError):
         pool.queue_status()
     # The orphaned engines notice their parent is gone; the leak check verifies they exit.
+
+
+@pytest.mark.parametrize(
+    "wait",
+    [
+        pytest.param(lambda pool, ar, it: (ar.wait(T), ar.get(0)), id="wait"),
+        pytest.param(lambda pool, ar, it: list(it), id="imap"),
+        pytest.param(lambda pool, ar, it: pool.map(_tasks.sleep_then, [30, 30]), id="map"),
+        # join() returns once every task is answered (each with the error), as the pool's end.
+        pytest.param(lambda pool, ar, it: (pool.close(), pool.join(), ar.get(0)), id="close-join"),
+    ],
+)
+def test_controller_killed_breaks_every_kind_of_wait(fresh_pool, wait):
+    pool = fresh_pool(2)
+    ar = pool.apply_async(_tasks.sleep_then, (30,))
+    it = pool.imap(_tasks.sleep_then, [30, 30])
+    _engine_holding_task(pool)
+    threading.Timer(0.5, os.kill, (pool._cluster.proc.pid, signal.SIGKILL)).start()
+    started = time.monotonic()
+    with pytest.raises(zpool.BrokenPoolError, match="controller process .* ended with SIGKILL"):
+        wait(pool, ar, it)
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(
