@@ -270,8 +270,11 @@ def _decode_dict(frame: Any, what: str) -> dict[str, Any]:
     if raw == EMPTY:
         return {}
     try:
-        value = json.loads(raw)
-        if b"\\ud" in raw or b"\\uD" in raw:
+        # Strict UTF-8 first: json.loads of bytes would also take UTF-16, and surrogates
+        # encoded as UTF-8 bytes.
+        text = raw.decode("utf-8")
+        value = json.loads(text)
+        if "\\ud" in text or "\\uD" in text:
             # An escaped surrogate: a lone one decodes, but could never be encoded again
             # (a reply naming it would fail far from here). Only such rare messages pay.
             encode(value)

@@ -656,15 +656,29 @@ engine_main_signed = st.one_of(
     # Aborts of tasks it does not hold: ignored.
     st.tuples(st.just("abort"), st.lists(st.text(max_size=6).map("abort-".__add__), max_size=3) | json_values),
 )
+
+
+def _ids_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, str) for i in value)
+
+
+_HEARTBEAT_SOCKET_TYPES = (MsgType.HEARTBEAT_REQUEST, MsgType.SHUTDOWN_REQUEST, MsgType.INTERRUPT_REQUEST)
 engine_heartbeat_signed = st.one_of(
     st.tuples(
         st.just("type"),
-        st.sampled_from([t.value for t in MsgType if t not in (MsgType.HEARTBEAT_REQUEST, MsgType.SHUTDOWN_REQUEST)])
-        | st.text(max_size=12).filter(
-            lambda t: t not in (MsgType.HEARTBEAT_REQUEST.value, MsgType.SHUTDOWN_REQUEST.value)
-        ),
+        st.sampled_from([t.value for t in MsgType if t not in _HEARTBEAT_SOCKET_TYPES])
+        | st.text(max_size=12).filter(lambda t: t not in {m.value for m in _HEARTBEAT_SOCKET_TYPES}),
     ),
     st.tuples(st.just("beat"), json_values),  # whatever the beat, the engine echoes it
+    # Interrupts of tasks it is not running (ignored), or with ids that are no list of ids (dropped);
+    # never ids=None, which would interrupt whatever real task runs.
+    st.tuples(
+        st.just("interrupt"),
+        st.lists(st.text(max_size=6).map("interrupt-".__add__), max_size=3)
+        | json_values.filter(
+            lambda v: v is not None and not (isinstance(v, list) and all(isinstance(i, str) for i in v))
+        ),
+    ),
 )
 engine_cases = st.one_of(
     st.tuples(st.just("main"), corruptions(3, 1)),
@@ -738,6 +752,10 @@ def _plan_engine(fc: FakeController, cases: list[tuple[str, tuple[str, Any]]]) -
             plan.beats.append(detail)
         elif what == "abort":
             plan.sends.append((to, s.build(MsgType.ABORT_REQUEST, {"ids": detail})))
+        elif what == "interrupt":
+            plan.sends.append((to, s.build(MsgType.INTERRUPT_REQUEST, content=encode({"ids": detail}))))
+            if not _ids_list(detail):
+                plan.drops += 1
         else:
             assert what == "batch"
             tasks, change = detail

@@ -242,3 +242,21 @@ def test_terminate_ends_a_task_that_never_returns(fresh_pool):
     assert not alive
     with pytest.raises(TaskAborted):
         ar.get(T)
+
+
+class SlowToLoad:
+    """An argument whose unpickling, in the engine, takes LONG seconds."""
+
+    def __reduce__(self):
+        return (_tasks.sleep_then, (LONG, None))
+
+
+@pytest.mark.timeout(120)
+def test_abort_with_interrupt_reaches_a_task_still_loading_its_arguments(fresh_pool):
+    pool = fresh_pool(1)
+    ar = pool.apply_async(_tasks.identity, (SlowToLoad(),))
+    wait_running(pool, 1)
+    pool.abort(ar, interrupt=True)
+    with pytest.raises(TaskAborted, match="interrupted .* before it ran"):
+        ar.get(T)
+    assert pool.apply(_tasks.square, (6,)) == 36  # the engine is free at once

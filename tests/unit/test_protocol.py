@@ -368,3 +368,18 @@ def test_signed_json_holding_a_lone_surrogate_is_malformed(sender, receiver, whe
     pair = json.dumps({"ids": ["\U0001f600 \u00e9"]}).encode()  # escaped as a surrogate pair: fine
     assert b"\\ud83d" in pair
     assert receiver.unpack(sender.build(MsgType.APPLY_REQUEST, content=pair)).content == {"ids": ["\U0001f600 \u00e9"]}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"ids": ["\xed\xa0\x80"]}',  # a surrogate as (invalid) UTF-8 bytes
+        '{"ids": ["\\ud800"]}'.encode("utf-16"),  # JSON in UTF-16, which json.loads of bytes would take
+        '{"ids": ["x"]}'.encode("utf-16-le"),
+    ],
+    ids=["utf8-surrogate-bytes", "utf16-escape", "utf16-plain"],
+)
+def test_content_must_be_strict_utf8(sender, receiver, content):
+    msg = receiver.unpack(sender.build(MsgType.APPLY_REQUEST, content=content))
+    with pytest.raises(ProtocolError, match="content is not valid JSON"):
+        _ = msg.content

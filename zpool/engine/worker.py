@@ -128,7 +128,9 @@ class Engine:
         self.outbox_since = 0.0
         self.in_task = False
         self.task_id: str | None = None  # the task running, or last run
-        self.interrupting: str | None = None  # the task interrupt() was asked for (see request_interrupt)
+        self.interrupting: str | None = None  # the task interrupt() was asked for last (see request_interrupt)
+        self._interrupt_sent = False  # a SIGINT of request_interrupt's is on its way
+        self._interrupt_due = False  # it arrived between the task's loading and its call (see _call_task)
         self.lock = threading.Lock()  # every use of self.sock and self.outbox
         self._beats = _Heartbeat(self)
 
@@ -258,6 +260,7 @@ class Engine:
         if not self.in_task or task_id is None or (ids is not None and task_id not in ids):
             return False
         self.interrupting = task_id
+        self._interrupt_sent = True
         os.kill(os.getpid(), signal.SIGINT)
         return True
 
@@ -269,8 +272,16 @@ class Engine:
         ``_call_task`` gives the call a frame of its own, where raising is
         always caught, even when the function is C code (``time.sleep``).
         """
-        if self.in_task and frame is not None and frame.f_code is not _RUN_ONE_CODE:
-            raise KeyboardInterrupt
+        if self._interrupt_sent:
+            self._interrupt_sent = False
+            if self.interrupting != self.task_id:
+                return  # meant for a task that has ended since: the one running now is not concerned
+        if not self.in_task or frame is None:
+            return
+        if frame.f_code is _RUN_ONE_CODE:
+            self._interrupt_due = True  # between loading and calling: _call_task raises it
+            return
+        raise KeyboardInterrupt
 
     # -- running --------------------------------------------------------------
 
@@ -283,19 +294,25 @@ class Engine:
             self._answer_error(task_id, error, started, "", skip_frames=None, status=TaskStatus.ABORTED.value)
             return
         func: Any = None
+        # Interruptible from here (loading its arguments may take a while) to the end of its call.
+        self.task_id, self._interrupt_due = task_id, False
+        self.in_task = True
         try:
             func, args, kwargs = loads_call(frames)
         except BaseException as exc:
-            self._answer_error(task_id, exc, started, "could not deserialize the task: ")
+            self.in_task = False
+            if isinstance(exc, KeyboardInterrupt) and self.interrupting == task_id:
+                error = TaskAborted(f"task {task_id} was interrupted on engine {self.engine_id} before it ran")
+                self._answer_error(task_id, error, started, "", skip_frames=None, status=TaskStatus.ABORTED.value)
+            else:
+                self._answer_error(task_id, exc, started, "could not deserialize the task: ")
             return
         del frames
         # imap chunks: every item has its own outcome, so none may spoil the others.
         per_item = func is run_each and bool(args)
         item_func = args[0] if per_item else None
-        self.task_id, self.interrupting = task_id, None
-        self.in_task = True
         try:
-            result = _call_task(func, args, kwargs)
+            result = _call_task(self, func, args, kwargs)
         except BaseException as exc:
             self.in_task = False
             if isinstance(exc, KeyboardInterrupt) and self.interrupting == task_id:
@@ -507,16 +524,21 @@ class _Heartbeat:
         except Exception as exc:
             logger.error("heartbeat: dropped a message: %s: %s", type(exc).__name__, exc)
             return
-        if msg.msg_type == MsgType.HEARTBEAT_REQUEST.value:
-            self.last_beat = time.monotonic()
-            send_frames(sock, self.session.build(MsgType.HEARTBEAT_REPLY, {"beat": msg.header.get("beat")}))
-        elif msg.msg_type == MsgType.INTERRUPT_REQUEST.value:
-            ids = msg.content.get("ids")
-            self.engine.request_interrupt(set(ids) if isinstance(ids, list) else None)
-        elif msg.msg_type == MsgType.SHUTDOWN_REQUEST.value:
-            _exit("the controller asked it to shut down", self.engine.shared, level=logging.INFO)
-        else:
-            logger.error("heartbeat: dropped a message of unexpected type %r", msg.msg_type)
+        try:
+            if msg.msg_type == MsgType.HEARTBEAT_REQUEST.value:
+                self.last_beat = time.monotonic()
+                send_frames(sock, self.session.build(MsgType.HEARTBEAT_REPLY, {"beat": msg.header.get("beat")}))
+            elif msg.msg_type == MsgType.INTERRUPT_REQUEST.value:
+                ids = msg.content.get("ids")
+                if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+                    raise ProtocolError("interrupt_request with ids that are not a list of task ids")
+                self.engine.request_interrupt(None if ids is None else set(ids))
+            elif msg.msg_type == MsgType.SHUTDOWN_REQUEST.value:
+                _exit("the controller asked it to shut down", self.engine.shared, level=logging.INFO)
+            else:
+                logger.error("heartbeat: dropped a message of unexpected type %r", msg.msg_type)
+        except Exception as exc:  # this thread must live: it keeps the engine alive
+            logger.error("heartbeat: dropped a message (%s): %s: %s", msg.msg_type, type(exc).__name__, exc)
 
 
 def _exit(why: str, shared: _shm.Writer | None, level: int = logging.WARNING) -> None:
@@ -531,8 +553,10 @@ def _exit(why: str, shared: _shm.Writer | None, level: int = logging.WARNING) ->
     os._exit(0)
 
 
-def _call_task(func: Any, args: Any, kwargs: Any) -> Any:
+def _call_task(engine: Engine, func: Any, args: Any, kwargs: Any) -> Any:
     """Call the task's function: a frame of its own, in which SIGINT may raise even if `func` is written in C."""
+    if engine._interrupt_due:  # interrupted in _run_one's own frame, just before this call
+        raise KeyboardInterrupt
     return func(*args, **kwargs)
 
 
