@@ -63,8 +63,15 @@ class Dependency(set):  # type: ignore[type-arg]
         if not success and not failure:
             raise ValueError("a Dependency with success=False and failure=False could never be met")
         super().__init__(task_ids(dependencies))
-        # The AsyncResults among them (weakly): how their tasks ended goes along with the ids.
-        self._sources = [weakref.ref(d) for d in _results_in(dependencies)]
+        # How the tasks of the AsyncResults among them ended (it goes along with the ids: the
+        # controller may have forgotten them): noted now, or when they end (weakly held both ways).
+        self._known: dict[str, int] = dict(dependencies._known) if isinstance(dependencies, Dependency) else {}
+        self._sources: list[weakref.ref[Any]] = []
+        for result in _results_in(dependencies):
+            self._sources.append(weakref.ref(result))
+            self._known.update(result._outcome_codes())
+            if not result.done():
+                result.add_done_callback(functools.partial(_note_outcomes, weakref.ref(self)))
         self.all = bool(all)
         self.success = bool(success)
         self.failure = bool(failure)
@@ -76,7 +83,7 @@ class Dependency(set):  # type: ignore[type-arg]
         for those finished already (the controller may have forgotten them).
         """
         out: dict[str, Any] = {"ids": sorted(self), "all": self.all, "success": self.success, "failure": self.failure}
-        known: dict[str, int] = {}
+        known = {k: v for k, v in dict(self._known).items() if k in self}
         for ref in self._sources:
             result = ref()
             if result is not None:
@@ -113,6 +120,13 @@ def task_ids(dependencies: Any) -> list[str]:
         else:
             raise TypeError(f"a dependency must be a task id (str) or an AsyncResult, not {type(dep).__name__}")
     return ids
+
+
+def _note_outcomes(dependency: weakref.ref[Dependency], result: Any) -> None:
+    """A done-callback: note in the Dependency (if it still exists) how `result`'s tasks ended."""
+    dep = dependency()
+    if dep is not None:
+        dep._known.update(result._outcome_codes())
 
 
 def _results_in(dependencies: Any) -> list[Any]:

@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 5.0
+# A controller silent this long at least, while work is outstanding, is taken for stuck.
+MIN_SILENCE_S = 5.0
 # Ctrl-C during a blocking call: how long the abort of its tasks may take before the KeyboardInterrupt goes on.
 INTERRUPT_ABORT_S = 2.0
 # Chunks an imap submits ahead of its consumer, at least (see Pool.imap's buffersize).
@@ -373,8 +375,9 @@ class Pool(_NamespaceMethods):
         self._scatters: dict[str, tuple[int, ...]] = {}
         conn: Connection | None = None
         try:
-            # A controller silent for twice the engines' tolerance, while work is outstanding, is stuck.
-            silence = 2 * heartbeat_interval * heartbeat_misses
+            # A controller silent for twice the engines' tolerance (5 s at least), while work is
+            # outstanding, is stuck: a busy one still answers within that, after what was sent before.
+            silence = max(2 * heartbeat_interval * heartbeat_misses, MIN_SILENCE_S)
             conn = Connection(info, self._results, watch=self._cluster.failure, silence=silence)
             conn.request(MsgType.CONNECT_REQUEST, timeout=STARTUP_TIMEOUT_S)
         except BaseException as exc:  # Ctrl-C included: leave nothing running
@@ -1102,6 +1105,13 @@ class Pool(_NamespaceMethods):
         self._check_func(func)
         # (imap's arguments are read lazily by its feeder: their sends are not tracked)
         wire_flags, _ = self._task_flags(flags)
+        refresh: Callable[[], dict[str, Any] | None] | None = None
+        if wire_flags and ("after" in wire_flags or "follow" in wire_flags):
+            # Chunks sent later say how the AsyncResults they depend on have ended by then
+            # (the controller may have forgotten them: record_window).
+            merged = self.flags
+            merged.update(flags)
+            refresh = functools.partial(task_flags, merged)
         if chunksize is not None:
             if not _is_int(chunksize):
                 raise TypeError(f"chunksize must be an int or None, not {type(chunksize).__name__}")
@@ -1125,7 +1135,7 @@ class Pool(_NamespaceMethods):
         self._feeders.add(state)
         feeder = threading.Thread(
             target=self._feed,
-            args=(state, func, items, chunksize, wire_flags, strict),
+            args=(state, func, items, chunksize, wire_flags, strict, refresh),
             name="zpool-imap-feeder",
             daemon=True,
         )
@@ -1140,10 +1150,12 @@ class Pool(_NamespaceMethods):
         chunksize: int | None,
         flags: dict[str, Any] | None,
         strict: bool = False,
+        refresh: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         """Read the input of an ``imap`` chunk by chunk as the consumer makes room, and submit (feeder thread).
 
-        With `chunksize` None, chunks are sized from measured task times.
+        With `chunksize` None, chunks are sized from measured task times. With
+        `refresh`, each chunk's flags are made anew (see ``_imap``).
         """
         number = 0
         size = chunksize or 1
@@ -1160,6 +1172,8 @@ class Pool(_NamespaceMethods):
                     if chunksize is not None:
                         chunk = []  # the stdlib drops a fixed-size chunk whole; adaptive ones keep what was read
                 if chunk:
+                    if refresh is not None:
+                        flags = refresh()
                     submitted = self._feed_chunk(state, func, chunk, number, flags, strict)
                     number += 1
                     if not submitted:

@@ -305,3 +305,20 @@ def test_purge_results_forgets_finished_tasks(fresh_pool):
     assert pool.purge_results("all")["purged"] == 0
     with pytest.raises(TypeError):
         pool.purge_results(3.5)
+
+
+def test_a_dependency_made_from_a_result_remembers_how_it_ended(fresh_pool):
+    """Even once the AsyncResult itself is gone and the controller has forgotten its tasks."""
+    pool = fresh_pool(2, record_window=5)
+    dep = Dependency(pool.starmap_async(_tasks.sleep_then, [(0.3, i) for i in range(2)], chunksize=1))
+    time.sleep(1.0)  # (the result, dropped at once, ends meanwhile)
+    pool.map(_tasks.square, range(20), chunksize=1)  # its tasks leave the window
+    assert pool.apply_async(_tasks.square, (4,), after=dep).get(T) == 16
+
+
+def test_imap_chunks_say_how_their_dependencies_ended(fresh_pool):
+    """imap(after=ar) with ar still running when it starts: later chunks still pass once ar is forgotten."""
+    pool = fresh_pool(2, record_window=20)
+    ar = pool.apply_async(_tasks.sleep_then, (0.5, "first"))
+    got = list(pool.imap(_tasks.square, range(300), chunksize=1, after=ar))
+    assert got == [x * x for x in range(300)]

@@ -520,3 +520,35 @@ def test_stale_deadlines_do_not_pile_up():
         run(s, f"t{n}")
     assert len(s._deadlines) <= 1024 + 2 * len(s.waiting)
     assert len(s.done) == 10 and not s.live and not s.waiting
+
+
+def test_tasks_that_stop_waiting_leave_the_dependents_index():
+    """Behind one task that runs for ever, waiting tasks that time out or are aborted take no memory."""
+    s = make_windowed(100)
+    s.submit([task("long")])
+    placed(s)  # runs for ever
+    for i in range(2000):
+        s.submit([task(f"t{i}", after=["long"], timeout=0.5)])
+        if i % 2:
+            s._clock.now += 1.0
+            s.expire()
+        else:
+            s.abort([f"t{i}"])
+    s.take_failures()
+    assert not s.waiting and not s.dependents
+    # any-of: met by one, it leaves the other's list too
+    s.submit([task("a"), task("b"), task("x", after=Dependency(["a", "b"], all=False))])
+    placed(s)
+    run(s, "a")
+    assert "x" not in s.waiting and "b" not in s.dependents
+
+
+def test_purge_forgets_finished_tasks_and_keeps_the_window_whole():
+    s = make_windowed(4)
+    run_all(s, ["a", "b", "c", "d"])
+    s.submit([task("live")])
+    assert s.purge(["a", "b", "live", "nope"]) == (2, ["live"])
+    assert list(s.done) == ["c", "d"] and list(s.kept) == ["c", "d"]
+    run_all(s, ["e", "f"])
+    assert list(s.done) == ["c", "d", "e", "f"]  # the purged ones no longer count against the window
+    assert s.purge(None) == (4, []) and not s.done and not s.kept and s._kept_bytes == 0

@@ -164,8 +164,11 @@ class Connection:
         self.broken: str | None = None
         self._watch = watch
         self._silence = silence
-        self._heard = time.monotonic()  # when the controller last said anything (or we last waited for nothing)
+        # Since when the controller owes us an answer: the later of when it last said anything and
+        # when we last sent it something (it answers in order, after all we sent before).
+        self._heard = time.monotonic()
         self._pinged = 0.0
+        self._checked = time.monotonic()  # when this thread last looked (see _check_silence)
         self._lock = threading.Lock()
         self._queue: list[Any] = []
         self._signaled = False
@@ -309,6 +312,7 @@ class Connection:
 
     def _send_queued(self) -> None:
         items = self._take_queue()
+        self._heard = time.monotonic()  # (see __init__: it owes nothing older than this)
         try:
             self._send_items(items)
         except BaseException:
@@ -461,14 +465,20 @@ class Connection:
     def _check_silence(self, silence: float) -> None:
         """Ping a controller silent while work is outstanding; break if it stays silent `silence` seconds."""
         now = time.monotonic()
+        away, self._checked = now - self._checked, now
+        if away > silence / 4:
+            # This thread itself did not run for a while (another thread held the GIL, the
+            # process was stopped, a long send): what it did not read is not the controller's silence.
+            self._heard = now
         if not len(self.results) and not self._requests:
             self._heard = now  # waiting for nothing: silence means nothing
             return
+        self._receive()  # what has arrived counts
         quiet = now - self._heard
         if quiet >= silence:
             self._break(
-                f"the controller has not answered for {quiet:.1f} s (heartbeat_interval x heartbeat_misses x 2):"
-                " it is stuck or unreachable"
+                f"the controller has not answered for {quiet:.1f} s (2 x heartbeat_interval x heartbeat_misses,"
+                " 5 s at least): it is stuck or unreachable"
             )
         elif quiet >= silence / 10 and now - self._pinged >= silence / 10:
             self._pinged = now

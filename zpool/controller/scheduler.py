@@ -294,7 +294,7 @@ class Scheduler:
         self.record_age = record_age
         self._done_order: collections.deque[tuple[float, str]] = collections.deque()  # (when, id), oldest first
         self.waiting: dict[str, Task] = {}  # dependencies not met yet
-        self.dependents: dict[str, list[Task]] = {}  # task id -> waiting tasks that depend on it
+        self.dependents: dict[str, dict[str, Task]] = {}  # task id -> the waiting tasks that depend on it
         self.starting: set[int] = set()  # engines registered, not ready yet (running the initializer)
         self.more_coming = False  # engines were launched that have not registered yet (set by the hub)
         self._deadlines: list[tuple[float, int, Task]] = []
@@ -475,7 +475,7 @@ class Scheduler:
         # It waits: index it by what it waits for.
         self.waiting[task.task_id] = task
         for dep_id in set(task.dep_ids()):
-            self.dependents.setdefault(dep_id, []).append(task)
+            self.dependents.setdefault(dep_id, {})[task.task_id] = task
         if task.deadline is not None:
             heapq.heappush(self._deadlines, (task.deadline, next(self._seq), task))
 
@@ -688,7 +688,7 @@ class Scheduler:
                     self._keep(finished)
                 finished.frames = []
                 finished.source = None
-                for dependent in self.dependents.pop(task_id, ()):
+                for dependent in self.dependents.pop(task_id, {}).values():
                     if dependent.task_id not in self.waiting:
                         continue  # already failed or timed out
                     for dep in (dependent.after, dependent.follow):
@@ -696,6 +696,7 @@ class Scheduler:
                             dep.resolve(task_id, code)
                     if self._evaluate(dependent):
                         self.waiting.pop(dependent.task_id, None)
+                        self._unindex(dependent)
             self._forget_old()
         finally:
             self._settling = False
@@ -722,7 +723,8 @@ class Scheduler:
                 kept = self.kept.pop(task_id, None)
                 if kept is not None:
                     self._kept_bytes -= sum(len(f) for f in kept[0])
-        # (their _done_order entries go when they reach its front: done.pop tolerates them)
+        if forgotten:
+            self._done_order = collections.deque(entry for entry in self._done_order if entry[1] in self.done)
         return forgotten, live
 
     def _forget_old(self) -> None:
@@ -789,14 +791,25 @@ class Scheduler:
         """Fail `task` for a reason of the scheduler's own; its dependents are settled in turn."""
         if self.waiting.get(task.task_id) is task:
             del self.waiting[task.task_id]
+            self._unindex(task)
         self._failures.append((task, ename, evalue, engine_id))
         if record:
             self._record(task, FAILED_UNPLACED if engine_id is None else -2 - engine_id)
 
     def fail_live(self, task: Task, engine_id: int | None = None) -> None:
         """Record that `task` failed for a reason outside the scheduler (the hub answers it)."""
-        self.waiting.pop(task.task_id, None)
+        if self.waiting.pop(task.task_id, None) is not None:
+            self._unindex(task)
         self._record(task, FAILED_UNPLACED if engine_id is None else -2 - engine_id)
+
+    def _unindex(self, task: Task) -> None:
+        """`task` waits no more: take it out of the lists of what its dependencies would settle."""
+        for dep_id in set(task.dep_ids()):
+            waiting = self.dependents.get(dep_id)
+            if waiting is not None:
+                waiting.pop(task.task_id, None)
+                if not waiting:
+                    del self.dependents[dep_id]
 
     def take_failures(self) -> list[tuple[Task, str, str, int | None]]:
         """Tasks the scheduler failed since the last call: ``(task, ename, evalue, engine_id)`` each."""
