@@ -42,7 +42,7 @@ import re
 import threading
 import time
 import weakref
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 try:
     import fcntl
@@ -221,17 +221,12 @@ class _Segment:
 
     def free(self) -> None:
         """Forget it: receivers that map it keep their pages until they unmap."""
-        if self.mapping is not None:
-            self.mapping.close()
-            self.mapping = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.drop()
         if self.name:
             _unlink_path(self.name)
 
-    def drop_in_child(self) -> None:
-        """After fork(), in the child: let go of the parent's pages, touching no file."""
+    def drop(self) -> None:
+        """Let go of its descriptor and mapping, touching no file (also: after fork(), in the child)."""
         if self.mapping is not None:
             self.mapping.close()
             self.mapping = None
@@ -267,22 +262,16 @@ class _Kept:
         seg = self._reusable(size)
         if seg is None:
             return self._keep_new(view)
-        name = ""
-        try:
+
+        def rewrite() -> None:
             if seg.mapping is None:
                 # MAP_POPULATE: the pages are there already; map them all in one call.
                 seg.mapping = mmap.mmap(seg.fd, seg.size, flags=mmap.MAP_SHARED | _POPULATE)
             with memoryview(seg.mapping) as target:
                 target[:size] = view  # one memcpy, into pages already there
             fcntl.flock(seg.fd, fcntl.LOCK_UN)
-            name = self._link(seg)
-        except BaseException:
-            self._forget(seg)
-            if name:
-                _unlink_path(name)
-            raise
-        self._done(seg)
-        return name
+
+        return self._fill(seg, rewrite)
 
     def _reusable(self, size: int) -> _Segment | None:
         """The best-fitting kept segment nobody uses, locked and marked as filling; None if there is none."""
@@ -345,9 +334,17 @@ class _Kept:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="zpool-shm-keeper", daemon=True)
                 self._thread.start()
+
+        def write() -> None:
+            seg.name, seg.fd = self._writer._write_new(view, os.O_RDWR, kept=True)
+
+        return self._fill(seg, write)
+
+    def _fill(self, seg: _Segment, fill: Callable[[], None]) -> str:
+        """Run `fill` (this thread owns `seg`), link a message name to `seg`, and keep it; on failure, forget it."""
         name = ""
         try:
-            seg.name, seg.fd = self._writer._write_new(view, os.O_RDWR, kept=True)
+            fill()
             name = self._link(seg)
         except BaseException:
             self._forget(seg)
@@ -405,7 +402,7 @@ class _Kept:
         self._closed = True
         self._thread = None
         for seg in segments:
-            seg.drop_in_child()
+            seg.drop()
 
     def _run(self) -> None:
         """Free the segments unused for KEEP_IDLE seconds; end when none is left (the next kept one starts another)."""
@@ -485,19 +482,7 @@ def remove_all(prefix: str) -> int:
     """Remove every segment whose name starts with `prefix` (a cluster's); return how many."""
     if not _PREFIX.fullmatch(prefix):
         raise ValueError(f"bad shared-memory prefix {prefix!r}")
-    removed = 0
-    try:
-        names = os.listdir(DIRECTORY)
-    except OSError:
-        return 0
-    for name in names:
-        if name.startswith(prefix + "-") and (_NAME.fullmatch(name) or _KEPT_NAME.fullmatch(name)):
-            try:
-                os.unlink(os.path.join(DIRECTORY, name))
-                removed += 1
-            except OSError:
-                pass
-    return removed
+    return _remove_where(lambda name: name.startswith(prefix + "-"))
 
 
 def remove_kept(prefix: str, role: str, pid: int) -> int:
@@ -508,13 +493,18 @@ def remove_kept(prefix: str, role: str, pid: int) -> int:
     if not _PREFIX.fullmatch(prefix) or role not in ("c", "e") or not isinstance(pid, int):
         raise ValueError(f"bad shared-memory prefix {prefix!r}, role {role!r} or pid {pid!r}")
     start = f"{prefix}-{role}{pid}-k"
-    removed = 0
+    return _remove_where(lambda name: name.startswith(start))
+
+
+def _remove_where(wanted: Callable[[str], bool]) -> int:
+    """Remove the segments (message names or kept ones) whose name is `wanted`; return how many."""
     try:
         names = os.listdir(DIRECTORY)
     except OSError:
         return 0
+    removed = 0
     for name in names:
-        if name.startswith(start) and _KEPT_NAME.fullmatch(name):
+        if (_NAME.fullmatch(name) or _KEPT_NAME.fullmatch(name)) and wanted(name):
             try:
                 os.unlink(os.path.join(DIRECTORY, name))
                 removed += 1

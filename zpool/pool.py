@@ -977,20 +977,8 @@ class Pool(_NamespaceMethods):
     ) -> None:
         """Send one direct task per engine (`flags` name each task's engine)."""
         ar._owner, ar._runner = self, self._callbacks
-        tracker = None
-        if self.flags.get("track"):  # views take no flags of their own; the pool's track applies
-            tracker = ar._tracker = SendTracker(len(items), self._conn.dead)
-        try:
-            self._results.add(ar)
-            # All at once or none: the controller expects every user of a shared segment.
-            self._conn.submit_each([([item], item_flags) for item, item_flags in zip(items, flags)], tracker)
-        except BaseException as exc:
-            error = exc
-            self._results.fail(ar.msg_ids, lambda: error)
-            _release_unsent(items)
-            if tracker is not None:
-                tracker._abandon()
-            raise
+        # Views take no flags of their own: the pool's track applies.
+        self._submit(ar, items, track=bool(self.flags.get("track")), each_flags=flags)
 
     def _submit_joined(
         self,
@@ -1234,13 +1222,19 @@ class Pool(_NamespaceMethods):
         items: list[tuple[str, list[Any]]],
         flags: dict[str, Any] | None = None,
         track: bool = False,
+        each_flags: list[dict[str, Any]] | None = None,
     ) -> None:
+        """Register `ar` and send its `items` with `flags` (or, with `each_flags`, each item with its own)."""
         tracker = None
         if track:
             tracker = ar._tracker = SendTracker(len(items), self._conn.dead)
         try:
             self._results.add(ar)
-            self._conn.submit(items, flags, tracker)
+            if each_flags is None:
+                self._conn.submit(items, flags, tracker)
+            else:
+                # All at once or none: the controller expects every user of a shared segment.
+                self._conn.submit_each([([item], f) for item, f in zip(items, each_flags)], tracker)
         except BaseException as exc:
             error = exc
             self._results.fail(ar.msg_ids, lambda: error)
