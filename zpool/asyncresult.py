@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import weakref
+from _thread import allocate_lock as _allocate_lock
 from typing import Any, Callable, Generator, Generic, TypeVar, cast
 
 from zpool._partition import ItemFailure
@@ -51,6 +52,85 @@ def _stamp(seconds: float | None) -> datetime.datetime | None:
     return None if seconds is None else datetime.datetime.fromtimestamp(seconds)
 
 
+class _Condition:
+    """The part of :class:`threading.Condition` a :class:`concurrent.futures.Future` uses, made cheap.
+
+    Future's own methods (and ``concurrent.futures.wait``) never take its
+    condition re-entrantly, so a plain lock serves; the list of waiters is
+    made by the first :meth:`wait`. ``threading.Condition(Lock())`` costs
+    four times as much to create (it probes its lock for RLock methods,
+    raising AttributeError three times), and its RLock default costs the
+    garbage collector four more objects per result.
+    """
+
+    __slots__ = ("_lock", "_waiters")
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._waiters: list[Any] | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock until notified or `timeout` seconds pass (caller holds the lock)."""
+        waiter = _allocate_lock()
+        waiter.acquire()
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = []
+        waiters.append(waiter)
+        self._lock.release()
+        got = False
+        try:
+            if timeout is None:
+                got = waiter.acquire()
+            elif timeout > 0:
+                got = waiter.acquire(True, timeout)
+            else:
+                got = waiter.acquire(False)
+            return got
+        finally:
+            self._lock.acquire()
+            if not got:
+                try:
+                    waiters.remove(waiter)
+                except ValueError:
+                    pass  # notified just as the wait ended
+
+    def notify(self, n: int = 1) -> None:
+        waiters = self._waiters
+        if waiters:
+            for waiter in waiters[:n]:
+                waiter.release()
+            del waiters[:n]
+
+    def notify_all(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            for waiter in waiters:
+                waiter.release()
+            waiters.clear()
+
+
+def _future_fields() -> frozenset[str]:
+    return frozenset(vars(concurrent.futures.Future()))
+
+
+# Whether Future.__init__ sets exactly the fields AsyncResult sets itself (true from 3.9 to 3.13).
+_LEAN_FUTURE = _future_fields() == {"_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"}
+_PENDING = concurrent.futures._base.PENDING
+
+
 class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-arg]
     """The pending result of :meth:`Pool.apply_async` and friends.
 
@@ -70,11 +150,18 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
     """
 
     def __init__(self, msg_ids: list[str], label: str = "") -> None:
-        super().__init__()
-        # Future's own methods never take its condition re-entrantly, so a plain
-        # lock serves; the default RLock costs the garbage collector four more
-        # objects per result, which shows with tens of thousands in flight.
-        self._condition = threading.Condition(threading.Lock())
+        if _LEAN_FUTURE:
+            # Future.__init__'s fields, with a lighter condition (see _Condition): a burst
+            # of apply_async calls creates tens of thousands of these.
+            self._condition = cast(threading.Condition, _Condition())  # duck-typed: what Future calls
+            self._state = _PENDING
+            self._result = None
+            self._exception = None
+            self._waiters = []
+            self._done_callbacks: list[Callable[[concurrent.futures.Future[Any]], object]] = []
+        else:  # a Python whose Future has other fields: its own __init__, then our condition
+            super().__init__()
+            self._condition = cast(threading.Condition, _Condition())
         # A tuple of strings is not tracked by the garbage collector; see msg_ids.
         self._ids = tuple(msg_ids)
         self.label = label

@@ -80,6 +80,19 @@ def _flatten(chunks: list[list[Any]]) -> list[Any]:
     return list(itertools.chain.from_iterable(chunks))
 
 
+# This process's id, kept current across forks: checked on every call, and
+# os.getpid() is a system call.
+_pid = [os.getpid()]
+
+
+def _forked() -> None:
+    _pid[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 def _usable_cpus() -> int:
     """CPUs this process may use, as the standard library's Pool counts them (3.13+: os.process_cpu_count)."""
     counter = getattr(os, "process_cpu_count", None)  # honours -X cpu_count and PYTHON_CPU_COUNT
@@ -401,7 +414,16 @@ class Pool(_NamespaceMethods):
         Same contract as :meth:`multiprocessing.pool.Pool.apply`; `flags` as
         for :meth:`apply_async`.
         """
-        ar: AsyncResult[T] = self.apply_async(func, args, kwds, **flags)
+        ar, items, wire_flags, track = self._prepare_call(func, args, kwds, None, None, flags)
+        if wire_flags is None and not track:
+            # Nothing to order it after: it may go out and come back through this thread (Connection.call_now).
+            try:
+                self._results.add(ar)
+            except BaseException:
+                _release_unsent(items)
+                raise
+            return self._get_blocking(ar, items)
+        self._submit(ar, items, wire_flags, track)
         return self._get_blocking(ar)
 
     def apply_async(
@@ -442,6 +464,20 @@ class Pool(_NamespaceMethods):
         TypeError, ValueError
             If a flag is unknown or has a wrong value.
         """
+        ar, items, wire_flags, track = self._prepare_call(func, args, kwds, callback, error_callback, flags)
+        self._submit(ar, items, wire_flags, track)
+        return ar
+
+    def _prepare_call(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any],
+        kwds: Mapping[str, Any],
+        callback: Callable[[T], Any] | None,
+        error_callback: Callable[[BaseException], Any] | None,
+        flags: Mapping[str, Any],
+    ) -> tuple[AsyncResult[T], list[tuple[str, list[Any]]], dict[str, Any] | None, bool]:
+        """Check and serialize one call: its result, its task, its wire flags and whether it is tracked."""
         self._check_running()
         self._check_func(func, callback, error_callback)
         wire_flags, track = self._task_flags(flags)
@@ -452,8 +488,7 @@ class Pool(_NamespaceMethods):
         ar: AsyncResult[T] = AsyncResult([task_id], callable_name(func))
         ar._owner, ar._runner = self, self._callbacks
         self._callbacks.attach(ar, callback, error_callback)
-        self._submit(ar, [(task_id, frames)], wire_flags, track)
-        return ar
+        return ar, [(task_id, frames)], wire_flags, track
 
     def map(
         self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None, **flags: Any
@@ -722,9 +757,22 @@ class Pool(_NamespaceMethods):
         self._check_connected()
         return self._conn.request(MsgType.ABORT_REQUEST, {"ids": ids, "interrupt": interrupt})
 
-    def _get_blocking(self, ar: AsyncResult[T]) -> T:
-        """``ar.get()`` for a blocking call: on Ctrl-C, abort the call's tasks (interrupting those running)."""
+    def _get_blocking(self, ar: AsyncResult[T], unsent: list[tuple[str, list[Any]]] | None = None) -> T:
+        """``ar.get()`` for a blocking call: on Ctrl-C, abort the call's tasks (interrupting those running).
+
+        With `unsent`, ar's tasks (registered, not sent yet) go out now: through
+        this thread when the connection allows (:meth:`Connection.call_now`),
+        else through the I/O thread.
+        """
         try:
+            if unsent is not None and not self._conn.call_now(unsent, ar.done):
+                try:
+                    self._conn.submit(unsent)
+                except BaseException as exc:
+                    error = exc
+                    self._results.fail(ar.msg_ids, lambda: error)
+                    _release_unsent(unsent)
+                    raise
             return ar.get()
         except KeyboardInterrupt:
             if self._state is PoolState.RUN and not self._conn.broken and not ar.ready():
@@ -1029,7 +1077,7 @@ class Pool(_NamespaceMethods):
         """Refuse requests to the controller (abort, say) once terminated, after a fork, or when broken."""
         if self._state is PoolState.TERMINATE:
             raise PoolClosedError("Pool not running")
-        if os.getpid() != self._owner_pid:
+        if _pid[0] != self._owner_pid:
             raise PoolClosedError(
                 f"this Pool belongs to process {self._owner_pid}; a forked child cannot use it"
                 " (its I/O thread did not survive the fork): create a new Pool in the child"

@@ -309,6 +309,26 @@ def _lift(obj: Any) -> Any:
     return obj
 
 
+# Objects that pickle the same with or without _Pickler's reducer_override (which
+# costs a Python call per object): plain pickle.dumps serves them, several times faster.
+_SCALARS = frozenset({int, float, str, bool, type(None), complex})
+_PLAIN_SCAN_MAX = 32  # longer lists and tuples are not scanned (the scan would cost more than it saves)
+
+
+def _is_plain(obj: Any) -> bool:
+    """Whether `obj` is a scalar, a small bytes, an importable function, or a short list or tuple of scalars."""
+    kind = type(obj)
+    if kind in _SCALARS:
+        return True
+    if kind is bytes:
+        return len(obj) < OOB_THRESHOLD
+    if kind is types.FunctionType or kind is types.BuiltinFunctionType:
+        return _findable_by_name(obj)
+    if kind is tuple or kind is list:
+        return len(obj) <= _PLAIN_SCAN_MAX and all(type(item) in _SCALARS for item in obj)
+    return False
+
+
 def dumps(obj: Any, shared: _shm.Writer | None = None, users: int = 1) -> list[Any]:
     """Serialize `obj` into ``[pickle, *buffers]``; large buffers are not copied.
 
@@ -323,6 +343,8 @@ def dumps(obj: Any, shared: _shm.Writer | None = None, users: int = 1) -> list[A
     SerializationError
         If `obj` (or something inside it) cannot be serialized.
     """
+    if _is_plain(obj):
+        return [pickle.dumps(obj, 5)]
     buffers: list[Any] = []
 
     def keep_out_of_band(buf: pickle.PickleBuffer) -> bool:
@@ -483,6 +505,9 @@ def dumps_call(
     SerializationError
         Naming the function, argument or keyword argument that failed.
     """
+    if _is_plain(func) and all(_is_plain(a) for a in args) and (not kwargs or all(map(_is_plain, kwargs.values()))):
+        # The common small call (apply_async(f, (1,))): what the full path would produce, faster.
+        return [pickle.dumps((func, tuple(args), dict(kwargs or {})), 5)]
     args = tuple(_lift(a) for a in args)
     kwargs = {k: _lift(v) for k, v in (kwargs or {}).items()}
     try:

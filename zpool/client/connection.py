@@ -39,7 +39,7 @@ from zpool.protocol import (
     Session,
     encode,
     nbytes,
-    recv_frames,
+    recv_ready,
     send_frames,
 )
 
@@ -59,6 +59,10 @@ SENT_MEMORY_TASKS = 200_000
 TRACK_POLL_S = 0.1
 BATCH_MAX_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.1
+# A caller waiting on its own socket (call_now) looks this often whether the connection ended, in ms.
+OWN_POLL_MS = 50
+# Calls on it whose caller stopped waiting, remembered so that a reject notice can fail them.
+OWN_SENT_MEMORY = 1024
 
 
 class _Flagged:
@@ -189,6 +193,14 @@ class Connection:
         # Set when the connection breaks: tracked sends still queued will never go out.
         self.dead = threading.Event()
         self._sent_tasks = 0
+        self._sending = False  # the I/O thread took queued items and is sending them
+        # The calling thread's own socket for blocking calls (see call_now), made on first
+        # use; whoever holds _own_lock may use it (the I/O thread only reads leftovers).
+        self._own: zmq.Socket[Any] | None = None
+        self._own_lock = threading.Lock()
+        # Messages sent on it whose answer was not read by their caller: signature -> (ids, segments).
+        self._own_sent: collections.OrderedDict[bytes, tuple[list[str], list[str]]] = collections.OrderedDict()
+        self._address = info.client
         self._thread = threading.Thread(target=self._run, name="zpool-io", daemon=True)
         self._thread.start()
 
@@ -232,6 +244,116 @@ class Connection:
             return req.future.result(timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"the controller did not answer {msg_type.value} within {timeout} s") from None
+
+    def call_now(self, items: list[tuple[str, list[Any]]], done: Callable[[], bool]) -> bool:
+        """Send tasks and wait for their answers in the calling thread; False (nothing sent) if that cannot be now.
+
+        A blocking call whose tasks have no scheduling flags takes this path
+        when nothing else of this connection is queued, being sent or
+        outstanding, so nothing it sends can overtake earlier work: the
+        calling thread sends on a socket of its own and reads the replies
+        itself, sparing the two hand-offs to and from the I/O thread. It
+        returns once ``done()`` holds: the replies were settled here, or the
+        tasks were failed elsewhere (the connection broke or closed). If the
+        wait is interrupted (Ctrl-C), the I/O thread reads the replies later.
+        """
+        if not self._own_lock.acquire(blocking=False):
+            return False  # another thread is in a call of its own
+        try:
+            with self._lock:
+                if self.broken or self._closing or self._queue or self._sending or len(self.results) != len(items):
+                    return False
+            ids = [task_id for task_id, _ in items]
+            segments: list[str] = []
+            signature = b""
+            try:
+                sock = self._own_socket()
+                batch = BatchWriter()
+                for task_id, frames in items:
+                    batch.add(task_id, frames)
+                    segments += _shm.manifest_names(frames)
+                msg = self.session.build(MsgType.APPLY_REQUEST, batch.fields(), buffers=batch.buffers())
+                signature = msg[1]
+                self._own_sent[signature] = (ids, segments)
+                send_frames(sock, msg)
+            except BaseException as exc:
+                # Not sent (whatever stopped it, Ctrl-C included): the tasks end here, and their segments.
+                self._own_sent.pop(signature, None)
+                error = exc if isinstance(exc, (ZPoolError, KeyboardInterrupt)) else BrokenPoolError(repr(exc))
+                self.results.fail(ids, lambda: error)
+                for _, frames in items:
+                    _shm.release(frames)
+                raise
+            while not done():
+                if self.dead.is_set() or self._closing:
+                    self._fail_unanswered(ids)
+                    break
+                if sock.poll(OWN_POLL_MS):
+                    self._read_own(sock)
+            self._own_sent.pop(signature, None)  # answered: no notice about it can follow
+            return True
+        finally:
+            self._own_lock.release()
+
+    def _fail_unanswered(self, ids: list[str]) -> None:
+        broken = self.broken
+        if broken:
+            self.results.fail(ids, lambda: BrokenPoolError(broken))
+        else:
+            self.results.fail(ids, lambda: PoolClosedError("the connection to the controller was closed"))
+
+    def _own_socket(self) -> zmq.Socket[Any]:
+        if self._own is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.connect(self._address)
+            self._own = sock
+        return self._own
+
+    def _read_own(self, sock: zmq.Socket[Any]) -> None:
+        """Settle what arrived on the callers' own socket (whoever holds _own_lock)."""
+        while True:
+            frames = recv_ready(sock)
+            if frames is None:
+                return
+            try:
+                msg = self.session.unpack(frames)
+                if msg.msg_type == MsgType.APPLY_REPLY.value:
+                    self.results.handle_reply(msg)
+                elif msg.msg_type == MsgType.REJECT_NOTICE.value:
+                    self._on_own_rejected(msg)
+                else:
+                    raise ProtocolError(f"unexpected {msg.msg_type} on the callers' own socket")
+            except ZPoolError as exc:
+                logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
+
+    def _on_own_rejected(self, msg: Message) -> None:
+        try:
+            signature = bytes.fromhex(str(msg.content.get("signature", "")))
+        except ValueError:
+            return
+        sent = self._own_sent.pop(signature, None)
+        if sent is None:
+            return
+        ids, segments = sent
+        for name in segments:  # the controller never accepted them
+            _shm.unlink(name)
+        text = _rejected_text(msg.content.get("reason"))
+        self.results.fail(ids, lambda: AuthenticationError(text))
+
+    def _read_own_leftovers(self) -> None:
+        """Answers to calls whose caller stopped waiting (I/O thread, when no caller uses the socket)."""
+        if self._own is None or not self._own_lock.acquire(blocking=False):
+            return
+        try:
+            self._read_own(self._own)
+            while len(self._own_sent) > OWN_SENT_MEMORY:
+                self._own_sent.popitem(last=False)
+        finally:
+            self._own_lock.release()
 
     def _enqueue(self, item: Any) -> None:
         self._enqueue_all([item])
@@ -282,11 +404,16 @@ class Connection:
                 if time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + WATCH_INTERVAL_S
                     self._check_controller()
+                    self._read_own_leftovers()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             logger.exception("zpool I/O thread failed")
             self._break(f"the client's I/O thread failed: {type(exc).__name__}: {exc}")
         finally:
             self._sock.close(linger=0)
+            self._closing = True  # a caller waiting on its own socket leaves within OWN_POLL_MS
+            with self._own_lock:
+                if self._own is not None:
+                    self._own.close(linger=0)
             self._ctx.term()
             self.dead.set()  # the socket is closed: nothing queued will go out any more
             with self._lock:
@@ -308,6 +435,7 @@ class Connection:
                 pass
             items, self._queue = self._queue, []
             self._signaled = False
+            self._sending = bool(items)
         return items
 
     def _send_queued(self) -> None:
@@ -315,6 +443,7 @@ class Connection:
         self._heard = time.monotonic()  # (see __init__: it owes nothing older than this)
         try:
             self._send_items(items)
+            self._sending = False
         except BaseException:
             # Whatever was not sent never will be (the I/O thread fails): no wait on it may hang.
             for item in items:
@@ -412,12 +541,7 @@ class Connection:
         self._sent_tasks -= len(what) if isinstance(what, list) else 1
         for name in self._sent_segments.pop(signature, ()):  # the controller never accepted them
             _shm.unlink(name)
-        text = (
-            f"the controller rejected the message carrying this call ({content.get('reason')}). Its signature"
-            " no longer matched its contents, which usually means an argument's memory (a numpy array, a"
-            " bytearray) was modified after the call returned and before the data was sent; pass a copy,"
-            " or modify arguments only once the result has arrived"
-        )
+        text = _rejected_text(content.get("reason"))
         if isinstance(what, list):
             self.results.fail(what, lambda: AuthenticationError(text))
         else:
@@ -427,9 +551,8 @@ class Connection:
 
     def _receive(self) -> None:
         while True:
-            try:
-                frames = recv_frames(self._sock, zmq.NOBLOCK)
-            except zmq.Again:
+            frames = recv_ready(self._sock)
+            if frames is None:
                 return
             try:
                 msg = self.session.unpack(frames)
@@ -509,3 +632,12 @@ class Connection:
                     _shm.release(frames)
                 if isinstance(item, _Flagged) and item.tracker is not None:
                     item.tracker._abandon()
+
+
+def _rejected_text(reason: Any) -> str:
+    return (
+        f"the controller rejected the message carrying this call ({reason}). Its signature"
+        " no longer matched its contents, which usually means an argument's memory (a numpy array, a"
+        " bytearray) was modified after the call returned and before the data was sent; pass a copy,"
+        " or modify arguments only once the result has arrived"
+    )

@@ -48,7 +48,7 @@ from zpool.protocol import (
     Session,
     TaskStatus,
     encode,
-    recv_frames,
+    recv_ready,
     send_frames,
 )
 
@@ -64,6 +64,8 @@ WATCH_INTERVAL_S = 0.05
 # while younger than this; older ones are re-signed, so receivers' replay
 # guards (see protocol.ReplayGuard's slack) never see stale dates.
 FORWARD_MAX_AGE_S = 1.0
+# How long an engine that could not be reached is given to finish dying (see Hub._unreachable).
+UNREACHABLE_WAIT_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -205,9 +207,8 @@ class Hub:
     def _drain(self, sock: zmq.Socket[Any]) -> None:
         handlers = self._handlers[sock]
         for _ in range(DRAIN_BATCH):
-            try:
-                frames = recv_frames(sock, zmq.NOBLOCK)
-            except zmq.Again:
+            frames = recv_ready(sock)
+            if frames is None:
                 return
             try:
                 msg = self.session.unpack(frames)
@@ -583,7 +584,20 @@ class Hub:
             for t in tasks:
                 t.source = None  # frames stay until the reply: a retry may need them
             if not self._send(self.engine, slot.ident, frames):
-                self._engine_gone(slot.ident, "could not be reached")
+                self._unreachable(slot.ident)
+
+    def _unreachable(self, ident: bytes) -> None:
+        """A send to an engine failed: its socket is gone, usually because its process just died.
+
+        The process closes its sockets an instant before it can be reaped:
+        wait for that instant, so that its tasks fail saying how it ended
+        (``SIGKILL``, an exit code), not merely that it could not be reached.
+        """
+        record = self.engines.get(ident)
+        if record is not None and record.pid is not None and self.launcher is not None:
+            self.launcher.wait_exit(record.pid, UNREACHABLE_WAIT_S)
+            self._watch_processes()
+        self._engine_gone(ident, "could not be reached")
 
     def _on_heartbeat_reply(self, msg: Message, frames: list[Any]) -> None:
         beat = msg.header.get("beat")

@@ -122,6 +122,17 @@ class LocalEngines:
             ended.append((pid, how, registered, retired))
         return ended
 
+    def wait_exit(self, pid: int, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for engine `pid` to end; whether it has (:meth:`reap` collects it)."""
+        proc = self.procs.get(pid)
+        if proc is None:
+            return True
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def kill(self, pid: int) -> None:
         proc = self.procs.get(pid)
         if proc is not None:

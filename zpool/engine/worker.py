@@ -68,6 +68,7 @@ from zpool.protocol import (
     TaskStatus,
     encode,
     recv_frames,
+    recv_ready,
     send_frames,
 )
 from zpool.serialize import callable_name, dumps, loads, loads_call, set_main_namespace, short_repr
@@ -157,8 +158,7 @@ class Engine:
             with lock:
                 # Between tasks, read what arrived: more work, and aborts, which must
                 # overtake the tasks queued here.
-                if not self.pending or int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
-                    self._drain()
+                self._drain()
                 if (
                     not self.pending
                     or len(self.outbox) >= REPLY_BATCH_MAX
@@ -223,9 +223,8 @@ class Engine:
 
     def _drain(self) -> None:
         while True:
-            try:
-                frames = recv_frames(self.sock, zmq.NOBLOCK)
-            except zmq.Again:
+            frames = recv_ready(self.sock)
+            if frames is None:
                 return
             try:
                 msg = self.session.unpack(frames)
