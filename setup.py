@@ -32,6 +32,9 @@ setup(
             "networkx>=2.6",
             "hypothesis>=6.50",
         ],
+        # The peers that benchmarks/bench_core.py compares zpool with, each when installed
+        # (adapters in benchmarks/_peers.py); zpool itself never imports them.
+        "bench": ["mpire", "loky", "ray", "dask[distributed]", "ipyparallel"],
     },
     entry_points={},
     classifiers=[
