@@ -619,6 +619,9 @@ def peer_list(text: str) -> list[str]:
     return keys
 
 
+FIGURE_KEYS = ("startup", "latency", "apply_async", "map", "imap", "uneven", "cpu", "array")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--processes", type=int, default=2, help="pool size (default 2)")
@@ -637,6 +640,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"run only these back-ends (overrides --peers): {', '.join(BACKEND_KEYS)}",
     )
     p.add_argument("--skip-array", action="store_true", help="skip the 200 MB figure")
+    p.add_argument(
+        "--figures",
+        metavar="KEY[,KEY]",
+        help=f"run only these figures: {', '.join(FIGURE_KEYS)} (default: all)",
+    )
     p.add_argument("--json", metavar="PATH", help="write raw numbers to PATH")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny sizes, for the test suite
     return p.parse_args(argv)
@@ -664,6 +672,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not args.skip_array:
         figures.append(Figure("array", fig_array, peers=False))
+    if args.figures:
+        wanted = {key.strip() for key in args.figures.split(",")}
+        unknown = wanted - set(FIGURE_KEYS)
+        if unknown:
+            print(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURE_KEYS)}")
+            return 2
+        figures = [f for f in figures if f.key in wanted]
     rows = [r for r in make_rows(s) if r.figure in {f.key for f in figures}]
 
     print(

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import weakref
+from _thread import RLock as _RLock
 from _thread import allocate_lock as _allocate_lock
 from typing import Any, Callable, Generator, Generic, TypeVar, cast
 
@@ -55,41 +56,40 @@ def _stamp(seconds: float | None) -> datetime.datetime | None:
 class _Condition:
     """The part of :class:`threading.Condition` a :class:`concurrent.futures.Future` uses, made cheap.
 
-    Future's own methods (and ``concurrent.futures.wait``) never take its
-    condition re-entrantly, so a plain lock serves; the list of waiters is
-    made by the first :meth:`wait`. ``threading.Condition(Lock())`` costs
-    four times as much to create (it probes its lock for RLock methods,
-    raising AttributeError three times), and its RLock default costs the
-    garbage collector four more objects per result.
+    Re-entrant, as Future's own condition is: ``concurrent.futures.wait``
+    (FIRST_EXCEPTION) calls ``cancelled()`` and ``exception()`` on futures
+    whose conditions it holds. The list of waiters is made by the first
+    :meth:`wait`. ``threading.Condition()`` costs four times as much to
+    create, in Python code run for each of tens of thousands of results.
     """
 
     __slots__ = ("_lock", "_waiters")
 
     def __init__(self) -> None:
-        self._lock = _allocate_lock()
+        self._lock: Any = _RLock()  # (_release_save and _acquire_restore: the C RLock has them)
         self._waiters: list[Any] | None = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._lock.acquire(blocking, timeout)
+        return bool(self._lock.acquire(blocking, timeout))
 
     def release(self) -> None:
         self._lock.release()
 
     def __enter__(self) -> bool:
-        return self._lock.acquire()
+        return bool(self._lock.acquire())
 
     def __exit__(self, *exc_info: Any) -> None:
         self._lock.release()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Release the lock until notified or `timeout` seconds pass (caller holds the lock)."""
+        """Release the lock (however often it is held) until notified or `timeout` seconds pass."""
         waiter = _allocate_lock()
         waiter.acquire()
         waiters = self._waiters
         if waiters is None:
             waiters = self._waiters = []
         waiters.append(waiter)
-        self._lock.release()
+        saved = self._lock._release_save()
         got = False
         try:
             if timeout is None:
@@ -100,7 +100,7 @@ class _Condition:
                 got = waiter.acquire(False)
             return got
         finally:
-            self._lock.acquire()
+            self._lock._acquire_restore(saved)
             if not got:
                 try:
                     waiters.remove(waiter)

@@ -102,6 +102,8 @@ class MsgType(str, enum.Enum):
     INTERRUPT_REPLY = "interrupt_reply"
     PURGE_REQUEST = "purge_request"
     PURGE_REPLY = "purge_reply"
+    RECALL_REQUEST = "recall_request"
+    RECALL_REPLY = "recall_reply"
 
 
 class TaskStatus(str, enum.Enum):

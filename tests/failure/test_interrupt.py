@@ -154,7 +154,9 @@ def test_abort_with_interrupt_stops_running_and_queued_tasks(fresh_pool):
     assert pool.map(_tasks.square, range(4), chunksize=1) == [0, 1, 4, 9]
     status = pool.queue_status()
     assert sum(e["running"] + e["queued"] for e in status["engines"].values()) == 0
-    assert sum(e["failed"] for e in status["engines"].values()) == reply["sent_to_engines"]
+    # The two interrupted failed on their engines; those queued behind them came back and failed at once
+    # (or, had their engine not given them back, failed there before starting).
+    assert 2 <= sum(e["failed"] for e in status["engines"].values()) <= reply["sent_to_engines"]
 
 
 @pytest.mark.timeout(120)

@@ -162,7 +162,8 @@ def test_tasks_that_never_run_release_their_arguments(fresh_pool):
     assert len(segments(prefix)) == 1
     impossible = pool.apply_async(_tasks.identity, (big_array(),), after=[failing])
     timed_out = pool.apply_async(_tasks.identity, (big_array(),), after=[blocker], timeout=0.5)
-    assert pool.abort(aborted)["aborted"] == 1
+    # Failed by the scheduler, or (queued on the busy engine behind the blocker) given back by it and failed.
+    assert sum(pool.abort(aborted).values()) == 1
     with pytest.raises(zpool.TaskAborted):
         aborted.get(T)
     with pytest.raises(zpool.ImpossibleDependency):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import zpool
 from tests import _tasks
 
 T = 60
@@ -104,3 +105,40 @@ def test_hwm_limits_outstanding_per_engine(fresh_pool, hwm):
     for r in burst:
         r.get(T)
     assert 1 <= seen_max <= hwm
+
+
+@pytest.mark.timeout(120)
+def test_a_task_queued_behind_a_long_one_is_recalled_for_the_idle_engine(fresh_pool):
+    # Adaptive hwm: each engine holds the task it runs and the next. Placed in this order
+    # (leastload), engine A gets long + behind, engine B short + other. B soon has
+    # nothing left: the controller takes `behind` back from A, which has not started it.
+    pool = fresh_pool(2)
+    pool.wait_for_engines(2, timeout=T)
+    pool.map(_tasks.square, range(4), chunksize=1)  # both engines up and warm
+    long = pool.apply_async(_tasks.sleep_pid, (8.0,))
+    short = pool.apply_async(_tasks.sleep_pid, (0.05,))
+    behind = pool.apply_async(_tasks.sleep_pid, (0.05,))
+    other = pool.apply_async(_tasks.sleep_pid, (0.05,))
+    started = time.monotonic()
+    done_by = behind.get(T)
+    assert time.monotonic() - started < 6.0  # not after the long task's 8 s
+    assert done_by == short.get(T) == other.get(T)
+    assert behind.metadata.engine_id == short.metadata.engine_id
+    pool.abort(long, interrupt=True)
+    with pytest.raises(zpool.TaskAborted):
+        long.get(T)
+    assert long.metadata.engine_id != short.metadata.engine_id
+
+
+@pytest.mark.timeout(120)
+def test_recall_keeps_every_task_answered_once_under_churn(fresh_pool):
+    # Uneven tasks in waves: recalls happen at the end of every wave; nothing is lost or doubled.
+    pool = fresh_pool(2)
+    for wave in range(6):
+        durations = [0.2 if i % 7 == 0 else 0.002 for i in range(40)]
+        results = [pool.apply_async(_tasks.sleep_then, (d, (wave, i))) for i, d in enumerate(durations)]
+        assert [r.get(T) for r in results] == [(wave, i) for i in range(40)]
+    status = pool.queue_status()
+    assert status["unassigned"] == 0
+    assert sum(e["queue"] for e in status["engines"].values()) == 0
+    assert sum(e["completed"] for e in status["engines"].values()) >= 240

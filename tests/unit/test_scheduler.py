@@ -198,16 +198,16 @@ def test_leastload_fills_the_idle_engine_first():
     assert ids(s.assign()) == {0: ["b0"], 1: ["b1"]}
 
 
-def test_adaptive_hwm_starts_at_one_and_grows_for_tiny_tasks():
+def test_adaptive_hwm_starts_at_two_and_grows_for_tiny_tasks():
     s = make_scheduler(1, hwm=None)
-    assert s.limit() == 1
+    assert s.limit() == 2  # one running, the next waiting on the engine
     s.submit(tasks(50))
-    assert ids(s.assign()) == {0: ["t0"]}
+    assert ids(s.assign()) == {0: ["t0", "t1"]}
 
     engine = s.engines[b"engine-0"]
     s.finish(engine, "t0", ok=True, run_s=1e-4)  # 1 + 0.002 / 1e-4
     assert s.limit() == 21
-    assert len(s.assign()[engine]) == 21
+    assert len(s.assign()[engine]) == 20
     assert len(s.queue) == 28
 
     s.finish(engine, "t1", ok=True, run_s=1e-9)
@@ -233,8 +233,8 @@ def test_adaptive_hwm_shrinks_back_for_long_tasks():
     placed = s.assign()[engine]
     for task in placed[:3]:
         s.finish(engine, task.task_id, ok=True, run_s=2.0)
-    assert s.limit() == 1
-    assert s.assign() == {}  # the engine still holds more than one
+    assert s.limit() == 2  # never below: the next task waits on the engine, recall keeps the balance
+    assert s.assign() == {}  # the engine still holds more than two
 
 
 def test_negative_run_time_is_ignored():
@@ -243,7 +243,7 @@ def test_negative_run_time_is_ignored():
     s.submit(tasks(1))
     s.assign()
     assert s.finish(engine, "t0", ok=False, run_s=-1.0).task_id == "t0"
-    assert s.limit() == 1
+    assert s.limit() == 2  # as before any task ran
     assert engine.failed == 1
 
 
@@ -310,3 +310,87 @@ def test_status_counts():
         "waiting": 0,
         "limit": 1,
     }
+
+
+# -- recall: queued tasks come back for idle engines --------------------------------
+
+
+def _two_engines_one_loaded(n_tasks: int = 4) -> tuple[Scheduler, EngineSlot]:
+    """Engine 0 (returned) holds `n_tasks` (placed on it directly); engine 1 holds none."""
+    s = make_scheduler(2, hwm=0)
+    busy = s.by_id[0]
+    s.submit(tasks(n_tasks))
+    for task in list(s.queue):
+        s.queue.remove(task)
+        s._place(task, busy, {})
+    return s, busy
+
+
+def test_recall_asks_the_busy_engine_for_half_of_its_queue_beyond_the_running_task():
+    s, busy = _two_engines_one_loaded(5)
+    asks = s.recalls()
+    assert asks == {busy: ["t3", "t4"]}  # of t1..t4 queued behind t0: the last placed half
+    assert busy.recalling == {"t3", "t4"}
+    assert s.recalls() == {}  # one request at a time
+
+
+def test_recall_never_asks_for_the_running_task_nor_while_work_waits():
+    s, _ = _two_engines_one_loaded(1)
+    assert s.recalls() == {}  # t0 alone: it runs
+    s, _ = _two_engines_one_loaded(3)
+    s.submit(tasks(1, prefix="new"))
+    s.assign()  # the idle engine takes the new task instead
+    assert s.recalls() == {}
+
+
+def test_recall_leaves_restricted_direct_and_aborted_tasks_alone():
+    s, busy = _two_engines_one_loaded(2)
+    only_here = Task("pinned", b"client", [b"p"], {"targets": [0]})
+    s.submit([only_here])
+    s.assign()
+    assert list(busy.outstanding) == ["t0", "t1", "pinned"]
+    s.abort(["t1"])  # placed: marked, the engine is told
+    assert s.recalls() == {}
+
+
+def test_recalled_tasks_go_first_in_line_to_the_idle_engine():
+    s, busy = _two_engines_one_loaded(5)
+    busy.budget = 3  # (maxtasksperchild)
+    s.recalls()
+    s.submit(tasks(1, prefix="later"))
+    assert s.recalled(busy, ["t4", "t3", "stranger"], ["t3", "t4"]) == 2
+    assert busy.recalling == set()
+    assert list(busy.outstanding) == ["t0", "t1", "t2"]
+    assert busy.budget == 5  # what it gave back it may still be given
+    batches = s.assign()
+    assert ids(batches)[1][:2] == ["t3", "t4"]  # in their first order, ahead of the newer task
+
+
+def test_recall_answered_after_the_engine_started_one_keeps_it_there():
+    s, busy = _two_engines_one_loaded(3)
+    s.recalls()  # asks for t2
+    assert s.finish(busy, "t2", ok=True, run_s=0.01) is not None  # it ran before the request arrived
+    assert busy.recalling == set()
+    assert s.recalled(busy, [], ["t2"]) == 0
+    assert s.done["t2"] == 0
+
+
+def test_a_task_aborted_while_recalled_fails_instead_of_running_elsewhere():
+    s, busy = _two_engines_one_loaded(3)
+    assert s.recalls() == {busy: ["t2"]}
+    aborted, placed = s.abort(["t2"])
+    assert (aborted, placed) == (0, {busy: ["t2"]})
+    assert s.recalled(busy, ["t2"], ["t2"]) == 0
+    failures = s.take_failures()
+    assert [(t.task_id, ename) for t, ename, _, _ in failures] == [("t2", "TaskAborted")]
+    assert s.assign() == {}
+
+
+def test_adaptive_limit_keeps_a_task_waiting_behind_long_ones():
+    s = make_scheduler(1, hwm=None)
+    engine = s.by_id[0]
+    s.submit(tasks(5))
+    s.assign()
+    s.finish(engine, "t0", ok=True, run_s=5.0)
+    assert s.limit() == 2
+    assert ids(s.assign()) == {0: ["t2"]}

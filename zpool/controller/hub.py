@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import zmq
 
@@ -157,6 +157,7 @@ class Hub:
             },
             self.heartbeat: {
                 MsgType.HEARTBEAT_REPLY.value: self._on_heartbeat_reply,
+                MsgType.RECALL_REPLY.value: self._on_recall_reply,
             },
         }
 
@@ -301,6 +302,11 @@ class Hub:
         for slot, task_ids in placed.items():
             notice += len(task_ids)
             self._send(self.engine, slot.ident, self.session.build(MsgType.ABORT_REQUEST, {"ids": task_ids}))
+            # Those queued there come back at once and fail (the engine would reach them only
+            # after the task it runs); the abort request covers any it cannot give back.
+            queued = [i for i in task_ids if i not in slot.recalling]
+            if queued:
+                self._recall(slot, queued)
             if interrupt:  # the one running, if it is one of them (the engine knows)
                 self._interrupt(slot.ident, task_ids)
         self._reply(msg, MsgType.ABORT_REPLY, {"aborted": aborted, "sent_to_engines": notice})
@@ -585,6 +591,28 @@ class Hub:
                 t.source = None  # frames stay until the reply: a retry may need them
             if not self._send(self.engine, slot.ident, frames):
                 self._unreachable(slot.ident)
+        for slot, task_ids in self.scheduler.recalls().items():
+            self._recall(slot, task_ids)
+
+    def _recall(self, slot: EngineSlot, task_ids: list[str]) -> None:
+        """Ask an engine to give back tasks it has not started (its heartbeat thread answers, even mid-task)."""
+        slot.recalling.update(task_ids)
+        recall = self.session.build(MsgType.RECALL_REQUEST, content=encode({"ids": task_ids}))
+        try:
+            send_frames(self.heartbeat, [slot.ident, *recall])
+        except zmq.ZMQError:
+            slot.recalling.difference_update(task_ids)  # gone: its death is noticed elsewhere
+
+    def _on_recall_reply(self, msg: Message, frames: list[Any]) -> None:
+        content = msg.content
+        given, asked = content.get("recalled"), content.get("ids")
+        for value in (given, asked):
+            if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+                raise ProtocolError("recall_reply without lists of task ids")
+        slot = self.scheduler.engines.get(_ident(msg))
+        if slot is not None:
+            self.scheduler.recalled(slot, cast("list[str]", given), cast("list[str]", asked))
+            self._send_failures()  # aborted meanwhile
 
     def _unreachable(self, ident: bytes) -> None:
         """A send to an engine failed: its socket is gone, usually because its process just died.

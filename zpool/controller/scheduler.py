@@ -21,9 +21,10 @@ Placement is a pure function of per-engine load and recency,
 High-water mark (``hwm``): the most tasks outstanding on one engine. ``1``
 balances best (no task waits behind another while an engine is idle) but
 pays a full round trip per task; ``0`` means no limit. ``None`` (the
-default) adapts: each engine may hold ``1 + ADAPTIVE_BUDGET_S / t`` tasks,
-where ``t`` is the recent mean task run time, so tiny tasks travel many per
-message while long tasks go one at a time and stay balanced.
+default) adapts: each engine may hold ``max(2, 1 + ADAPTIVE_BUDGET_S / t)``
+tasks, where ``t`` is the recent mean task run time, so tiny tasks travel
+many per message while long ones go one after another with the next always
+waiting on the engine; recall (below) keeps either balanced.
 
 Dependencies (DESIGN §5). A task may carry flags: ``after`` and ``follow``
 (graph dependencies on other tasks, each a set of ids with ``all``,
@@ -44,6 +45,20 @@ unmet) are queued on each engine that may run them, the first to take one
 winning (the other entries go stale, so nothing is ever searched or
 rescanned); tasks whose engines are not up yet are parked until engines
 change. Aborted tasks are dropped from queues when reached.
+
+Recall. Engines hold tasks queued behind the one they run (the
+in-flight limit, at least two when adaptive), so that none waits a round
+trip for its next task. When the ready queue is empty and an engine goes
+idle while another still holds tasks it has not started,
+:meth:`Scheduler.recalls` picks some of those (the last placed, up to half
+of the engine's queue) and the hub asks their engine for them back;
+:meth:`Scheduler.recalled` makes the ones it gave back ready again, ahead
+of anything else, and the idle engine takes them. Only tasks that may run
+anywhere are recalled, and only under the load-aware schemes (``leastload``,
+the default, and ``weighted``; the others place by recency or chance on
+purpose). So work queued on engines never stays behind a long task while
+another engine has nothing to do, and the in-flight limit costs no balance.
+(:meth:`abort` uses the same request to take queued tasks back at once.)
 
 Direct tasks (flag ``direct``, with one target: the engines' namespaces,
 DESIGN §7's views) bypass all of that. They go to their engine in the
@@ -73,6 +88,8 @@ __all__ = ["SCHEMES", "EngineSlot", "Scheduler", "Task", "choose_engine"]
 # running task: enough to hide the scheduler round trip (~0.3 ms on loopback).
 ADAPTIVE_BUDGET_S = 0.002
 ADAPTIVE_MAX = 512
+# Schemes that place by load: under these, queued tasks are recalled for idle engines.
+LOAD_AWARE = ("leastload", "weighted")
 # Weight of the newest task in the run-time moving average.
 EWMA_ALPHA = 0.2
 
@@ -145,6 +162,7 @@ class Task:
     """One task waiting in, or passing through, the scheduler."""
 
     __slots__ = (
+        "abort_asked",
         "after",
         "client",
         "deadline",
@@ -183,6 +201,7 @@ class Task:
         self.unmet_on: set[int] | None = None  # engines where its functional dependency was unmet: never again
         self.failed_on: set[int] | None = None  # engines it failed on (retries prefer others)
         self.direct = False  # for its one target, in order, at once (see the module docstring)
+        self.abort_asked = False  # placed when aborted: if its engine gives it back (recall), it fails
         if flags:
             self.direct = bool(flags.get("direct"))
             if flags.get("after"):
@@ -227,6 +246,8 @@ class EngineSlot:
     pinned: collections.deque[tuple[int, Task]] = field(default_factory=collections.deque)
     # Direct tasks for this engine, in arrival order (sent whatever the limits).
     direct: collections.deque[Task] = field(default_factory=collections.deque)
+    # Ids of tasks it holds that were asked back (see Scheduler.recalls), until it answers.
+    recalling: set[str] = field(default_factory=set)
 
     @property
     def load(self) -> int:
@@ -409,8 +430,8 @@ class Scheduler:
         if self.hwm is not None:
             return self.hwm
         if self._mean_run_s is None:
-            return 1
-        return min(ADAPTIVE_MAX, 1 + int(ADAPTIVE_BUDGET_S / max(self._mean_run_s, 1e-7)))
+            return 2
+        return min(ADAPTIVE_MAX, max(2, 1 + int(ADAPTIVE_BUDGET_S / max(self._mean_run_s, 1e-7))))
 
     # -- tasks -----------------------------------------------------------
 
@@ -632,6 +653,61 @@ class Scheduler:
         else:
             batch.append(task)
 
+    def recalls(self) -> dict[EngineSlot, list[str]]:
+        """Tasks to ask back from busy engines while others are idle (call after :meth:`assign`).
+
+        Only when nothing is left to place (an idle engine would have taken
+        it) and no earlier request is unanswered. From each busy engine, for
+        as many busy engines as are idle, the most loaded first: the last
+        placed of the tasks that may run anywhere, up to half of what it
+        holds beyond the task it runs (at least one). The engine gives back
+        those it has not started (:meth:`recalled`).
+        """
+        if self.scheme not in LOAD_AWARE:
+            return {}
+        slots = self.engines.values()
+        idle = sum(1 for e in slots if not e.outstanding and e.budget != 0)
+        if not idle or any(e.recalling for e in slots):
+            return {}
+        asks: dict[EngineSlot, list[str]] = {}
+        for slot in sorted((e for e in slots if len(e.outstanding) >= 2), key=lambda e: -len(e.outstanding)):
+            if idle == 0:
+                break
+            held = list(slot.outstanding.values())[1:]  # the first placed is the one running (or next)
+            movable = [t.task_id for t in held if not t.direct and not t.abort_asked and not t.restricted()]
+            if not movable:
+                continue
+            ids = movable[-max(1, len(held) // 2) :]
+            slot.recalling.update(ids)
+            asks[slot] = ids
+            idle -= 1
+        return asks
+
+    def recalled(self, slot: EngineSlot, given: Iterable[str], asked: Iterable[str]) -> int:
+        """`slot`'s engine answered a request for `asked`, giving back `given` (not started there).
+
+        They are ready again, first in line (ahead of tasks submitted
+        since); those aborted meanwhile (see :meth:`abort`, which asks for
+        them back too) fail now, since their engine will never answer them.
+        Returns how many are ready again.
+        """
+        asked = set(asked) & slot.recalling
+        slot.recalling -= asked
+        mine = asked.intersection(given)  # others were not asked for: not the engine's to give
+        back: list[Task] = []
+        for task_id, task in [(i, t) for i, t in slot.outstanding.items() if i in mine]:  # in placement order
+            del slot.outstanding[task_id]
+            task.engine = None
+            if slot.budget is not None and not task.direct:
+                slot.budget += 1
+            if task.abort_asked:
+                self._fail(task, "TaskAborted", f"task {task_id} was aborted before it ran")
+                continue
+            task.gen += 1
+            back.append(task)
+        self.queue.extendleft(reversed(back))
+        return len(back)
+
     def finish(
         self, slot: EngineSlot, task_id: str, ok: bool, run_s: float, unmet: bool = False, aborted: bool = False
     ) -> Task | None:
@@ -645,6 +721,8 @@ class Scheduler:
         if task is None:
             return None
         task.engine = None
+        if slot.recalling:
+            slot.recalling.discard(task_id)  # asked back too late: it ran
         if task.direct:
             unmet = False  # it raised UnmetDependency on the one engine it was for: that is its answer
         if run_s >= 0 and not unmet and not task.direct:
@@ -843,6 +921,7 @@ class Scheduler:
             if task is None:
                 continue
             if task.engine is not None:
+                task.abort_asked = True
                 placed.setdefault(task.engine, []).append(task_id)
                 continue
             self._fail(task, "TaskAborted", f"task {task_id} was aborted before it ran")

@@ -11,11 +11,13 @@ The main thread runs user code and does the engine socket's I/O; the
 heartbeat thread owns its own socket, so a long task never looks like a
 dead engine.
 
-Replies are held back while more tasks are waiting and the held replies are
-young, then sent as one message: tiny tasks travel many per message both
-ways. So that a held reply never waits for a slow task that follows it, the
-heartbeat thread sends the held replies when the main thread has been in
-user code longer than the hold time. That is the one place two threads use
+Replies of tiny tasks are held back while more tasks are waiting and the
+held replies are young, then sent as one message: tiny tasks travel many per
+message both ways. A task that ran longer than ``HOLD_TASK_MAX_S`` is
+answered at once, so the controller sends the next without delay. So that
+a held reply never waits for a slow task that follows it, the heartbeat
+thread sends the held replies when the main thread has been in user code
+longer than the hold time. That is the one place two threads use
 the engine socket, and a lock serialises every use of it (ZeroMQ sockets
 may change threads across a memory barrier; they may not be used by two at
 once).
@@ -82,8 +84,15 @@ logger = logging.getLogger(__name__)
 
 # Replies wait at most this long for company while more tasks are queued.
 REPLY_HOLD_S = 0.002
+# ... and only after tasks shorter than this: a longer task's reply goes at once, so that the
+# controller hears of it (and sends the next task) without delay; a message per such task costs
+# little. (The heartbeat thread, which sends held replies when a task runs long, may itself wait
+# for the interpreter lock up to sys.getswitchinterval() behind CPU-bound code.)
+HOLD_TASK_MAX_S = 0.0002
 REPLY_BATCH_MAX = 512
 REGISTER_TIMEOUT_S = 60.0
+# How long the heartbeat thread waits for the main thread's lock to take recalled tasks back.
+GIVE_BACK_WAIT_S = 0.05
 
 
 class Engine:
@@ -127,6 +136,7 @@ class Engine:
         self.aborted: set[str] = set()  # queued here, aborted by the client: answered, never run
         self.outbox = BatchWriter(REPLY_COLUMNS)
         self.outbox_since = 0.0
+        self.last_run_s = 0.0  # how long the last task took, loading and answering included
         self.in_task = False
         self.task_id: str | None = None  # the task running, or last run
         self.interrupting: str | None = None  # the task interrupt() was asked for last (see request_interrupt)
@@ -154,7 +164,9 @@ class Engine:
                 continue
             if self.outbox:
                 self._beats.wake()  # replies are held: have them sent if this task is slow
+            began = time.monotonic()
             self._run_one()
+            self.last_run_s = time.monotonic() - began
             with lock:
                 # Between tasks, read what arrived: more work, and aborts, which must
                 # overtake the tasks queued here.
@@ -162,6 +174,7 @@ class Engine:
                 if (
                     not self.pending
                     or len(self.outbox) >= REPLY_BATCH_MAX
+                    or self.last_run_s >= HOLD_TASK_MAX_S
                     or time.monotonic() - self.outbox_since > REPLY_HOLD_S
                 ):
                     self.flush()
@@ -245,6 +258,33 @@ class Engine:
         batch = Batch(msg.header, msg.buffers)
         self.pending.extend((task_id, batch.payload(i)) for i, task_id in enumerate(batch.ids))
 
+    def give_back(self, ids: set[str]) -> list[str]:
+        """Take the tasks of `ids` that are queued here, not started, out of the queue; return their ids.
+
+        Called by the heartbeat thread when the controller recalls them (for
+        an idle engine, or to abort them). The main thread reads the socket
+        only between tasks, so this reads what has arrived first. Never
+        waits long for the main thread: when it holds the lock for long, it
+        is waiting for work, and nothing is queued.
+        """
+        if not self.lock.acquire(timeout=GIVE_BACK_WAIT_S):
+            return []
+        try:
+            self._drain()
+            given: list[str] = []
+            kept: collections.deque[tuple[str, list[Any]]] = collections.deque()
+            for entry in self.pending:
+                if entry[0] in ids:
+                    given.append(entry[0])
+                else:
+                    kept.append(entry)
+            if given:
+                self.pending = kept
+                self.aborted.difference_update(given)
+            return given
+        finally:
+            self.lock.release()
+
     # -- interrupting ---------------------------------------------------------
 
     def request_interrupt(self, ids: Any) -> bool:
@@ -285,7 +325,10 @@ class Engine:
     # -- running --------------------------------------------------------------
 
     def _run_one(self) -> None:
-        task_id, frames = self.pending.popleft()
+        with self.lock:  # give_back may have taken the queue's tasks meanwhile (heartbeat thread)
+            if not self.pending:
+                return
+            task_id, frames = self.pending.popleft()
         started = time.time()
         if self.aborted and task_id in self.aborted:
             self.aborted.discard(task_id)
@@ -532,6 +575,13 @@ class _Heartbeat:
                 if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
                     raise ProtocolError("interrupt_request with ids that are not a list of task ids")
                 self.engine.request_interrupt(None if ids is None else set(ids))
+            elif msg.msg_type == MsgType.RECALL_REQUEST.value:
+                ids = msg.content.get("ids")
+                if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+                    raise ProtocolError("recall_request without a list of task ids")
+                given = self.engine.give_back(set(ids))
+                reply = encode({"ids": ids, "recalled": given})
+                send_frames(sock, self.session.build(MsgType.RECALL_REPLY, content=reply))
             elif msg.msg_type == MsgType.SHUTDOWN_REQUEST.value:
                 _exit("the controller asked it to shut down", self.engine.shared, level=logging.INFO)
             else:
