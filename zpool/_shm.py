@@ -65,6 +65,7 @@ DIRECTORY = "/dev/shm"
 # Buffers from this size on go through shared memory (see docs/arrays.md for the measurement).
 THRESHOLD = 1 << 20
 MANIFEST = b"ZPSHM1"
+_MANIFEST_FIRST = MANIFEST[:1]
 # zpool-<cluster id>-<c|e><pid>-<n>: nothing else is ever opened or unlinked.
 _NAME = re.compile(r"zpool-[0-9a-f]{8,32}-[ce][0-9]{1,10}-[0-9]{1,20}")
 # A segment a writer keeps for reuse (Writer) has a name of its own, which no message carries.
@@ -557,8 +558,12 @@ def read_manifest(frame: Any) -> dict[int, tuple[str, int]] | None:
 
 def is_manifest(frame: Any) -> bool:
     """Whether a payload's first frame is a manifest; one byte looked at (a pickle starts with b"\\x80")."""
-    first = frame[:1] if type(frame) is bytes else bytes(memoryview(frame)[:1])
-    return first == MANIFEST[:1]
+    kind = type(frame)
+    if kind is bytes:
+        return bool(frame[:1] == _MANIFEST_FIRST)
+    if kind is memoryview and frame.format == "B" and frame.ndim == 1:  # inline payloads: slices of the pack
+        return bool(frame.nbytes > 0 and frame[0] == MANIFEST[0])
+    return bytes(memoryview(frame)[:1]) == _MANIFEST_FIRST
 
 
 def release(frames: Sequence[Any], prefix: str | None = None) -> None:

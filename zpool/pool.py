@@ -481,9 +481,9 @@ class Pool(_NamespaceMethods):
         self._check_running()
         self._check_func(func, callback, error_callback)
         wire_flags, track = self._task_flags(flags)
-        if not isinstance(kwds, collections.abc.Mapping):
+        if type(kwds) is not dict and not isinstance(kwds, collections.abc.Mapping):
             raise TypeError(f"kwds must be a mapping (a dict of keyword arguments), not {type(kwds).__name__}")
-        frames = dumps_call(func, tuple(args), dict(kwds), shared=self._shm)
+        frames = dumps_call(func, args if type(args) is tuple else tuple(args), dict(kwds), shared=self._shm)
         task_id = self._conn.session.new_id()
         ar: AsyncResult[T] = AsyncResult([task_id], callable_name(func))
         ar._owner, ar._runner = self, self._callbacks

@@ -272,7 +272,10 @@ class Connection:
                 for task_id, frames in items:
                     batch.add(task_id, frames)
                     segments += _shm.manifest_names(frames)
-                msg = self.session.build(MsgType.APPLY_REQUEST, batch.fields(), buffers=batch.buffers())
+                fields = batch.fields()
+                if segments:
+                    fields["shm"] = True
+                msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
                 signature = msg[1]
                 self._own_sent[signature] = (ids, segments)
                 send_frames(sock, msg)
@@ -510,6 +513,8 @@ class Connection:
             # [first task index, count, flags] per run of tasks sharing flags: a map's
             # thousand chunks that depend on a thousand tasks carry the ids once.
             fields["flags"] = flags
+        if segments:
+            fields["shm"] = True  # the controller looks for segments in this message's payloads
         msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
         self._remember(msg[1], batch.ids)
         if segments:

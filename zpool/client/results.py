@@ -102,7 +102,8 @@ class ResultTable:
         # The outcome itself for single-task results (most of them), else
         # (outcome, index): one object fewer per call for the garbage collector.
         self._tasks: dict[str, Any] = {}
-        self._empty = threading.Condition()
+        self._lock = threading.Lock()  # taken directly on the hot path (Condition's own __enter__ is Python)
+        self._empty = threading.Condition(self._lock)
         self._closed = False
 
     def __len__(self) -> int:
@@ -118,7 +119,7 @@ class ResultTable:
             task can slip in after the pending ones were failed).
         """
         ids = outcome.msg_ids
-        with self._empty:
+        with self._lock:
             if self._closed:
                 raise PoolClosedError("Pool not running")
             if len(ids) == 1:
@@ -129,7 +130,7 @@ class ResultTable:
 
     def close(self, exc_for: Callable[[], BaseException]) -> None:
         """Fail every pending task with ``exc_for()`` and accept no more."""
-        with self._empty:
+        with self._lock:
             self._closed = True
         self.fail_all(exc_for)
 

@@ -269,10 +269,11 @@ class Hub:
         flags = _task_flags(msg.header.get("flags"), len(batch.ids))
         tasks = [Task(task_id, client, batch.payload(i), flags.get(i)) for i, task_id in enumerate(batch.ids)]
         prefix = self.info.shm_prefix
-        if prefix:
+        if prefix and msg.header.get("shm"):  # (the client says when any payload refers to segments)
             for task in tasks:
                 names = _shm.manifest_names(task.frames, prefix)
                 if names:
+                    task.segments = names
                     # As many users as the sender declared, counted once: the other tasks
                     # sharing the segments may arrive after the first has finished.
                     users = _shm.manifest_users(task.frames[0])
@@ -360,10 +361,8 @@ class Hub:
 
     def _release_segments(self, task: Task) -> None:
         """`task` is done for good: unlink the segments of its arguments no other live task needs."""
-        prefix = self.info.shm_prefix
-        if not prefix:
-            return
-        for name in _shm.manifest_names(task.frames, prefix):
+        names, task.segments = task.segments, None
+        for name in names or ():
             left = self._segments[name] - 1
             if left > 0:
                 self._segments[name] = left

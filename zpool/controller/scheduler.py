@@ -111,6 +111,10 @@ RECORD_WINDOW = 100_000
 RECORD_AGE_S = 3600.0
 
 
+def _nbytes(frame: Any) -> int:
+    return frame.nbytes if type(frame) is memoryview else memoryview(frame).nbytes
+
+
 class _DepState:
     """One graph dependency of a waiting task, with counts so that each finished id costs O(1)."""
 
@@ -175,6 +179,7 @@ class Task:
         "frames",
         "gen",
         "retries",
+        "segments",
         "source",
         "targets",
         "task_id",
@@ -188,6 +193,8 @@ class Task:
         self.flags = flags  # as received, kept for resubmit
         # The client message it came in, while forwarding that whole is possible.
         self.source: Any = None
+        # Shared-memory segments its payload refers to (set by the hub; freed when it is done for good).
+        self.segments: list[str] | None = None
         self.engine: EngineSlot | None = None
         # False once a reply from an engine led to running it again (retry, unmet dependency).
         self.final = True
@@ -325,7 +332,10 @@ class Scheduler:
         self._settling = False
         self._next_id = 0  # engine ids below this were given out already
         # task id -> (payload, flags) of finished tasks, for resubmit (bounded, oldest first out).
-        self.kept: collections.OrderedDict[str, tuple[list[bytes], dict[str, Any] | None]] = collections.OrderedDict()
+        # task id -> (payload, flags, payload size)
+        self.kept: collections.OrderedDict[str, tuple[list[bytes], dict[str, Any] | None, int]] = (
+            collections.OrderedDict()
+        )
         self._kept_bytes = 0
         self._clock = clock or time.monotonic
         self._rng = random.Random(seed)
@@ -753,20 +763,22 @@ class Scheduler:
         if self._settling:
             return
         self._settling = True
+        now = self._clock()
         try:
             while self._settle:
                 finished, code = self._settle.popleft()
                 task_id = finished.task_id
                 self.live.pop(task_id, None)
                 self.done[task_id] = code
-                self._done_order.append((self._clock(), task_id))
+                self._done_order.append((now, task_id))
                 if finished.frames:
                     if self.on_finished is not None:
                         self.on_finished(finished)
                     self._keep(finished)
                 finished.frames = []
                 finished.source = None
-                for dependent in self.dependents.pop(task_id, {}).values():
+                waiting = self.dependents.pop(task_id, None) if self.dependents else None
+                for dependent in waiting.values() if waiting else ():
                     if dependent.task_id not in self.waiting:
                         continue  # already failed or timed out
                     for dep in (dependent.after, dependent.follow):
@@ -775,7 +787,7 @@ class Scheduler:
                     if self._evaluate(dependent):
                         self.waiting.pop(dependent.task_id, None)
                         self._unindex(dependent)
-            self._forget_old()
+            self._forget_old(now)
         finally:
             self._settling = False
 
@@ -800,21 +812,21 @@ class Scheduler:
                 forgotten += 1
                 kept = self.kept.pop(task_id, None)
                 if kept is not None:
-                    self._kept_bytes -= sum(len(f) for f in kept[0])
+                    self._kept_bytes -= kept[2]
         if forgotten:
             self._done_order = collections.deque(entry for entry in self._done_order if entry[1] in self.done)
         return forgotten, live
 
-    def _forget_old(self) -> None:
+    def _forget_old(self, now: float) -> None:
         """Forget finished tasks beyond the record window (by count and age), and their kept calls."""
         order, done = self._done_order, self.done
-        horizon = self._clock() - self.record_age
+        horizon = now - self.record_age
         while order and (len(order) > self.record_window or order[0][0] < horizon):
             _, task_id = order.popleft()
             done.pop(task_id, None)
             kept = self.kept.pop(task_id, None)
             if kept is not None:
-                self._kept_bytes -= sum(len(f) for f in kept[0])
+                self._kept_bytes -= kept[2]
         deadlines = self._deadlines
         if len(deadlines) > 2 * len(self.waiting) + 1024:
             # Entries of tasks no longer waiting go when they reach the top; never let them pile up.
@@ -822,19 +834,20 @@ class Scheduler:
             heapq.heapify(self._deadlines)
 
     def _keep(self, task: Task) -> None:
-        if task.frames and _shm.is_manifest(task.frames[0]):
+        frames = task.frames
+        if _shm.is_manifest(frames[0]):
             return  # its segments are freed now: such a call cannot run again
         size = 0
-        for frame in task.frames:
-            size += len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+        for frame in frames:
+            size += len(frame) if type(frame) is bytes else _nbytes(frame)
         if size > KEEP_TASK_BYTES:
             return
         # Copied: a view would keep its whole message (a batch of many tasks) alive.
-        self.kept[task.task_id] = ([bytes(memoryview(f)) for f in task.frames], task.flags)
+        self.kept[task.task_id] = ([f if type(f) is bytes else bytes(f) for f in frames], task.flags, size)
         self._kept_bytes += size
-        while self._kept_bytes > KEEP_BYTES or len(self.kept) > KEEP_COUNT:
-            _, (frames, _) = self.kept.popitem(last=False)
-            self._kept_bytes -= sum(len(f) for f in frames)
+        kept = self.kept
+        while self._kept_bytes > KEEP_BYTES or len(kept) > KEEP_COUNT:
+            self._kept_bytes -= kept.popitem(last=False)[1][2]
 
     def resubmit(self, old_ids: Sequence[str], new_ids: Sequence[str], client: bytes) -> list[Task]:
         """Run finished tasks again under new ids; return the new tasks that cannot be (they are failed)."""
@@ -860,7 +873,7 @@ class Scheduler:
                 self._failures.append((task, "InvalidDependency", why, None))
                 refused.append(task)
                 continue
-            frames, flags = kept
+            frames, flags, _ = kept
             fresh.append(Task(new, client, list(frames), flags))
         self.submit(fresh)
         return refused

@@ -91,6 +91,8 @@ REPLY_HOLD_S = 0.002
 HOLD_TASK_MAX_S = 0.0002
 REPLY_BATCH_MAX = 512
 REGISTER_TIMEOUT_S = 60.0
+# While tasks are queued here, the socket is read between tasks at least this often.
+DRAIN_EVERY_S = 0.001
 # How long the heartbeat thread waits for the main thread's lock to take recalled tasks back.
 GIVE_BACK_WAIT_S = 0.05
 
@@ -137,6 +139,7 @@ class Engine:
         self.outbox = BatchWriter(REPLY_COLUMNS)
         self.outbox_since = 0.0
         self.last_run_s = 0.0  # how long the last task took, loading and answering included
+        self._drained_at = 0.0  # when the main thread last read the socket between tasks
         self.in_task = False
         self.task_id: str | None = None  # the task running, or last run
         self.interrupting: str | None = None  # the task interrupt() was asked for last (see request_interrupt)
@@ -168,9 +171,13 @@ class Engine:
             self._run_one()
             self.last_run_s = time.monotonic() - began
             with lock:
-                # Between tasks, read what arrived: more work, and aborts, which must
-                # overtake the tasks queued here.
-                self._drain()
+                # Between tasks, read what arrived: more work, and aborts, which must overtake
+                # the tasks queued here (a millisecond late at most: asking the socket costs as
+                # much as a tiny task; aborts of queued tasks also come through recall).
+                now = time.monotonic()
+                if not self.pending or now - self._drained_at >= DRAIN_EVERY_S:
+                    self._drained_at = now
+                    self._drain()
                 if (
                     not self.pending
                     or len(self.outbox) >= REPLY_BATCH_MAX
