@@ -11,7 +11,12 @@ first submission to the last result:
    has no dependencies). The schedule is checked: every task started after
    its predecessors completed;
 3. the same DAG's controller cost: CPU seconds the controller process spent,
-   per task.
+   per task;
+4. the controller's memory per outstanding task: its resident set size
+   before and after 50,000 tiny tasks are submitted that cannot run yet,
+   divided by their number. Twice: tasks that wait for a dependency (on a
+   long task), and ready tasks queued in the scheduler (``hwm=1``, both
+   engines busy with a long task).
 
 Run::
 
@@ -34,7 +39,7 @@ for _p in (REPO, HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _workloads import noop  # noqa: E402
+from _workloads import noop, sleep_for  # noqa: E402
 
 
 def independent(pool, n: int, timeout: float = 300.0) -> float:
@@ -81,6 +86,37 @@ def controller_cpu(pool) -> float:
     return times.user + times.system
 
 
+def controller_process(pool):
+    import psutil
+
+    pids = set(pool.queue_status()["engine_pids"].values())
+    return psutil.Process(next(iter(pids))).parent()
+
+
+def memory_per_task(pool, n: int, waiting: bool, timeout: float = 120.0) -> float:
+    """Bytes of controller RSS per task of `n` outstanding ones (see figure 4)."""
+    controller = controller_process(pool)
+    blockers = [pool.apply_async(sleep_for, (timeout,)) for _ in range(1 if waiting else 2)]
+    deadline = time.monotonic() + timeout
+    while sum(e["running"] for e in pool.queue_status()["engines"].values()) < len(blockers):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the blocking tasks never started")
+        time.sleep(0.01)
+    before = controller.memory_info().rss
+    flags = {"after": blockers} if waiting else {}
+    pending = [pool.apply_async(noop, (i,), **flags) for i in range(n)]
+    key = "waiting" if waiting else "unassigned"
+    while pool.queue_status()[key] < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the controller never held the {n:,} tasks")
+        time.sleep(0.05)
+    per_task = (controller.memory_info().rss - before) / n
+    pool.abort(blockers + pending, interrupt=True)
+    for ar in blockers + pending:
+        ar.wait(timeout)
+    return per_task
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--processes", type=int, default=2)
@@ -119,6 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         f" (schedule checked: {checked:,} edges)"
     )
     print(f"3. controller CPU per DAG task: {statistics.median(cpu_per_task) * 1e6:.0f} us")
+    n = 50_000
+    with zpool.Pool(args.processes) as pool:
+        pool.wait_for_engines()
+        waiting = memory_per_task(pool, n, waiting=True)
+    with zpool.Pool(args.processes, hwm=1) as pool:
+        pool.wait_for_engines()
+        queued = memory_per_task(pool, n, waiting=False)
+    print(
+        f"4. controller memory per outstanding task ({n:,} tasks): {waiting:,.0f} bytes waiting for a dependency,"
+        f" {queued:,.0f} bytes queued ready"
+    )
     return 0
 
 

@@ -129,6 +129,7 @@ def _future_fields() -> frozenset[str]:
 # Whether Future.__init__ sets exactly the fields AsyncResult sets itself (true from 3.9 to 3.13).
 _LEAN_FUTURE = _future_fields() == {"_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"}
 _PENDING = concurrent.futures._base.PENDING
+_FINISHED = concurrent.futures._base.FINISHED
 
 
 class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-arg]
@@ -200,6 +201,10 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         zpool.TimeoutError
             If `timeout` seconds pass first (the work goes on).
         """
+        if self._state == _FINISHED:  # the common case, without the condition's lock (set before the state)
+            if self._exception is not None:
+                raise self._exception
+            return cast(T, self._result)
         if not self.wait(timeout):
             raise TimeoutError(
                 f"{self._what()} not ready after {timeout} s; the task keeps running, call get() again to wait more"

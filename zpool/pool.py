@@ -381,6 +381,8 @@ class Pool(_NamespaceMethods):
         # Scheduling flags: defaults for every call (set_flags), and per thread for a block (temp_flags).
         self._default_flags: dict[str, Any] = {}
         self._temp_flags = threading.local()
+        self._temp_active = 0  # temp_flags blocks open, in any thread
+        self._temp_lock = threading.Lock()
         # Live imap feeders: join() lets them read ahead without bound.
         self._feeders: weakref.WeakSet[_IMapState] = weakref.WeakSet()
         self._all_engines_seen = False  # `engines` waits for the first full complement
@@ -709,9 +711,13 @@ class Pool(_NamespaceMethods):
         if stack is None:
             stack = self._temp_flags.stack = []
         stack.append(flags)
+        with self._temp_lock:
+            self._temp_active += 1
         try:
             yield
         finally:
+            with self._temp_lock:
+                self._temp_active -= 1
             stack.pop()
 
     @property
@@ -724,9 +730,8 @@ class Pool(_NamespaceMethods):
 
     def _task_flags(self, call_flags: Mapping[str, Any]) -> tuple[dict[str, Any] | None, bool]:
         """The wire form of the flags a call gets, and whether its sends are tracked (``track``)."""
-        stack = getattr(self._temp_flags, "stack", None)
-        if not call_flags and not self._default_flags and not stack:
-            return None, False  # the common case, kept cheap
+        if not call_flags and not self._default_flags and not self._temp_active:
+            return None, False  # the common case, kept cheap (no thread is in a temp_flags block)
         merged = self.flags
         merged.update(call_flags)
         return task_flags(merged), bool(merged.get("track"))

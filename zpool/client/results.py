@@ -118,7 +118,7 @@ class ResultTable:
             If :meth:`close` was called (checked atomically with it, so no
             task can slip in after the pending ones were failed).
         """
-        ids = outcome.msg_ids
+        ids = getattr(outcome, "_ids", None) or outcome.msg_ids  # (an AsyncResult's, without a copy)
         with self._lock:
             if self._closed:
                 raise PoolClosedError("Pool not running")

@@ -26,8 +26,7 @@ import enum
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, cast
+from typing import Any, Callable, NamedTuple, cast
 
 import zmq
 
@@ -68,8 +67,7 @@ FORWARD_MAX_AGE_S = 1.0
 UNREACHABLE_WAIT_S = 0.2
 
 
-@dataclass(frozen=True)
-class HubSettings:
+class HubSettings(NamedTuple):
     scheme: str = "leastload"
     hwm: int | None = None
     heartbeat_interval: float = 1.0
@@ -90,23 +88,26 @@ class HubState(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass
 class _Source:
     """A client message kept so it can be forwarded whole."""
 
-    frames: list[Any]
-    count: int
-    date: float
+    __slots__ = ("count", "date", "frames")
+
+    def __init__(self, frames: list[Any], count: int, date: float) -> None:
+        self.frames = frames
+        self.count = count
+        self.date = date
 
 
-@dataclass
 class EngineRecord:
-    engine_id: int
-    ident: bytes
-    pid: int | None
-    hostname: str
-    # Taking tasks: registered, and its setup (initializer) done.
-    ready: bool = False
+    __slots__ = ("engine_id", "hostname", "ident", "pid", "ready")
+
+    def __init__(self, engine_id: int, ident: bytes, pid: int | None, hostname: str) -> None:
+        self.engine_id = engine_id
+        self.ident = ident
+        self.pid = pid
+        self.hostname = hostname
+        self.ready = False  # taking tasks: registered, and its setup (initializer) done
 
 
 class Hub:

@@ -75,7 +75,6 @@ import heapq
 import itertools
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from zpool import _shm
@@ -235,26 +234,42 @@ class Task:
                 yield from dep.pending
 
 
-@dataclass(eq=False)
 class EngineSlot:
-    """The scheduler's view of one engine."""
+    """The scheduler's view of one engine (compared by identity)."""
 
-    engine_id: int
-    ident: bytes
-    outstanding: dict[str, Task] = field(default_factory=dict)
-    last_used: int = -1
-    completed: int = 0
-    failed: int = 0
-    # Tasks it may still be given before it retires (maxtasksperchild); None: no end.
-    budget: int | None = None
-    # Ready tasks restricted to some engines, this one among them, as (gen, task):
-    # a task sits in the queue of every engine it may run on, and the first to
-    # take it wins; the other entries go stale (see Task.gen).
-    pinned: collections.deque[tuple[int, Task]] = field(default_factory=collections.deque)
-    # Direct tasks for this engine, in arrival order (sent whatever the limits).
-    direct: collections.deque[Task] = field(default_factory=collections.deque)
-    # Ids of tasks it holds that were asked back (see Scheduler.recalls), until it answers.
-    recalling: set[str] = field(default_factory=set)
+    __slots__ = (
+        "budget",
+        "completed",
+        "direct",
+        "engine_id",
+        "failed",
+        "ident",
+        "last_used",
+        "outstanding",
+        "pinned",
+        "recalling",
+    )
+
+    def __init__(self, engine_id: int, ident: bytes, last_used: int = -1, budget: int | None = None) -> None:
+        self.engine_id = engine_id
+        self.ident = ident
+        self.outstanding: dict[str, Task] = {}
+        self.last_used = last_used
+        self.completed = 0
+        self.failed = 0
+        # Tasks it may still be given before it retires (maxtasksperchild); None: no end.
+        self.budget = budget
+        # Ready tasks restricted to some engines, this one among them, as (gen, task):
+        # a task sits in the queue of every engine it may run on, and the first to
+        # take it wins; the other entries go stale (see Task.gen).
+        self.pinned: collections.deque[tuple[int, Task]] = collections.deque()
+        # Direct tasks for this engine, in arrival order (sent whatever the limits).
+        self.direct: collections.deque[Task] = collections.deque()
+        # Ids of tasks it holds that were asked back (see Scheduler.recalls), until it answers.
+        self.recalling: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"EngineSlot({self.engine_id}, load={len(self.outstanding)})"
 
     @property
     def load(self) -> int:

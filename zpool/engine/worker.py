@@ -42,7 +42,6 @@ import threading
 import time
 import traceback
 import types
-import uuid
 from typing import Any
 
 import zmq
@@ -111,7 +110,7 @@ class Engine:
     def __init__(self, info: ConnectionInfo, parent_pid: int | None = None) -> None:
         self.info = info
         self.session = Session(info.key)
-        self.ident = b"engine-" + uuid.uuid4().hex.encode()
+        self.ident = b"engine-" + os.urandom(16).hex().encode()
         self.engine_id: int | None = None
         main = types.ModuleType("__main__", "zpool engine namespace")
         # As a real __main__ has: code run with these globals (and C code that
