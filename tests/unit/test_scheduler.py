@@ -394,3 +394,30 @@ def test_adaptive_limit_keeps_a_task_waiting_behind_long_ones():
     s.finish(engine, "t0", ok=True, run_s=5.0)
     assert s.limit() == 2
     assert ids(s.assign()) == {0: ["t2"]}
+
+
+def test_an_abort_that_overtakes_its_task_fails_the_task_as_it_arrives():
+    # A blocking call's task and its abort travel on two connections: the abort may come first.
+    s = make_scheduler(1)
+    assert s.abort(["late"]) == (0, {})
+    late, other = Task("late", b"client", [b"p"]), Task("other", b"client", [b"p"])
+    s.submit([late, other])
+    failures = s.take_failures()
+    assert [(t.task_id, ename) for t, ename, _, _ in failures] == [("late", "TaskAborted")]
+    assert s.done["late"] == FAILED_UNPLACED
+    assert ids(s.assign()) == {0: ["other"]}
+    s.submit([Task("late2", b"client", [b"p"])])
+    assert s.take_failures() == []  # remembered once, for that id only
+
+
+def test_aborts_ahead_are_bounded():
+    from zpool.controller import scheduler as module
+
+    clock = [0.0]
+    s = Scheduler(clock=lambda: clock[0])
+    for i in range(module.ABORTED_AHEAD_MAX + 10):
+        s.abort([f"x{i}"])
+    assert len(s._aborted_ahead) == module.ABORTED_AHEAD_MAX
+    clock[0] += module.ABORTED_AHEAD_S + 1
+    s.abort(["fresh"])
+    assert list(s._aborted_ahead) == ["fresh"]

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any, Callable
@@ -256,7 +258,17 @@ class Connection:
         returns once ``done()`` holds: the replies were settled here, or the
         tasks were failed elsewhere (the connection broke or closed). If the
         wait is interrupted (Ctrl-C), the I/O thread reads the replies later.
+
+        Sending a message, and reading and settling a reply, must not stop
+        half-way (a message cut short corrupts the socket; a reply read and
+        not settled leaves its result pending forever): in the main thread,
+        a Ctrl-C arriving then is held until the step is over (:class:`_HoldCtrlC`).
+        Where that cannot be done (another SIGINT handler is installed), this
+        path is not taken.
         """
+        hold = _HoldCtrlC()
+        if hold.needed and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return False
         if not self._own_lock.acquire(blocking=False):
             return False  # another thread is in a call of its own
         try:
@@ -266,21 +278,26 @@ class Connection:
             ids = [task_id for task_id, _ in items]
             segments: list[str] = []
             signature = b""
+            sent = False
             try:
-                sock = self._own_socket()
-                batch = BatchWriter()
-                for task_id, frames in items:
-                    batch.add(task_id, frames)
-                    segments += _shm.manifest_names(frames)
-                fields = batch.fields()
-                if segments:
-                    fields["shm"] = True
-                msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
-                signature = msg[1]
-                self._own_sent[signature] = (ids, segments)
-                send_frames(sock, msg)
+                with hold:
+                    sock = self._own_socket()
+                    batch = BatchWriter()
+                    for task_id, frames in items:
+                        batch.add(task_id, frames)
+                        segments += _shm.manifest_names(frames)
+                    fields = batch.fields()
+                    if segments:
+                        fields["shm"] = True
+                    msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
+                    signature = msg[1]
+                    self._own_sent[signature] = (ids, segments)
+                    send_frames(sock, msg)
+                    sent = True
             except BaseException as exc:
-                # Not sent (whatever stopped it, Ctrl-C included): the tasks end here, and their segments.
+                if sent:
+                    raise  # a Ctrl-C held during the send: the tasks are the controller's (the caller aborts them)
+                # Not sent: the tasks end here, and their segments.
                 self._own_sent.pop(signature, None)
                 error = exc if isinstance(exc, (ZPoolError, KeyboardInterrupt)) else BrokenPoolError(repr(exc))
                 self.results.fail(ids, lambda: error)
@@ -292,7 +309,7 @@ class Connection:
                     self._fail_unanswered(ids)
                     break
                 if sock.poll(OWN_POLL_MS):
-                    self._read_own(sock)
+                    self._read_own(sock, hold)
             self._own_sent.pop(signature, None)  # answered: no notice about it can follow
             return True
         finally:
@@ -316,22 +333,23 @@ class Connection:
             self._own = sock
         return self._own
 
-    def _read_own(self, sock: zmq.Socket[Any]) -> None:
+    def _read_own(self, sock: zmq.Socket[Any], hold: _HoldCtrlC | None = None) -> None:
         """Settle what arrived on the callers' own socket (whoever holds _own_lock)."""
         while True:
-            frames = recv_ready(sock)
-            if frames is None:
-                return
-            try:
-                msg = self.session.unpack(frames)
-                if msg.msg_type == MsgType.APPLY_REPLY.value:
-                    self.results.handle_reply(msg)
-                elif msg.msg_type == MsgType.REJECT_NOTICE.value:
-                    self._on_own_rejected(msg)
-                else:
-                    raise ProtocolError(f"unexpected {msg.msg_type} on the callers' own socket")
-            except ZPoolError as exc:
-                logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
+            with hold or _NO_HOLD:  # each message read and settled whole
+                frames = recv_ready(sock)
+                if frames is None:
+                    return
+                try:
+                    msg = self.session.unpack(frames)
+                    if msg.msg_type == MsgType.APPLY_REPLY.value:
+                        self.results.handle_reply(msg)
+                    elif msg.msg_type == MsgType.REJECT_NOTICE.value:
+                        self._on_own_rejected(msg)
+                    else:
+                        raise ProtocolError(f"unexpected {msg.msg_type} on the callers' own socket")
+                except ZPoolError as exc:
+                    logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
 
     def _on_own_rejected(self, msg: Message) -> None:
         try:
@@ -637,6 +655,40 @@ class Connection:
                     _shm.release(frames)
                 if isinstance(item, _Flagged) and item.tracker is not None:
                     item.tracker._abandon()
+
+
+class _HoldCtrlC:
+    """Holds a Ctrl-C off the main thread for the duration of a ``with`` block, then raises it.
+
+    Only the main thread ever gets ``KeyboardInterrupt``; elsewhere this does
+    nothing. In the main thread, SIGINT's handler is swapped for one that
+    notes the signal, and put back at the end of the block, where the noted
+    Ctrl-C is raised (unless another exception is on its way already).
+    """
+
+    __slots__ = ("_noted", "_previous", "needed")
+
+    def __init__(self) -> None:
+        self.needed = threading.current_thread() is threading.main_thread()
+        self._noted = False
+        self._previous: Any = None
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._noted = True
+
+    def __enter__(self) -> None:
+        if self.needed:
+            self._noted = False
+            self._previous = signal.signal(signal.SIGINT, self._note)
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.needed:
+            signal.signal(signal.SIGINT, self._previous)
+            if self._noted and kind is None:
+                raise KeyboardInterrupt
+
+
+_NO_HOLD = contextlib.nullcontext()
 
 
 def _rejected_text(reason: Any) -> str:

@@ -134,6 +134,7 @@ class Hub:
         self._next_engine_id = 0
         self._state = HubState.RUNNING
         self._shutdown_requests: list[Message] = []
+        self._reading_engines = False  # (see _engine_gone)
 
         self.ctx = zmq.Context()
         self.client = self._bind(zmq.ROUTER, info.client)
@@ -674,6 +675,15 @@ class Hub:
             self._send_failures()
 
     def _engine_gone(self, ident: bytes, how: str) -> None:
+        if ident not in self.engines:
+            return
+        if not self._reading_engines:
+            # Replies it sent before it died, already here, count: read them first.
+            self._reading_engines = True
+            try:
+                self._drain(self.engine)
+            finally:
+                self._reading_engines = False
         record = self._forget_engine(ident)
         if record is None:
             return

@@ -105,6 +105,9 @@ KEEP_COUNT = 10_000
 FAILED_UNPLACED = -1
 # How many departed engines are remembered, to say why a direct task cannot reach one.
 DEPARTED_MAX = 1024
+# Aborts of task ids not seen yet, remembered for tasks that arrive after them: the newest so many, so long.
+ABORTED_AHEAD_MAX = 10_000
+ABORTED_AHEAD_S = 60.0
 # Finished tasks remembered (for dependencies on them and resubmit): the newest so many, of the last so long.
 RECORD_WINDOW = 100_000
 RECORD_AGE_S = 3600.0
@@ -336,6 +339,8 @@ class Scheduler:
         self.record_window = record_window
         self.record_age = record_age
         self._done_order: collections.deque[tuple[float, str]] = collections.deque()  # (when, id), oldest first
+        # Ids aborted before their task arrived (see abort): id -> when.
+        self._aborted_ahead: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.waiting: dict[str, Task] = {}  # dependencies not met yet
         self.dependents: dict[str, dict[str, Task]] = {}  # task id -> the waiting tasks that depend on it
         self.starting: set[int] = set()  # engines registered, not ready yet (running the initializer)
@@ -469,6 +474,10 @@ class Scheduler:
                 self._fail(task, "InvalidDependency", f"task id {task_id} is already in use", record=False)
                 if self.on_finished is not None:
                     self.on_finished(task)
+                continue
+            if self._aborted_ahead and self._aborted_ahead.pop(task_id, None) is not None:
+                self.live[task_id] = task
+                self._fail(task, "TaskAborted", f"task {task_id} was aborted before it ran")
                 continue
             self.live[task_id] = task
             if task.direct:
@@ -941,12 +950,18 @@ class Scheduler:
         """Fail the given tasks not yet placed with TaskAborted; return their count, and the placed ones per engine.
 
         Queue entries of aborted tasks are dropped when reached (no queue is searched).
+        An id not seen yet is remembered for a while (:data:`ABORTED_AHEAD_MAX`,
+        :data:`ABORTED_AHEAD_S`): a client may send a task and its abort on two
+        connections (a blocking call's own socket, the I/O thread's), and the
+        abort may arrive first; the task then fails as it arrives.
         """
         placed: dict[EngineSlot, list[str]] = {}
         aborted = 0
         for task_id in set(task_ids):
             task = self.live.get(task_id)
             if task is None:
+                if task_id not in self.done:
+                    self._abort_ahead(task_id)
                 continue
             if task.engine is not None:
                 task.abort_asked = True
@@ -955,6 +970,14 @@ class Scheduler:
             self._fail(task, "TaskAborted", f"task {task_id} was aborted before it ran")
             aborted += 1
         return aborted, placed
+
+    def _abort_ahead(self, task_id: str) -> None:
+        ahead = self._aborted_ahead
+        now = self._clock()
+        ahead[task_id] = now
+        ahead.move_to_end(task_id)
+        while ahead and (len(ahead) > ABORTED_AHEAD_MAX or next(iter(ahead.values())) < now - ABORTED_AHEAD_S):
+            ahead.popitem(last=False)
 
     def drop_where(self, predicate: Callable[[Task], bool]) -> list[Task]:
         """Fail the ready (not yet placed) tasks matching `predicate`; return them."""
