@@ -34,8 +34,9 @@ Figures (``processes=2`` unless ``--processes N``):
    1.00 is perfect).
 7. 200 CPU-bound 5 ms tasks -- ``apply_async(spin, (k,))`` per task, k
    calibrated once in this process before the figures run so that
-   ``spin(k)`` takes about 5 ms on one core; its time t is measured then
-   (median of 11 runs).  Reported: wall / ideal, ideal = 200 * t /
+   ``spin(k)`` takes about 5 ms on one core; its time t is measured again
+   in this process just before each timed repetition (median of 7 runs:
+   the host's speed drifts).  Reported: wall / ideal, ideal = 200 * t /
    processes.  For zpool also the controller's CPU share: the controller's
    CPU seconds divided by those of the controller and engines together,
    over the figure.
@@ -397,11 +398,12 @@ def fig_uneven(pool, s: Settings, budget: float | None):
 def fig_cpu(pool, s: Settings, budget: float | None):
     k = s.cpu_iterations
     expected = spin(k)
-    ideal = s.cpu_tasks * s.cpu_single_s / s.processes
     meter = ControllerMeter.of(pool)
     run_tasks(pool, spin, [k] * (2 * s.processes), s.get_timeout)  # warm-up
     ratios, shares = [], []
     for _ in range(s.reps):
+        # The host's speed drifts: time one task here again, just before, for the ideal.
+        ideal = s.cpu_tasks * statistics.median(timed(spin, k) for _ in range(7)) / s.processes
         before = meter.read() if meter else None
         t0 = time.perf_counter()
         out = run_tasks(pool, spin, [k] * s.cpu_tasks, s.get_timeout)

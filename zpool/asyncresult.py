@@ -278,9 +278,11 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         A dependency on this result sends them along: the controller
         remembers finished tasks only for a while (``record_window``).
         """
+        if self._pending == len(self._ids):
+            return {}  # none has ended yet (the common case: a graph submitted ahead of its running)
         raws = self._metadata if isinstance(self._metadata, list) else [self._metadata]
         codes: dict[str, int] = {}
-        for task_id, raw in zip(self.msg_ids, raws):
+        for task_id, raw in zip(self._ids, raws):
             if raw is None:
                 continue
             if isinstance(raw, Metadata):

@@ -115,6 +115,8 @@ def task_ids(dependencies: Any) -> list[str]:
     for dep in dependencies:
         if isinstance(dep, str):
             ids.append(dep)
+        elif (own := getattr(dep, "_ids", None)) is not None and type(own) is tuple:  # an AsyncResult's, no copy
+            ids.extend(own)
         elif hasattr(dep, "msg_ids"):
             ids.extend(dep.msg_ids)
         else:
@@ -138,6 +140,29 @@ def _results_in(dependencies: Any) -> list[Any]:
     if isinstance(dependencies, (list, tuple, set, frozenset)):
         return [d for d in dependencies if hasattr(d, "_outcome_codes")]
     return []
+
+
+def _wire_dependency(value: Any) -> dict[str, Any] | None:
+    """The wire form of a flag's dependency (as :meth:`Dependency.as_dict`); None if it names no task.
+
+    A Dependency the caller made says so itself; anything else (a task id, an
+    AsyncResult, a list of them: the common case, a graph's edges) is encoded
+    directly, without the Dependency a call would throw away at once.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Dependency):
+        return value.as_dict() if value else None
+    ids = task_ids(value)
+    if not ids:
+        return None
+    out: dict[str, Any] = {"ids": sorted(set(ids)), "all": True, "success": True, "failure": False}
+    known: dict[str, int] = {}
+    for result in _results_in(value):
+        known.update(result._outcome_codes())
+    if known:
+        out["known"] = known
+    return out
 
 
 def as_dependency(value: Any) -> Dependency | None:
@@ -166,9 +191,9 @@ def task_flags(flags: Mapping[str, Any]) -> dict[str, Any] | None:
     # (track is the caller's business: it never goes on the wire)
     out: dict[str, Any] = {}
     for name in ("after", "follow"):
-        dep = as_dependency(flags.get(name))
-        if dep:
-            out[name] = dep.as_dict()
+        wire = _wire_dependency(flags.get(name))
+        if wire is not None:
+            out[name] = wire
     timeout = flags.get("timeout")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
