@@ -130,6 +130,7 @@ def _future_fields() -> frozenset[str]:
 _LEAN_FUTURE = _future_fields() == {"_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"}
 _PENDING = concurrent.futures._base.PENDING
 _FINISHED = concurrent.futures._base.FINISHED
+_NOT_DONE = (concurrent.futures._base.PENDING, concurrent.futures._base.RUNNING)
 
 
 class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-arg]
@@ -376,7 +377,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
         """Record one task's outcome; `md` is ``(engine_id, status, started, completed, received)``."""
         self._account(index, md)
-        if self._decided or self.done():
+        if self._decided or self._state not in _NOT_DONE:  # (done(), without its lock: _set checks again)
             return  # an earlier task failed it (or it was cancelled): just account
         values = self._values
         if not ok:

@@ -462,11 +462,12 @@ class Session:
         self.session = os.urandom(16).hex()
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
         self._counter = itertools.count()
+        self._id_prefix = self.session[:12] + "-"
         self.guard = ReplayGuard()
 
     def new_id(self) -> str:
         """Return an id unique across the cluster (session id + counter)."""
-        return f"{self.session[:12]}-{next(self._counter)}"
+        return f"{self._id_prefix}{next(self._counter)}"
 
     def sign(self, frames: Iterable[Any]) -> bytes:
         """Return the HMAC-SHA256 signature of `frames` (length-prefixed)."""

@@ -505,7 +505,7 @@ def dumps_call(
     SerializationError
         Naming the function, argument or keyword argument that failed.
     """
-    if _is_plain(func) and all(_is_plain(a) for a in args) and (not kwargs or all(map(_is_plain, kwargs.values()))):
+    if _is_plain(func) and all(map(_is_plain, args)) and (not kwargs or all(map(_is_plain, kwargs.values()))):
         # The common small call (apply_async(f, (1,))): what the full path would produce, faster.
         return [pickle.dumps((func, tuple(args), dict(kwargs or {})), 5)]
     args = tuple(_lift(a) for a in args)

@@ -699,3 +699,30 @@ def test_recv_ready_on_a_router_keeps_the_routing_identity():
         router.close(linger=0)
         dealer.close(linger=0)
         ctx.term()
+
+
+def test_an_engine_gives_nothing_back_before_it_serves(monkeypatch, tmp_path):
+    # While registering, the engine's main thread reads its socket without the lock: the
+    # heartbeat thread must not read it then (it would take the registration reply).
+    import sys as _sys
+
+    from zpool.engine import worker
+    from zpool.protocol import ConnectionInfo, new_key
+
+    monkeypatch.setitem(_sys.modules, "__main__", _sys.modules["__main__"])  # the engine installs its own
+    monkeypatch.setattr(worker, "set_main_namespace", lambda namespace: None)
+    base = f"ipc://{tmp_path}"
+    engine = worker.Engine(ConnectionInfo(f"{base}/c", f"{base}/e", f"{base}/h", new_key()))
+    try:
+        engine.pending.append(("t1", [b"payload"]))
+        engine.pending.append(("t2", [b"payload"]))
+        assert engine.give_back({"t2"}) == []
+        assert [task_id for task_id, _ in engine.pending] == ["t1", "t2"]
+        engine.serving = True
+        assert engine.give_back({"t2", "unknown"}) == ["t2"]
+        assert [task_id for task_id, _ in engine.pending] == ["t1"]
+    finally:
+        engine.sock.close(0)
+        engine.ctx.term()
+        os.close(engine._beats._wake_r)
+        os.close(engine._beats._wake_w)

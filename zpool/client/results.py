@@ -88,6 +88,9 @@ def rebuild_exception(
     return exc
 
 
+_OK = TaskStatus.OK.value
+
+
 def _unpack_slot(slot: Any) -> tuple[Any, int]:
     """A table entry as ``(outcome, index)``; single-task outcomes are stored bare."""
     return slot if type(slot) is tuple else (slot, 0)
@@ -140,6 +143,7 @@ class ResultTable:
         statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
         received = time.time()
         pop = self._tasks.pop
+        ok_status = _OK
         for i, task_id in enumerate(batch.ids):
             status = statuses[i]
             slot = pop(task_id, None)
@@ -148,9 +152,9 @@ class ResultTable:
                 if self._shm_prefix:
                     _shm.release(frames, self._shm_prefix)
                 continue
-            outcome, index = _unpack_slot(slot)
+            outcome, index = (slot, 0) if type(slot) is not tuple else slot
             metadata = (engine_ids[i], status, starts[i], completions[i], received)
-            ok = status == TaskStatus.OK.value
+            ok = status == ok_status
             try:
                 if ok:
                     value: Any = loads(frames, release=self._shm_prefix or False)  # ours to unlink

@@ -144,7 +144,8 @@ class Engine:
         self.interrupting: str | None = None  # the task interrupt() was asked for last (see request_interrupt)
         self._interrupt_sent = False  # a SIGINT of request_interrupt's is on its way
         self._interrupt_due = False  # it arrived between the task's loading and its call (see _call_task)
-        self.lock = threading.Lock()  # every use of self.sock and self.outbox
+        self.lock = threading.Lock()  # every use of self.sock and self.outbox, once serving
+        self.serving = False  # registered and in the task loop
         self._beats = _Heartbeat(self)
 
     # -- lifecycle ----------------------------------------------------------
@@ -157,6 +158,7 @@ class Engine:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         lock = self.lock
+        self.serving = True  # from now on the socket is used under the lock only (see give_back)
         while True:
             if not self.pending:
                 with lock:
@@ -273,8 +275,8 @@ class Engine:
         waits long for the main thread: when it holds the lock for long, it
         is waiting for work, and nothing is queued.
         """
-        if not self.lock.acquire(timeout=GIVE_BACK_WAIT_S):
-            return []
+        if not self.serving or not self.lock.acquire(timeout=GIVE_BACK_WAIT_S):
+            return []  # (while registering, the main thread reads the socket without the lock)
         try:
             self._drain()
             given: list[str] = []
