@@ -743,8 +743,8 @@ class Pool(_NamespaceMethods):
         ----------
         what : AsyncResult, task id, or a list of them
             Tasks still waiting in the scheduler fail at once; tasks already
-            queued on an engine fail there before they start. Finished tasks
-            are not affected.
+            queued on an engine are taken back from it and fail (or fail
+            there before they start). Finished tasks are not affected.
         interrupt : bool
             Also interrupt those running: their engine raises
             ``KeyboardInterrupt`` in the task's code (as Ctrl-C would), and
