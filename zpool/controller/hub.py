@@ -597,7 +597,7 @@ class Hub:
 
     def _recall(self, slot: EngineSlot, task_ids: list[str]) -> None:
         """Ask an engine to give back tasks it has not started (its heartbeat thread answers, even mid-task)."""
-        slot.recalling.update(task_ids)
+        self.scheduler.ask_back(slot, task_ids)
         recall = self.session.build(MsgType.RECALL_REQUEST, content=encode({"ids": task_ids}))
         try:
             send_frames(self.heartbeat, [slot.ident, *recall])

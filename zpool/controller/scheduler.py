@@ -89,6 +89,8 @@ ADAPTIVE_BUDGET_S = 0.002
 ADAPTIVE_MAX = 512
 # Schemes that place by load: under these, queued tasks are recalled for idle engines.
 LOAD_AWARE = ("leastload", "weighted")
+# A recall request unanswered this long no longer keeps others from being sent.
+RECALL_TIMEOUT_S = 1.0
 # Weight of the newest task in the run-time moving average.
 EWMA_ALPHA = 0.2
 
@@ -250,6 +252,7 @@ class EngineSlot:
         "last_used",
         "outstanding",
         "pinned",
+        "recall_since",
         "recalling",
     )
 
@@ -270,6 +273,7 @@ class EngineSlot:
         self.direct: collections.deque[Task] = collections.deque()
         # Ids of tasks it holds that were asked back (see Scheduler.recalls), until it answers.
         self.recalling: set[str] = set()
+        self.recall_since = 0.0  # when the last request went out (monotonic)
 
     def __repr__(self) -> str:
         return f"EngineSlot({self.engine_id}, load={len(self.outstanding)})"
@@ -431,9 +435,12 @@ class Scheduler:
         self.by_id.pop(slot.engine_id, None)
         self._departed(slot.engine_id, how)
         stranded: list[Task] = []
+        aborted: list[Task] = []
         for task in list(slot.outstanding.values()):
             task.engine = None
-            if task.retries > 0:
+            if task.abort_asked:
+                aborted.append(task)  # never run again: it fails as aborted (below)
+            elif task.retries > 0:
                 task.retries -= 1
                 task.failed_on = (task.failed_on or set()) | {slot.engine_id}
                 self._make_ready(task)
@@ -442,6 +449,8 @@ class Scheduler:
         slot.outstanding.clear()
         for task in stranded:  # the hub answers them (EngineError); what depends on them settles now
             self._record(task, -2 - slot.engine_id)
+        for task in aborted:
+            self._fail(task, "TaskAborted", f"task {task.task_id} was aborted; its engine {slot.engine_id} {how}")
         # Direct tasks not sent yet: never sent now.
         while slot.direct:
             task = slot.direct.popleft()
@@ -701,7 +710,15 @@ class Scheduler:
             return {}
         slots = self.engines.values()
         idle = sum(1 for e in slots if not e.outstanding and e.budget != 0)
-        if not idle or any(e.recalling for e in slots):
+        if not idle:
+            return {}
+        now = self._clock()
+        for e in slots:
+            if e.recalling and now - e.recall_since > RECALL_TIMEOUT_S:
+                # No answer (an engine in C code that holds the GIL cannot give one): stop waiting
+                # for it. A late answer still counts (see recalled).
+                e.recalling.clear()
+        if any(e.recalling for e in slots):
             return {}
         asks: dict[EngineSlot, list[str]] = {}
         for slot in sorted((e for e in slots if len(e.outstanding) >= 2), key=lambda e: -len(e.outstanding)):
@@ -712,10 +729,15 @@ class Scheduler:
             if not movable:
                 continue
             ids = movable[-max(1, len(held) // 2) :]
-            slot.recalling.update(ids)
+            self.ask_back(slot, ids)
             asks[slot] = ids
             idle -= 1
         return asks
+
+    def ask_back(self, slot: EngineSlot, task_ids: Iterable[str]) -> None:
+        """Note that `slot`'s engine is being asked to give back `task_ids` (see :meth:`recalled`)."""
+        slot.recalling.update(task_ids)
+        slot.recall_since = self._clock()
 
     def recalled(self, slot: EngineSlot, given: Iterable[str], asked: Iterable[str]) -> int:
         """`slot`'s engine answered a request for `asked`, giving back `given` (not started there).
@@ -723,11 +745,17 @@ class Scheduler:
         They are ready again, first in line (ahead of tasks submitted
         since); those aborted meanwhile (see :meth:`abort`, which asks for
         them back too) fail now, since their engine will never answer them.
+        Every task of `given` the engine still held counts, whether it is
+        still awaited in ``slot.recalling`` or not: a late answer may name a
+        task that ran, failed and was placed there again meanwhile (a retry),
+        or one whose request timed out — the engine has dropped it all the
+        same. Ids the engine holds but was not asked for, or does not hold,
+        are ignored.
         Returns how many are ready again.
         """
-        asked = set(asked) & slot.recalling
-        slot.recalling -= asked
-        mine = asked.intersection(given)  # others were not asked for: not the engine's to give
+        asked_ids = set(asked)
+        slot.recalling -= asked_ids
+        mine = asked_ids.intersection(given)  # an engine gives back only what it was asked for
         back: list[Task] = []
         for task_id, task in [(i, t) for i, t in slot.outstanding.items() if i in mine]:  # in placement order
             del slot.outstanding[task_id]
@@ -762,6 +790,11 @@ class Scheduler:
         if run_s >= 0 and not unmet and not task.direct:
             mean = self._mean_run_s
             self._mean_run_s = run_s if mean is None else mean + EWMA_ALPHA * (run_s - mean)
+        if task.abort_asked and (unmet or (not ok and task.retries > 0 and not aborted)):
+            # It would run again elsewhere, but it was aborted meanwhile: it ends here.
+            task.final = False  # (its engine's reply is not its answer)
+            self._fail(task, "TaskAborted", f"task {task_id} was aborted before it could run again")
+            return task
         if unmet:
             task.final = False
             task.unmet_on = (task.unmet_on or set()) | {slot.engine_id}
