@@ -214,6 +214,12 @@ def _dumps_function(func: types.FunctionType) -> bytes:
     return data
 
 
+def _importable(module: types.ModuleType) -> bool:
+    """Whether dill sends `module` by reference: found again by its name, and not ``__main__``."""
+    name = getattr(module, "__name__", None)
+    return name != "__main__" and isinstance(name, str) and sys.modules.get(name) is module
+
+
 def _same(kept: list[Any], seen: list[Any]) -> bool:
     if len(kept) != len(seen):
         return False
@@ -275,15 +281,12 @@ def _stable(value: Any, out: list[Any], visiting: set[int]) -> bool:
         out.append(len(value))
         return all(_stable(item, out, visiting) for item in value)
     if kind is types.BuiltinFunctionType:  # a module's (by reference), not a bound method of some object
-        home = value.__self__
-        if home is not None and type(home) is not types.ModuleType:
-            return False
-        value = home or value
-        kind = type(value)
-    if kind is types.ModuleType:  # by reference if it can be imported by name; not __main__ (by value)
         out.append(value)
-        name = getattr(value, "__name__", None)
-        return name != "__main__" and isinstance(name, str) and sys.modules.get(name) is value
+        home = value.__self__
+        return home is None or (type(home) is types.ModuleType and _importable(home))
+    if kind is types.ModuleType:
+        out.append(value)
+        return _importable(value)
     if kind is types.FunctionType:
         if _findable_by_name(value):  # by reference
             out.append(value)

@@ -139,3 +139,12 @@ def test_bound_builtin_methods_are_not_trusted(dill_calls):
     ns["SEEN"].append(2)  # the bound method's list changed in place
     assert sent(ns["f"]) == [2]
     assert ns["f"] not in serialize._BY_VALUE
+
+
+def test_a_global_rebound_to_another_builtin_of_the_same_module_is_sent_again(dill_calls):
+    ns = main_namespace("import math\nround_it = math.floor\ndef f(x):\n    return round_it(x)\n")
+    assert sent(ns["f"], 2.5) == 2
+    ns["round_it"] = ns["math"].ceil
+    assert sent(ns["f"], 2.5) == 3
+    assert sent(ns["f"], 2.5) == 3
+    assert len(dill_calls) == 2
