@@ -1,10 +1,11 @@
-"""Process helpers: ending process trees, naming exit codes, watching a parent."""
+"""Process helpers: starting zpool's own processes, ending process trees, naming exit codes, watching a parent."""
 
 from __future__ import annotations
 
 import os
 import signal
-from typing import TYPE_CHECKING, Iterable
+import sys
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 if TYPE_CHECKING:
     import psutil
@@ -12,7 +13,52 @@ if TYPE_CHECKING:
 # psutil is imported where needed: engines watching their own parent never need it,
 # and it costs a tenth of an engine's start-up time.
 
-__all__ = ["ParentWatch", "describe_exit", "kill_process_group", "kill_process_tree"]
+__all__ = ["ParentWatch", "caller_path", "describe_exit", "kill_process_group", "kill_process_tree", "python_command"]
+
+# Run by a fresh interpreter before it imports anything of its own: the import
+# path becomes exactly the one given on the command line (``PATH... --``), then
+# the package's ``__main__.main()`` runs with the arguments after ``--``.
+_BOOTSTRAP = (
+    "import sys;i=sys.argv.index('--');sys.path[:]=sys.argv[1:i];del sys.argv[1:i+1]"
+    ";from {package}.__main__ import main;sys.exit(main())"
+)
+
+
+def caller_path() -> list[str]:
+    """This process's ``sys.path`` made absolute, for processes that must import what it imports.
+
+    ``''`` (the working directory of ``python -c``, notebooks and the
+    interactive prompt) becomes the directory this program started in
+    (``multiprocessing.process.ORIGINAL_DIR``, or the working directory
+    when ``zpool`` was first imported), as the standard library's spawn
+    does, so an ``os.chdir()`` since does not change what is found;
+    other relative entries are resolved against the working directory now.
+    """
+    import zpool
+
+    start = zpool._START_DIR or os.path.abspath(os.curdir)
+    paths = [start if p == "" else os.path.abspath(p) for p in sys.path if isinstance(p, str)]
+    return list(dict.fromkeys(paths))
+
+
+def python_command(package: str, args: Sequence[str], path: Sequence[str]) -> list[str]:
+    """The command line that runs ``package.__main__.main()`` importing from exactly `path`.
+
+    Unlike ``python -m package``, which puts the working directory first on
+    the import path, nothing is imported from anywhere but `path` (after
+    the interpreter's own start-up: ``site``). So a directory another user
+    can write (``/tmp``, a shared project folder) that the caller does not
+    import from cannot plant a ``zpool/``, ``zmq.py`` or ``numpy/`` in
+    zpool's hidden processes. The interpreter's options (``-O``, ``-X``,
+    ``-W``...) are passed on, as the standard library's spawn does.
+    """
+    import subprocess  # (not at the top: engines import this module, and never start processes)
+
+    if any(p == "--" for p in path):
+        raise ValueError("an import path entry cannot be '--'")
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    code = _BOOTSTRAP.format(package=package)
+    return [sys.executable, *flags, "-c", code, *path, "--", *args]
 
 
 def describe_exit(returncode: int | None) -> str:

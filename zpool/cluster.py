@@ -7,9 +7,17 @@ in a session of its own (so a Ctrl-C meant for the caller does not kill the
 workers mid-task). The controller starts and supervises the engines, and
 exits, ending them, when this process goes away, however it goes.
 
-Engines run with the caller's environment, working directory and
-``sys.path`` (passed as ``PYTHONPATH``), so whatever the caller imports by
-name, they can import too.
+Engines run with the caller's environment and working directory, and
+import from exactly the caller's ``sys.path`` (:func:`zpool._process.python_command`):
+whatever the caller imports by name, they can import too, and nothing
+else, not even what lies in the working directory unless the caller
+imports from there itself.
+
+The endpoints are Unix sockets, whose paths hold at most
+:data:`MAX_SOCKET_PATH` bytes: where the temporary directory's path is too
+long for that (CI runners, tox and pytest folders, HPC job directories),
+the cluster's directory goes in the first short one of ``$XDG_RUNTIME_DIR``,
+``/tmp``, ``/var/tmp`` and ``/dev/shm``.
 """
 
 from __future__ import annotations
@@ -27,8 +35,8 @@ import psutil
 import zmq
 
 from zpool import _shm
-from zpool._process import describe_exit, kill_process_group, kill_process_tree
-from zpool.error import ZPoolError
+from zpool._process import caller_path, describe_exit, kill_process_group, kill_process_tree, python_command
+from zpool.error import BrokenPoolError, ZPoolError
 from zpool.protocol import ConnectionInfo, new_key, write_frames
 
 __all__ = ["ClusterSettings", "LocalCluster"]
@@ -36,6 +44,12 @@ __all__ = ["ClusterSettings", "LocalCluster"]
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_CHARS = 2000
+# Bytes a Unix socket's path may hold (sun_path less its terminating NUL): 107 on Linux, 103 on macOS.
+MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
+# The endpoints' names in the cluster's directory; the longest decides whether a directory is short enough.
+ENDPOINTS = ("client", "engine", "heartbeat")
+# Where the cluster's directory goes when the temporary directory's path is too long, in order.
+SHORT_DIRS = ("XDG_RUNTIME_DIR", "/tmp", "/var/tmp", "/dev/shm")
 
 
 @dataclass(frozen=True)
@@ -73,13 +87,10 @@ class LocalCluster:
                 "this platform's ZeroMQ has no ipc:// transport, which zpool's hidden local cluster needs"
                 " (it keeps the cluster private to this user); zpool runs on Linux and macOS"
             )
-        self.workdir = tempfile.mkdtemp(prefix="zpool-")
-        os.chmod(self.workdir, 0o700)
+        self.workdir = _make_workdir()
         base = f"ipc://{self.workdir}"
         info = ConnectionInfo(
-            f"{base}/client",
-            f"{base}/engine",
-            f"{base}/heartbeat",
+            *(f"{base}/{name}" for name in ENDPOINTS),
             new_key(),
             mp_authkey=bytes(multiprocessing.current_process().authkey),
             shm_prefix=f"zpool-{os.urandom(6).hex()}" if self.settings.shared_memory and _shm.available() else None,
@@ -91,7 +102,7 @@ class LocalCluster:
         argv = self._controller_argv(path)
         try:
             self.proc = subprocess.Popen(
-                argv, env=_child_env(), stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
+                argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
             )
         except OSError:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -102,10 +113,7 @@ class LocalCluster:
     def _controller_argv(self, connection_file: str) -> list[str]:
         s = self.settings
         assert self.workdir is not None
-        argv = [
-            sys.executable,
-            "-m",
-            "zpool.controller",
+        args = [
             "--connection-file",
             connection_file,
             "--engines",
@@ -125,14 +133,14 @@ class LocalCluster:
             "--remove-dir",
             self.workdir,
         ]
-        argv += ["--record-window", str(s.record_window), "--record-age", repr(float(s.record_age))]
+        args += ["--record-window", str(s.record_window), "--record-age", repr(float(s.record_age))]
         if s.hwm is not None:
-            argv += ["--hwm", str(s.hwm)]
+            args += ["--hwm", str(s.hwm)]
         if s.max_tasks_per_engine is not None:
-            argv += ["--max-tasks-per-engine", str(s.max_tasks_per_engine)]
+            args += ["--max-tasks-per-engine", str(s.max_tasks_per_engine)]
         if s.engine_setup:
-            argv += ["--engine-setup", os.path.join(self.workdir, "engine-setup.bin")]
-        return argv
+            args += ["--engine-setup", os.path.join(self.workdir, "engine-setup.bin")]
+        return python_command("zpool.controller", args, caller_path())
 
     @property
     def log_path(self) -> str:
@@ -194,10 +202,42 @@ class LocalCluster:
             _shm.remove_all(self.info.shm_prefix)  # what processes killed mid-send left behind
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
-    return env
+def _fits(directory: str) -> bool:
+    """Whether the endpoints of a cluster directory made in `directory` fit in a Unix socket's path."""
+    longest = max(len(name) for name in ENDPOINTS)
+    # mkdtemp's name: "zpool-" and 8 random characters.
+    return len(os.fsencode(os.path.abspath(directory))) + len("/zpool-12345678/") + longest <= MAX_SOCKET_PATH
+
+
+def _make_workdir() -> str:
+    """A new private directory (mode 0700) whose endpoints' paths fit in a Unix socket's.
+
+    Raises
+    ------
+    BrokenPoolError
+        If neither the temporary directory nor any of :data:`SHORT_DIRS` is
+        short enough and writable.
+    """
+    tmp = tempfile.gettempdir()
+    candidates = [tmp]
+    for name in SHORT_DIRS:
+        directory = os.environ.get(name, "") if not name.startswith("/") else name
+        if directory and directory not in candidates:
+            candidates.append(directory)
+    for directory in candidates:
+        if not _fits(directory) or not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+            continue
+        try:
+            workdir = tempfile.mkdtemp(prefix="zpool-", dir=directory)
+        except OSError:
+            continue
+        os.chmod(workdir, 0o700)
+        if directory != tmp:
+            logger.info("the temporary directory %s is too long for socket paths; the cluster is in %s", tmp, workdir)
+        return workdir
+    raise BrokenPoolError(
+        f"no directory for the hidden cluster's sockets: their paths hold at most {MAX_SOCKET_PATH} bytes, and the"
+        f" temporary directory {tmp!r} ({len(os.fsencode(tmp))} bytes) is too long, as are (or cannot be written)"
+        f" {', '.join(repr(d) for d in candidates[1:]) or 'the alternatives'}; set TMPDIR to a short directory"
+        " of your own (export TMPDIR=/tmp, say)"
+    )

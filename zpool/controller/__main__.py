@@ -15,7 +15,7 @@ import sys
 
 # Only what launching the engines needs is imported up front: the engines
 # start importing while this process loads the rest (hub, zmq).
-from zpool._process import kill_process_group
+from zpool._process import kill_process_group, python_command
 from zpool.controller.launcher import LocalEngines
 
 SCHEMES = ("leastload", "lru", "plainrandom", "twobin", "weighted")  # checked again by the Scheduler
@@ -45,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = None
     if args.engines:
         # Start the engines first: they import while the controller sets up.
-        engine_argv = [
-            sys.executable,
-            "-m",
-            "zpool.engine",
+        engine_args = [
             "--connection-file",
             args.connection_file,
             "--parent-pid",
@@ -57,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             args.log_level,
         ]
         if args.log_file:
-            engine_argv += ["--log-file", args.log_file]
-        engines = LocalEngines(engine_argv)
+            engine_args += ["--log-file", args.log_file]
+        # The engines import from exactly this process's path (the caller's, see zpool.cluster).
+        engines = LocalEngines(python_command("zpool.engine", engine_args, sys.path))
         engines.start(args.engines)
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s zpool.controller[%(process)d] %(levelname)s %(message)s"))
