@@ -63,6 +63,8 @@ BATCH_MAX_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.1
 # A caller waiting on its own socket (call_now) looks this often whether the connection ended, in ms.
 OWN_POLL_MS = 50
+# How long the first blocking call waits for that socket to connect before using the I/O thread's, in ms.
+OWN_CONNECT_WAIT_MS = 200
 # Calls on it whose caller stopped waiting, remembered so that a reject notice can fail them.
 OWN_SENT_MEMORY = 1024
 
@@ -282,6 +284,8 @@ class Connection:
             try:
                 with hold:
                     sock = self._own_socket()
+                    if sock is None:
+                        return False  # not connected (yet): the I/O thread's socket takes them
                     batch = BatchWriter()
                     for task_id, frames in items:
                         batch.add(task_id, frames)
@@ -292,7 +296,12 @@ class Connection:
                     msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
                     signature = msg[1]
                     self._own_sent[signature] = (ids, segments)
-                    send_frames(sock, msg)
+                    try:
+                        # Not waiting: with ZMQ_IMMEDIATE a send blocks while the connection is down.
+                        send_frames(sock, msg, zmq.DONTWAIT)
+                    except zmq.Again:
+                        self._own_sent.pop(signature, None)
+                        return False  # the connection dropped since it was checked: nothing went out
                     sent = True
             except BaseException as exc:
                 if sent:
@@ -322,16 +331,33 @@ class Connection:
         else:
             self.results.fail(ids, lambda: PoolClosedError("the connection to the controller was closed"))
 
-    def _own_socket(self) -> zmq.Socket[Any]:
-        if self._own is None:
-            sock = self._ctx.socket(zmq.DEALER)
+    def _own_socket(self) -> zmq.Socket[Any] | None:
+        """The callers' own socket if it is connected now; None: use the I/O thread's (holder of _own_lock).
+
+        Made on first use, with ``ZMQ_IMMEDIATE``, so nothing is queued
+        for a connection that is not up: libzmq connects in the background
+        and retries quietly when it cannot (no file descriptor left:
+        EMFILE), and a message queued for it would wait forever. The first
+        use waits up to :data:`OWN_CONNECT_WAIT_MS` for the connection; later
+        ones only look.
+        """
+        sock = self._own
+        wait_ms = 0
+        if sock is None:
+            try:
+                sock = self._ctx.socket(zmq.DEALER)
+            except zmq.ZMQError as exc:  # EMFILE: the I/O thread's socket is connected already
+                logger.debug("no socket of its own for a blocking call: %s", exc)
+                return None
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sock.connect(self._address)
             self._own = sock
-        return self._own
+            wait_ms = OWN_CONNECT_WAIT_MS
+        return sock if sock.poll(wait_ms, zmq.POLLOUT) else None
 
     def _read_own(self, sock: zmq.Socket[Any], hold: _HoldCtrlC | None = None) -> None:
         """Settle what arrived on the callers' own socket (whoever holds _own_lock)."""
