@@ -505,6 +505,10 @@ class _Heartbeat:
     def start(self) -> None:
         threading.Thread(target=self.run, name="zpool-heartbeat", daemon=True).start()
 
+    def _stall_limit(self) -> float:
+        """A pause of this thread's loop longer than this (it polls every 0.1 s at most) is a stall of its own."""
+        return max(1.0, self.interval * self.misses / 2)
+
     def wake(self) -> None:
         """Ask the thread to look at the held replies soon (main thread, entering a task)."""
         if not self._woken:
@@ -527,6 +531,7 @@ class _Heartbeat:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        looked = time.monotonic()
         while True:
             holding = self._woken and engine.in_task and engine.outbox
             left_s = REPLY_HOLD_S - (time.monotonic() - engine.outbox_since)
@@ -539,21 +544,41 @@ class _Heartbeat:
                         os.read(self._wake_r, 64)
                     except BlockingIOError:
                         pass
+            now = time.monotonic()
+            if now - looked > self._stall_limit():
+                # This thread did not run for a while (the whole program was suspended: SIGSTOP,
+                # a Slurm suspend, a frozen container, a closed laptop lid): the controller's
+                # silence is counted from now, not across a stop that halted it too.
+                logger.info("heartbeat: this thread was stopped for %.1f s; the controller's silence counts afresh",
+                            now - looked)
+                self.last_beat = max(self.last_beat, now)
+            looked = now
             if self._woken and time.monotonic() - engine.outbox_since >= REPLY_HOLD_S:
                 self._send_held_replies()
             if parent is not None and not parent.alive():
-                self._orphaned()
+                self._orphaned(cluster_gone=True)
                 _exit("its parent process ended", self.engine.shared)
             # The controller stops beating when it dies: leave after twice the tolerance.
             if self.configured and time.monotonic() - self.last_beat > 2 * self.interval * self.misses:
-                self._orphaned()
+                self._orphaned(cluster_gone=parent is not None and not parent.alive())
                 _exit("the controller stopped sending heartbeats", self.engine.shared)
 
-    def _orphaned(self) -> None:
-        """The cluster is gone (its controller died, say): remove the shared-memory segments it left."""
+    def _orphaned(self, cluster_gone: bool) -> None:
+        """Leaving without the controller's word: remove the shared-memory segments nobody else will.
+
+        Its own always (the names it maps under, and those it keeps for
+        reuse). The whole cluster's only once its controller, their owner,
+        is dead (a hidden cluster's controller is this engine's parent):
+        one that is merely silent (stuck, or stopped) may be holding
+        queued tasks whose arguments those segments are.
+        """
         prefix = self.engine.info.shm_prefix
-        if prefix:
+        if not prefix:
+            return
+        if cluster_gone:
             _shm.remove_all(prefix)
+        else:
+            _shm.remove_kept(prefix, "e", os.getpid())
 
     def _send_held_replies(self) -> None:
         engine = self.engine
