@@ -362,3 +362,9 @@ class MiniFrame:
         )
 
     __hash__ = None
+
+
+def write_pid_file(directory):
+    """An initializer with a side effect: a file named after this engine's pid."""
+    with open(os.path.join(directory, str(os.getpid())), "w") as f:
+        f.write("initialized")

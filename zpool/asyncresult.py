@@ -468,6 +468,14 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
 class MapResult(AsyncResult[list[T]]):
     """The pending result of :meth:`Pool.map_async`: one task per chunk."""
 
+    # The chunk size the map was cut with (set by the Pool), as multiprocessing's MapResult has it.
+    _chunksize = 0
+
+    @property
+    def _number_left(self) -> int:
+        """Chunks not finished yet: multiprocessing's private counter, which progress recipes read."""
+        return self._pending
+
     def _combine(self, values: list[Any]) -> Any:
         return list(itertools.chain.from_iterable(values))
 

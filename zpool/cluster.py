@@ -39,7 +39,7 @@ from zpool._process import caller_path, describe_exit, kill_process_group, kill_
 from zpool.error import BrokenPoolError, ZPoolError
 from zpool.protocol import ConnectionInfo, new_key, write_frames
 
-__all__ = ["ClusterSettings", "LocalCluster"]
+__all__ = ["ClusterSettings", "EngineProcess", "LocalCluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,28 @@ class ClusterSettings:
     # Finished tasks the controller remembers: the newest so many, of the last so many seconds.
     record_window: int = 100_000
     record_age: float = 3600.0
+
+
+class EngineProcess:
+    """A local engine process, as ``multiprocessing.Pool._pool`` lists its workers: ``pid``, ``name``, ``is_alive()``.
+
+    For code that reads the standard library's private worker list
+    (progress bars, monitoring); see ``docs/migrating.md``.
+    """
+
+    def __init__(self, proc: psutil.Process) -> None:
+        self._proc = proc
+        self.pid: int = proc.pid
+        self.name = f"zpool-engine-{proc.pid}"
+
+    def is_alive(self) -> bool:
+        try:
+            return self._proc.is_running() and self._proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def __repr__(self) -> str:
+        return f"<EngineProcess name={self.name!r} pid={self.pid} {'alive' if self.is_alive() else 'ended'}>"
 
 
 class LocalCluster:
@@ -150,6 +172,22 @@ class LocalCluster:
     def pids(self) -> list[int]:
         """Pids of the controller and every engine it runs."""
         return [p.pid for p in self._tree()]
+
+    def engine_processes(self) -> list[EngineProcess]:
+        """The engine processes running now (the controller's children), oldest first."""
+        if self.proc is None:
+            return []
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.Error:
+            return []
+        procs = []
+        for child in children:
+            try:
+                procs.append((child.create_time(), child.pid, EngineProcess(child)))
+            except psutil.Error:
+                continue
+        return [proc for _, _, proc in sorted(procs, key=lambda item: item[:2])]
 
     def _tree(self) -> list[psutil.Process]:
         if self.proc is None:

@@ -30,7 +30,7 @@ from zpool._partition import ItemFailure, default_chunksize, join_parts, run_chu
 from zpool.asyncresult import AsyncResult, DirectResult, IMapIterator, JoinedResult, MapResult, _IMapChunk, _IMapState
 from zpool.client.connection import Connection, SendTracker
 from zpool.client.results import ResultTable, rebuild_failure
-from zpool.cluster import ClusterSettings, LocalCluster
+from zpool.cluster import ClusterSettings, EngineProcess, LocalCluster
 from zpool.dependency import task_flags, task_ids
 from zpool.error import (
     BrokenPoolError,
@@ -358,6 +358,7 @@ class Pool(_NamespaceMethods):
             setup = tuple(bytes(memoryview(f)) for f in frames)
         self._owner_pid = os.getpid()
         self._processes = processes
+        self._initializer = initializer
         self._maxtasksperchild = maxtasksperchild
         self._cluster = LocalCluster(
             ClusterSettings(
@@ -636,10 +637,39 @@ class Pool(_NamespaceMethods):
             for state in feeders:
                 state.wait_finished()
             self._results.wait_empty()
+            if self._initializer:
+                self._wait_engines_started()
             self._finalizer.detach()
             _shutdown(self._conn, self._cluster, self._callbacks, self._shm, True, os.getpid())
         else:
             self._finalizer()
+
+    def _wait_engines_started(self) -> None:
+        """Until every engine has run the initializer (as the standard library's join: its workers all start).
+
+        Gives up when no more engines can start (the initializer keeps
+        failing: tasks said so) or after :data:`STARTUP_TIMEOUT_S`.
+        """
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self._conn.broken and time.monotonic() < deadline:
+            try:
+                status = self._conn.request(MsgType.QUEUE_REQUEST, {"brief": True}, timeout=SHUTDOWN_TIMEOUT_S)
+            except ZPoolError:
+                return
+            if len(status["engines"]) >= self._processes or status.get("broken"):
+                return
+            time.sleep(0.01)
+
+    @property
+    def _pool(self) -> list[EngineProcess]:
+        """The local engine processes: ``pid``, ``name``, ``is_alive()`` each (a compatibility shim).
+
+        What code written for ``multiprocessing.Pool`` reads from its
+        private worker list: ``len(pool._pool)`` (parmap's progress bar),
+        the workers' pids (monitoring). Empty once the pool is stopped.
+        See ``docs/migrating.md``.
+        """
+        return self._cluster.engine_processes()
 
     def __enter__(self) -> Pool:
         self._check_running()
@@ -1128,6 +1158,7 @@ class Pool(_NamespaceMethods):
         ids = [task_id for task_id, _ in items]
         ar: MapResult[T] = (make_result or MapResult)(ids, callable_name(func))
         ar._owner, ar._runner = self, self._callbacks
+        ar._chunksize = chunksize
         self._callbacks.attach(ar, callback, error_callback)
         if items:
             self._submit(ar, items, wire_flags, track)

@@ -11,6 +11,7 @@ stdlib suite never exercises.
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -104,6 +105,16 @@ def test_failing_initializer_breaks_the_pool_with_its_traceback(fresh_pool):
 
 
 # -- maxtasksperchild -----------------------------------------------------------------
+
+
+@pytest.mark.timeout(T)
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_join_after_close_returns_once_every_engine_ran_the_initializer(tmp_path, processes):
+    """As the stdlib's join, whose workers have all started: initializers with side effects all ran."""
+    pool = zpool.Pool(processes, initializer=_tasks.write_pid_file, initargs=(str(tmp_path),))
+    pool.close()
+    pool.join()
+    assert len(os.listdir(tmp_path)) == processes
 
 
 def test_maxtasksperchild_replaces_engines_and_loses_nothing(fresh_pool):
@@ -519,3 +530,48 @@ def test_imap_counts_items_against_maxtasksperchild(fresh_pool):
     pool = fresh_pool(1, maxtasksperchild=3)
     pids = list(pool.imap(_tasks.getpid, range(12)))
     assert max(pids.count(pid) for pid in set(pids)) <= 3
+
+
+# -- what libraries read of the stdlib pool's private attributes (docs/migrating.md) -------------
+
+
+def test_private_worker_list_has_the_engine_processes(fresh_pool):
+    """parmap's progress bar reads len(pool._pool); monitoring code reads the workers' pids."""
+    pool = fresh_pool(2)
+    workers = pool._pool
+    assert len(workers) == 2
+    assert sorted(w.pid for w in workers) == sorted(pool.queue_status()["engine_pids"].values())
+    assert all(w.is_alive() for w in workers)
+    victim = workers[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    deadline = time.monotonic() + T
+    while victim.is_alive() or len(pool._pool) < 2 or victim.pid in [w.pid for w in pool._pool]:
+        assert time.monotonic() < deadline, f"the killed engine was not replaced: {pool._pool}"
+        time.sleep(0.05)
+    pool.terminate()
+    pool.join()
+    assert pool._pool == [] and not any(w.is_alive() for w in workers)
+
+
+@pytest.mark.parametrize("n, chunksize", [(100, 7), (100, None), (5, 10), (7, 1), (0, None)])
+def test_map_result_counts_chunks_left_as_the_stdlib(pool, n, chunksize):
+    """The progress recipes' ``job._number_left * job._chunksize``: chunks not finished, and their size."""
+    ar = pool.map_async(_tasks.sleep_then, [0.05] * n, chunksize)
+    with multiprocessing.pool.ThreadPool(2) as stdlib:  # as many workers as the pool has engines
+        expected = stdlib.map_async(abs, range(n), chunksize)._chunksize
+    assert ar._chunksize == expected
+    assert len(ar.msg_ids) == (math.ceil(n / expected) if n else 0)
+    assert 0 <= ar._number_left <= len(ar.msg_ids)
+    ar.wait(T)
+    assert ar._number_left == 0 and ar.get() == [None] * n
+
+
+def test_map_result_chunks_left_go_down_as_chunks_finish(pool):
+    ar = pool.map_async(_tasks.sleep_then, [0.3] * 6, chunksize=1)
+    assert ar._chunksize == 1
+    seen = {ar._number_left}
+    while not ar.ready():
+        seen.add(ar._number_left)
+        time.sleep(0.01)
+    seen.add(ar._number_left)
+    assert max(seen) == 6 and min(seen) == 0 and len(seen) >= 3, seen
