@@ -111,8 +111,11 @@ class LocalCluster:
             )
         self.workdir = _make_workdir()
         base = f"ipc://{self.workdir}"
+        client, engine, heartbeat = (f"{base}/{name}" for name in ENDPOINTS)
         info = ConnectionInfo(
-            *(f"{base}/{name}" for name in ENDPOINTS),
+            client,
+            engine,
+            heartbeat,
             new_key(),
             mp_authkey=bytes(multiprocessing.current_process().authkey),
             shm_prefix=f"zpool-{os.urandom(6).hex()}" if self.settings.shared_memory and _shm.available() else None,
@@ -123,9 +126,7 @@ class LocalCluster:
             write_frames(os.path.join(self.workdir, "engine-setup.bin"), self.settings.engine_setup)
         argv = self._controller_argv(path)
         try:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
-            )
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
         except OSError:
             shutil.rmtree(self.workdir, ignore_errors=True)
             raise

@@ -9,8 +9,10 @@ A message is a list of ZeroMQ frames::
   it, each preceded by its length as 8 little-endian bytes (so bytes cannot
   be shifted from one frame to the next without breaking the signature).
 * ``header``, ``parent_header``, ``metadata``, ``content``: compact JSON
-  objects. ``header`` always has ``msg_id``, ``msg_type``, ``session`` and
-  ``date`` (seconds since the epoch, a float).
+  objects. ``header`` always has ``msg_id``, ``msg_type``, ``session`` (the
+  sending :class:`Session`'s random id), ``seq`` (that session's message
+  count: 0, 1, 2... in the order it built them) and ``date`` (seconds since
+  the epoch, a float: metadata only, which no check relies on).
 * ``buffer...``: opaque payload frames (pickles and raw array data).
 
 A batch of tasks is one message, laid out by :class:`BatchWriter` and read
@@ -21,8 +23,10 @@ tasks cost a handful of frames and Python objects, not tens of thousands.
 
 Verification happens before any payload is interpreted: the signature is
 compared in constant time; then the header (JSON, never pickle) is decoded
-to read its date for the :class:`ReplayGuard`. Nothing here unpickles
-anything, and nothing downstream sees a message that failed either check.
+to read its session and sequence number for the :class:`ReplayGuard` (no
+clock plays a part: clocks differ between hosts, and step). Nothing here
+unpickles anything, and nothing downstream sees a message that failed
+either check.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import hmac
 import itertools
 import json
 import os
+import threading
 import time
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -215,40 +220,80 @@ def read_frames(path: str) -> list[bytes]:
 
 
 class ReplayGuard:
-    """Reject signatures seen before, in bounded memory.
+    """Refuse messages received before, in bounded memory, whatever the clocks say.
 
-    Signatures are kept in two generations of at most ``generation_size``
-    entries. When the newer one fills up, the older is forgotten and every
-    message dated more than ``slack`` seconds before the newest message of
-    the forgotten generation is refused from then on (it might be a replay
-    we can no longer recognise). Senders sign just before sending, each
-    socket delivers in order, and the controller forwards a message whole
-    only while it is fresh (under a second old), so genuine traffic is never
-    that far out of order; ``slack`` also absorbs clock differences between
-    hosts.
+    Every message names its sender's session and carries a sequence number
+    (``seq``) that the sender's :class:`Session` raises at every message it
+    builds. The guard remembers the exact signatures of the last two
+    generations of at most ``generation_size`` messages, and, per session,
+    the highest ``seq`` recorded in each. When the newer generation fills
+    up, the older is forgotten, and each session's *horizon* rises to its
+    highest ``seq`` there: a message of that session numbered at or below
+    its horizon might be a replay the guard can no longer recognise, and is
+    refused from then on. No slack is needed, and no clock is read, so a
+    wall clock that steps (NTP, a virtual machine resynchronised) or hosts
+    that disagree change nothing.
+
+    A genuine message is refused only if, after a later message of its
+    session arrived, the guard took in more than a whole generation of
+    messages before it did. Senders number messages as they send them and
+    each socket delivers in order; a client reads its two sockets (see
+    ``Connection.call_now``) within a tenth of a second of each other; and
+    the controller forwards a message whole (with its sender's session
+    and ``seq``) only within a second of receiving it (``FORWARD_MAX_AGE_S``
+    in ``zpool.controller.hub``, timed by its own monotonic clock), and
+    re-signs older ones under its own session. So a receiver would have to
+    take in more than a whole generation of messages (65,536 by default)
+    within that second for a genuine message to be refused.
+
+    Horizons are kept for the ``max_sessions`` sessions most recently
+    active (seen in a forgotten generation): sessions are random per
+    process, and engines come and go over a long run. A session forgotten
+    there has been silent while that many others were active; a message of
+    it older than both generations, replayed, would be accepted again. With
+    ``max_sessions`` at least ``generation_size`` (the default), every
+    session of the generation just forgotten keeps its horizon.
+
+    Thread-safe: a client's threads share one session (and guard).
     """
 
-    def __init__(self, generation_size: int = 1 << 16, slack: float = 5.0) -> None:
+    def __init__(self, generation_size: int = 1 << 16, max_sessions: int = 1 << 16) -> None:
         self._generation_size = generation_size
-        self._slack = slack
+        self._max_sessions = max_sessions
         self._current: set[bytes] = set()
         self._previous: set[bytes] = set()
-        self._current_newest = float("-inf")
-        self._previous_newest = float("-inf")
-        self._horizon = float("-inf")
+        # Per session, the highest seq recorded in the current and the previous generation.
+        self._current_newest: dict[str, int] = {}
+        self._previous_newest: dict[str, int] = {}
+        # Per session, the highest seq of the generations forgotten; least recently active first.
+        self._horizons: dict[str, int] = {}
+        self._lock = threading.Lock()
 
-    def check(self, signature: bytes, date: float) -> bool:
-        """Record `signature`; return False if it is a replay or too old to tell."""
-        if date <= self._horizon or signature in self._current or signature in self._previous:
-            return False
-        self._current.add(signature)
-        if date > self._current_newest:
-            self._current_newest = date
-        if len(self._current) >= self._generation_size:
-            self._horizon = max(self._horizon, self._previous_newest - self._slack)
-            self._previous, self._current = self._current, set()
-            self._previous_newest, self._current_newest = self._current_newest, float("-inf")
-        return True
+    def check(self, signature: bytes, session: str, seq: int) -> bool:
+        """Record message `seq` of `session`, signed `signature`; return False if it is a replay or too old to tell."""
+        with self._lock:
+            if seq <= self._horizons.get(session, -1) or signature in self._current or signature in self._previous:
+                return False
+            self._current.add(signature)
+            newest = self._current_newest
+            if seq > newest.get(session, -1):
+                newest[session] = seq
+            if len(self._current) >= self._generation_size:
+                self._rotate()
+            return True
+
+    def _rotate(self) -> None:
+        """Forget the previous generation, raising its sessions' horizons; the current one becomes previous."""
+        horizons = self._horizons
+        for session, seq in self._previous_newest.items():
+            # Re-inserted: the dict's order is the sessions' last activity.
+            horizons[session] = max(seq, horizons.pop(session, -1))
+        excess = len(horizons) - self._max_sessions
+        if excess > 0:
+            for session in list(itertools.islice(horizons, excess)):
+                del horizons[session]
+        self._previous, self._current = self._current, set()
+        self._previous_newest, self._current_newest = self._current_newest, {}
 
 
 class Message:
@@ -462,6 +507,8 @@ class Session:
         self.session = os.urandom(16).hex()
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
         self._counter = itertools.count()
+        # Numbers the messages built, for receivers' replay guards (next() on a count is atomic).
+        self._seq = itertools.count()
         self._id_prefix = self.session[:12] + "-"
         self.guard = ReplayGuard()
 
@@ -500,6 +547,7 @@ class Session:
             "msg_id": msg_id or self.new_id(),
             "msg_type": msg_type.value if isinstance(msg_type, MsgType) else msg_type,
             "session": self.session,
+            "seq": next(self._seq),
             "date": time.time(),
         }
         if fields:
@@ -513,9 +561,11 @@ class Session:
         Raises
         ------
         ProtocolError
-            If the frames do not follow the layout.
+            If the frames do not follow the layout, or the header lacks a
+            field every message has.
         AuthenticationError
-            If the signature is wrong or was seen before.
+            If the signature is wrong, or the :class:`ReplayGuard` refuses
+            the message (received before, or older than all it remembers).
         """
         i = next(
             (n for n, frame in enumerate(frames) if len(frame) == len(DELIMITER) and _as_bytes(frame) == DELIMITER),
@@ -534,15 +584,21 @@ class Session:
         if not hmac.compare_digest(signature, self.sign(body)):
             raise AuthenticationError("bad signature (wrong cluster key or altered message)")
         header = _decode_dict(body[0], "header")
-        date = header.get("date")
+        session, seq = header.get("session"), header.get("seq")
         if (
             not isinstance(header.get("msg_type"), str)
             or not isinstance(header.get("msg_id"), str)
-            or not isinstance(date, (int, float))
+            or type(session) is not str
+            or type(seq) is not int  # (not a bool either)
+            or seq < 0
+            or not isinstance(header.get("date"), (int, float))
         ):
-            raise ProtocolError("header lacks msg_id, msg_type or date")
-        if not self.guard.check(signature, date):
-            raise AuthenticationError(f"replayed message {header['msg_id']!r} refused")
+            raise ProtocolError("header lacks msg_id, msg_type, session, seq (a count) or date")
+        if not self.guard.check(signature, session, seq):
+            raise AuthenticationError(
+                f"replayed message {header['msg_id']!r} refused: message {seq} of session {session[:12]}"
+                " was received already, or is older than all this receiver still remembers"
+            )
         return Message(list(frames[:i]), header, body[1:])
 
 

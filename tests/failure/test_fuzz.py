@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -42,7 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests import _tasks
-from zpool.cluster import _child_env
+from zpool._process import caller_path, python_command
 from zpool.protocol import (
     DELIMITER,
     REPLY_COLUMNS,
@@ -509,10 +508,11 @@ class FakeController:
     def start(self) -> None:
         path = os.path.join(self.workdir, "cluster.json")
         self.info.write(path)
-        argv = [sys.executable, "-m", "zpool.engine", "--connection-file", path, "--parent-pid", str(os.getpid())]
-        argv += ["--log-file", self.log_path, "--log-level", "WARNING"]
+        args = ["--connection-file", path, "--parent-pid", str(os.getpid())]
+        args += ["--log-file", self.log_path, "--log-level", "WARNING"]
+        argv = python_command("zpool.engine", args, caller_path())  # as the controller starts engines
         with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(argv, env=_child_env(), stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         assert self.engine.poll(T * 1000), "the engine never asked to register"
         frames = self.engine.recv_multipart()
         msg = self.session.unpack(frames)

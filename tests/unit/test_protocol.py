@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import json
 import os
+import random
 import re
 import stat
+import threading
 import time
 
 import pytest
@@ -75,6 +79,7 @@ def test_build_unpack_round_trip(sender, receiver):
     assert msg.header["msg_type"] == "apply_request"
     assert re.fullmatch(r"[0-9a-f]{12}-\d+", msg.header["msg_id"])
     assert msg.header["session"] == sender.session
+    assert msg.header["seq"] == 0
     assert before <= msg.header["date"] <= after
     assert msg.header["tasks"] == [["t-1", 2, 0]]
     assert msg.parent == {"msg_id": "p-1"}
@@ -169,7 +174,7 @@ def test_bytes_shifted_between_frames_rejected(sender, receiver, left):
 def test_replay_rejected(sender, receiver):
     frames = sender.build("apply_request", msg_id="once")
     assert receiver.unpack(list(frames)).header["msg_id"] == "once"
-    with pytest.raises(AuthenticationError, match=r"^replayed message 'once' refused$"):
+    with pytest.raises(AuthenticationError, match=r"^replayed message 'once' refused: message 0 of session "):
         receiver.unpack(list(frames))
 
 
@@ -219,20 +224,46 @@ def test_header_json_list(sender, receiver):
         receiver.unpack(signed(sender, b'["msg_id", "msg_type"]'))
 
 
+GOOD_HEADER = {"msg_id": "m", "msg_type": "apply_request", "session": "s", "seq": 0, "date": 1e9}
+
+
 @pytest.mark.parametrize(
-    "header",
+    "changes",
     [
-        {"msg_id": "m", "session": "s", "date": 1e9},
-        {"msg_id": "m", "msg_type": 7, "session": "s", "date": 1e9},
-        {"msg_type": "apply_request", "session": "s", "date": 1e9},
-        {"msg_id": "m", "msg_type": "apply_request", "session": "s"},
-        {"msg_id": "m", "msg_type": "apply_request", "session": "s", "date": "yesterday"},
+        {"msg_type": None},
+        {"msg_type": 7},
+        {"msg_id": None},
+        {"session": None},
+        {"session": 5},
+        {"seq": None},
+        {"seq": True},
+        {"seq": -1},
+        {"seq": 1.0},
+        {"seq": "1"},
+        {"date": None},
+        {"date": "yesterday"},
     ],
-    ids=["no-msg_type", "msg_type-int", "no-msg_id", "no-date", "date-str"],
+    ids=[
+        "no-msg_type",
+        "msg_type-int",
+        "no-msg_id",
+        "no-session",
+        "session-int",
+        "no-seq",
+        "seq-bool",
+        "seq-negative",
+        "seq-float",
+        "seq-str",
+        "no-date",
+        "date-str",
+    ],
 )
-def test_header_missing_fields(sender, receiver, header):
-    with pytest.raises(ProtocolError, match=r"^header lacks msg_id, msg_type or date$"):
+def test_header_missing_fields(sender, receiver, changes):
+    header = {**GOOD_HEADER, **changes}
+    header = {k: v for k, v in header.items() if v is not None}
+    with pytest.raises(ProtocolError, match=r"^header lacks msg_id, msg_type, session, seq \(a count\) or date$"):
         receiver.unpack(signed(sender, encode(header)))
+    assert receiver.unpack(signed(sender, encode(GOOD_HEADER))).header == GOOD_HEADER
 
 
 def test_bad_content_json_raises_on_access(sender, receiver):
@@ -247,50 +278,182 @@ def test_bad_content_json_raises_on_access(sender, receiver):
 
 
 def test_replay_guard_generations_rotate():
-    guard = ReplayGuard(generation_size=2, slack=0.0)
-    assert guard.check(b"s1", 1.0)
-    assert guard.check(b"s2", 2.0)  # generation 1 full: becomes the previous one
-    assert not guard.check(b"s1", 1.0)  # still remembered
-    assert guard.check(b"s3", 3.0)
-    assert guard.check(b"s4", 4.0)  # generation 1 forgotten; horizon = 2.0
-    assert not guard.check(b"s3", 3.0)  # generation 2 still remembered
+    guard = ReplayGuard(generation_size=2)
+    assert guard.check(b"s1", "A", 1)
+    assert guard.check(b"s2", "A", 2)  # generation 1 full: becomes the previous one
+    assert not guard.check(b"s1", "A", 1)  # still remembered
+    assert guard.check(b"s3", "A", 3)
+    assert guard.check(b"s4", "A", 4)  # generation 1 forgotten; A's horizon = 2
+    assert not guard.check(b"s3", "A", 3)  # generation 2 still remembered
 
-    # s1 is forgotten, but it is dated at or below the horizon, so still refused.
-    assert not guard.check(b"s1", 1.0)
-    assert not guard.check(b"s2", 2.0)
-    assert not guard.check(b"never-seen", 2.0)
-    # A fresh message after the rotation is accepted.
-    assert guard.check(b"s5", 2.5)
-    assert guard.check(b"s6", 5.0)
-
-
-def test_replay_guard_horizon_is_newest_of_forgotten_generation():
-    guard = ReplayGuard(generation_size=3, slack=0.0)
-    for i, date in enumerate([10.0, 30.0, 20.0]):  # out of order: newest is 30
-        assert guard.check(b"a%d" % i, date)
-    for i, date in enumerate([31.0, 32.0, 33.0]):
-        assert guard.check(b"b%d" % i, date)
-    assert not guard.check(b"fresh-but-old", 30.0)
-    assert guard.check(b"fresh", 30.5)
+    # s1 and s2 are forgotten, but numbered at or below A's horizon, so still refused.
+    assert not guard.check(b"s1", "A", 1)
+    assert not guard.check(b"s2", "A", 2)
+    assert not guard.check(b"never-seen", "A", 2)
+    # Messages numbered above the horizon are accepted, in any order.
+    assert guard.check(b"s6", "A", 6)
+    assert guard.check(b"s5", "A", 5)
+    # Another session's numbers are its own: A's horizon does not concern it.
+    assert guard.check(b"b1", "B", 1)
+    assert guard.check(b"b0", "B", 0)
 
 
-def test_replay_guard_slack_tolerates_slightly_older_genuine_messages():
-    guard = ReplayGuard(generation_size=2, slack=5.0)
-    assert guard.check(b"a", 100.0)
-    assert guard.check(b"b", 101.0)
-    assert guard.check(b"c", 102.0)
-    assert guard.check(b"d", 103.0)  # generation {a, b} forgotten; horizon = 101 - 5
-    assert guard.check(b"late-but-genuine", 97.0)  # within the slack: accepted
-    assert not guard.check(b"too-old", 96.0)  # at the horizon: refused
-    assert not guard.check(b"c", 102.0)  # still remembered
+def test_replay_guard_horizon_is_highest_seq_of_forgotten_generation():
+    guard = ReplayGuard(generation_size=3)
+    for i, seq in enumerate([10, 30, 20]):  # out of order: the highest is 30
+        assert guard.check(b"a%d" % i, "A", seq)
+    for i in range(3):  # another session's messages fill the next generation
+        assert guard.check(b"b%d" % i, "B", i)
+    assert not guard.check(b"fresh-but-numbered-too-low", "A", 30)
+    assert not guard.check(b"another", "A", 11)  # never received, but cannot be told from a replay
+    assert guard.check(b"fresh", "A", 31)
+    # B's messages are in the remembered generation: B has no horizon yet.
+    assert guard.check(b"b-late", "B", 0)
 
 
 def test_replay_guard_rejects_duplicate_within_generation():
     guard = ReplayGuard(generation_size=100)
-    assert guard.check(b"sig", 1.0)
-    assert not guard.check(b"sig", 1.0)
-    assert not guard.check(b"sig", 99.0)
-    assert guard.check(b"other", 0.5)  # no horizon yet: order does not matter
+    assert guard.check(b"sig", "A", 5)
+    assert not guard.check(b"sig", "A", 5)
+    assert not guard.check(b"sig", "A", 99)  # the signature decides, whatever the header says
+    assert not guard.check(b"sig", "B", 0)
+    assert guard.check(b"other", "A", 1)  # no horizon yet: order does not matter
+
+
+def test_replay_guard_accepts_genuine_traffic_refuses_every_replay():
+    """Several sessions, interleaved and mildly out of order, across many rotations."""
+    rng = random.Random(16)
+    generation = 64
+    guard = ReplayGuard(generation_size=generation)
+    sessions = [os.urandom(16).hex() for _ in range(5)]
+    sent = [(session, seq) for seq in range(2000) for session in sessions]
+    rng.shuffle(sent)
+    sent.sort(key=lambda m: m[1])  # each session's messages in order, sessions interleaved at random
+    # Then shuffled within windows shorter than a generation: overtaken by a few messages each.
+    for start in range(0, len(sent), 20):
+        window = sent[start : start + 20]
+        rng.shuffle(window)
+        sent[start : start + 20] = window
+    messages = [(hashlib.sha256(f"{session}/{seq}".encode()).digest(), session, seq) for session, seq in sent]
+    assert all(guard.check(*m) for m in messages)  # 10,000 messages: 156 rotations
+    # Every one of them replayed: still remembered (the last two generations) or at or below its horizon.
+    assert not any(guard.check(*m) for m in messages)
+    assert not any(guard.check(*m) for m in reversed(messages))
+    # The senders go on: accepted.
+    assert all(guard.check(os.urandom(32), session, 2000) for session in sessions)
+
+
+def test_replay_guard_ignores_dates():
+    """Messages dated anything, the clock stepping back an hour mid-stream, are accepted; replays are not."""
+    sender, receiver = Session(KEY), Session(KEY)
+    receiver.guard = ReplayGuard(generation_size=8)
+    first = sender.build("apply_request")
+    receiver.unpack(first)
+    dates = [time.time(), 0, -1e9, 1e18, time.time() + 86_400] + [time.time() - 3600] * 40
+    for date in dates:
+        header = {"msg_id": sender.new_id(), "msg_type": "apply_request", "session": sender.session}
+        header.update(seq=next(sender._seq), date=date)
+        assert receiver.unpack(signed(sender, encode(header))).header["date"] == date
+    with pytest.raises(AuthenticationError, match="^replayed message "):
+        receiver.unpack(first)  # forgotten (45 messages = 5 generations ago), refused all the same
+
+
+def test_session_accepts_after_wall_clock_steps_back(sender, monkeypatch):
+    receiver = Session(KEY)
+    receiver.guard = ReplayGuard(generation_size=16)
+    for _ in range(100):  # six rotations: every session has a horizon
+        receiver.unpack(sender.build("apply_request"))
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)
+    stepped = [sender.build("apply_request") for _ in range(100)]
+    assert all(receiver.unpack(frames).header["date"] < real_time() - 3000 for frames in stepped)
+    assert Session(KEY).unpack(sender.build("apply_request"))  # a fresh receiver too
+    for frames in stepped[-30:]:  # the last two generations' still remembered; older ones at the horizon
+        with pytest.raises(AuthenticationError, match="^replayed message "):
+            receiver.unpack(frames)
+
+
+def test_replay_of_forgotten_message_refused(sender):
+    receiver = Session(KEY)
+    receiver.guard = ReplayGuard(generation_size=4)
+    old = sender.build("apply_request", msg_id="old")
+    receiver.unpack(list(old))
+    other = Session(KEY)
+    for _ in range(12):  # three generations later, `old` is no longer remembered by its signature
+        receiver.unpack(sender.build("apply_request"))
+        receiver.unpack(other.build("apply_request"))
+    with pytest.raises(AuthenticationError, match=r"^replayed message 'old' refused: message 0 of session "):
+        receiver.unpack(list(old))
+
+
+def test_messages_overtaken_within_a_generation_are_accepted(sender, receiver):
+    early, late = sender.build("apply_request"), sender.build("apply_request")
+    assert receiver.unpack(late).header["seq"] == 1
+    assert receiver.unpack(early).header["seq"] == 0
+
+
+def test_seq_counts_a_sessions_messages():
+    a, b = Session(KEY), Session(KEY)
+    seqs = [json.loads(a.build("queue_request")[2])["seq"] for _ in range(3)]
+    assert seqs == [0, 1, 2]
+    a.new_id()  # ids do not use up sequence numbers
+    assert json.loads(a.build("queue_request", msg_id="x")[2])["seq"] == 3
+    assert json.loads(b.build("queue_request")[2])["seq"] == 0  # each session counts its own
+
+
+def test_seq_unique_across_threads():
+    session = Session(KEY)
+
+    def build_many(_):
+        return [json.loads(session.build("queue_request")[2])["seq"] for _ in range(2000)]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        seqs = [seq for chunk in pool.map(build_many, range(4)) for seq in chunk]
+    assert sorted(seqs) == list(range(8000))
+
+
+def test_replay_guard_session_table_is_bounded():
+    guard = ReplayGuard(generation_size=4, max_sessions=8)
+    sessions = [f"session-{i}" for i in range(1000)]
+    for session in sessions:  # a process each, sending one message: engines replaced over a long run
+        assert guard.check(session.encode(), session, 0)
+    assert len(guard._horizons) == 8
+    assert len(guard._current_newest) <= 4 and len(guard._previous_newest) <= 4
+    # The last generation is remembered by signature, the 8 sessions before by their horizons...
+    for session in sessions[-4:]:
+        assert not guard.check(session.encode(), session, 0)
+    for session in sessions[-12:-4]:
+        assert not guard.check(b"anything", session, 0)
+    # ...while a session silent since (a process long gone) is forgotten: a replay passes again.
+    assert guard.check(b"session-0", "session-0", 0)
+
+
+def test_replay_guard_keeps_horizons_of_every_session_just_forgotten():
+    """With max_sessions >= generation_size, a whole generation of distinct sessions keeps its horizons."""
+    guard = ReplayGuard(generation_size=16, max_sessions=16)
+    sessions = [f"s{i}" for i in range(64)]
+    for session in sessions:
+        assert guard.check(session.encode(), session, 5)
+    # The last 16 are remembered by signature, the 16 before (the generation just forgotten) by their horizons.
+    for session in sessions[-16:]:
+        assert not guard.check(session.encode(), session, 5)
+    for session in sessions[-32:-16]:
+        assert not guard.check(b"x" + session.encode(), session, 5)
+    assert guard.check(b"s0", "s0", 5)  # (forgotten: 32 sessions since)
+
+
+def test_replay_guard_thread_safe():
+    """Concurrent checks of the same messages (a client's threads share a guard): each accepted once."""
+    guard = ReplayGuard(generation_size=1 << 16)
+    messages = [(os.urandom(32), "A", seq) for seq in range(5000)]
+    barrier = threading.Barrier(4)
+
+    def check_all(_):
+        barrier.wait()
+        return sum(guard.check(*m) for m in messages)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(check_all, range(4))) == len(messages)
 
 
 # -- connection files and keys -----------------------------------------------

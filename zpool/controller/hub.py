@@ -59,9 +59,16 @@ logger = logging.getLogger(__name__)
 DRAIN_BATCH = 256
 # How often engine processes and the parent are checked, in seconds.
 WATCH_INTERVAL_S = 0.05
-# A message is forwarded whole (with its sender's signature and date) only
-# while younger than this; older ones are re-signed, so receivers' replay
-# guards (see protocol.ReplayGuard's slack) never see stale dates.
+# A client's message is forwarded whole (with its sender's signature, session
+# and seq) only within this many seconds of its receipt, timed by this
+# process's monotonic clock (the sender's date plays no part: clocks step);
+# later, its tasks are re-signed under the controller's session. This is what
+# keeps forwarded messages within the receivers' two generations of
+# signatures (see protocol.ReplayGuard): an engine would have to take in more
+# than a whole generation of messages within that second for a genuine one,
+# overtaken by later messages of the same client, to be refused. Engine
+# replies need no such bound: they are forwarded in the pass that receives
+# them, in the order received.
 FORWARD_MAX_AGE_S = 1.0
 # How long an engine that could not be reached is given to finish dying (see Hub._unreachable).
 UNREACHABLE_WAIT_S = 0.2
@@ -89,14 +96,14 @@ class HubState(enum.Enum):
 
 
 class _Source:
-    """A client message kept so it can be forwarded whole."""
+    """A client message kept so it can be forwarded whole (until FORWARD_MAX_AGE_S after `received`)."""
 
-    __slots__ = ("count", "date", "frames")
+    __slots__ = ("count", "frames", "received")
 
-    def __init__(self, frames: list[Any], count: int, date: float) -> None:
+    def __init__(self, frames: list[Any], count: int, received: float) -> None:
         self.frames = frames
         self.count = count
-        self.date = date
+        self.received = received  # time.monotonic() when the controller received it
 
 
 class EngineRecord:
@@ -287,7 +294,7 @@ class Hub:
             for task in tasks:
                 self._release_segments(task)
             return
-        source = _Source(frames[len(msg.idents) :], len(tasks), msg.header["date"])
+        source = _Source(frames[len(msg.idents) :], len(tasks), time.monotonic())
         for task in tasks:
             task.source = source
         self.scheduler.submit(tasks)
@@ -539,7 +546,7 @@ class Hub:
             per_client.setdefault(task.client, []).append(i)
         if slot.budget == 0 and not slot.outstanding:
             self._retire(slot)
-        if len(per_client) == 1 and time.time() - msg.header["date"] < FORWARD_MAX_AGE_S:
+        if len(per_client) == 1:  # forwarded whole now, as received (see FORWARD_MAX_AGE_S)
             client, answered = next(iter(per_client.items()))
             if len(answered) == len(ids):
                 if not self._send(self.client, client, frames[len(msg.idents) :]):
@@ -580,7 +587,7 @@ class Hub:
                 source is not None
                 and len(tasks) == source.count
                 and all(t.source is source for t in tasks)
-                and time.time() - source.date < FORWARD_MAX_AGE_S
+                and time.monotonic() - source.received < FORWARD_MAX_AGE_S
             ):
                 frames = source.frames
             else:

@@ -549,8 +549,10 @@ class _Heartbeat:
                 # This thread did not run for a while (the whole program was suspended: SIGSTOP,
                 # a Slurm suspend, a frozen container, a closed laptop lid): the controller's
                 # silence is counted from now, not across a stop that halted it too.
-                logger.info("heartbeat: this thread was stopped for %.1f s; the controller's silence counts afresh",
-                            now - looked)
+                logger.info(
+                    "heartbeat: this thread was stopped for %.1f s; the controller's silence counts afresh",
+                    now - looked,
+                )
                 self.last_beat = max(self.last_beat, now)
             looked = now
             if self._woken and time.monotonic() - engine.outbox_since >= REPLY_HOLD_S:
