@@ -2,8 +2,8 @@
 
 :class:`LocalCluster` makes a private directory (mode 0700) holding the
 ZeroMQ ``ipc://`` endpoints, the connection file with the random key (mode
-0600) and the controller's log, then starts ``python -m zpool.controller``
-in a session of its own (so a Ctrl-C meant for the caller does not kill the
+0600) and the controller's log, then starts the controller
+(``zpool.controller.__main__``) in a session of its own (so a Ctrl-C meant for the caller does not kill the
 workers mid-task). The controller starts and supervises the engines, and
 exits, ending them, when this process goes away, however it goes.
 
