@@ -21,6 +21,7 @@ A serialized object is a list of frames: ``[pickle, buffer_0, buffer_1, ...]``.
 from __future__ import annotations
 
 import builtins
+import errno
 import io
 import pickle
 import sys
@@ -564,8 +565,7 @@ def _loads_shared(frames: Sequence[Any], release: bool | str) -> Any:
                 buffers[index] = _shm.open_segment(name, size)
             except (OSError, ValueError) as exc:
                 raise SerializationError(
-                    f"cannot map shared-memory segment {name} ({size} bytes): {exc}; it was removed"
-                    " (its pool ended), or this process runs on another host than its sender"
+                    f"cannot map shared-memory segment {name} ({size} bytes): {exc}{_unmappable_hint(exc)}"
                 ) from exc
     finally:
         if release:
@@ -574,6 +574,34 @@ def _loads_shared(frames: Sequence[Any], release: bool | str) -> Any:
                 if name.startswith(prefix):
                     _shm.unlink(name)
     return pickle.loads(_readonly_view(frames[1]), buffers=buffers)
+
+
+def _unmappable_hint(exc: BaseException) -> str:
+    """Why a segment could not be mapped and what to do, by the OS error; "" if the error says it all."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOENT:
+        return "; it was removed (its pool ended), or this process runs on another host than its sender"
+    if code == errno.EMFILE:
+        try:
+            import resource
+
+            limit = f" (RLIMIT_NOFILE: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+        except (ImportError, OSError, ValueError):
+            limit = ""
+        return (
+            f"; this process has as many files open as it may{limit}. Close files it keeps open, or raise"
+            " the limit: `ulimit -n 4096` in the shell that starts Python, or"
+            " resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard)) before the Pool starts (its engines inherit it)"
+        )
+    if code == errno.ENFILE:
+        return "; the system has too many files open. Close some, or raise the system's limit (sysctl fs.file-max)"
+    if code == errno.ENOMEM:
+        return (
+            "; out of memory, or of mappings: each array received through shared memory is one mapping while it"
+            " lives, and Linux allows a process vm.max_map_count of them (65530 by default). Drop or copy"
+            " (numpy.array(a)) the arrays you keep, or raise vm.max_map_count"
+        )
+    return ""
 
 
 def _readonly_view(frame: Any) -> Any:

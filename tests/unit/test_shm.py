@@ -6,16 +6,25 @@ and everything under it is removed when the test ends, whatever happens.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
+import gc
 import glob
 import json
 import logging
+import mmap
 import os
 import pickle
 import re
+import resource
 import stat
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -484,6 +493,193 @@ def test_unlink_of_a_name_never_created_is_quiet(prefix):
     assert under(prefix) == []
 
 
+# -- a mapping holds no descriptor (issue 16) -------------------------------------------------------
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self")
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def mappings_of(ino: int) -> int:
+    """How many mappings of the segment with inode `ino` this process has."""
+    with open("/proc/self/maps") as f:
+        rows = [line.split() for line in f]
+    return sum(1 for row in rows if len(row) >= 6 and row[5].startswith(_shm.DIRECTORY + "/") and int(row[4]) == ino)
+
+
+@needs_proc
+def test_open_segments_hold_no_descriptor(prefix):
+    writer = _shm.Writer(prefix, "c", keep=False)
+    sizes = [BIG if i % 50 == 0 else 4096 + i for i in range(200)]
+    names = [writer.write(data(size, seed=i)) for i, size in enumerate(sizes)]
+    before = open_descriptors()
+    views = [_shm.open_segment(name, size) for name, size in zip(names, sizes)]
+    assert open_descriptors() == before
+    for name in names:
+        _shm.unlink(name)
+    assert under(prefix) == []
+    for i, view in enumerate(views):  # readable without their names
+        assert view.readonly and view.tobytes() == data(sizes[i], seed=i), i
+    assert open_descriptors() == before
+
+
+@needs_proc
+def test_an_array_keeps_its_mapping_alone_and_unmaps_it_when_freed(prefix):
+    writer = _shm.Writer(prefix, "c", keep=False)
+    expected = np.arange(BIG // 8, dtype=np.float64)
+    frames = dumps(expected, shared=writer)
+    (name,) = _shm.manifest_names(frames)
+    ino = inode(name)
+    got = loads(frames, release=True)  # the segment's name is gone: only the mapping is left
+    assert under(prefix) == [] and _tasks.received_via(got) == "shm"
+    part = got[10:20]
+    base = got
+    while isinstance(base, np.ndarray):
+        base = base.base
+    mapping = weakref.ref(base.obj)  # ndarrays -> memoryview -> mmap object
+    del base
+    del frames, got
+    gc.collect()
+    assert mapping() is not None and mappings_of(ino) == 1  # the slice alone keeps it
+    np.testing.assert_array_equal(part, expected[10:20])
+    del part
+    assert mapping() is None and mappings_of(ino) == 0  # unmapped with the last view
+
+
+def test_a_mapping_is_read_only_through_its_mmap_object_too(prefix):
+    name = _shm.Writer(prefix, "c").write(data(BIG))
+    view = _shm.open_segment(name, BIG)
+    assert isinstance(view.obj, mmap.mmap) and len(view.obj) == BIG
+    with pytest.raises(TypeError, match="readonly"):
+        view.obj[0] = 1  # a TypeError, not a crash on the read-only pages
+
+
+RECEIVER = textwrap.dedent("""
+    import os, sys
+    from zpool import _shm
+
+    name, size, fork = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "forked"
+    ino = os.stat(os.path.join(_shm.DIRECTORY, name)).st_ino
+    view = _shm.open_segment(name, size)
+    expected = view.tobytes()
+    if fork:  # the receiver lets go of its mapping; a child it forked holds the copy it inherited
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid:
+            del view
+            os.write(w, b"x")
+            _, status = os.waitpid(pid, 0)
+            os._exit(os.waitstatus_to_exitcode(status))
+        os.read(r, 1)
+    mine = [fd for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+    held = sum(1 for fd in mine if os.stat(f"/proc/self/fd/{fd}").st_ino == ino)
+    print("ready", held, flush=True)
+    sys.stdin.readline()
+    print("same" if view.tobytes() == expected else "changed", flush=True)
+    sys.stdin.readline()
+    os._exit(0)
+""")
+
+
+@needs_proc
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["mapped", "forked"])
+def test_a_segment_a_receiver_maps_is_not_reused_though_it_holds_no_descriptor(prefix, how):
+    """Another process maps it (or a child it forked after mapping, once it let go): no reuse until it is gone."""
+    writer = _shm.Writer(prefix, "c")
+    payload = data(BIG, seed=1)
+    name = writer.write(payload)
+    ino = inode(name)
+    (own,) = [n for n in under(prefix, kept=True) if n != name]
+    command = [sys.executable, "-c", RECEIVER, name, str(BIG), how]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as receiver:
+        try:
+            assert receiver.stdout.readline() == "ready 0\n"  # it maps the segment and holds no descriptor of it
+            _shm.unlink(name)  # its owner is done with it
+            other = writer.write(data(BIG, seed=2))
+            assert inode(other) != ino  # not reused: a new segment
+            fd = os.open(seg_path(own), os.O_RDONLY)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the writer tries
+            finally:
+                os.close(fd)
+            receiver.stdin.write("check\n")
+            receiver.stdin.flush()
+            assert receiver.stdout.readline() == "same\n"
+            receiver.stdin.write("bye\n")
+            receiver.stdin.flush()
+            assert receiver.wait(30) == 0
+        finally:
+            if receiver.poll() is None:
+                receiver.kill()
+    again = writer.write(data(BIG, seed=3))  # `other` is still named: only the first one is free
+    assert inode(again) == ino
+    with open(seg_path(again), "rb") as f:
+        assert f.read() == data(BIG, seed=3)
+    writer.close()
+
+
+def test_writers_check_that_the_lock_follows_the_mapping(prefix):
+    writer = _shm.Writer(prefix, "c")
+    assert _shm._lock_follows_mapping(writer) is True  # Linux
+    assert under(prefix, kept=True) == []  # the file it checked with is gone
+
+
+def test_the_check_fails_where_closing_the_descriptor_frees_the_lock(prefix, monkeypatch):
+    monkeypatch.setattr(_shm, "_map_readonly", lambda fd, size: mmap.mmap(-1, size))  # a mapping of nothing
+    assert _shm._lock_follows_mapping(_shm.Writer(prefix, "c")) is False
+    assert under(prefix, kept=True) == []
+
+
+def test_where_the_lock_does_not_follow_the_mapping_no_segment_is_kept(prefix, monkeypatch):
+    monkeypatch.setattr(_shm, "_lock_follows_mapping", lambda writer: False)
+    writer = _shm.Writer(prefix, "c")
+    first = writer.write(data(BIG, seed=1))
+    assert under(prefix, kept=True) == [first]  # no name of its own: not kept
+    _shm.unlink(first)
+    second = writer.write(data(BIG, seed=2))
+    assert under(prefix, kept=True) == [second]
+    writer.close()
+
+
+def test_a_failed_mapping_leaves_its_reservation_mapped_forever(prefix, monkeypatch):
+    """A failed MAP_FIXED may have unmapped the reserved addresses: they are never unmapped again."""
+    name = _shm.Writer(prefix, "c", keep=False).write(data(BIG))
+    native = _shm._native()
+
+    def failing(addr, size, prot, flags, fd, offset):
+        ctypes.set_errno(errno.ENOMEM)
+        return native.failed
+
+    monkeypatch.setattr(_shm, "_native", lambda: native._replace(map=failing))
+    abandoned = len(_shm._ABANDONED)
+    with pytest.raises(OSError) as info:
+        _shm.open_segment(name, BIG)
+    assert info.value.errno == errno.ENOMEM
+    assert len(_shm._ABANDONED) == abandoned + 1
+    _shm._ABANDONED.pop().close()  # (this fake left it mapped: safe to unmap here)
+
+
+@needs_proc
+def test_a_mapping_placed_elsewhere_is_undone(prefix, monkeypatch):
+    """Where MAP_FIXED has another value, the kernel maps the file elsewhere: undone, and an error."""
+    name = _shm.Writer(prefix, "c", keep=False).write(data(BIG))
+    native = _shm._native()
+
+    def elsewhere(addr, size, prot, flags, fd, offset):
+        return native.map(None, size, prot, flags & ~_shm._MAP_FIXED, fd, offset)
+
+    monkeypatch.setattr(_shm, "_native", lambda: native._replace(map=elsewhere))
+    abandoned = len(_shm._ABANDONED)
+    with pytest.raises(OSError) as info:
+        _shm.open_segment(name, BIG)
+    assert info.value.errno == errno.ENOTSUP
+    assert mappings_of(inode(name)) == 0 and len(_shm._ABANDONED) == abandoned
+
+
 # (Nothing here names a real file outside the test's own directory: were the check broken,
 # unlink would remove it.)
 BAD_NAMES = [
@@ -827,3 +1023,49 @@ def test_full_shared_memory_fallback_copies_so_the_callers_array_is_free_at_once
     arr[:] = -1.0  # as a caller may, once the call returned
     got = loads(frames)
     np.testing.assert_array_equal(got, np.arange(BIG // 8, dtype=np.float64))
+
+
+@pytest.mark.parametrize(
+    "code, hint",
+    [
+        (errno.EMFILE, r"; this process has as many files open as it may \(RLIMIT_NOFILE: \d+\)\. .*`ulimit -n 4096`"),
+        (errno.ENFILE, r"; the system has too many files open\. .*fs\.file-max"),
+        (errno.ENOENT, r"; it was removed \(its pool ended\), or this process runs on another host than its sender$"),
+        (errno.ENOMEM, r"; out of memory, or of mappings: .*vm\.max_map_count"),
+        (errno.EACCES, None),
+    ],
+)
+def test_the_error_for_a_segment_that_cannot_be_mapped_says_why(prefix, monkeypatch, code, hint):
+    frames, names = _two_segment_payload(prefix)
+
+    def refuse(name, size):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(_shm, "open_segment", refuse)
+    with pytest.raises(SerializationError) as info:
+        loads(frames, release=True)
+    text = str(info.value)
+    assert text.startswith(f"cannot map shared-memory segment {names[0]} ({BIG} bytes): [Errno {code}] ")
+    if hint is None:
+        assert text.endswith(os.strerror(code))  # the OS error says it all
+    else:
+        assert re.search(hint, text), text
+    assert under(prefix) == []  # released all the same
+
+
+@needs_proc
+def test_out_of_descriptors_the_error_says_how_to_raise_the_limit(prefix):
+    frames, names = _two_segment_payload(prefix)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest = os.open(os.devnull, os.O_RDONLY)  # the number the next open would get
+    os.close(lowest)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
+    try:
+        with pytest.raises(SerializationError) as info:
+            loads(frames)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert f"[Errno {errno.EMFILE}]" in str(info.value)
+    assert f"(RLIMIT_NOFILE: {lowest})" in str(info.value) and "ulimit -n" in str(info.value)
+    for name in names:
+        _shm.unlink(name)
