@@ -16,26 +16,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import sys
 from typing import TYPE_CHECKING, Any
 
+# Imported now, not when the first Pool starts: it records the directory the
+# program started in, which '' on sys.path means (zpool._process.caller_path).
+from zpool import _process
+
 __version__ = "0.1.0"
-
-
-def _start_dir() -> str | None:
-    """The directory this program started in, as early as zpool can tell (see zpool._process.caller_path)."""
-    recorded = getattr(sys.modules.get("multiprocessing.process"), "ORIGINAL_DIR", None)
-    if recorded:
-        return str(recorded)
-    try:
-        return os.path.abspath(os.getcwd())
-    except OSError:  # the working directory was removed
-        return None
-
-
-# Read when the hidden cluster starts: what ``''`` on sys.path meant then.
-_START_DIR = _start_dir()
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -24,6 +24,21 @@ _BOOTSTRAP = (
 )
 
 
+def _start_dir() -> str | None:
+    """The directory this program started in, as early as zpool can tell."""
+    recorded = getattr(sys.modules.get("multiprocessing.process"), "ORIGINAL_DIR", None)
+    if recorded:
+        return str(recorded)
+    try:
+        return os.path.abspath(os.getcwd())
+    except OSError:  # the working directory was removed
+        return None
+
+
+# Recorded when zpool is first imported (zpool/__init__.py imports this module).
+START_DIR = _start_dir()
+
+
 def caller_path() -> list[str]:
     """This process's ``sys.path`` made absolute, for processes that must import what it imports.
 
@@ -34,9 +49,7 @@ def caller_path() -> list[str]:
     does, so an ``os.chdir()`` since does not change what is found;
     other relative entries are resolved against the working directory now.
     """
-    import zpool
-
-    start = zpool._START_DIR or os.path.abspath(os.curdir)
+    start = START_DIR or os.path.abspath(os.curdir)
     paths = [start if p == "" else os.path.abspath(p) for p in sys.path if isinstance(p, str)]
     return list(dict.fromkeys(paths))
 
