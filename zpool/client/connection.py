@@ -201,6 +201,7 @@ class Connection:
         # The calling thread's own socket for blocking calls (see call_now), made on first
         # use; whoever holds _own_lock may use it (the I/O thread only reads leftovers).
         self._own: zmq.Socket[Any] | None = None
+        self._own_up = False  # it was seen connected (see _own_socket)
         self._own_lock = threading.Lock()
         # Messages sent on it whose answer was not read by their caller: signature -> (ids, segments).
         self._own_sent: collections.OrderedDict[bytes, tuple[list[str], list[str]]] = collections.OrderedDict()
@@ -301,7 +302,8 @@ class Connection:
                         send_frames(sock, msg, zmq.DONTWAIT)
                     except zmq.Again:
                         self._own_sent.pop(signature, None)
-                        return False  # the connection dropped since it was checked: nothing went out
+                        self._own_up = False
+                        return False  # the connection dropped: nothing went out
                     sent = True
             except BaseException as exc:
                 if sent:
@@ -339,9 +341,12 @@ class Connection:
         and retries quietly when it cannot (no file descriptor left:
         EMFILE), and a message queued for it would wait forever. The first
         use waits up to :data:`OWN_CONNECT_WAIT_MS` for the connection; later
-        ones only look.
+        ones only look, until it was seen up (a send that finds it down
+        again says so).
         """
         sock = self._own
+        if sock is not None and self._own_up:
+            return sock
         wait_ms = 0
         if sock is None:
             try:
@@ -357,7 +362,8 @@ class Connection:
             sock.connect(self._address)
             self._own = sock
             wait_ms = OWN_CONNECT_WAIT_MS
-        return sock if sock.poll(wait_ms, zmq.POLLOUT) else None
+        self._own_up = bool(sock.poll(wait_ms, zmq.POLLOUT))
+        return sock if self._own_up else None
 
     def _read_own(self, sock: zmq.Socket[Any], hold: _HoldCtrlC | None = None) -> None:
         """Settle what arrived on the callers' own socket (whoever holds _own_lock)."""
