@@ -29,13 +29,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 import zmq
 
 from zpool import _shm
 from zpool._process import caller_path, describe_exit, kill_process_group, kill_process_tree, python_command
+from zpool._settings import ControllerSettings
 from zpool.error import BrokenPoolError, ZPoolError
 from zpool.protocol import ConnectionInfo, new_key, write_frames
 
@@ -54,21 +55,15 @@ SHORT_DIRS = ("XDG_RUNTIME_DIR", "/tmp", "/var/tmp", "/dev/shm")
 
 @dataclass(frozen=True)
 class ClusterSettings:
+    """What a hidden cluster is started with: its engines, and the controller's settings."""
+
     n_engines: int
-    scheme: str = "leastload"
-    hwm: int | None = None
-    heartbeat_interval: float = 1.0
-    heartbeat_misses: int = 10
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
     log_level: str = "WARNING"
-    # Retire an engine after this many tasks (maxtasksperchild); None: never.
-    max_tasks_per_engine: int | None = None
     # Serialized call (frames) every engine runs before its first task: the initializer.
     engine_setup: tuple[bytes, ...] = ()
     # Large buffers through shared memory (where the host has /dev/shm).
     shared_memory: bool = True
-    # Finished tasks the controller remembers: the newest so many, of the last so many seconds.
-    record_window: int = 100_000
-    record_age: float = 3600.0
 
 
 class EngineProcess:
@@ -143,12 +138,7 @@ class LocalCluster:
             str(s.n_engines),
             "--parent-pid",
             str(os.getpid()),
-            "--scheme",
-            s.scheme,
-            "--heartbeat-interval",
-            str(s.heartbeat_interval),
-            "--heartbeat-misses",
-            str(s.heartbeat_misses),
+            *s.controller.to_argv(),
             "--log-file",
             self.log_path,
             "--log-level",
@@ -156,11 +146,6 @@ class LocalCluster:
             "--remove-dir",
             self.workdir,
         ]
-        args += ["--record-window", str(s.record_window), "--record-age", repr(float(s.record_age))]
-        if s.hwm is not None:
-            args += ["--hwm", str(s.hwm)]
-        if s.max_tasks_per_engine is not None:
-            args += ["--max-tasks-per-engine", str(s.max_tasks_per_engine)]
         if s.engine_setup:
             args += ["--engine-setup", os.path.join(self.workdir, "engine-setup.bin")]
         return python_command("zpool.controller", args, caller_path())

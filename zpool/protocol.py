@@ -43,6 +43,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import zmq
 
+from zpool._settings import SCHEMES  # (re-exported: defined with the controller's settings)
 from zpool.error import AuthenticationError, ProtocolError
 
 __all__ = [
@@ -65,8 +66,6 @@ __all__ = [
 ]
 
 DELIMITER = b"<IDS|MSG>"
-# Load-balancing schemes the scheduler knows (rules in zpool.controller.scheduler).
-SCHEMES = ("leastload", "lru", "plainrandom", "twobin", "weighted")
 SIGNATURE_BYTES = 32
 # Headers list a batch's task ids; even a batch of 100,000 tasks stays far below this.
 MAX_HEADER_BYTES = 16 << 20

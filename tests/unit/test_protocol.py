@@ -546,3 +546,61 @@ def test_content_must_be_strict_utf8(sender, receiver, content):
     msg = receiver.unpack(sender.build(MsgType.APPLY_REQUEST, content=content))
     with pytest.raises(ProtocolError, match="content is not valid JSON"):
         _ = msg.content
+
+
+# -- the schema (zpool._wire) and the controller's settings (zpool._settings) -------
+
+
+@pytest.mark.parametrize(
+    "ok, engine_id, code", [(True, 0, 0), (True, 3, 3), (False, None, -1), (False, 0, -2), (False, 3, -5)]
+)
+def test_outcome_codes_round_trip(ok, engine_id, code):
+    from zpool._wire import decode_outcome, encode_outcome
+
+    assert encode_outcome(ok, engine_id) == code
+    assert decode_outcome(code) == (ok, engine_id)
+
+
+def test_a_success_needs_its_engine():
+    from zpool._wire import encode_outcome
+
+    with pytest.raises(ValueError, match="engine_id is required"):
+        encode_outcome(True, None)
+
+
+def test_controller_error_names_are_zpool_errors():
+    import zpool.error
+    from zpool._wire import ErrorName, error_reply
+
+    for name in ErrorName:
+        assert name.value in zpool.error.__all__
+    reply = error_reply(ErrorName.TASK_ABORTED, "gone", engine_id=2)
+    assert json.loads(json.dumps(reply)) == {"ename": "TaskAborted", "evalue": "gone", "traceback": "", "engine_id": 2}
+    assert error_reply("KeyError", "k", "tb", None, emodule="builtins")["emodule"] == "builtins"
+
+
+def test_controller_settings_survive_the_command_line():
+    from zpool._settings import ControllerSettings
+
+    for settings in (ControllerSettings(), ControllerSettings("lru", 0, 0.5, 3, 10, 60, 7)):
+        assert ControllerSettings.from_argv(settings.to_argv()) == settings.validate()
+
+
+@pytest.mark.parametrize(
+    "field, value, exc, match",
+    [
+        ("scheme", "fastest", ValueError, "unknown scheme 'fastest'"),
+        ("hwm", -1, ValueError, "hwm must be None"),
+        ("heartbeat_interval", "1", TypeError, "heartbeat_interval must be a number"),
+        ("heartbeat_interval", float("nan"), ValueError, "heartbeat_interval must be a positive"),
+        ("heartbeat_misses", 0, ValueError, "heartbeat_misses must be a positive int"),
+        ("record_window", 0, ValueError, "record_window must be a positive int"),
+        ("record_age", True, ValueError, "record_age must be a positive number"),
+        ("max_tasks_per_engine", 0, ValueError, "maxtasksperchild must be a positive int or None"),
+    ],
+)
+def test_controller_settings_say_which_argument_is_wrong(field, value, exc, match):
+    from zpool._settings import ControllerSettings
+
+    with pytest.raises(exc, match=match):
+        ControllerSettings()._replace(**{field: value}).validate()

@@ -16,32 +16,30 @@ import sys
 # Only what launching the engines needs is imported up front: the engines
 # start importing while this process loads the rest (hub, zmq).
 from zpool._process import kill_process_group, python_command
+from zpool._settings import ControllerSettings
 from zpool.controller.launcher import LocalEngines
 
-SCHEMES = ("leastload", "lru", "plainrandom", "twobin", "weighted")  # checked again by the Scheduler
 
-
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettings]:
     p = argparse.ArgumentParser(prog="python -m zpool.controller", description=__doc__.splitlines()[0])
     p.add_argument("--connection-file", required=True, help="JSON file with addresses and key (mode 0600)")
     p.add_argument("--engines", type=int, default=0, help="local engines to start and supervise")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process ends")
-    p.add_argument("--scheme", choices=SCHEMES, default="leastload")
-    p.add_argument("--hwm", type=int, default=None, help="tasks per engine; 0 unlimited; omit for adaptive")
-    p.add_argument("--heartbeat-interval", type=float, default=1.0)
-    p.add_argument("--heartbeat-misses", type=int, default=10)
-    p.add_argument("--record-window", type=int, default=100_000, help="finished tasks remembered, newest first")
-    p.add_argument("--record-age", type=float, default=3600.0, help="seconds a finished task is remembered")
-    p.add_argument("--max-tasks-per-engine", type=int, default=None, help="retire an engine after N tasks")
+    ControllerSettings.add_arguments(p)
     p.add_argument("--engine-setup", default=None, help="file of a serialized call each engine runs first")
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--remove-dir", default=None, help="directory to delete on exit (the hidden cluster's)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        settings = ControllerSettings.from_args(args).validate()
+    except (TypeError, ValueError) as exc:
+        p.error(str(exc))
+    return args, settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
+    args, settings = _parse(argv)
     engines = None
     if args.engines:
         # Start the engines first: they import while the controller sets up.
@@ -64,23 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     root.addHandler(handler)
     root.setLevel(args.log_level.upper())
     try:
-        from zpool.controller.hub import Hub, HubSettings
+        from zpool.controller.hub import Hub
         from zpool.protocol import ConnectionInfo, read_frames
 
         info = ConnectionInfo.read(args.connection_file)
         setup = tuple(read_frames(args.engine_setup)) if args.engine_setup else ()
-        settings = HubSettings(
-            scheme=args.scheme,
-            hwm=args.hwm,
-            heartbeat_interval=args.heartbeat_interval,
-            heartbeat_misses=args.heartbeat_misses,
-            parent_pid=args.parent_pid,
-            max_tasks_per_engine=args.max_tasks_per_engine,
-            engine_setup=setup,
-            record_window=args.record_window,
-            record_age=args.record_age,
-        )
-        Hub(info, settings, engines).run()
+        Hub(info, settings, engines, parent_pid=args.parent_pid, engine_setup=setup).run()
     except KeyboardInterrupt:
         pass
     finally:

@@ -17,24 +17,33 @@ goes on. Payload frames are never deserialized here: a client message whose
 tasks all go to one engine is forwarded whole, signature included, and an
 engine reply whose tasks all belong to one client likewise; otherwise the
 hub re-batches the untouched payload frames under a header of its own.
+
+Each engine has one record in the :class:`~zpool.controller.registry.EngineRegistry`,
+which the scheduler shares; it leaves only through :meth:`Hub.forget`
+(registry, heartbeat monitor, scheduler, then the engine and its launcher).
+Shared-memory segments are counted in :mod:`zpool.controller.segments`.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
 import logging
 import math
 import time
-from typing import Any, Callable, NamedTuple, cast
+from typing import Any, Callable, Mapping, cast
 
 import zmq
 
 from zpool import _shm
 from zpool._process import ParentWatch
+from zpool._settings import ControllerSettings
+from zpool._wire import ErrorName, QueueStatus, error_reply
+from zpool.controller.flags import parse_flags
 from zpool.controller.heartbeat import HeartMonitor
 from zpool.controller.launcher import LocalEngines
+from zpool.controller.registry import EngineRecord, EngineRegistry
 from zpool.controller.scheduler import EngineSlot, Scheduler, Task
+from zpool.controller.segments import SegmentLedger
 from zpool.error import ProtocolError, ZPoolError
 from zpool.protocol import (
     DELIMITER,
@@ -74,19 +83,8 @@ FORWARD_MAX_AGE_S = 1.0
 UNREACHABLE_WAIT_S = 0.2
 
 
-class HubSettings(NamedTuple):
-    scheme: str = "leastload"
-    hwm: int | None = None
-    heartbeat_interval: float = 1.0
-    heartbeat_misses: int = 10
-    parent_pid: int | None = None
-    # Retire an engine after this many tasks, and start a fresh one (None: never).
-    max_tasks_per_engine: int | None = None
-    # A serialized call every engine runs before its first task (the initializer).
-    engine_setup: tuple[bytes, ...] = ()
-    # Finished tasks remembered (dependencies on them, resubmit): the newest so many, of the last so long.
-    record_window: int = 100_000
-    record_age: float = 3600.0
+# The name the hub's settings had before zpool._settings.ControllerSettings held them all.
+HubSettings = ControllerSettings
 
 
 class HubState(enum.Enum):
@@ -106,49 +104,52 @@ class _Source:
         self.received = received  # time.monotonic() when the controller received it
 
 
-class EngineRecord:
-    __slots__ = ("engine_id", "hostname", "ident", "pid", "ready")
+class Departure(enum.Enum):
+    """Why an engine leaves (see :meth:`Hub.forget`)."""
 
-    def __init__(self, engine_id: int, ident: bytes, pid: int | None, hostname: str) -> None:
-        self.engine_id = engine_id
-        self.ident = ident
-        self.pid = pid
-        self.hostname = hostname
-        self.ready = False  # taking tasks: registered, and its setup (initializer) done
+    GONE = "gone"  # died, or stopped answering: the tasks it held fail (or retry)
+    RETIRED = "retired"  # ran its share of tasks (maxtasksperchild): told to exit, replaced
+    SETUP_FAILED = "setup failed"  # its initializer raised: told to exit
 
 
 class Hub:
     """Registry, router and heartbeat owner of one cluster."""
 
-    def __init__(self, info: ConnectionInfo, settings: HubSettings, engines: LocalEngines | None = None) -> None:
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        settings: ControllerSettings,
+        engines: LocalEngines | None = None,
+        *,
+        parent_pid: int | None = None,
+        engine_setup: tuple[bytes, ...] = (),
+    ) -> None:
         self.info = info
         self.settings = settings
+        # A serialized call every engine runs before its first task (the initializer).
+        self.engine_setup = engine_setup
         self.session = Session(info.key)
-        self.scheduler = Scheduler(
-            settings.scheme, settings.hwm, record_window=settings.record_window, record_age=settings.record_age
-        )
-        self.scheduler.on_finished = self._release_segments
-        # Shared-memory segments of task arguments -> how many live tasks refer to them.
-        self._segments: collections.Counter[str] = collections.Counter()
+        self.registry = EngineRegistry()  # shared with the scheduler
+        self.scheduler = Scheduler(settings, registry=self.registry)
+        # Shared-memory segments of task arguments, unlinked when their last task is done for good.
+        self.segments = SegmentLedger(info.shm_prefix)
+        self.scheduler.on_finished = self.segments.release
         # Engines launched but not registered yet will get the next ids: tasks may wait for them.
         self.scheduler.set_more_coming(engines is not None and engines.starting() > 0)
         self.monitor = HeartMonitor(settings.heartbeat_misses)
         self.launcher = engines
-        self.parent = ParentWatch(settings.parent_pid) if settings.parent_pid else None
-        self.engines: dict[bytes, EngineRecord] = {}
-        self.by_pid: dict[int, bytes] = {}
+        self.parent = ParentWatch(parent_pid) if parent_pid else None
         self.dropped = 0
-        self._next_engine_id = 0
         self._state = HubState.RUNNING
         self._shutdown_requests: list[Message] = []
         self._reading_engines = False  # (see _engine_gone)
 
         self.ctx = zmq.Context()
-        self.client = self._bind(zmq.ROUTER, info.client)
-        self.engine = self._bind(zmq.ROUTER, info.engine)
-        self.heartbeat = self._bind(zmq.ROUTER, info.heartbeat)
+        self.client_sock = self._bind(zmq.ROUTER, info.client)
+        self.engine_sock = self._bind(zmq.ROUTER, info.engine)
+        self.heartbeat_sock = self._bind(zmq.ROUTER, info.heartbeat)
         self._handlers: dict[zmq.Socket[Any], dict[str, Callable[[Message, list[Any]], None]]] = {
-            self.client: {
+            self.client_sock: {
                 MsgType.APPLY_REQUEST.value: self._on_apply_request,
                 MsgType.CONNECT_REQUEST.value: self._on_connect_request,
                 MsgType.QUEUE_REQUEST.value: self._on_queue_request,
@@ -159,12 +160,12 @@ class Hub:
                 MsgType.HEARTBEAT_REQUEST.value: self._on_client_ping,
                 MsgType.PURGE_REQUEST.value: self._on_purge_request,
             },
-            self.engine: {
+            self.engine_sock: {
                 MsgType.REGISTER_REQUEST.value: self._on_register_request,
                 MsgType.APPLY_REPLY.value: self._on_apply_reply,
                 MsgType.ENGINE_READY.value: self._on_engine_ready,
             },
-            self.heartbeat: {
+            self.heartbeat_sock: {
                 MsgType.HEARTBEAT_REPLY.value: self._on_heartbeat_reply,
                 MsgType.RECALL_REPLY.value: self._on_recall_reply,
             },
@@ -237,7 +238,7 @@ class Hub:
                     exc,
                     exc_info=not isinstance(exc, ZPoolError),
                 )
-                if sock is self.client:
+                if sock is self.client_sock:
                     self._notify_rejected(frames, exc)
 
     def _notify_rejected(self, frames: list[Any], exc: Exception) -> None:
@@ -256,7 +257,7 @@ class Hub:
             MsgType.REJECT_NOTICE,
             content=encode({"signature": raw[i + 1][:64].hex(), "reason": f"{type(exc).__name__}: {exc}"}),
         )
-        self._send(self.client, raw[0], notice)
+        self._send(self.client_sock, raw[0], notice)
 
     def _send(self, sock: zmq.Socket[Any], ident: bytes, frames: list[Any]) -> bool:
         try:
@@ -266,33 +267,23 @@ class Hub:
             logger.warning("could not send to %r: %s", ident, exc)
             return False
 
-    def _reply(self, msg: Message, msg_type: MsgType, content: dict[str, Any]) -> None:
+    def _reply(self, msg: Message, msg_type: MsgType, content: Mapping[str, Any]) -> None:
         frames = self.session.build(msg_type, parent=encode(msg.header), content=encode(content))
-        self._send(self.client, _ident(msg), frames)
+        self._send(self.client_sock, _ident(msg), frames)
 
     # -- clients ----------------------------------------------------------
 
     def _on_apply_request(self, msg: Message, frames: list[Any]) -> None:
         client = _ident(msg)
         batch = Batch(msg.header, msg.buffers)
-        flags = _task_flags(msg.header.get("flags"), len(batch.ids))
+        flags = parse_flags(msg.header.get("flags"), len(batch.ids))
         tasks = [Task(task_id, client, batch.payload(i), flags.get(i)) for i, task_id in enumerate(batch.ids)]
-        prefix = self.info.shm_prefix
-        if prefix and msg.header.get("shm"):  # (the client says when any payload refers to segments)
-            for task in tasks:
-                names = _shm.manifest_names(task.frames, prefix)
-                if names:
-                    task.segments = names
-                    # As many users as the sender declared, counted once: the other tasks
-                    # sharing the segments may arrive after the first has finished.
-                    users = _shm.manifest_users(task.frames[0])
-                    for name in names:
-                        if name not in self._segments:
-                            self._segments[name] = users
+        if msg.header.get("shm"):  # (the client says when any payload refers to segments)
+            self.segments.claim(tasks)
         if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
-            self._fail_tasks(tasks, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
+            self._fail_tasks(tasks, ErrorName.BROKEN_POOL, f"no engine can start: {self.launcher.gave_up}")
             for task in tasks:
-                self._release_segments(task)
+                self.segments.release(task)
             return
         source = _Source(frames[len(msg.idents) :], len(tasks), time.monotonic())
         for task in tasks:
@@ -311,7 +302,7 @@ class Hub:
         interrupt = msg.content.get("interrupt") is True
         for slot, task_ids in placed.items():
             notice += len(task_ids)
-            self._send(self.engine, slot.ident, self.session.build(MsgType.ABORT_REQUEST, {"ids": task_ids}))
+            self._send(self.engine_sock, slot.ident, self.session.build(MsgType.ABORT_REQUEST, {"ids": task_ids}))
             # Those queued there come back at once and fail (the engine would reach them only
             # after the task it runs); the abort request covers any it cannot give back.
             queued = [i for i in task_ids if i not in slot.recalling]
@@ -336,13 +327,12 @@ class Hub:
         wanted = msg.content.get("engines")
         if not isinstance(wanted, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in wanted):
             raise ProtocolError("interrupt_request without a list of engine ids")
-        by_id = {record.engine_id: ident for ident, record in self.engines.items()}
         sent, unknown = [], []
         for engine_id in wanted:
-            ident = by_id.get(engine_id)
-            if ident is None:
+            record = self.registry.of_id(engine_id)
+            if record is None:
                 unknown.append(engine_id)
-            elif self._interrupt(ident, None):
+            elif self._interrupt(record.ident, None):
                 sent.append(engine_id)
         self._reply(msg, MsgType.INTERRUPT_REPLY, {"engines": sent, "unknown": unknown})
 
@@ -350,7 +340,7 @@ class Hub:
         """Ask an engine's heartbeat thread to interrupt its running task (one of `task_ids`, if given)."""
         content = {} if task_ids is None else {"ids": task_ids}
         try:
-            send_frames(self.heartbeat, [ident, *self.session.build(MsgType.INTERRUPT_REQUEST, content)])
+            send_frames(self.heartbeat_sock, [ident, *self.session.build(MsgType.INTERRUPT_REQUEST, content)])
         except zmq.ZMQError:
             return False  # gone: its death is noticed elsewhere
         return True
@@ -367,25 +357,6 @@ class Hub:
             raise ProtocolError("resubmit_request needs lists ids and new_ids of the same length")
         refused = self.scheduler.resubmit(old, new, _ident(msg))
         self._reply(msg, MsgType.RESUBMIT_REPLY, {"resubmitted": len(old) - len(refused)})
-
-    def _release_segments(self, task: Task) -> None:
-        """`task` is done for good: unlink the segments of its arguments no other live task needs."""
-        names, task.segments = task.segments, None
-        for name in names or ():
-            left = self._segments[name] - 1
-            if left > 0:
-                self._segments[name] = left
-                continue
-            self._segments.pop(name, None)
-            _shm.unlink(name)
-
-    def _discard_reply(self, batch: Batch, indices: Any) -> None:
-        """Reply payloads that will reach no client: unlink the segments of their results."""
-        prefix = self.info.shm_prefix
-        if not prefix:
-            return
-        for i in indices:
-            _shm.release(batch.payload(i), prefix)
 
     def _send_failures(self) -> None:
         """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts)."""
@@ -406,7 +377,7 @@ class Hub:
     def _engines_up(self) -> dict[str, Any]:
         return {
             "engines": sorted(self.scheduler.by_id),
-            "starting": len(self.scheduler.starting) + (self.launcher.starting() if self.launcher else 0),
+            "starting": len(self.registry.starting) + (self.launcher.starting() if self.launcher else 0),
             "broken": self.launcher.gave_up if self.launcher else None,
         }
 
@@ -415,17 +386,18 @@ class Hub:
         self._shutdown_requests.append(msg)
         self._state = HubState.STOPPING
 
-    def _describe(self) -> dict[str, Any]:
-        status = self.scheduler.status()
-        status["engine_pids"] = {str(r.engine_id): r.pid for r in self.engines.values()}
-        status["scheme"] = self.scheduler.scheme
-        status["hwm"] = self.scheduler.hwm
-        status["dropped_messages"] = self.dropped
+    def _describe(self) -> QueueStatus:
         up = self._engines_up()
-        status["broken"] = up["broken"]
-        # Engines launched and not taking tasks yet (starting, or running the initializer).
-        status["starting"] = up["starting"]
-        return status
+        return {
+            **self.scheduler.status(),
+            "engine_pids": {str(r.engine_id): r.pid for r in self.registry},
+            "scheme": self.scheduler.scheme,
+            "hwm": self.scheduler.hwm,
+            "dropped_messages": self.dropped,
+            "broken": up["broken"],
+            # Engines launched and not taking tasks yet (starting, or running the initializer).
+            "starting": up["starting"],
+        }
 
     # -- engines ----------------------------------------------------------
 
@@ -433,19 +405,14 @@ class Hub:
         ident = _ident(msg)
         content = msg.content
         pid = content.get("pid")
-        record = self.engines.get(ident)
-        setup = self.settings.engine_setup
+        record = self.registry.get(ident)
+        setup = self.engine_setup
         if record is None:
-            record = EngineRecord(
-                self._next_engine_id, ident, pid if isinstance(pid, int) else None, str(content.get("hostname", ""))
+            record = self.registry.register(
+                ident, pid if isinstance(pid, int) else None, str(content.get("hostname", ""))
             )
-            self._next_engine_id += 1
-            self.engines[ident] = record
             self.monitor.add(ident)
-            if record.pid is not None:
-                self.by_pid[record.pid] = ident
             logger.info("engine %d registered (pid %s)", record.engine_id, record.pid)
-            self.scheduler.engine_registered(record.engine_id)
             if not setup:
                 self._engine_ready(record)
         reply = self.session.build(
@@ -461,11 +428,11 @@ class Hub:
             ),
             buffers=setup,
         )
-        self._send(self.engine, ident, reply)
+        self._send(self.engine_sock, ident, reply)
 
     def _on_engine_ready(self, msg: Message, frames: list[Any]) -> None:
         """An engine ran its setup (the pool's initializer): it takes tasks now, or it failed."""
-        record = self.engines.get(_ident(msg))
+        record = self.registry.get(_ident(msg))
         if record is None or record.ready:
             raise ProtocolError("engine_ready from an engine that is not registered, or twice")
         content = msg.content
@@ -476,51 +443,56 @@ class Hub:
         logger.error("engine %d (pid %s): %s", record.engine_id, record.pid, error)
         if self.launcher is not None and record.pid is not None:
             self.launcher.setup_failed(record.pid, error)
-        # Forget it first, so that its exit is not mourned as a death.
-        self._forget_engine(record.ident)
-        self.scheduler.engine_lost(record.engine_id, "failed in its initializer")
-        try:
-            send_frames(self.heartbeat, [record.ident, *self.session.build(MsgType.SHUTDOWN_REQUEST)])
-        except zmq.ZMQError:
-            pass  # it also leaves when heartbeats stop
+        # Forgotten now, so that its exit is not mourned as a death.
+        self.forget(record.ident, "failed in its initializer", Departure.SETUP_FAILED)
 
     def _engine_ready(self, record: EngineRecord) -> None:
         record.ready = True
-        self.scheduler.add_engine(record.engine_id, record.ident, self.settings.max_tasks_per_engine)
+        record.slot = self.scheduler.add_engine(record.engine_id, record.ident, self.settings.max_tasks_per_engine)
         if record.pid is not None and self.launcher is not None:
             self.launcher.mark_registered(record.pid)
 
     def _retire(self, slot: EngineSlot) -> None:
         """Stop an engine that ran its share of tasks (``maxtasksperchild``), and start a fresh one."""
-        record = self.engines.get(slot.ident)
-        logger.info("engine %d ran %d tasks: retiring it", slot.engine_id, self.settings.max_tasks_per_engine)
-        self._forget_engine(slot.ident)
-        how = f"was retired after {self.settings.max_tasks_per_engine} tasks (maxtasksperchild)"
-        self.scheduler.remove_engine(slot.ident, how)
-        try:
-            send_frames(self.heartbeat, [slot.ident, *self.session.build(MsgType.SHUTDOWN_REQUEST)])
-        except zmq.ZMQError:
-            pass
-        if self.launcher is not None and record is not None and record.pid is not None:
-            self.launcher.retire(record.pid)
+        tasks = self.settings.max_tasks_per_engine
+        logger.info("engine %d ran %d tasks: retiring it", slot.engine_id, tasks)
+        self.forget(slot.ident, f"was retired after {tasks} tasks (maxtasksperchild)", Departure.RETIRED)
+
+    def forget(self, ident: bytes, how: str, departure: Departure = Departure.GONE) -> list[Task]:
+        """The one way an engine leaves: registry, heartbeat monitor, scheduler, then the engine and launcher.
+
+        `how` says what became of it ("died from SIGKILL"), for the tasks
+        that named it. Returns the tasks it held that now fail (recorded as
+        failed by the scheduler; the caller answers them); those with
+        retries left run again elsewhere. An engine not registered (or
+        forgotten already) is ignored.
+        """
+        record = self.registry.pop(ident)
+        if record is None:
+            return []
+        self.monitor.remove(ident)
+        if record.ready:
+            stranded = self.scheduler.remove_engine(ident, how)
+        else:  # it never took tasks: what waited for it alone may fail now
+            self.scheduler.engine_lost(record.engine_id, how)
+            stranded = []
+        if departure is not Departure.GONE:
+            try:
+                send_frames(self.heartbeat_sock, [ident, *self.session.build(MsgType.SHUTDOWN_REQUEST)])
+            except zmq.ZMQError:
+                pass  # it also leaves when heartbeats stop
+        if departure is Departure.RETIRED and self.launcher is not None and record.pid is not None:
+            self.launcher.retire(record.pid)  # its exit is expected
             if self._state is HubState.RUNNING:
                 self.launcher.start(1)
-
-    def _forget_engine(self, ident: bytes) -> EngineRecord | None:
-        record = self.engines.pop(ident, None)
-        if record is None:
-            return None
-        self.monitor.remove(ident)
-        if record.pid is not None:
-            self.by_pid.pop(record.pid, None)
-        return record
+        return stranded
 
     def _on_apply_reply(self, msg: Message, frames: list[Any]) -> None:
         ident = _ident(msg)
         slot = self.scheduler.engines.get(ident)
         batch = Batch(msg.header, msg.buffers, REPLY_COLUMNS)
         if slot is None:
-            self._discard_reply(batch, range(len(batch.ids)))
+            self.segments.discard(batch, range(len(batch.ids)))
             raise ProtocolError("apply_reply from an engine that is not registered (or was declared dead)")
         ids = batch.ids
         statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
@@ -538,10 +510,10 @@ class Hub:
             )
             if task is None:
                 logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
-                self._discard_reply(batch, (i,))
+                self.segments.discard(batch, (i,))
                 continue
             if not task.final:
-                self._discard_reply(batch, (i,))
+                self.segments.discard(batch, (i,))
                 continue  # retried, or its functional dependency was unmet there: it runs again
             per_client.setdefault(task.client, []).append(i)
         if slot.budget == 0 and not slot.outstanding:
@@ -549,25 +521,25 @@ class Hub:
         if len(per_client) == 1:  # forwarded whole now, as received (see FORWARD_MAX_AGE_S)
             client, answered = next(iter(per_client.items()))
             if len(answered) == len(ids):
-                if not self._send(self.client, client, frames[len(msg.idents) :]):
-                    self._discard_reply(batch, answered)
+                if not self._send(self.client_sock, client, frames[len(msg.idents) :]):
+                    self.segments.discard(batch, answered)
                 return
         for client, answered in per_client.items():
             out = BatchWriter(REPLY_COLUMNS)
             for i in answered:
                 out.add(ids[i], batch.payload(i), statuses[i], engine_ids[i], starts[i], completions[i])
             if not self._send_reply(client, out):
-                self._discard_reply(batch, answered)
+                self.segments.discard(batch, answered)
 
     def _send_reply(self, client: bytes, batch: BatchWriter) -> bool:
         frames = self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers())
-        return self._send(self.client, client, frames)
+        return self._send(self.client_sock, client, frames)
 
-    def _fail_tasks(self, tasks: list[Task], ename: str, evalue: str, engine_id: int | None = None) -> None:
+    def _fail_tasks(self, tasks: list[Task], ename: ErrorName, evalue: str, engine_id: int | None = None) -> None:
         """Answer `tasks` with the same error reply each."""
         self._answer_errors([(task, ename, evalue, engine_id) for task in tasks])
 
-    def _answer_errors(self, failures: list[tuple[Task, str, str, int | None]]) -> None:
+    def _answer_errors(self, failures: list[tuple[Task, ErrorName, str, int | None]]) -> None:
         """Answer each ``(task, ename, evalue, engine_id)`` with an error reply: one message per client."""
         now = time.time()
         per_client: dict[bytes, BatchWriter] = {}
@@ -575,7 +547,7 @@ class Hub:
             out = per_client.get(task.client)
             if out is None:
                 out = per_client[task.client] = BatchWriter(REPLY_COLUMNS)
-            error = encode({"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id})
+            error = encode(error_reply(ename, evalue, engine_id=engine_id))
             out.add(task.task_id, [error], TaskStatus.ERROR.value, engine_id, now, now)
         for client, out in per_client.items():
             self._send_reply(client, out)
@@ -597,7 +569,7 @@ class Hub:
                 frames = self.session.build(MsgType.APPLY_REQUEST, out.fields(), buffers=out.buffers())
             for t in tasks:
                 t.source = None  # frames stay until the reply: a retry may need them
-            if not self._send(self.engine, slot.ident, frames):
+            if not self._send(self.engine_sock, slot.ident, frames):
                 self._unreachable(slot.ident)
         for slot, task_ids in self.scheduler.recalls().items():
             self._recall(slot, task_ids)
@@ -607,7 +579,7 @@ class Hub:
         self.scheduler.ask_back(slot, task_ids)
         recall = self.session.build(MsgType.RECALL_REQUEST, content=encode({"ids": task_ids}))
         try:
-            send_frames(self.heartbeat, [slot.ident, *recall])
+            send_frames(self.heartbeat_sock, [slot.ident, *recall])
         except zmq.ZMQError:
             slot.recalling.difference_update(task_ids)  # gone: its death is noticed elsewhere
 
@@ -629,7 +601,7 @@ class Hub:
         wait for that instant, so that its tasks fail saying how it ended
         (``SIGKILL``, an exit code), not merely that it could not be reached.
         """
-        record = self.engines.get(ident)
+        record = self.registry.get(ident)
         if record is not None and record.pid is not None and self.launcher is not None:
             self.launcher.wait_exit(record.pid, UNREACHABLE_WAIT_S)
             self._watch_processes()
@@ -643,14 +615,14 @@ class Hub:
     def _beat(self) -> None:
         beat, dead = self.monitor.tick()
         for ident in dead:
-            record = self.engines.get(ident)
+            record = self.registry.get(ident)
             if record is not None and record.pid is not None and self.launcher is not None:
                 self.launcher.kill(record.pid)
             self._engine_gone(ident, f"stopped answering heartbeats ({self.monitor.max_misses} missed)")
         ping = self.session.build(MsgType.HEARTBEAT_REQUEST, {"beat": beat})
-        for ident in self.engines:
+        for record in self.registry:
             try:
-                send_frames(self.heartbeat, [ident, *ping])
+                send_frames(self.heartbeat_sock, [record.ident, *ping])
             except zmq.ZMQError:
                 pass  # not connected yet, or gone: the miss count decides
 
@@ -669,34 +641,33 @@ class Hub:
                 _shm.remove_kept(self.info.shm_prefix, "e", pid)
             if retired:
                 continue  # its replacement started when it was retired
-            ident = self.by_pid.get(pid)
-            if ident is not None:
-                self._engine_gone(ident, f"died from {how}" if how.startswith("SIG") else f"exited with {how}")
+            record = self.registry.of_pid(pid)
+            if record is not None:
+                self._engine_gone(record.ident, f"died from {how}" if how.startswith("SIG") else f"exited with {how}")
             elif not registered:
                 logger.error("engine process %d ended (%s) before it was ready", pid, how)
             if self._state is HubState.RUNNING:
                 self.launcher.start(1)
         if self.launcher.gave_up and not self.scheduler.engines and self.scheduler.queued():
             stranded = self.scheduler.drop_where(lambda task: True)
-            self._fail_tasks(stranded, "BrokenPoolError", f"no engine can start: {self.launcher.gave_up}")
+            self._fail_tasks(stranded, ErrorName.BROKEN_POOL, f"no engine can start: {self.launcher.gave_up}")
             self._send_failures()
 
     def _engine_gone(self, ident: bytes, how: str) -> None:
-        if ident not in self.engines:
+        """Engine `ident` died or cannot be reached: forget it, and fail the tasks it held."""
+        if ident not in self.registry:
             return
         if not self._reading_engines:
             # Replies it sent before it died, already here, count: read them first.
             self._reading_engines = True
             try:
-                self._drain(self.engine)
+                self._drain(self.engine_sock)
             finally:
                 self._reading_engines = False
-        record = self._forget_engine(ident)
+        record = self.registry.get(ident)
         if record is None:
             return
-        if not record.ready:  # died in its initializer: what waited for it may fail now
-            self.scheduler.engine_lost(record.engine_id, how)
-        stranded = self.scheduler.remove_engine(ident, how)
+        stranded = self.forget(ident, how)
         self._send_failures()
         logger.warning(
             "engine %d (pid %s) %s; failing %d task(s) it held", record.engine_id, record.pid, how, len(stranded)
@@ -705,7 +676,7 @@ class Hub:
         for task in stranded:
             self._fail_tasks(
                 [task],
-                "EngineError",
+                ErrorName.ENGINE_ERROR,
                 f"engine {record.engine_id} (pid {record.pid}) {how} while holding task {task.task_id};"
                 f" other engines carry on.{hint}",
                 record.engine_id,
@@ -715,9 +686,9 @@ class Hub:
 
     def _stop(self) -> None:
         bye = self.session.build(MsgType.SHUTDOWN_REQUEST)
-        for ident in list(self.engines):
+        for record in self.registry:
             try:
-                send_frames(self.heartbeat, [ident, *bye])
+                send_frames(self.heartbeat_sock, [record.ident, *bye])
             except zmq.ZMQError:
                 pass
         if self.launcher is not None:
@@ -725,49 +696,12 @@ class Hub:
         for msg in self._shutdown_requests:
             self._reply(msg, MsgType.SHUTDOWN_REPLY, {"status": "ok"})
         self._state = HubState.STOPPED
-        self.client.close(linger=500)
-        self.engine.close(linger=0)
-        self.heartbeat.close(linger=1000)
+        self.client_sock.close(linger=500)
+        self.engine_sock.close(linger=0)
+        self.heartbeat_sock.close(linger=1000)
         self.ctx.term()
         if self.info.shm_prefix:
             _shm.remove_all(self.info.shm_prefix)
-
-
-def _task_flags(raw: Any, n_tasks: int) -> dict[int, dict[str, Any]]:
-    """The ``flags`` header field of an apply_request, checked: ``{task index: flags}``.
-
-    On the wire: a list of ``[first task index, count, flags]``, one per run
-    of tasks sharing flags; the tasks of a run share one flags object here.
-    """
-    if raw is None:
-        return {}
-    if not isinstance(raw, list):
-        raise ProtocolError("apply_request flags must be a list of [first index, count, flags]")
-    out: dict[int, dict[str, Any]] = {}
-    for entry in raw:
-        if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int and type(entry[1]) is int):
-            raise ProtocolError(f"bad flags entry {str(entry)[:80]}")
-        first, count, flags = entry
-        if not (0 <= first and 0 < count and first + count <= n_tasks) or not isinstance(flags, dict):
-            raise ProtocolError(f"flags entry for tasks {first}..{first + count} does not fit the batch")
-        for name in ("after", "follow"):
-            dep = flags.get(name)
-            ids = dep.get("ids") if isinstance(dep, dict) else None
-            if dep is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-                raise ProtocolError(f"flag {name!r} is not a dependency")
-        targets = flags.get("targets")
-        if targets is not None and not (isinstance(targets, list) and all(type(t) is int for t in targets)):
-            raise ProtocolError("flag 'targets' is not a list of engine ids")
-        direct = flags.get("direct")
-        if direct is not None and not (direct is True and targets is not None and len(targets) == 1):
-            raise ProtocolError("flag 'direct' must be true, with exactly one target")
-        for name in ("timeout", "retries"):
-            value = flags.get(name)
-            if value is not None and (type(value) not in (int, float) or not 0 <= value < 1e12):
-                raise ProtocolError(f"flag {name!r} is not a finite number >= 0")
-        for index in range(first, first + count):
-            out[index] = flags
-    return out
 
 
 def _ident(msg: Message) -> bytes:

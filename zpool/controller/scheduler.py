@@ -26,17 +26,16 @@ tasks, where ``t`` is the recent mean task run time, so tiny tasks travel
 many per message while long ones go one after another with the next always
 waiting on the engine; recall (below) keeps either balanced.
 
-Dependencies (DESIGN §5). A task may carry flags: ``after`` and ``follow``
-(graph dependencies on other tasks, each a set of ids with ``all``,
-``success`` and ``failure``), ``timeout`` (for those to be met), ``retries``
-and ``targets``. A task whose dependencies are not met waits, indexed by the
-ids it waits for, so finishing a task touches only its own dependents; each
-dependency keeps counts, so that check costs O(1). A task that can never
-run fails at once, with :class:`~zpool.error.ImpossibleDependency` or a
-subclass, and its dependents in turn (the cascade). Every finished task is
-remembered (by id: whether it succeeded, and where it ran) for dependencies
-still to come. Failures the scheduler decides are collected for the hub to
-send (:meth:`Scheduler.take_failures`).
+Dependencies (DESIGN §5). A task may carry flags, checked once by the hub
+(:mod:`zpool.controller.flags`): ``after`` and ``follow`` (graph
+dependencies on other tasks), ``timeout``, ``retries`` and ``targets``.
+Tasks whose dependencies are not met wait in the graph
+(:mod:`zpool.controller.graph`: indexed by what they wait for, O(1) per
+finished id); a task that can never run fails at once, and its dependents
+in turn (the cascade). Finished tasks are remembered, with the calls kept
+for ``resubmit``, in :mod:`zpool.controller.records`. Failures the
+scheduler decides are collected for the hub to send
+(:meth:`Scheduler.take_failures`).
 
 Ready tasks that may run anywhere wait in one queue, the fast path (a
 retry there prefers engines it has not failed on). Tasks restricted to some
@@ -71,16 +70,31 @@ A direct task for an engine that is not up fails at once with
 from __future__ import annotations
 
 import collections
-import heapq
 import itertools
 import random
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
-from zpool import _shm
-from zpool.protocol import SCHEMES
+from zpool._settings import SCHEMES, ControllerSettings
+from zpool._wire import FAILED_UNPLACED, ErrorName, SchedulerStatus, encode_outcome
+from zpool.controller.graph import DepStatus, Graph
+from zpool.controller.records import Records
+from zpool.controller.registry import DEPARTED_MAX, EngineRegistry
+from zpool.controller.tasks import EngineSlot, Task
 
-__all__ = ["SCHEMES", "EngineSlot", "Scheduler", "Task", "choose_engine"]
+__all__ = [
+    "DEPARTED_MAX",
+    "FAILED_UNPLACED",
+    "SCHEMES",
+    "EngineSlot",
+    "Scheduler",
+    "Task",
+    "choose_engine",
+    "choose_recalls",
+]
+
+# A failure the scheduler decided: (task, error name, message, engine id or None).
+Failure = tuple[Task, ErrorName, str, "int | None"]
 
 
 # With adaptive hwm, queue about this much work (seconds) per engine beyond the
@@ -93,194 +107,6 @@ LOAD_AWARE = ("leastload", "weighted")
 RECALL_TIMEOUT_S = 1.0
 # Weight of the newest task in the run-time moving average.
 EWMA_ALPHA = 0.2
-
-# Finished tasks' calls kept for resubmit: payloads up to KEEP_TASK_BYTES each
-# (copied out of their message), KEEP_BYTES in all, the oldest dropped first.
-KEEP_TASK_BYTES = 64 << 10
-KEEP_BYTES = 64 << 20
-# ... and at most this many calls (each costs about 250 bytes more than its payload).
-KEEP_COUNT = 10_000
-
-# How a finished task is remembered (one small int per task id): the engine id
-# it succeeded on (>= 0); FAILED_UNPLACED if it failed before running; or
-# -2 - engine_id if it failed on that engine.
-FAILED_UNPLACED = -1
-# How many departed engines are remembered, to say why a direct task cannot reach one.
-DEPARTED_MAX = 1024
-# Aborts of task ids not seen yet, remembered for tasks that arrive after them: the newest so many, so long.
-ABORTED_AHEAD_MAX = 10_000
-ABORTED_AHEAD_S = 60.0
-# Finished tasks remembered (for dependencies on them and resubmit): the newest so many, of the last so long.
-RECORD_WINDOW = 100_000
-RECORD_AGE_S = 3600.0
-
-
-def _nbytes(frame: Any) -> int:
-    return frame.nbytes if type(frame) is memoryview else memoryview(frame).nbytes
-
-
-class _DepState:
-    """One graph dependency of a waiting task, with counts so that each finished id costs O(1)."""
-
-    __slots__ = ("all", "engines", "failure", "known", "met", "pending", "success", "total", "unmet")
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.all = bool(spec.get("all", True))
-        self.success = bool(spec.get("success", True))
-        self.failure = bool(spec.get("failure", False))
-        self.pending: set[str] = set(spec["ids"])
-        # How the client saw some of them end (codes as in `Scheduler.done`): used for
-        # those finished longer ago than the scheduler remembers.
-        known = spec.get("known")
-        self.known: dict[str, int] | None = (
-            {k: v for k, v in known.items() if isinstance(k, str) and type(v) is int}
-            if isinstance(known, dict)
-            else None
-        )
-        self.total = len(self.pending)
-        self.met = 0
-        self.unmet = 0
-        self.engines: set[int] = set()  # where the met ones ran (for follow)
-
-    def resolve(self, task_id: str, code: int) -> None:
-        """Account for `task_id`, finished as `code` (see FAILED_UNPLACED)."""
-        self.pending.discard(task_id)
-        ok = code >= 0
-        if (ok and self.success) or (not ok and self.failure):
-            self.met += 1
-            if code >= 0:
-                self.engines.add(code)
-            elif code <= -2:
-                self.engines.add(-2 - code)
-        else:
-            self.unmet += 1
-
-    def state(self) -> str:
-        """``"met"``, ``"wait"`` or ``"impossible"``."""
-        if self.all:
-            if self.unmet:
-                return "impossible"
-            return "wait" if self.pending else "met"
-        if self.met:
-            return "met"
-        return "wait" if self.pending else "impossible"
-
-
-class Task:
-    """One task waiting in, or passing through, the scheduler."""
-
-    __slots__ = (
-        "abort_asked",
-        "after",
-        "client",
-        "deadline",
-        "direct",
-        "engine",
-        "failed_on",
-        "final",
-        "flags",
-        "follow",
-        "frames",
-        "gen",
-        "retries",
-        "segments",
-        "source",
-        "targets",
-        "task_id",
-        "unmet_on",
-    )
-
-    def __init__(self, task_id: str, client: bytes, frames: list[Any], flags: dict[str, Any] | None = None) -> None:
-        self.task_id = task_id
-        self.client = client
-        self.frames = frames
-        self.flags = flags  # as received, kept for resubmit
-        # The client message it came in, while forwarding that whole is possible.
-        self.source: Any = None
-        # Shared-memory segments its payload refers to (set by the hub; freed when it is done for good).
-        self.segments: list[str] | None = None
-        self.engine: EngineSlot | None = None
-        # False once a reply from an engine led to running it again (retry, unmet dependency).
-        self.final = True
-        # Bumped each time it becomes ready: queue entries of an older readiness are stale.
-        self.gen = 0
-        self.after: _DepState | None = None
-        self.follow: _DepState | None = None
-        self.deadline: float | None = None
-        self.retries = 0
-        self.targets: frozenset[int] | None = None
-        self.unmet_on: set[int] | None = None  # engines where its functional dependency was unmet: never again
-        self.failed_on: set[int] | None = None  # engines it failed on (retries prefer others)
-        self.direct = False  # for its one target, in order, at once (see the module docstring)
-        self.abort_asked = False  # placed when aborted: if its engine gives it back (recall), it fails
-        if flags:
-            self.direct = bool(flags.get("direct"))
-            if flags.get("after"):
-                self.after = _DepState(flags["after"])
-            if flags.get("follow"):
-                self.follow = _DepState(flags["follow"])
-            timeout = flags.get("timeout")
-            if timeout:
-                self.deadline = float(timeout)  # relative until submitted
-            self.retries = int(flags.get("retries") or 0)
-            if flags.get("targets"):
-                self.targets = frozenset(int(t) for t in flags["targets"])
-
-    def waits(self) -> bool:
-        return self.after is not None or self.follow is not None
-
-    def restricted(self) -> bool:
-        """Whether only some engines may run it (retries merely prefer others: not a restriction)."""
-        return self.targets is not None or self.follow is not None or bool(self.unmet_on)
-
-    def dep_ids(self) -> Iterable[str]:
-        for dep in (self.after, self.follow):
-            if dep is not None:
-                yield from dep.pending
-
-
-class EngineSlot:
-    """The scheduler's view of one engine (compared by identity)."""
-
-    __slots__ = (
-        "budget",
-        "completed",
-        "direct",
-        "engine_id",
-        "failed",
-        "ident",
-        "last_used",
-        "outstanding",
-        "pinned",
-        "recall_since",
-        "recalling",
-    )
-
-    def __init__(self, engine_id: int, ident: bytes, last_used: int = -1, budget: int | None = None) -> None:
-        self.engine_id = engine_id
-        self.ident = ident
-        self.outstanding: dict[str, Task] = {}
-        self.last_used = last_used
-        self.completed = 0
-        self.failed = 0
-        # Tasks it may still be given before it retires (maxtasksperchild); None: no end.
-        self.budget = budget
-        # Ready tasks restricted to some engines, this one among them, as (gen, task):
-        # a task sits in the queue of every engine it may run on, and the first to
-        # take it wins; the other entries go stale (see Task.gen).
-        self.pinned: collections.deque[tuple[int, Task]] = collections.deque()
-        # Direct tasks for this engine, in arrival order (sent whatever the limits).
-        self.direct: collections.deque[Task] = collections.deque()
-        # Ids of tasks it holds that were asked back (see Scheduler.recalls), until it answers.
-        self.recalling: set[str] = set()
-        self.recall_since = 0.0  # when the last request went out (monotonic)
-
-    def __repr__(self) -> str:
-        return f"EngineSlot({self.engine_id}, load={len(self.outstanding)})"
-
-    @property
-    def load(self) -> int:
-        return len(self.outstanding)
 
 
 def choose_engine(scheme: str, candidates: Sequence[EngineSlot], rng: random.Random) -> EngineSlot:
@@ -305,113 +131,140 @@ def choose_engine(scheme: str, candidates: Sequence[EngineSlot], rng: random.Ran
     raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
 
 
+def choose_recalls(slots: Collection[EngineSlot], clock: Callable[[], float]) -> dict[EngineSlot, list[str]]:
+    """Which tasks to ask back from which busy engines, while others are idle: ``{slot: task ids}``.
+
+    Only when nothing is left to place (an idle engine would have taken
+    it; call after placing) and no earlier request is unanswered (one
+    unanswered for :data:`RECALL_TIMEOUT_S` no longer counts). From each
+    busy engine, for as many busy engines as are idle, the most loaded
+    first: the last placed of the tasks that may run anywhere, up to half
+    of what it holds beyond the task it runs (at least one).
+    """
+    idle = sum(1 for e in slots if not e.outstanding and e.budget != 0)
+    if not idle:
+        return {}
+    now = clock()
+    for e in slots:
+        if e.recalling and now - e.recall_since > RECALL_TIMEOUT_S:
+            # No answer (an engine in C code that holds the GIL cannot give one): stop waiting
+            # for it. A late answer still counts (see Scheduler.recalled).
+            e.recalling.clear()
+    if any(e.recalling for e in slots):
+        return {}
+    asks: dict[EngineSlot, list[str]] = {}
+    for slot in sorted((e for e in slots if len(e.outstanding) >= 2), key=lambda e: -len(e.outstanding)):
+        if idle == 0:
+            break
+        held = list(slot.outstanding.values())[1:]  # the first placed is the one running (or next)
+        movable = [t.task_id for t in held if not t.direct and not t.abort_asked and not t.restricted()]
+        if not movable:
+            continue
+        asks[slot] = movable[-max(1, len(held) // 2) :]
+        idle -= 1
+    return asks
+
+
 class Scheduler:
-    """Ready queues, dependencies, per-engine in-flight limits and placement.
+    """Ready queues, per-engine in-flight limits, placement, recall and direct tasks.
+
+    Dependencies wait in :attr:`graph` (:class:`~zpool.controller.graph.Graph`);
+    finished tasks are remembered in :attr:`records`
+    (:class:`~zpool.controller.records.Records`).
 
     Parameters
     ----------
-    scheme : str
-        One of :data:`SCHEMES`.
-    hwm : int or None
-        Most tasks outstanding per engine; ``0`` no limit, ``None`` adaptive.
+    settings : ControllerSettings or str, optional
+        What the controller was told (``scheme``, ``hwm``,
+        ``record_window``, ``record_age``); the defaults if None. A str is
+        the scheme (``Scheduler("lru")``).
+    registry : EngineRegistry, optional
+        The hub's engines, which the scheduler shares; its own if None.
     seed : int or None
         Seed for the random schemes (tests pass one).
     clock : callable
         Monotonic seconds (tests pass a fake one).
+    **overrides
+        Fields of :class:`~zpool._settings.ControllerSettings` to change
+        (``Scheduler(hwm=0, record_window=10)``).
     """
 
     def __init__(
         self,
-        scheme: str = "leastload",
-        hwm: int | None = None,
+        settings: ControllerSettings | str | None = None,
+        *,
+        registry: EngineRegistry | None = None,
         seed: int | None = None,
         clock: Callable[[], float] | None = None,
-        record_window: int = RECORD_WINDOW,
-        record_age: float = RECORD_AGE_S,
+        **overrides: Any,
     ) -> None:
-        if scheme not in SCHEMES:
-            raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-        self.scheme = scheme
-        self.hwm = hwm
-        self.engines: dict[bytes, EngineSlot] = {}
-        self.by_id: dict[int, EngineSlot] = {}
+        if isinstance(settings, str):
+            overrides["scheme"] = settings
+            settings = None
+        settings = settings if settings is not None else ControllerSettings()
+        if overrides:
+            settings = settings._replace(**overrides)
+        self.settings = settings = settings.validate()
+        self.scheme = settings.scheme
+        self.hwm = settings.hwm
+        self._clock = clock or time.monotonic
+        # The engines: shared with the hub (which registers them), or the scheduler's own.
+        self.registry = registry = registry if registry is not None else EngineRegistry()
+        self.engines = registry.slots  # ready engines, by identity
+        self.by_id = registry.slots_by_id
+        self.starting = registry.starting  # registered, not ready yet (running the initializer)
+        self.departed = registry.departed  # engine id -> how it left
         self.queue: collections.deque[Task] = collections.deque()
         self.parked: list[Task] = []  # ready, but no engine able to run them is up yet
         self.live: dict[str, Task] = {}  # every task submitted and not finished
-        # Finished tasks, the newest `record_window` of the last `record_age` seconds: see FAILED_UNPLACED.
-        self.done: dict[str, int] = {}
-        self.record_window = record_window
-        self.record_age = record_age
-        self._done_order: collections.deque[tuple[float, str]] = collections.deque()  # (when, id), oldest first
-        # Ids aborted before their task arrived (see abort): id -> when.
-        self._aborted_ahead: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self.waiting: dict[str, Task] = {}  # dependencies not met yet
-        self.dependents: dict[str, dict[str, Task]] = {}  # task id -> the waiting tasks that depend on it
-        self.starting: set[int] = set()  # engines registered, not ready yet (running the initializer)
+        self.records = Records(settings.record_window, settings.record_age, self._clock)
+        self.done = self.records.done  # finished tasks: id -> outcome code (zpool._wire.encode_outcome)
+        self.kept = self.records.kept
+        self.graph = Graph()
+        self.waiting = self.graph.waiting  # dependencies not met yet
+        self.dependents = self.graph.dependents  # task id -> the waiting tasks that depend on it
         self.more_coming = False  # engines were launched that have not registered yet (set by the hub)
-        self._deadlines: list[tuple[float, int, Task]] = []
-        self._seq = itertools.count()
-        self._failures: list[tuple[Task, str, str, int | None]] = []
+        self._failures: list[Failure] = []
         self._settle: collections.deque[tuple[Task, int]] = collections.deque()
         self._settling = False
-        self._next_id = 0  # engine ids below this were given out already
-        # task id -> (payload, flags) of finished tasks, for resubmit (bounded, oldest first out).
-        # task id -> (payload, flags, payload size)
-        self.kept: collections.OrderedDict[str, tuple[list[bytes], dict[str, Any] | None, int]] = (
-            collections.OrderedDict()
-        )
-        self._kept_bytes = 0
-        self._clock = clock or time.monotonic
         self._rng = random.Random(seed)
         self._uses = 0
         self._mean_run_s: float | None = None
-        # engine id -> how it left (for direct tasks that name it); the newest DEPARTED_MAX.
-        self.departed: collections.OrderedDict[int, str] = collections.OrderedDict()
         # Called with each task that is done for good, before its payload is let go
         # (the hub frees the shared-memory segments it refers to).
         self.on_finished: Callable[[Task], None] | None = None
+
+    # (Read by tests written before the records and the graph had classes of their own.)
+    @property
+    def _kept_bytes(self) -> int:
+        return self.records.kept_bytes
+
+    @property
+    def _deadlines(self) -> list[tuple[float, int, Task]]:
+        return self.graph.deadlines
 
     # -- engines ---------------------------------------------------------
 
     def add_engine(self, engine_id: int, ident: bytes, budget: int | None = None) -> EngineSlot:
         """Start placing tasks on an engine; it takes at most `budget` tasks in all (None: no limit)."""
         slot = EngineSlot(engine_id, ident, budget=budget)
-        self.engines[ident] = slot
-        self.by_id[engine_id] = slot
-        self.starting.discard(engine_id)
-        self._next_id = max(self._next_id, engine_id + 1)
+        self.registry.add_slot(slot)
         self._unpark()
         return slot
 
     def engine_registered(self, engine_id: int) -> None:
         """An engine got its id and is getting ready (its initializer runs): tasks may wait for it."""
-        self.starting.add(engine_id)
-        self._next_id = max(self._next_id, engine_id + 1)
+        self.registry.registered(engine_id)
 
     def engine_lost(self, engine_id: int, how: str = "failed to start") -> None:
         """An engine that never became ready is gone: what waited for it alone fails."""
-        self.starting.discard(engine_id)
-        self._departed(engine_id, how)
+        self.registry.depart(engine_id, how)
         self._unpark()
 
-    def _departed(self, engine_id: int, how: str) -> None:
-        self.departed[engine_id] = how
-        while len(self.departed) > DEPARTED_MAX:
-            self.departed.popitem(last=False)
-
     def _why_gone(self, engine_id: int, task: Task) -> str:
-        how = self.departed.get(engine_id)
-        if how is not None:
-            state = f"engine {engine_id} {how}"
-        elif engine_id in self.starting:
-            state = f"engine {engine_id} is still starting"
-        elif engine_id >= self._next_id:
-            state = f"there is no engine {engine_id} (yet)"
-        else:
-            state = f"engine {engine_id} is gone"
         live = ", ".join(str(i) for i in sorted(self.by_id)) or "none"
         return (
-            f"{state}: task {task.task_id} for it cannot run (engines up now: {live});"
+            f"{self.registry.why_gone(engine_id)}: task {task.task_id} for it cannot run (engines up now: {live});"
             " make a new view of the engines that are up (pool.engines)"
         )
 
@@ -429,11 +282,10 @@ class Scheduler:
         `how` says what became of the engine ("died from SIGKILL"), for
         direct tasks that name it later.
         """
-        slot = self.engines.pop(ident, None)
+        slot = self.registry.pop_slot(ident)
         if slot is None:
             return []
-        self.by_id.pop(slot.engine_id, None)
-        self._departed(slot.engine_id, how)
+        self.registry.depart(slot.engine_id, how)
         stranded: list[Task] = []
         aborted: list[Task] = []
         for task in list(slot.outstanding.values()):
@@ -448,14 +300,16 @@ class Scheduler:
                 stranded.append(task)
         slot.outstanding.clear()
         for task in stranded:  # the hub answers them (EngineError); what depends on them settles now
-            self._record(task, -2 - slot.engine_id)
+            self._record(task, encode_outcome(False, slot.engine_id))
         for task in aborted:
-            self._fail(task, "TaskAborted", f"task {task.task_id} was aborted; its engine {slot.engine_id} {how}")
+            self._fail(
+                task, ErrorName.TASK_ABORTED, f"task {task.task_id} was aborted; its engine {slot.engine_id} {how}"
+            )
         # Direct tasks not sent yet: never sent now.
         while slot.direct:
             task = slot.direct.popleft()
             if self.live.get(task.task_id) is task and task.engine is None:
-                self._fail(task, "EngineError", self._why_gone(slot.engine_id, task), slot.engine_id)
+                self._fail(task, ErrorName.ENGINE_ERROR, self._why_gone(slot.engine_id, task), slot.engine_id)
         # What it alone could run may have nowhere left to go.
         for gen, task in slot.pinned:
             if self._entry_valid(gen, task):
@@ -480,13 +334,13 @@ class Scheduler:
         for task in tasks:
             task_id = task.task_id
             if task_id in self.live or task_id in self.done:
-                self._fail(task, "InvalidDependency", f"task id {task_id} is already in use", record=False)
+                self._fail(task, ErrorName.INVALID_DEPENDENCY, f"task id {task_id} is already in use", record=False)
                 if self.on_finished is not None:
                     self.on_finished(task)
                 continue
-            if self._aborted_ahead and self._aborted_ahead.pop(task_id, None) is not None:
+            if self.records.aborted_ahead and self.records.was_aborted(task_id):
                 self.live[task_id] = task
-                self._fail(task, "TaskAborted", f"task {task_id} was aborted before it ran")
+                self._fail(task, ErrorName.TASK_ABORTED, f"task {task_id} was aborted before it ran")
                 continue
             self.live[task_id] = task
             if task.direct:
@@ -503,78 +357,35 @@ class Scheduler:
     def _submit_direct(self, task: Task) -> None:
         targets = task.targets or frozenset()
         if len(targets) != 1 or task.waits() or task.deadline is not None or task.retries:
-            self._fail(task, "InvalidDependency", f"direct task {task.task_id} needs one target and no other flags")
+            self._fail(
+                task, ErrorName.INVALID_DEPENDENCY, f"direct task {task.task_id} needs one target and no other flags"
+            )
             return
         (engine_id,) = targets
         slot = self.by_id.get(engine_id)
         if slot is None:
-            self._fail(task, "EngineError", self._why_gone(engine_id, task), engine_id)
+            self._fail(task, ErrorName.ENGINE_ERROR, self._why_gone(engine_id, task), engine_id)
             return
         slot.direct.append(task)
 
     def _admit(self, task: Task) -> None:
-        deps = [d for d in (task.after, task.follow) if d is not None]
-        for dep in deps:
-            for dep_id in list(dep.pending):
-                if dep_id == task.task_id:
-                    self._fail(task, "InvalidDependency", f"task {dep_id} depends on itself")
-                    return
-                code = self.done.get(dep_id)
-                if code is None and dep_id not in self.live and dep.known is not None:
-                    code = dep.known.get(dep_id)
-                if code is not None:
-                    dep.resolve(dep_id, code)
-                elif dep_id not in self.live:
-                    self._fail(
-                        task,
-                        "InvalidDependency",
-                        f"task {task.task_id} depends on unknown task {dep_id}: never submitted, or finished"
-                        f" before the newest {self.record_window} tasks of the last {self.record_age:g} s, which"
-                        " is all the controller remembers (depend on its AsyncResult, whose outcome the client"
-                        " sends along, or raise Pool(record_window=..., record_age=...))",
-                    )
-                    return
-        if self._evaluate(task):
-            return
-        # It waits: index it by what it waits for.
-        self.waiting[task.task_id] = task
-        for dep_id in set(task.dep_ids()):
-            self.dependents.setdefault(dep_id, {})[task.task_id] = task
-        if task.deadline is not None:
-            heapq.heappush(self._deadlines, (task.deadline, next(self._seq), task))
+        """`task` has dependencies, a deadline or a restriction: queue it, fail it, or let it wait."""
+        invalid = self.graph.account(task, self.records, self.live)
+        if invalid is not None:
+            self._fail(task, ErrorName.INVALID_DEPENDENCY, invalid)
+        elif not self._evaluate(task):
+            self.graph.add(task)  # it waits
 
     def _evaluate(self, task: Task) -> bool:
         """Queue or fail `task` if its dependencies are settled; False if it must wait."""
-        states = [d.state() for d in (task.after, task.follow) if d is not None]
-        if "impossible" in states:
-            self._fail(task, "ImpossibleDependency", self._why_impossible(task))
-            return True
-        if "wait" in states:
+        status = self.graph.status(task)
+        if status is DepStatus.WAIT:
             return False
-        follow = task.follow
-        if follow is not None and follow.all and len(follow.engines) > 1:
-            self._fail(
-                task,
-                "ImpossibleDependency",
-                f"task {task.task_id} must follow tasks that ran on different engines ({sorted(follow.engines)})",
-            )
+        if status is DepStatus.IMPOSSIBLE:
+            self._fail(task, ErrorName.IMPOSSIBLE_DEPENDENCY, self.graph.why_impossible(task))
             return True
         self._make_ready(task)
         return True
-
-    def _why_impossible(self, task: Task) -> str:
-        for name, dep in (("after", task.after), ("follow", task.follow)):
-            if dep is not None and dep.state() == "impossible":
-                if dep.success and not dep.failure:
-                    wanted = "succeeded"
-                else:
-                    wanted = "failed" if not dep.success else "finished"
-                scope = "all of" if dep.all else "any of"
-                return (
-                    f"task {task.task_id} can never run: its {name} dependency needs {scope} {dep.total} task(s)"
-                    f" to have {wanted}, and {dep.unmet} did not"
-                )
-        return f"task {task.task_id} can never run"
 
     def _candidates(self, task: Task) -> list[EngineSlot] | None:
         """Engines `task` may run on, among those ready; None if any engine may."""
@@ -594,7 +405,8 @@ class Scheduler:
         if task.follow is not None:
             return False  # it must run where its tasks ran: engines that exist already
         if task.targets is not None:
-            return any(t in self.starting or (t >= self._next_id and self.more_coming) for t in task.targets)
+            next_id = self.registry.next_id
+            return any(t in self.starting or (t >= next_id and self.more_coming) for t in task.targets)
         return bool(self.starting) or self.more_coming  # tried everywhere so far, but more engines come
 
     def _make_ready(self, task: Task) -> None:
@@ -608,7 +420,7 @@ class Scheduler:
             if self._may_appear(task):
                 self.parked.append(task)
                 return
-            self._fail(task, "ImpossibleDependency", self._why_no_engine(task))
+            self._fail(task, ErrorName.IMPOSSIBLE_DEPENDENCY, self._why_no_engine(task))
             return
         entry = (task.gen, task)
         for slot in candidates:
@@ -699,39 +511,14 @@ class Scheduler:
     def recalls(self) -> dict[EngineSlot, list[str]]:
         """Tasks to ask back from busy engines while others are idle (call after :meth:`assign`).
 
-        Only when nothing is left to place (an idle engine would have taken
-        it) and no earlier request is unanswered. From each busy engine, for
-        as many busy engines as are idle, the most loaded first: the last
-        placed of the tasks that may run anywhere, up to half of what it
-        holds beyond the task it runs (at least one). The engine gives back
-        those it has not started (:meth:`recalled`).
+        Under the load-aware schemes only; which tasks: :func:`choose_recalls`.
+        The engine gives back those it has not started (:meth:`recalled`).
         """
         if self.scheme not in LOAD_AWARE:
             return {}
-        slots = self.engines.values()
-        idle = sum(1 for e in slots if not e.outstanding and e.budget != 0)
-        if not idle:
-            return {}
-        now = self._clock()
-        for e in slots:
-            if e.recalling and now - e.recall_since > RECALL_TIMEOUT_S:
-                # No answer (an engine in C code that holds the GIL cannot give one): stop waiting
-                # for it. A late answer still counts (see recalled).
-                e.recalling.clear()
-        if any(e.recalling for e in slots):
-            return {}
-        asks: dict[EngineSlot, list[str]] = {}
-        for slot in sorted((e for e in slots if len(e.outstanding) >= 2), key=lambda e: -len(e.outstanding)):
-            if idle == 0:
-                break
-            held = list(slot.outstanding.values())[1:]  # the first placed is the one running (or next)
-            movable = [t.task_id for t in held if not t.direct and not t.abort_asked and not t.restricted()]
-            if not movable:
-                continue
-            ids = movable[-max(1, len(held) // 2) :]
+        asks = choose_recalls(self.engines.values(), self._clock)
+        for slot, ids in asks.items():
             self.ask_back(slot, ids)
-            asks[slot] = ids
-            idle -= 1
         return asks
 
     def ask_back(self, slot: EngineSlot, task_ids: Iterable[str]) -> None:
@@ -763,7 +550,7 @@ class Scheduler:
             if slot.budget is not None and not task.direct:
                 slot.budget += 1
             if task.abort_asked:
-                self._fail(task, "TaskAborted", f"task {task_id} was aborted before it ran")
+                self._fail(task, ErrorName.TASK_ABORTED, f"task {task_id} was aborted before it ran")
                 continue
             task.gen += 1
             back.append(task)
@@ -793,7 +580,7 @@ class Scheduler:
         if task.abort_asked and (unmet or (not ok and task.retries > 0 and not aborted)):
             # It would run again elsewhere, but it was aborted meanwhile: it ends here.
             task.final = False  # (its engine's reply is not its answer)
-            self._fail(task, "TaskAborted", f"task {task_id} was aborted before it could run again")
+            self._fail(task, ErrorName.TASK_ABORTED, f"task {task_id} was aborted before it could run again")
             return task
         if unmet:
             task.final = False
@@ -811,40 +598,35 @@ class Scheduler:
             slot.completed += 1
         else:
             slot.failed += 1
-        self._record(task, slot.engine_id if ok else -2 - slot.engine_id)
+        self._record(task, encode_outcome(ok, slot.engine_id))
         return task
 
     def _record(self, task: Task, code: int) -> None:
-        """Remember how `task` ended, and settle what waited for it (a cascade, without recursion)."""
+        """Remember how `task` ended (an outcome code), and settle what waited for it (a cascade, without recursion)."""
         self._settle.append((task, code))
         if self._settling:
             return
         self._settling = True
         now = self._clock()
+        records, graph = self.records, self.graph
         try:
             while self._settle:
                 finished, code = self._settle.popleft()
                 task_id = finished.task_id
                 self.live.pop(task_id, None)
-                self.done[task_id] = code
-                self._done_order.append((now, task_id))
+                records.add(task_id, code, now)
                 if finished.frames:
                     if self.on_finished is not None:
                         self.on_finished(finished)
-                    self._keep(finished)
+                    records.keep(task_id, finished.frames, finished.flags)
                 finished.frames = []
                 finished.source = None
-                waiting = self.dependents.pop(task_id, None) if self.dependents else None
-                for dependent in waiting.values() if waiting else ():
-                    if dependent.task_id not in self.waiting:
-                        continue  # already failed or timed out
-                    for dep in (dependent.after, dependent.follow):
-                        if dep is not None and task_id in dep.pending:
-                            dep.resolve(task_id, code)
-                    if self._evaluate(dependent):
-                        self.waiting.pop(dependent.task_id, None)
-                        self._unindex(dependent)
-            self._forget_old(now)
+                for dependent in graph.settle(task_id, code):
+                    self._evaluate(dependent)
+                    graph.remove(dependent)
+            records.forget_old(now)
+            if graph.deadlines:
+                graph.compact()
         finally:
             self._settling = False
 
@@ -854,139 +636,59 @@ class Scheduler:
         Returns how many were forgotten, and the given ids that are not
         finished yet (those are left alone).
         """
-        if task_ids is None:
-            forgotten = len(self.done)
-            self.done.clear()
-            self._done_order.clear()
-            self.kept.clear()
-            self._kept_bytes = 0
-            return forgotten, []
-        forgotten, live = 0, []
-        for task_id in task_ids:
-            if task_id in self.live:
-                live.append(task_id)
-            elif self.done.pop(task_id, None) is not None:
-                forgotten += 1
-                kept = self.kept.pop(task_id, None)
-                if kept is not None:
-                    self._kept_bytes -= kept[2]
-        if forgotten:
-            self._done_order = collections.deque(entry for entry in self._done_order if entry[1] in self.done)
-        return forgotten, live
-
-    def _forget_old(self, now: float) -> None:
-        """Forget finished tasks beyond the record window (by count and age), and their kept calls."""
-        order, done = self._done_order, self.done
-        horizon = now - self.record_age
-        while order and (len(order) > self.record_window or order[0][0] < horizon):
-            _, task_id = order.popleft()
-            done.pop(task_id, None)
-            kept = self.kept.pop(task_id, None)
-            if kept is not None:
-                self._kept_bytes -= kept[2]
-        deadlines = self._deadlines
-        if len(deadlines) > 2 * len(self.waiting) + 1024:
-            # Entries of tasks no longer waiting go when they reach the top; never let them pile up.
-            self._deadlines = [entry for entry in deadlines if entry[2].task_id in self.waiting]
-            heapq.heapify(self._deadlines)
-
-    def _keep(self, task: Task) -> None:
-        frames = task.frames
-        if _shm.is_manifest(frames[0]):
-            return  # its segments are freed now: such a call cannot run again
-        size = 0
-        for frame in frames:
-            size += len(frame) if type(frame) is bytes else _nbytes(frame)
-        if size > KEEP_TASK_BYTES:
-            return
-        # Copied: a view would keep its whole message (a batch of many tasks) alive.
-        self.kept[task.task_id] = ([f if type(f) is bytes else bytes(f) for f in frames], task.flags, size)
-        self._kept_bytes += size
-        kept = self.kept
-        while self._kept_bytes > KEEP_BYTES or len(kept) > KEEP_COUNT:
-            self._kept_bytes -= kept.popitem(last=False)[1][2]
+        return self.records.purge(task_ids, self.live.__contains__)
 
     def resubmit(self, old_ids: Sequence[str], new_ids: Sequence[str], client: bytes) -> list[Task]:
         """Run finished tasks again under new ids; return the new tasks that cannot be (they are failed)."""
         refused: list[Task] = []
         fresh: list[Task] = []
         for old, new in zip(old_ids, new_ids):
-            kept = self.kept.get(old)
-            if kept is None:
+            call = self.records.call(old)
+            if call is None:
                 task = Task(new, client, [])
-                if old in self.live:
-                    why = f"task {old} has not finished yet; resubmit runs finished tasks again"
-                elif old in self.done:
-                    why = (
-                        f"the call of task {old} is no longer kept (the controller keeps calls of up to"
-                        f" {KEEP_TASK_BYTES >> 10} KiB, the newest {KEEP_COUNT} and {KEEP_BYTES >> 20} MiB, and none"
-                        " whose arguments went through shared memory); submit it anew"
-                    )
-                else:
-                    why = (
-                        f"there is no task {old}: never submitted, or finished before the newest"
-                        f" {self.record_window} tasks of the last {self.record_age:g} s (record_window, record_age)"
-                    )
-                self._failures.append((task, "InvalidDependency", why, None))
+                why = self.records.why_not_kept(old, old in self.live)
+                self._failures.append((task, ErrorName.INVALID_DEPENDENCY, why, None))
                 refused.append(task)
                 continue
-            frames, flags, _ = kept
+            frames, flags = call
             fresh.append(Task(new, client, list(frames), flags))
         self.submit(fresh)
         return refused
 
-    def _fail(self, task: Task, ename: str, evalue: str, engine_id: int | None = None, record: bool = True) -> None:
+    def _fail(
+        self, task: Task, ename: ErrorName, evalue: str, engine_id: int | None = None, record: bool = True
+    ) -> None:
         """Fail `task` for a reason of the scheduler's own; its dependents are settled in turn."""
-        if self.waiting.get(task.task_id) is task:
-            del self.waiting[task.task_id]
-            self._unindex(task)
+        self.graph.remove(task)
         self._failures.append((task, ename, evalue, engine_id))
         if record:
-            self._record(task, FAILED_UNPLACED if engine_id is None else -2 - engine_id)
+            self._record(task, encode_outcome(False, engine_id))
 
     def fail_live(self, task: Task, engine_id: int | None = None) -> None:
         """Record that `task` failed for a reason outside the scheduler (the hub answers it)."""
-        if self.waiting.pop(task.task_id, None) is not None:
-            self._unindex(task)
-        self._record(task, FAILED_UNPLACED if engine_id is None else -2 - engine_id)
+        self.graph.remove(task)
+        self._record(task, encode_outcome(False, engine_id))
 
-    def _unindex(self, task: Task) -> None:
-        """`task` waits no more: take it out of the lists of what its dependencies would settle."""
-        for dep_id in set(task.dep_ids()):
-            waiting = self.dependents.get(dep_id)
-            if waiting is not None:
-                waiting.pop(task.task_id, None)
-                if not waiting:
-                    del self.dependents[dep_id]
-
-    def take_failures(self) -> list[tuple[Task, str, str, int | None]]:
+    def take_failures(self) -> list[Failure]:
         """Tasks the scheduler failed since the last call: ``(task, ename, evalue, engine_id)`` each."""
         failures, self._failures = self._failures, []
         return failures
 
     def expire(self) -> None:
         """Fail the tasks whose dependencies were not met within their ``timeout``."""
-        now = self._clock()
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, _, task = heapq.heappop(deadlines)
-            if task.task_id in self.waiting:
-                self._fail(task, "DependencyTimeout", f"task {task.task_id}'s dependencies were not met in time")
+        for task in self.graph.expired(self._clock()):
+            self._fail(task, ErrorName.DEPENDENCY_TIMEOUT, f"task {task.task_id}'s dependencies were not met in time")
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` next has something to do (monotonic seconds)."""
-        while self._deadlines and self._deadlines[0][2].task_id not in self.waiting:
-            heapq.heappop(self._deadlines)
-        return self._deadlines[0][0] if self._deadlines else None
+        return self.graph.next_deadline()
 
     def abort(self, task_ids: Iterable[str]) -> tuple[int, dict[EngineSlot, list[str]]]:
         """Fail the given tasks not yet placed with TaskAborted; return their count, and the placed ones per engine.
 
         Queue entries of aborted tasks are dropped when reached (no queue is searched).
-        An id not seen yet is remembered for a while (:data:`ABORTED_AHEAD_MAX`,
-        :data:`ABORTED_AHEAD_S`): a client may send a task and its abort on two
-        connections (a blocking call's own socket, the I/O thread's), and the
-        abort may arrive first; the task then fails as it arrives.
+        An id not seen yet is remembered for a task arriving after its abort (see
+        :mod:`zpool.controller.records`).
         """
         placed: dict[EngineSlot, list[str]] = {}
         aborted = 0
@@ -994,23 +696,15 @@ class Scheduler:
             task = self.live.get(task_id)
             if task is None:
                 if task_id not in self.done:
-                    self._abort_ahead(task_id)
+                    self.records.abort_ahead(task_id)
                 continue
             if task.engine is not None:
                 task.abort_asked = True
                 placed.setdefault(task.engine, []).append(task_id)
                 continue
-            self._fail(task, "TaskAborted", f"task {task_id} was aborted before it ran")
+            self._fail(task, ErrorName.TASK_ABORTED, f"task {task_id} was aborted before it ran")
             aborted += 1
         return aborted, placed
-
-    def _abort_ahead(self, task_id: str) -> None:
-        ahead = self._aborted_ahead
-        now = self._clock()
-        ahead[task_id] = now
-        ahead.move_to_end(task_id)
-        while ahead and (len(ahead) > ABORTED_AHEAD_MAX or next(iter(ahead.values())) < now - ABORTED_AHEAD_S):
-            ahead.popitem(last=False)
 
     def drop_where(self, predicate: Callable[[Task], bool]) -> list[Task]:
         """Fail the ready (not yet placed) tasks matching `predicate`; return them."""
@@ -1033,7 +727,8 @@ class Scheduler:
         """Ready tasks not yet placed on an engine."""
         return len(self._ready_tasks())
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> SchedulerStatus:
+        """The scheduler's part of a queue_reply (the hub adds the rest)."""
         return {
             "engines": {
                 str(e.engine_id): {
