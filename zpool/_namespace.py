@@ -3,7 +3,7 @@
 The client sends these functions by reference, as the tasks of
 :class:`~zpool.view.EngineView`'s methods; they act on the engine's
 namespace, the ``__main__`` that code sent from the caller's ``__main__``
-runs in (:func:`zpool.serialize.set_main_namespace`). Errors are raised as
+runs in (:class:`zpool._engine_context.EngineContext`). Errors are raised as
 plain Python errors (``NameError`` for a name that is not there), and the
 traceback the caller sees says which engine raised them.
 """
@@ -18,7 +18,7 @@ import linecache
 import types
 from typing import Any, Sequence
 
-from zpool import _partition, serialize
+from zpool import _engine_context
 
 __all__ = ["clear", "execute", "get", "pull", "push", "scatter_part", "sync_imports"]
 
@@ -39,17 +39,21 @@ def namespace() -> dict[str, Any]:
     RuntimeError
         Outside an engine.
     """
-    ns = serialize.main_namespace()
-    if ns is None:
+    return _context().namespace
+
+
+def _context() -> _engine_context.EngineContext:
+    context = _engine_context.current()
+    if context is None:
         raise RuntimeError("the direct interface's functions run on engines only")
-    return ns
+    return context
 
 
 def push(values: dict[str, Any]) -> None:
     """Bind each name of `values` in the namespace."""
-    ns = namespace()
-    ns.update(values)
-    serialize.forget_shipped(values)  # bound here now: what the caller ships later leaves them be
+    context = _context()
+    context.namespace.update(values)
+    context.forget_shipped(values)  # bound here now: what the caller ships later leaves them be
 
 
 def scatter_part(name: str, part: Any) -> None:
@@ -83,15 +87,16 @@ def _lookup(ns: dict[str, Any], name: str) -> Any:
     try:
         return ns[name]
     except KeyError:
-        raise NameError(f"name {name!r} is not defined in the namespace of {_partition.engine_label}") from None
+        raise NameError(f"name {name!r} is not defined in the namespace of {_engine_context.label()}") from None
 
 
 def clear() -> None:
     """Empty the namespace (the module's own dunder names stay)."""
-    ns = namespace()
+    context = _context()
+    ns = context.namespace
     for name in [n for n in ns if n not in _KEPT]:
         del ns[name]
-    serialize.forget_shipped()
+    context.forget_shipped()
 
 
 def execute(code: str, filename: str | None = None) -> None:
@@ -105,7 +110,8 @@ def execute(code: str, filename: str | None = None) -> None:
         filename = f"<zpool execute {digest}>"
     compiled = compile(code, filename, "exec")
     _remember_source(filename, code)
-    ns = namespace()
+    context = _context()
+    ns = context.namespace
     # Names the code rebinds (or deletes) are the engine's from now on: what the caller ships later
     # leaves them be. Judged by identity, so code that failed, or did not reach an assignment, or
     # merely declares `global x`, changes nothing.
@@ -114,7 +120,7 @@ def execute(code: str, filename: str | None = None) -> None:
     try:
         exec(compiled, ns)
     finally:
-        serialize.forget_shipped([name for name in stored if id(ns.get(name, _ABSENT)) != before[name]])
+        context.forget_shipped([name for name in stored if id(ns.get(name, _ABSENT)) != before[name]])
 
 
 def _remember_source(filename: str, code: str) -> None:
@@ -146,7 +152,8 @@ def sync_imports(modules: Sequence[str], bindings: Sequence[tuple[str, str, str 
     """
     for module in modules:
         importlib.import_module(module)
-    ns = namespace()
+    context = _context()
+    ns = context.namespace
     for name, module, attr in bindings:
         mod = importlib.import_module(module)
         if attr is None:
@@ -155,4 +162,4 @@ def sync_imports(modules: Sequence[str], bindings: Sequence[tuple[str, str, str 
             ns[name] = getattr(mod, attr)
         else:  # `from package import submodule`, as the import statement does it
             ns[name] = importlib.import_module(f"{module}.{attr}")
-    serialize.forget_shipped([name for name, _, _ in bindings])
+    context.forget_shipped([name for name, _, _ in bindings])

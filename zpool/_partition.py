@@ -1,12 +1,19 @@
-"""Splitting work into chunks, and running a chunk on an engine."""
+"""Splitting work into chunks, running a chunk on an engine, and joining the pieces back.
+
+Chunking for ``map``/``imap`` (:func:`default_chunksize`, :func:`split`), the
+functions an engine runs on a chunk (:func:`run_chunk`; :func:`run_each`,
+whose items fail one by one as :class:`ItemFailure`), and the even cuts of
+``scatter``/``gather`` (:func:`split_evenly`, :func:`join_parts`). Who the
+engine is, and how its errors are reported, is :mod:`zpool._engine_context`'s.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from typing import Any, Callable, Sequence
 
+from zpool._engine_context import describe_exception
 from zpool.error import ImpossibleDependency, UnmetDependency
 
 __all__ = [
@@ -19,13 +26,6 @@ __all__ = [
     "split",
     "split_evenly",
 ]
-
-# Longest traceback text carried back, in characters (the start and end are kept).
-MAX_TRACEBACK_CHARS = 20_000
-
-# Who is running tasks here, for traceback headers; set by the engine once registered.
-engine_label = f"pid {os.getpid()}"
-engine_id: int | None = None
 
 
 def default_chunksize(n_items: int, n_engines: int) -> int:
@@ -71,31 +71,12 @@ def run_each(func: Callable[..., Any], items: Sequence[Any], strict: bool = Fals
     return out
 
 
-def describe_exception(exc: BaseException, tb: Any, context: str = "") -> dict[str, Any]:
-    """The error report sent for a failed task: type, message, formatted traceback, where."""
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    if len(text) > MAX_TRACEBACK_CHARS:
-        half = MAX_TRACEBACK_CHARS // 2
-        text = text[:half] + "\n... (traceback shortened) ...\n" + text[-half:]
-    try:
-        evalue = str(exc)
-    except BaseException:
-        evalue = f"<unprintable {type(exc).__name__}>"
-    return {
-        "ename": type(exc).__name__,
-        "emodule": type(exc).__module__,
-        "evalue": evalue[:10_000],
-        "traceback": f"Traceback from {engine_label}{context}:\n{text}",
-        "engine_id": engine_id,
-    }
-
-
 class ItemFailure:
     """The exception one item of a chunk raised, carried back in the chunk's list of results.
 
     `exc` is the exception itself, or None when it could not be sent back
     (the caller then rebuilds it by name, as for any task); `error` is the
-    report of :func:`describe_exception`.
+    report of :func:`zpool._engine_context.describe_exception`.
     """
 
     __slots__ = ("error", "exc")

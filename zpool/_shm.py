@@ -7,8 +7,9 @@ The receiver maps the file read-only: the arrays it rebuilds are views on
 the mapping, never copied. A mapping outlives the file's name, so a
 segment is unlinked as soon as nobody needs to open it again, and its
 memory returns to the system when the last view on it is gone. A mapping
-holds no file descriptor (:func:`open_segment`): a process may hold more
-received arrays than it may open files.
+holds no file descriptor (:func:`open_segment`, by way of
+:mod:`zpool._shm_map`): a process may hold more received arrays than it
+may open files.
 
 Who unlinks (each segment has one owner):
 
@@ -36,7 +37,6 @@ reads manifests to count and unlink segments.
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import json
 import mmap
@@ -45,7 +45,9 @@ import re
 import threading
 import time
 import weakref
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
+
+from zpool import _shm_map
 
 try:
     import fcntl
@@ -81,9 +83,6 @@ KEEP_BYTES = 2 << 30
 KEEP_IDLE = 10.0
 CLOSE_TIMEOUT = 5.0
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-# mmap(2)'s MAP_FIXED, which Python's mmap module does not export: 0x10 on Linux (but on alpha and
-# parisc, where the address the kernel returns tells, and open_segment fails rather than misplace it).
-_MAP_FIXED = getattr(mmap, "MAP_FIXED", 0x10)
 
 
 def available() -> bool:
@@ -459,124 +458,18 @@ if hasattr(os, "register_at_fork"):
 def _lock_follows_mapping(writer: Writer) -> bool:
     """Whether a shared lock lasts as long as a mapping made by :func:`open_segment` once its descriptor is closed.
 
-    Checked on a file of `writer`'s own (removed at once) as a receiver and a
-    writer would: it must block the exclusive lock while mapped, and free it
-    once unmapped.
+    Checked once per writer on a file of its own, removed at once
+    (:func:`zpool._shm_map.lock_follows_mapping`).
     """
     try:
         name, fd = writer._create(os.O_RDWR, kept=True)
     except OSError:
         return False
-    other = -1
     try:
-        other = os.open(os.path.join(DIRECTORY, name), os.O_RDONLY)  # another open file, as a receiver's
-        os.ftruncate(fd, mmap.PAGESIZE)
-        fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        mapping = _map_readonly(other, mmap.PAGESIZE)
-        os.close(other)
-        other = -1
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = False
-        except BlockingIOError:
-            held = True
-        mapping.close()
-        if held:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # and gone with the mapping (raises if not)
-        return held
-    except OSError:
-        return False
+        return _shm_map.lock_follows_mapping(fd, os.path.join(DIRECTORY, name))
     finally:
         os.close(fd)
-        if other >= 0:
-            os.close(other)
         _unlink_path(name)
-
-
-class _Native(NamedTuple):
-    map: Any  # libc's mmap(2) and munmap(2)
-    unmap: Any
-    address: Callable[[object], int]  # where an object's buffer starts
-    get_errno: Callable[[], int]
-    failed: int  # MAP_FAILED as ctypes returns it
-
-
-@functools.cache
-def _native() -> _Native:
-    """libc's ``mmap`` and ``munmap``, and CPython's buffer calls, through ctypes (loaded on first use)."""
-    import ctypes
-
-    class PyBuffer(ctypes.Structure):  # CPython's Py_buffer
-        _fields_ = [
-            ("buf", ctypes.c_void_p),
-            ("obj", ctypes.c_void_p),
-            ("len", ctypes.c_ssize_t),
-            ("itemsize", ctypes.c_ssize_t),
-            ("readonly", ctypes.c_int),
-            ("ndim", ctypes.c_int),
-            ("format", ctypes.c_char_p),
-            ("shape", ctypes.c_void_p),
-            ("strides", ctypes.c_void_p),
-            ("suboffsets", ctypes.c_void_p),
-            ("internal", ctypes.c_void_p),
-        ]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    map_ = libc.mmap
-    map_.restype = ctypes.c_void_p
-    map_.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-    unmap = libc.munmap
-    unmap.restype = ctypes.c_int
-    unmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-    get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-    get_buffer.restype = ctypes.c_int
-    get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int)
-    release_buffer = ctypes.pythonapi.PyBuffer_Release
-    release_buffer.restype = None
-    release_buffer.argtypes = (ctypes.POINTER(PyBuffer),)
-
-    def address(obj: object) -> int:
-        view = PyBuffer()
-        get_buffer(obj, ctypes.byref(view), 0)  # PyBUF_SIMPLE; raises if it fails (pythonapi)
-        try:
-            return int(view.buf or 0)
-        finally:
-            release_buffer(ctypes.byref(view))
-
-    return _Native(map_, unmap, address, ctypes.get_errno, int(ctypes.c_void_p(-1).value or 0))
-
-
-# Reservations whose file mapping failed: maybe unmapped already, so never unmapped again (see _map_readonly).
-_ABANDONED: list[mmap.mmap] = []
-
-
-def _map_readonly(fd: int, size: int) -> mmap.mmap:
-    """Map `size` bytes of `fd` read-only and shared: an mmap object that keeps no descriptor open.
-
-    ``mmap.mmap(fd, ...)`` keeps a duplicate of `fd` for as long as it
-    lives (until Python 3.13's ``trackfd=False``): a received array held a
-    descriptor, and a thousand of them reached the usual limit of open
-    files (issue 16). Instead, an anonymous mmap object (no descriptor)
-    reserves the addresses and the file is mapped over it with
-    ``MAP_FIXED``, which replaces the reserved pages in one step: nothing
-    else can land there, and the object unmaps the file when it goes, like
-    any mmap object (never while a view on it exists).
-    """
-    reserved = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-    native = _native()
-    start = native.address(reserved)
-    got = native.map(start, size, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, 0)
-    if got == start:
-        return reserved
-    if got is not None and got != native.failed:  # _MAP_FIXED is not this platform's value: mapped elsewhere
-        native.unmap(got, size)
-        reserved.close()
-        raise OSError(errno.ENOTSUP, "mmap(MAP_FIXED) does not work here")
-    code = native.get_errno()
-    # A failed MAP_FIXED may have unmapped the reservation already, and another thread may map
-    # something there since: unmapping it again could take that away. So it stays as it is.
-    _ABANDONED.append(reserved)
-    raise OSError(code, os.strerror(code))
 
 
 def open_segment(name: str, size: int) -> memoryview:
@@ -616,7 +509,7 @@ def open_segment(name: str, size: int) -> memoryview:
                 raise FileNotFoundError(errno.ENOENT, "segment already released by its owner", name)
         if stat.st_size < size:
             raise ValueError(f"shared-memory segment {name} is smaller than {size} bytes")
-        mapping = _map_readonly(fd, size)
+        mapping = _shm_map.map_readonly(fd, size)
     finally:
         os.close(fd)
     return memoryview(mapping).toreadonly()

@@ -16,11 +16,16 @@ frames, with no copy. ``bytes`` and ``bytearray`` own their memory in
 Python, so rebuilding them costs one copy.
 
 A serialized object is a list of frames: ``[pickle, buffer_0, buffer_1, ...]``.
+
+This module is about pickling only. It keeps the sender's caches (a
+function's by-value pickle while nothing it captures changes; which objects
+pickle by reference). On an engine, what dill rebuilds from the caller's
+``__main__`` is handed to :mod:`zpool._engine_context`, which owns the
+engine's namespace and rebinds that code to it.
 """
 
 from __future__ import annotations
 
-import builtins
 import errno
 import io
 import pickle
@@ -30,7 +35,12 @@ import types
 import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from zpool import _shm
+from zpool import _engine_context, _shm
+
+# The engine's namespace is zpool._engine_context's; code that looks for it here (tests, tasks) finds it.
+from zpool._engine_context import forget_shipped as forget_shipped
+from zpool._engine_context import main_namespace as main_namespace
+from zpool._engine_context import set_main_namespace as set_main_namespace
 from zpool.error import SerializationError, serialization_error
 
 __all__ = [
@@ -47,119 +57,13 @@ __all__ = [
 OOB_THRESHOLD = 64 * 1024
 
 
-# Set on engines (see set_main_namespace): the namespace tasks see as ``__main__``.
-_MAIN_NAMESPACE: dict[str, Any] | None = None
-# name -> the object last copied into _MAIN_NAMESPACE from the caller.
-_SHIPPED: dict[str, Any] = {}
-_ABSENT = object()
-
-
-def set_main_namespace(namespace: dict[str, Any] | None) -> None:
-    """Make code from the caller's ``__main__`` run with `namespace` as its globals (engines only).
-
-    A function sent by value arrives with a private copy of the globals it
-    uses. Rebound to the engine's namespace instead (with the functions it
-    reaches: through globals, closures, defaults, ``__wrapped__``, and the
-    methods of ``__main__`` classes), it sees what an initializer or an
-    earlier task stored there with ``global``, as in a worker of
-    :mod:`multiprocessing`.
-
-    The globals it brought are copied into the namespace, replacing what the
-    caller sent before (so a loop variable, a changed constant or a redefined
-    function always has the caller's current value), except where code on
-    the engine has bound the name to something else since (an initializer's
-    ``global x; x = ...``): that stays.
-    """
-    global _MAIN_NAMESPACE
-    _MAIN_NAMESPACE = namespace
-    _SHIPPED.clear()
-
-
-def main_namespace() -> dict[str, Any] | None:
-    """The engine's namespace (see :func:`set_main_namespace`); None outside an engine."""
-    return _MAIN_NAMESPACE
-
-
-def forget_shipped(names: Any = None) -> None:
-    """Forget that `names` (default: all) came from the caller: what it sends next is taken afresh."""
-    if names is None:
-        _SHIPPED.clear()
-        return
-    for name in names:
-        _SHIPPED.pop(name, None)
-
-
-def _from_main(obj: Any) -> bool:
-    return getattr(obj, "__module__", None) == "__main__" and (type(obj) is types.FunctionType or isinstance(obj, type))
-
-
-def _adopt(obj: Any, namespace: dict[str, Any], seen: dict[int, Any]) -> Any:
-    """`obj`, a function or class dill rebuilt from the caller's ``__main__``, rebound to `namespace`."""
-    done = seen.get(id(obj))
-    if done is not None:
-        return done
-    if isinstance(obj, type):
-        seen[id(obj)] = obj
-        _adopt_methods(obj, namespace, seen)
-        return obj
-    func: types.FunctionType = obj
-    if func.__globals__ is namespace:
-        return func
-    adopted = types.FunctionType(func.__code__, namespace, func.__name__, None, func.__closure__)
-    seen[id(func)] = adopted
-    defaults = func.__defaults__
-    adopted.__defaults__ = tuple(_adopted(d, namespace, seen) for d in defaults) if defaults else defaults
-    kwdefaults = func.__kwdefaults__
-    adopted.__kwdefaults__ = {k: _adopted(v, namespace, seen) for k, v in kwdefaults.items()} if kwdefaults else None
-    for attr in ("__qualname__", "__module__", "__doc__", "__annotations__", "__type_params__"):
-        if hasattr(func, attr):
-            setattr(adopted, attr, getattr(func, attr))
-    adopted.__dict__.update({k: _adopted(v, namespace, seen) for k, v in func.__dict__.items()})
-    for cell in func.__closure__ or ():
-        try:
-            contents = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if _from_main(contents):
-            cell.cell_contents = _adopt(contents, namespace, seen)
-    for name, value in list(func.__globals__.items()):
-        if name.startswith("__") or getattr(builtins, name, _ABSENT) is value:
-            continue  # dunders, and builtins dill listed among the globals
-        current = namespace.get(name, _ABSENT)
-        if current is _ABSENT or current is _SHIPPED.get(name, _ABSENT):
-            namespace[name] = _SHIPPED[name] = _adopted(value, namespace, seen)
-    return adopted
-
-
-def _adopted(value: Any, namespace: dict[str, Any], seen: dict[int, Any]) -> Any:
-    return _adopt(value, namespace, seen) if _from_main(value) else value
-
-
-def _adopt_methods(cls: type, namespace: dict[str, Any], seen: dict[int, Any]) -> None:
-    for name, attr in list(vars(cls).items()):
-        if type(attr) is types.FunctionType:
-            new: Any = _adopted(attr, namespace, seen)
-        elif isinstance(attr, (staticmethod, classmethod)) and _from_main(attr.__func__):
-            new = type(attr)(_adopt(attr.__func__, namespace, seen))
-        elif isinstance(attr, property):
-            fget, fset, fdel = (_adopted(f, namespace, seen) for f in (attr.fget, attr.fset, attr.fdel))
-            new = property(fget, fset, fdel, attr.__doc__)
-        else:
-            continue
-        if new is not attr:
-            try:
-                setattr(cls, name, new)
-            except (AttributeError, TypeError):
-                pass
-
-
 def _loads_dill(data: bytes) -> Any:
     import dill  # imported on demand: engines that never see a lambda skip it
 
     obj = dill.loads(data)
-    namespace = _MAIN_NAMESPACE
-    if namespace is not None:  # on an engine
-        return _adopt(obj, namespace, {}) if _from_main(obj) else obj
+    engine = _engine_context.current()
+    if engine is not None:  # on an engine: code from the caller's __main__ runs in the engine's
+        return engine.adopt(obj)
     if isinstance(obj, type) and obj.__module__ == "__main__":
         # A class of the caller's __main__ that went to an engine by value and
         # came back (as a result's class, or a raised exception's): use the
@@ -195,6 +99,7 @@ _BY_VALUE_LOCK = threading.Lock()
 _BY_VALUE_MAX_BYTES = 1 << 20  # larger pickles (a big global inside) are not kept
 # code object -> the global names it (or code nested in it) may read.
 _CODE_NAMES: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+_ABSENT = object()  # a name the code reads that is not bound (yet)
 _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), range, type(Ellipsis)})
 _CAPTURE_MAX = 256  # objects in one fingerprint; more, and the function is pickled every time
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 
@@ -10,7 +11,7 @@ import pytest
 import zmq
 
 from tests import _tasks
-from zpool import serialize
+from zpool import _engine_context, serialize
 from zpool.error import SerializationError
 from zpool.serialize import OOB_THRESHOLD, dumps, dumps_call, loads, loads_call
 
@@ -321,9 +322,29 @@ def _main_code(source: str) -> dict:
 @pytest.fixture
 def engine_namespace():
     namespace = {"__name__": "__main__"}
-    serialize.set_main_namespace(namespace)
+    _engine_context.set_main_namespace(namespace)
     yield namespace
-    serialize.set_main_namespace(None)
+    _engine_context.set_main_namespace(None)
+
+
+def test_the_engine_context_names_the_engine_in_error_reports(engine_namespace):
+    context = _engine_context.current()
+    assert context is not None and context.namespace is engine_namespace
+    before = _engine_context.describe_exception(ValueError("x"), None)
+    assert before["traceback"].startswith(f"Traceback from pid {os.getpid()}:") and before["engine_id"] is None
+    context.registered(7)
+    report = _engine_context.describe_exception(ValueError("bad"), None, ", task t1")
+    assert report["engine_id"] == 7 and report["ename"] == "ValueError" and report["evalue"] == "bad"
+    assert report["traceback"].startswith(f"Traceback from engine 7 (pid {os.getpid()}), task t1:\n")
+
+
+def test_outside_an_engine_nothing_is_adopted_and_reports_name_the_pid():
+    assert _engine_context.current() is None and _engine_context.main_namespace() is None
+    assert _engine_context.describe_exception(ValueError("x"), None)["engine_id"] is None
+    assert _engine_context.label() == f"pid {os.getpid()}"
+    # Where tests and tasks look for the engine's namespace still finds it.
+    assert serialize.set_main_namespace is _engine_context.set_main_namespace
+    assert serialize.main_namespace is _engine_context.main_namespace
 
 
 def _ship(obj):

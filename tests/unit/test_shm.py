@@ -31,7 +31,7 @@ import pytest
 import zmq
 
 from tests import _tasks
-from zpool import _shm, serialize
+from zpool import _shm, _shm_map, serialize
 from zpool.error import SerializationError
 from zpool.serialize import dumps, dumps_call, loads, loads_call
 
@@ -629,7 +629,7 @@ def test_writers_check_that_the_lock_follows_the_mapping(prefix):
 
 
 def test_the_check_fails_where_closing_the_descriptor_frees_the_lock(prefix, monkeypatch):
-    monkeypatch.setattr(_shm, "_map_readonly", lambda fd, size: mmap.mmap(-1, size))  # a mapping of nothing
+    monkeypatch.setattr(_shm_map, "map_readonly", lambda fd, size: mmap.mmap(-1, size))  # a mapping of nothing
     assert _shm._lock_follows_mapping(_shm.Writer(prefix, "c")) is False
     assert under(prefix, kept=True) == []
 
@@ -648,36 +648,36 @@ def test_where_the_lock_does_not_follow_the_mapping_no_segment_is_kept(prefix, m
 def test_a_failed_mapping_leaves_its_reservation_mapped_forever(prefix, monkeypatch):
     """A failed MAP_FIXED may have unmapped the reserved addresses: they are never unmapped again."""
     name = _shm.Writer(prefix, "c", keep=False).write(data(BIG))
-    native = _shm._native()
+    native = _shm_map.native()
 
     def failing(addr, size, prot, flags, fd, offset):
         ctypes.set_errno(errno.ENOMEM)
         return native.failed
 
-    monkeypatch.setattr(_shm, "_native", lambda: native._replace(map=failing))
-    abandoned = len(_shm._ABANDONED)
+    monkeypatch.setattr(_shm_map, "native", lambda: native._replace(map=failing))
+    abandoned = len(_shm_map.ABANDONED)
     with pytest.raises(OSError) as info:
         _shm.open_segment(name, BIG)
     assert info.value.errno == errno.ENOMEM
-    assert len(_shm._ABANDONED) == abandoned + 1
-    _shm._ABANDONED.pop().close()  # (this fake left it mapped: safe to unmap here)
+    assert len(_shm_map.ABANDONED) == abandoned + 1
+    _shm_map.ABANDONED.pop().close()  # (this fake left it mapped: safe to unmap here)
 
 
 @needs_proc
 def test_a_mapping_placed_elsewhere_is_undone(prefix, monkeypatch):
     """Where MAP_FIXED has another value, the kernel maps the file elsewhere: undone, and an error."""
     name = _shm.Writer(prefix, "c", keep=False).write(data(BIG))
-    native = _shm._native()
+    native = _shm_map.native()
 
     def elsewhere(addr, size, prot, flags, fd, offset):
-        return native.map(None, size, prot, flags & ~_shm._MAP_FIXED, fd, offset)
+        return native.map(None, size, prot, flags & ~_shm_map.MAP_FIXED, fd, offset)
 
-    monkeypatch.setattr(_shm, "_native", lambda: native._replace(map=elsewhere))
-    abandoned = len(_shm._ABANDONED)
+    monkeypatch.setattr(_shm_map, "native", lambda: native._replace(map=elsewhere))
+    abandoned = len(_shm_map.ABANDONED)
     with pytest.raises(OSError) as info:
         _shm.open_segment(name, BIG)
     assert info.value.errno == errno.ENOTSUP
-    assert mappings_of(inode(name)) == 0 and len(_shm._ABANDONED) == abandoned
+    assert mappings_of(inode(name)) == 0 and len(_shm_map.ABANDONED) == abandoned
 
 
 # (Nothing here names a real file outside the test's own directory: were the check broken,

@@ -8,8 +8,8 @@
                                        exit when the parent or the controller is gone
 
 The main thread runs user code and does the engine socket's I/O; the
-heartbeat thread owns its own socket, so a long task never looks like a
-dead engine.
+heartbeat thread (:mod:`zpool.engine.heartbeat`) owns its own socket, so a
+long task never looks like a dead engine.
 
 Replies of tiny tasks are held back while more tasks are waiting and the
 held replies are young, then sent as one message: tiny tasks travel many per
@@ -24,7 +24,57 @@ once).
 
 The engine's namespace is a fresh ``__main__`` module: names pushed there
 are what tasks see as globals of ``__main__``, and classes sent by value
-from the caller's ``__main__`` find their home.
+from the caller's ``__main__`` find their home. It is held, with the
+engine's id, by the process's :class:`~zpool._engine_context.EngineContext`.
+
+Who touches what. Three actors share an :class:`Engine`: the main thread
+(task loop, user code), the heartbeat thread (:class:`~zpool.engine.heartbeat.Heartbeat`:
+beats, recall, interrupt, held replies) and the SIGINT handler, which
+Python runs in the main thread between two bytecodes of whatever it is
+running. Single-field reads and writes are atomic under the GIL; what
+needs more takes ``lock``::
+
+    field             written by                     read by                      guarded by
+    ----------------  -----------------------------  ---------------------------  ----------------------------------
+    sock, outbox      main; heartbeat (flush;        main; heartbeat              lock once ``serving`` (before:
+                      give_back's _drain)                                         main alone, registering)
+    pending           main (pop, _drain); heartbeat  main (unlocked "anything     lock, for every change
+                      (give_back replaces it)        queued?", re-checked locked)
+    aborted           main (_drain; discards the     main                         lock, but main's discard of the
+                      task it popped); heartbeat                                  task it popped: nobody else adds
+                      (give_back)                                                 or removes that id any more
+    outbox_since      main (_push)                   heartbeat (hold deadline)    lock for writes; read unlocked
+    serving           main, once: False -> True      heartbeat (give_back)        none
+    in_task           main                           heartbeat; SIGINT handler    none
+    task_id           main, before in_task = True    heartbeat (request_          none: the handler compares it
+                                                     interrupt); SIGINT handler   with interrupting
+    interrupting      heartbeat (request_interrupt)  main; SIGINT handler         none
+    _interrupt_sent   heartbeat (True); SIGINT       SIGINT handler               none: set before os.kill
+                      handler (False)
+    _interrupt_due    main (False at each task);     _call_task (main)            none: one thread
+                      SIGINT handler (True)
+    _beats._woken     main (wake: True); heartbeat   both                         none: the pipe carries wake-ups
+                      (_send_held_replies: False)
+    _beats.last_beat, heartbeat; main (configure,    heartbeat                    none: ``configured`` is set last
+    interval, misses  once, registering)
+    context,          main                           main                         none: one thread
+    engine_id, ...
+
+An interrupt (``request_interrupt``, heartbeat thread, then SIGINT to this
+process) finds the task in one of four states, by ``in_task`` and the frame
+the handler interrupts::
+
+    idle ──pop a task──▶ loading ──loads_call done──▶ calling ──result back──▶ answering ──▶ idle
+    in_task False       in_task True                in_task True             in_task False
+    SIGINT ignored      KeyboardInterrupt in        KeyboardInterrupt in     SIGINT ignored: the
+                        loads: "aborted before      the task's code (or      reply goes as it is
+                        it ran"                     _call_task): "aborted"
+
+Between loading and calling (the handler interrupts ``_run_one``'s own
+frame, where an exception could escape its handlers) the handler only
+sets ``_interrupt_due``, and ``_call_task`` raises at its entry. A SIGINT
+sent for a task that has ended is ignored: ``interrupting`` names a task
+that is no longer ``task_id``.
 """
 
 from __future__ import annotations
@@ -32,7 +82,6 @@ from __future__ import annotations
 import builtins
 import collections
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -46,9 +95,11 @@ from typing import Any
 
 import zmq
 
-from zpool import _partition, _shm
-from zpool._partition import MAX_TRACEBACK_CHARS, ItemFailure, describe_exception, run_each
+from zpool import _shm
+from zpool._engine_context import MAX_TRACEBACK_CHARS, describe_exception, set_main_namespace
+from zpool._partition import ItemFailure, run_each
 from zpool._process import ParentWatch
+from zpool.engine.heartbeat import Heartbeat
 from zpool.error import (
     ImpossibleDependency,
     ProtocolError,
@@ -72,7 +123,7 @@ from zpool.protocol import (
     recv_ready,
     send_frames,
 )
-from zpool.serialize import callable_name, dumps, loads, loads_call, set_main_namespace, short_repr
+from zpool.serialize import callable_name, dumps, loads, loads_call, short_repr
 
 # The controller may bind after we connect (they start together): retry soon.
 RECONNECT_IVL_MS = 10
@@ -118,7 +169,8 @@ class Engine:
         main.__dict__["__builtins__"] = builtins
         sys.modules["__main__"] = main
         self.namespace: dict[str, Any] = main.__dict__
-        set_main_namespace(self.namespace)
+        # Who this engine is and what its __main__ holds, for the whole process (zpool._engine_context).
+        self.context = set_main_namespace(self.namespace)
         if info.mp_authkey:
             # The caller's multiprocessing authkey: Manager proxies it sends can connect back.
             multiprocessing.current_process().authkey = info.mp_authkey
@@ -146,7 +198,7 @@ class Engine:
         self._interrupt_due = False  # it arrived between the task's loading and its call (see _call_task)
         self.lock = threading.Lock()  # every use of self.sock and self.outbox, once serving
         self.serving = False  # registered and in the task loop
-        self._beats = _Heartbeat(self)
+        self._beats = Heartbeat(self, REPLY_HOLD_S, RECONNECT_IVL_MS)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -166,8 +218,6 @@ class Engine:
                     if poller.poll(1000):
                         self._drain()
                 continue
-            if self.outbox:
-                self._beats.wake()  # replies are held: have them sent if this task is slow
             began = time.monotonic()
             self._run_one()
             self.last_run_s = time.monotonic() - began
@@ -206,8 +256,7 @@ class Engine:
                 self.engine_id = int(content_in["engine_id"])
                 self._beats.configure(float(content_in["heartbeat_interval"]), int(content_in["heartbeat_misses"]))
                 logger.info("registered as engine %d", self.engine_id)
-                _partition.engine_id = self.engine_id
-                _partition.engine_label = f"engine {self.engine_id} (pid {os.getpid()})"
+                self.context.registered(self.engine_id)
                 if content_in.get("setup"):
                     self._setup(msg.buffers)
                 return
@@ -229,8 +278,7 @@ class Engine:
         except BaseException as exc:
             tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
             text = "".join(traceback.format_exception(type(exc), exc, tb))
-            who = f"engine {self.engine_id} (pid {os.getpid()})"
-            error = f"the initializer raised {type(exc).__name__}: {_safe_str(exc)} in {who}:\n{text}"
+            error = f"the initializer raised {type(exc).__name__}: {_safe_str(exc)} in {self.context.label}:\n{text}"
             content = {"ok": False, "error": error[:MAX_TRACEBACK_CHARS]}
             with self.lock:
                 send_frames(self.sock, self.session.build(MsgType.ENGINE_READY, content=encode(content)))
@@ -347,6 +395,8 @@ class Engine:
         # Interruptible from here (loading its arguments may take a while) to the end of its call.
         self.task_id, self._interrupt_due = task_id, False
         self.in_task = True
+        if self.outbox:  # replies are held: have them sent if this task is slow (after in_task: see Heartbeat.run)
+            self._beats.wake()
         try:
             func, args, kwargs = loads_call(frames)
         except BaseException as exc:
@@ -482,159 +532,6 @@ def _portable_exception(exc: BaseException) -> list[Any] | None:
     # Compare by name: a class sent by value is rebuilt as a new, equivalent class.
     same = (type(back).__module__, type(back).__qualname__) == (type(exc).__module__, type(exc).__qualname__)
     return frames if same else None
-
-
-class _Heartbeat:
-    """The engine's second thread: answers beats, obeys shutdown, ends the process when orphaned.
-
-    Composition, not a ``threading.Thread`` subclass: Thread's private
-    attributes change between Python versions (3.13 added ``_handle``).
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.session = Session(engine.info.key)
-        self.interval = 1.0
-        self.misses = 10
-        self.configured = False
-        self.last_beat = time.monotonic()
-        self._woken = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-
-    def start(self) -> None:
-        threading.Thread(target=self.run, name="zpool-heartbeat", daemon=True).start()
-
-    def _stall_limit(self) -> float:
-        """A pause of this thread's loop longer than this (it polls every 0.1 s at most) is a stall of its own."""
-        return max(1.0, self.interval * self.misses / 2)
-
-    def wake(self) -> None:
-        """Ask the thread to look at the held replies soon (main thread, entering a task)."""
-        if not self._woken:
-            self._woken = True
-            os.write(self._wake_w, b"x")
-
-    def configure(self, interval: float, misses: int) -> None:
-        self.interval, self.misses = interval, misses
-        self.last_beat = time.monotonic()
-        self.configured = True
-
-    def run(self) -> None:
-        sock = self.engine.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.engine.ident)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-        sock.connect(self.engine.info.heartbeat)
-        parent = self.engine.parent
-        engine = self.engine
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        looked = time.monotonic()
-        while True:
-            holding = self._woken and engine.in_task and engine.outbox
-            left_s = REPLY_HOLD_S - (time.monotonic() - engine.outbox_since)
-            timeout_ms = math.ceil(max(0.0, left_s) * 1000) if holding else 100
-            for ready, _ in poller.poll(timeout_ms):
-                if ready is sock:
-                    self._on_message(sock, recv_frames(sock))
-                else:
-                    try:
-                        os.read(self._wake_r, 64)
-                    except BlockingIOError:
-                        pass
-            now = time.monotonic()
-            if now - looked > self._stall_limit():
-                # This thread did not run for a while (the whole program was suspended: SIGSTOP,
-                # a Slurm suspend, a frozen container, a closed laptop lid): the controller's
-                # silence is counted from now, not across a stop that halted it too.
-                logger.info(
-                    "heartbeat: this thread was stopped for %.1f s; the controller's silence counts afresh",
-                    now - looked,
-                )
-                self.last_beat = max(self.last_beat, now)
-            looked = now
-            if self._woken and time.monotonic() - engine.outbox_since >= REPLY_HOLD_S:
-                self._send_held_replies()
-            if parent is not None and not parent.alive():
-                self._orphaned(cluster_gone=True)
-                _exit("its parent process ended", self.engine.shared)
-            # The controller stops beating when it dies: leave after twice the tolerance.
-            if self.configured and time.monotonic() - self.last_beat > 2 * self.interval * self.misses:
-                self._orphaned(cluster_gone=parent is not None and not parent.alive())
-                _exit("the controller stopped sending heartbeats", self.engine.shared)
-
-    def _orphaned(self, cluster_gone: bool) -> None:
-        """Leaving without the controller's word: remove the shared-memory segments nobody else will.
-
-        Its own always (the names it maps under, and those it keeps for
-        reuse). The whole cluster's only once its controller, their owner,
-        is dead (a hidden cluster's controller is this engine's parent):
-        one that is merely silent (stuck, or stopped) may be holding
-        queued tasks whose arguments those segments are.
-        """
-        prefix = self.engine.info.shm_prefix
-        if not prefix:
-            return
-        if cluster_gone:
-            _shm.remove_all(prefix)
-        else:
-            _shm.remove_kept(prefix, "e", os.getpid())
-
-    def _send_held_replies(self) -> None:
-        engine = self.engine
-        self._woken = False
-        # Never wait for the lock: if the main thread holds it, it is between
-        # tasks and sends the replies itself; this thread must stay free to beat.
-        if not engine.lock.acquire(blocking=False):
-            return
-        try:
-            if engine.in_task and engine.outbox:
-                engine.flush()
-        finally:
-            engine.lock.release()
-
-    def _on_message(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
-        try:
-            msg = self.session.unpack(frames)
-        except Exception as exc:
-            logger.error("heartbeat: dropped a message: %s: %s", type(exc).__name__, exc)
-            return
-        try:
-            if msg.msg_type == MsgType.HEARTBEAT_REQUEST.value:
-                self.last_beat = time.monotonic()
-                send_frames(sock, self.session.build(MsgType.HEARTBEAT_REPLY, {"beat": msg.header.get("beat")}))
-            elif msg.msg_type == MsgType.INTERRUPT_REQUEST.value:
-                ids = msg.content.get("ids")
-                if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-                    raise ProtocolError("interrupt_request with ids that are not a list of task ids")
-                self.engine.request_interrupt(None if ids is None else set(ids))
-            elif msg.msg_type == MsgType.RECALL_REQUEST.value:
-                ids = msg.content.get("ids")
-                if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-                    raise ProtocolError("recall_request without a list of task ids")
-                given = self.engine.give_back(set(ids))
-                reply = encode({"ids": ids, "recalled": given})
-                send_frames(sock, self.session.build(MsgType.RECALL_REPLY, content=reply))
-            elif msg.msg_type == MsgType.SHUTDOWN_REQUEST.value:
-                _exit("the controller asked it to shut down", self.engine.shared, level=logging.INFO)
-            else:
-                logger.error("heartbeat: dropped a message of unexpected type %r", msg.msg_type)
-        except Exception as exc:  # this thread must live: it keeps the engine alive
-            logger.error("heartbeat: dropped a message (%s): %s: %s", msg.msg_type, type(exc).__name__, exc)
-
-
-def _exit(why: str, shared: _shm.Writer | None, level: int = logging.WARNING) -> None:
-    logger.log(level, "engine exiting: %s", why)
-    if shared is not None:
-        shared.close(timeout=1.0)  # its spare segments: nobody else would remove them before the cluster ends
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(0)
 
 
 def _call_task(engine: Engine, func: Any, args: Any, kwargs: Any) -> Any:
