@@ -33,10 +33,10 @@ _EXPORTS = {
     "DirectResult": "zpool.asyncresult",
     "JoinedResult": "zpool.asyncresult",
     "EngineView": "zpool.view",
-    "RemoteFunction": "zpool.view",
-    "ParallelFunction": "zpool.view",
+    "RemoteFunction": "zpool._decorators",
+    "ParallelFunction": "zpool._decorators",
     "CompositeError": "zpool.error",
-    "IMapIterator": "zpool.asyncresult",
+    "IMapIterator": "zpool._imap",
     "Metadata": "zpool.asyncresult",
     "Dependency": "zpool.dependency",
     "require": "zpool.dependency",
@@ -63,7 +63,9 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from zpool.asyncresult import AsyncResult, DirectResult, IMapIterator, JoinedResult, MapResult, Metadata
+    from zpool._decorators import ParallelFunction, RemoteFunction
+    from zpool._imap import IMapIterator
+    from zpool.asyncresult import AsyncResult, DirectResult, JoinedResult, MapResult, Metadata
     from zpool.dependency import Dependency, depend, dependent, require
     from zpool.error import (
         AuthenticationError,
@@ -85,7 +87,7 @@ if TYPE_CHECKING:
         ZPoolError,
     )
     from zpool.pool import Pool
-    from zpool.view import EngineView, ParallelFunction, RemoteFunction
+    from zpool.view import EngineView
 
 
 def __getattr__(name: str) -> Any:

@@ -12,29 +12,19 @@ Task outcomes arrive on the client's I/O thread, which calls
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import datetime
 import itertools
-import sys
 import threading
 import time
-import weakref
-from _thread import RLock as _RLock
-from _thread import allocate_lock as _allocate_lock
-from typing import Any, Callable, Generator, Generic, TypeVar, cast
+from typing import Any, Callable, Generator, Generic, Protocol, TypeVar, cast
 
-from zpool._partition import ItemFailure
+from zpool._future import FINISHED, LEAN_FUTURE, NOT_DONE, PENDING, LeanCondition
 from zpool.error import CompositeError, TimeoutError
 
-__all__ = ["AsyncResult", "DirectResult", "IMapIterator", "JoinedResult", "MapResult", "Metadata"]
+__all__ = ["AsyncResult", "CallbackRunner", "DirectResult", "JoinedResult", "MapResult", "Metadata"]
 
 T = TypeVar("T")
-
-# Adaptive imap chunks: aim for this much engine time per chunk, in seconds,
-# and never more than this many items.
-IMAP_CHUNK_TARGET_S = 0.005
-IMAP_CHUNK_MAX = 4096
 
 
 class Metadata(dict):  # type: ignore[type-arg]
@@ -53,84 +43,15 @@ def _stamp(seconds: float | None) -> datetime.datetime | None:
     return None if seconds is None else datetime.datetime.fromtimestamp(seconds)
 
 
-class _Condition:
-    """The part of :class:`threading.Condition` a :class:`concurrent.futures.Future` uses, made cheap.
+class CallbackRunner(Protocol):
+    """Where a result's callbacks run (:class:`zpool.client.callbacks.CallbackThread`)."""
 
-    Re-entrant, as Future's own condition is: ``concurrent.futures.wait``
-    (FIRST_EXCEPTION) calls ``cancelled()`` and ``exception()`` on futures
-    whose conditions it holds. The list of waiters is made by the first
-    :meth:`wait`. ``threading.Condition()`` costs four times as much to
-    create, in Python code run for each of tens of thousands of results.
-    """
+    def call(self, func: Callable[[Any], Any], value: Any) -> None: ...
 
-    __slots__ = ("_lock", "_waiters")
-
-    def __init__(self) -> None:
-        self._lock: Any = _RLock()  # (_release_save and _acquire_restore: the C RLock has them)
-        self._waiters: list[Any] | None = None
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return bool(self._lock.acquire(blocking, timeout))
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> bool:
-        return bool(self._lock.acquire())
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._lock.release()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Release the lock (however often it is held) until notified or `timeout` seconds pass."""
-        waiter = _allocate_lock()
-        waiter.acquire()
-        waiters = self._waiters
-        if waiters is None:
-            waiters = self._waiters = []
-        waiters.append(waiter)
-        saved = self._lock._release_save()
-        got = False
-        try:
-            if timeout is None:
-                got = waiter.acquire()
-            elif timeout > 0:
-                got = waiter.acquire(True, timeout)
-            else:
-                got = waiter.acquire(False)
-            return got
-        finally:
-            self._lock._acquire_restore(saved)
-            if not got:
-                try:
-                    waiters.remove(waiter)
-                except ValueError:
-                    pass  # notified just as the wait ended
-
-    def notify(self, n: int = 1) -> None:
-        waiters = self._waiters
-        if waiters:
-            for waiter in waiters[:n]:
-                waiter.release()
-            del waiters[:n]
-
-    def notify_all(self) -> None:
-        waiters = self._waiters
-        if waiters:
-            for waiter in waiters:
-                waiter.release()
-            waiters.clear()
+    def is_current(self) -> bool: ...
 
 
-def _future_fields() -> frozenset[str]:
-    return frozenset(vars(concurrent.futures.Future()))
-
-
-# Whether Future.__init__ sets exactly the fields AsyncResult sets itself (true from 3.9 to 3.13).
-_LEAN_FUTURE = _future_fields() == {"_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"}
-_PENDING = concurrent.futures._base.PENDING
-_FINISHED = concurrent.futures._base.FINISHED
-_NOT_DONE = (concurrent.futures._base.PENDING, concurrent.futures._base.RUNNING)
+_Condition = LeanCondition  # (its name before it moved to zpool._future; tests/unit/test_fast_paths.py uses it)
 
 
 class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-arg]
@@ -151,19 +72,29 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
     :class:`multiprocessing.TimeoutError` and a builtin ``TimeoutError``.
     """
 
-    def __init__(self, msg_ids: list[str], label: str = "") -> None:
-        if _LEAN_FUTURE:
+    def __init__(
+        self,
+        msg_ids: list[str],
+        label: str = "",
+        *,
+        owner: Any = None,
+        runner: CallbackRunner | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+        tracker: Any = None,
+    ) -> None:
+        if LEAN_FUTURE:
             # Future.__init__'s fields, with a lighter condition (see _Condition): a burst
             # of apply_async calls creates tens of thousands of these.
-            self._condition = cast(threading.Condition, _Condition())  # duck-typed: what Future calls
-            self._state = _PENDING
+            self._condition = cast(threading.Condition, LeanCondition())  # duck-typed: what Future calls
+            self._state = PENDING
             self._result = None
             self._exception = None
             self._waiters = []
             self._done_callbacks: list[Callable[[concurrent.futures.Future[Any]], object]] = []
         else:  # a Python whose Future has other fields: its own __init__, then our condition
             super().__init__()
-            self._condition = cast(threading.Condition, _Condition())
+            self._condition = cast(threading.Condition, LeanCondition())
         # A tuple of strings is not tracked by the garbage collector; see msg_ids.
         self._ids = tuple(msg_ids)
         self.label = label
@@ -174,21 +105,24 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         # Raw (engine_id, status, started, completed, received) tuples until read.
         self._metadata: Any = [None] * len(msg_ids) if len(msg_ids) != 1 else None
         self._single = len(msg_ids) == 1
-        # Set by the Pool: kept alive while this result is pending (as the stdlib
-        # does), and where done-callbacks run (never on the client's I/O thread).
-        self._owner: Any = None
-        self._runner: Any = None
+        # The pool (or view) that made it, kept alive while this result is pending (as the
+        # stdlib does), and where callbacks run (never on the client's I/O thread).
+        self._owner = owner
+        self._runner = runner
         # multiprocessing's callback and error_callback: they run (in the
         # runner's thread) before the result becomes ready, as in the stdlib.
         self._user_callbacks: tuple[Callable[[Any], Any] | None, Callable[[BaseException], Any] | None] | None = None
         self._has_callback = False
+        if callback is not None or error_callback is not None:
+            self._user_callbacks = (callback, error_callback)
+            self._has_callback = True
         self._pending = len(msg_ids)
         # The outcome is known (it may still wait for a callback to become ready).
         self._decided = False
         self._decide_lock = threading.Lock() if len(msg_ids) > 1 else None
         self._finished_at: float | None = None
         # track=True: when ZeroMQ has let go of the arguments' memory (client.connection.SendTracker).
-        self._tracker: Any = None
+        self._tracker = tracker
         if not msg_ids:
             self._finish(self._combine([]))
 
@@ -202,7 +136,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         zpool.TimeoutError
             If `timeout` seconds pass first (the work goes on).
         """
-        if self._state == _FINISHED:  # the common case, without the condition's lock (set before the state)
+        if self._state == FINISHED:  # the common case, without the condition's lock (set before the state)
             if self._exception is not None:
                 raise self._exception
             return cast(T, self._result)
@@ -273,16 +207,18 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
             return [self._build_metadata(raw) for raw in md]
         return self._build_metadata(md)
 
-    def _outcome_codes(self) -> dict[str, int]:
-        """How each finished task ended, coded as the controller's scheduler codes it.
+    def outcomes(self) -> dict[str, tuple[bool, int | None]]:
+        """How each finished task ended: ``{task id: (succeeded, engine id or None)}``.
 
-        A dependency on this result sends them along: the controller
-        remembers finished tasks only for a while (``record_window``).
+        Tasks still pending are left out. A dependency on this result
+        (``after=``, ``follow=``) sends these along, so it works however
+        long ago the tasks ended (the controller remembers finished tasks
+        only for a while: ``record_window``).
         """
         if self._pending == len(self._ids):
             return {}  # none has ended yet (the common case: a graph submitted ahead of its running)
         raws = self._metadata if isinstance(self._metadata, list) else [self._metadata]
-        codes: dict[str, int] = {}
+        ended: dict[str, tuple[bool, int | None]] = {}
         for task_id, raw in zip(self._ids, raws):
             if raw is None:
                 continue
@@ -290,11 +226,8 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
                 engine_id, status = raw["engine_id"], raw["status"]
             else:
                 engine_id, status = raw[0], raw[1]
-            if status == "ok" and isinstance(engine_id, int):
-                codes[task_id] = engine_id
-            elif status != "ok":
-                codes[task_id] = -1 if not isinstance(engine_id, int) else -2 - engine_id
-        return codes
+            ended[task_id] = (status == "ok", engine_id if isinstance(engine_id, int) else None)
+        return ended
 
     def _build_metadata(self, raw: Any) -> Metadata | None:
         # Built on first access: most callers never look, and replies arrive in bulk.
@@ -377,7 +310,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
         """Record one task's outcome; `md` is ``(engine_id, status, started, completed, received)``."""
         self._account(index, md)
-        if self._decided or self._state not in _NOT_DONE:  # (done(), without its lock: _set checks again)
+        if self._decided or self._state not in NOT_DONE:  # (done(), without its lock: _set checks again)
             return  # an earlier task failed it (or it was cancelled): just account
         values = self._values
         if not ok:
@@ -460,16 +393,18 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
     def _what(self) -> str:
         return f"{self.label}()" if self.label else "result"
 
-    def _renewed(self, msg_ids: list[str]) -> AsyncResult[T]:
+    def _renewed(self, msg_ids: list[str], **kwargs: Any) -> AsyncResult[T]:
         """A result of the same kind for the same calls under new task ids (:meth:`Pool.resubmit`)."""
-        return type(self)(msg_ids, self.label)
+        return type(self)(msg_ids, self.label, **kwargs)
 
 
 class MapResult(AsyncResult[list[T]]):
     """The pending result of :meth:`Pool.map_async`: one task per chunk."""
 
-    # The chunk size the map was cut with (set by the Pool), as multiprocessing's MapResult has it.
-    _chunksize = 0
+    def __init__(self, msg_ids: list[str], label: str = "", *, chunksize: int = 0, **kwargs: Any) -> None:
+        # The chunk size the map was cut with, as multiprocessing's MapResult has it.
+        self._chunksize = chunksize
+        super().__init__(msg_ids, label, **kwargs)
 
     @property
     def _number_left(self) -> int:
@@ -490,10 +425,10 @@ class _Collecting(AsyncResult[T]):
     :attr:`_order` records the order in which tasks finished.
     """
 
-    def __init__(self, msg_ids: list[str], label: str = "") -> None:
+    def __init__(self, msg_ids: list[str], label: str = "", **kwargs: Any) -> None:
         self._outcomes: list[Any] | None = [None] * len(msg_ids)
         self._order: list[int] = []
-        super().__init__(msg_ids, label)
+        super().__init__(msg_ids, label, **kwargs)
 
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
         self._account(index, md)
@@ -538,18 +473,20 @@ class JoinedResult(_Collecting[T]):
         Join the chunk results in input order (True) or in the order they finished.
     """
 
-    def __init__(self, msg_ids: list[str], label: str, join: Callable[[list[Any]], Any], ordered: bool = True) -> None:
+    def __init__(
+        self, msg_ids: list[str], label: str, join: Callable[[list[Any]], Any], ordered: bool = True, **kwargs: Any
+    ) -> None:
         self._join = join
         self._ordered = ordered
-        super().__init__(msg_ids, label)
+        super().__init__(msg_ids, label, **kwargs)
 
     def _combine(self, values: list[Any]) -> Any:
         if not self._ordered:
             values = [values[i] for i in self._order]
         return self._join(values)
 
-    def _renewed(self, msg_ids: list[str]) -> JoinedResult[T]:
-        return JoinedResult(msg_ids, self.label, self._join, self._ordered)
+    def _renewed(self, msg_ids: list[str], **kwargs: Any) -> JoinedResult[T]:
+        return JoinedResult(msg_ids, self.label, self._join, self._ordered, **kwargs)
 
 
 class DirectResult(_Collecting[T]):
@@ -574,12 +511,13 @@ class DirectResult(_Collecting[T]):
         single: bool = False,
         combine: Callable[[list[Any]], Any] | None = None,
         ordered: bool = True,
+        **kwargs: Any,
     ) -> None:
         self.engine_ids = list(engine_ids)
         self._one_engine = single
         self._combine_values = combine
         self._ordered = ordered
-        super().__init__(msg_ids, label)
+        super().__init__(msg_ids, label, **kwargs)
 
     def _fail_fast(self) -> bool:
         return False  # every engine's outcome is reported together
@@ -596,8 +534,10 @@ class DirectResult(_Collecting[T]):
         label = self.label or "direct call"
         return label if label.endswith(")") else f"{label}()"
 
-    def _renewed(self, msg_ids: list[str]) -> DirectResult[T]:
-        return DirectResult(msg_ids, self.label, self.engine_ids, self._one_engine, self._combine_values, self._ordered)
+    def _renewed(self, msg_ids: list[str], **kwargs: Any) -> DirectResult[T]:
+        return DirectResult(
+            msg_ids, self.label, self.engine_ids, self._one_engine, self._combine_values, self._ordered, **kwargs
+        )
 
     def _collect(self, outcomes: list[tuple[bool, Any]]) -> Any:
         failed = [(self.engine_ids[i], value) for i, (ok, value) in enumerate(outcomes) if not ok]
@@ -631,213 +571,3 @@ def _first_line(exc: BaseException) -> str:
         return "<unprintable>"
     line = text.splitlines()[0] if text else ""
     return line if len(line) <= 200 else line[:197] + "..."
-
-
-class _IMapState:
-    """What an :class:`IMapIterator` shares with its feeder thread and its chunks' replies.
-
-    Chunks are numbered in input order. ``in_flight`` counts chunks
-    submitted and not yet taken by the consumer; the feeder waits while it
-    reaches ``window``, which bounds the memory one ``imap`` holds however
-    long its input. ``length`` is the number of chunks once the input is
-    exhausted (or failed).
-    """
-
-    def __init__(self, ordered: bool, window: int, convert: Callable[[ItemFailure], BaseException]) -> None:
-        self.ordered = ordered
-        self.window = window
-        self.convert = convert  # an item's failure report -> the exception to raise
-        self.item_s: float | None = None  # measured engine time per item (moving average)
-        self.cond = threading.Condition(threading.Lock())
-        self.in_flight = 0
-        self.length: int | None = None
-        self.stopped = False  # the consumer is gone, or the pool terminated: feed no more
-        self.finished = False  # the feeder is done
-        self.arrived: dict[int, tuple[bool, Any]] = {}  # ordered: chunk number -> outcome
-        self.queue: collections.deque[tuple[bool, Any]] = collections.deque()  # unordered
-        self.next_chunk = 0  # ordered: the chunk to yield from next
-        self.taken = 0  # chunks the consumer has taken
-        self.items: collections.deque[Any] = collections.deque()  # the current chunk's values
-
-    # -- feeder side ------------------------------------------------------------
-
-    def reserve(self) -> bool:
-        """Wait for room for one more chunk; False if feeding should stop."""
-        with self.cond:
-            while self.in_flight >= self.window and not self.stopped:
-                self.cond.wait()
-            if self.stopped:
-                return False
-            self.in_flight += 1
-            return True
-
-    def unbound(self) -> None:
-        """Read ahead without limit from now on (the pool is being joined)."""
-        with self.cond:
-            self.window = sys.maxsize
-            self.cond.notify_all()
-
-    def release(self) -> None:
-        """Give back a reservation that was not used (the input ended)."""
-        with self.cond:
-            self.in_flight -= 1
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.cond.notify_all()
-
-    def wait_finished(self) -> None:
-        """Wait until the feeder has submitted its last chunk."""
-        with self.cond:
-            while not self.finished:
-                self.cond.wait()
-
-    def end(self, length: int) -> None:
-        """The input is exhausted: `length` chunks in all."""
-        with self.cond:
-            self.length = length
-            self.finished = True
-            self.cond.notify_all()
-
-    def next_size(self, previous: int) -> int:
-        """Items for the next chunk when sizing adaptively.
-
-        One item until a chunk has been timed (so the first result comes
-        quickly), then enough items for about :data:`IMAP_CHUNK_TARGET_S` of
-        engine time, growing at most twofold per chunk and never past
-        :data:`IMAP_CHUNK_MAX`.
-        """
-        item_s = self.item_s
-        if item_s is None:
-            return 1
-        wanted = int(IMAP_CHUNK_TARGET_S / max(item_s, 1e-7))
-        return max(1, min(wanted, 2 * previous, IMAP_CHUNK_MAX))
-
-    def timed(self, n_items: int, run_s: float) -> None:
-        """A chunk of `n_items` ran for `run_s` seconds on its engine."""
-        if n_items > 0 and run_s >= 0:
-            per_item = run_s / n_items
-            mean = self.item_s
-            self.item_s = per_item if mean is None else mean + 0.3 * (per_item - mean)
-
-    def chunk_done(self, number: int, ok: bool, value: Any) -> None:
-        """Record chunk `number`'s outcome: its list of values, or the exception to raise at its place."""
-        with self.cond:
-            if self.ordered:
-                self.arrived[number] = (ok, value)
-            else:
-                self.queue.append((ok, value))
-            self.cond.notify_all()
-
-    # -- consumer side ------------------------------------------------------------
-
-    def next(self, timeout: float | None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self.cond:
-            while True:
-                if self.items:
-                    value = self.items.popleft()
-                    if type(value) is ItemFailure:
-                        raise self.convert(value)
-                    return value
-                outcome = self._take()
-                if outcome is not None:
-                    ok, value = outcome
-                    if not ok:
-                        raise value
-                    self.items.extend(value)
-                    continue
-                if self.length is not None and self.taken >= self.length:
-                    raise StopIteration
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(
-                        f"no imap result within {timeout} s; the work goes on, call next() again to wait more"
-                    )
-                self.cond.wait(left)
-
-    def _take(self) -> tuple[bool, Any] | None:
-        if self.ordered:
-            outcome = self.arrived.pop(self.next_chunk, None)
-            if outcome is None:
-                return None
-            self.next_chunk += 1
-        elif self.queue:
-            outcome = self.queue.popleft()
-        else:
-            return None
-        self.taken += 1
-        self.in_flight -= 1
-        self.cond.notify_all()  # room for the feeder
-        return outcome
-
-
-class _IMapChunk:
-    """One submitted chunk of an ``imap``, as the client's result table sees it."""
-
-    __slots__ = ("holes", "msg_ids", "number", "state")
-
-    def __init__(
-        self, state: _IMapState, number: int, task_id: str, holes: list[tuple[int, BaseException]] | None = None
-    ) -> None:
-        self.state = state
-        self.number = number
-        self.msg_ids = [task_id]
-        # Items that could not be sent, by place in the chunk: they fail there.
-        self.holes = holes
-
-    def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
-        started, completed = md[2], md[3]
-        if ok and started is not None and completed is not None:
-            self.state.timed(len(value), completed - started)
-        if ok and self.holes:
-            value = list(value)
-            for place, exc in self.holes:
-                value.insert(place, ItemFailure({}, exc))
-        self.state.chunk_done(self.number, ok, value)
-
-    def _fail(self, exc: BaseException) -> None:
-        self.state.chunk_done(self.number, False, exc)
-
-
-class IMapIterator(Generic[T]):
-    """The iterator :meth:`Pool.imap` and :meth:`Pool.imap_unordered` return.
-
-    Results are yielded as they arrive (in input order for ``imap``); the
-    input is read ahead only as far as the consumer keeps up, so an endless
-    input runs in constant memory. A failed task raises its exception at its
-    place (its chunk's first place when chunked), and iteration can go on
-    after it.
-    """
-
-    def __init__(self, state: _IMapState, owner: Any = None) -> None:
-        self._state = state
-        self._owner = owner  # the pool stays alive while someone iterates
-        weakref.finalize(self, state.stop)
-
-    def __iter__(self) -> IMapIterator[T]:
-        return self
-
-    def __next__(self) -> T:
-        return self.next()
-
-    def next(self, timeout: float | None = None) -> T:
-        """Return the next result, waiting at most `timeout` seconds.
-
-        Raises
-        ------
-        zpool.TimeoutError
-            If no result arrives in time (also a ``multiprocessing.TimeoutError``).
-        StopIteration
-            When every result has been returned.
-        """
-        try:
-            return cast(T, self._state.next(timeout))
-        except StopIteration:
-            self._owner = None
-            raise
-
-    def __repr__(self) -> str:
-        kind = "imap" if self._state.ordered else "imap_unordered"
-        return f"<zpool {kind} iterator: {self._state.taken} chunk(s) taken>"

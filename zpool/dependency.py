@@ -22,6 +22,7 @@ import types
 import weakref
 from typing import Any, Callable, Iterable, Mapping
 
+from zpool._wire import encode_outcome
 from zpool.error import UnmetDependency
 
 __all__ = ["FLAG_NAMES", "Dependency", "depend", "dependent", "require", "task_flags", "task_ids"]
@@ -69,7 +70,7 @@ class Dependency(set):  # type: ignore[type-arg]
         self._sources: list[weakref.ref[Any]] = []
         for result in _results_in(dependencies):
             self._sources.append(weakref.ref(result))
-            self._known.update(result._outcome_codes())
+            self._known.update(_outcome_codes(result))
             if not result.done():
                 result.add_done_callback(functools.partial(_note_outcomes, weakref.ref(self)))
         self.all = bool(all)
@@ -87,7 +88,7 @@ class Dependency(set):  # type: ignore[type-arg]
         for ref in self._sources:
             result = ref()
             if result is not None:
-                known.update((k, v) for k, v in result._outcome_codes().items() if k in self)
+                known.update((k, v) for k, v in _outcome_codes(result).items() if k in self)
         if known:
             out["known"] = known
         return out
@@ -124,21 +125,30 @@ def task_ids(dependencies: Any) -> list[str]:
     return ids
 
 
+def _outcome_codes(result: Any) -> dict[str, int]:
+    """How `result`'s finished tasks ended (:meth:`AsyncResult.outcomes`), coded for the controller."""
+    return {
+        task_id: encode_outcome(ok, engine_id)
+        for task_id, (ok, engine_id) in result.outcomes().items()
+        if engine_id is not None or not ok  # (a success names its engine)
+    }
+
+
 def _note_outcomes(dependency: weakref.ref[Dependency], result: Any) -> None:
     """A done-callback: note in the Dependency (if it still exists) how `result`'s tasks ended."""
     dep = dependency()
     if dep is not None:
-        dep._known.update(result._outcome_codes())
+        dep._known.update(_outcome_codes(result))
 
 
 def _results_in(dependencies: Any) -> list[Any]:
     """The AsyncResults in `dependencies` (as :func:`task_ids` takes them)."""
     if isinstance(dependencies, Dependency):
         return [r for r in (ref() for ref in dependencies._sources) if r is not None]
-    if hasattr(dependencies, "_outcome_codes"):
+    if hasattr(dependencies, "outcomes") and hasattr(dependencies, "msg_ids"):
         return [dependencies]
     if isinstance(dependencies, (list, tuple, set, frozenset)):
-        return [d for d in dependencies if hasattr(d, "_outcome_codes")]
+        return [d for d in dependencies if hasattr(d, "outcomes") and hasattr(d, "msg_ids")]
     return []
 
 
@@ -159,7 +169,7 @@ def _wire_dependency(value: Any) -> dict[str, Any] | None:
     out: dict[str, Any] = {"ids": sorted(set(ids)), "all": True, "success": True, "failure": False}
     known: dict[str, int] = {}
     for result in _results_in(value):
-        known.update(result._outcome_codes())
+        known.update(_outcome_codes(result))
     if known:
         out["known"] = known
     return out

@@ -255,3 +255,27 @@ class CompositeError(ZPoolError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def rejected_call_text(reason: Any) -> str:
+    """What to tell the caller whose call the controller refused, for `reason` (its words)."""
+    if "replayed message" in str(reason):  # (protocol.Session.unpack's words)
+        return (
+            f"the controller refused the message carrying this call as a replay ({reason}): it had received"
+            " a message with the same signature already, or this process's later messages long before this one."
+            " zpool sends each message once, so something else duplicated or held back the pool's traffic (a"
+            " misbehaving peer or proxy holding the cluster's key). The call did not run; call it again, and if"
+            " nothing but zpool talks to the controller, please report this as a bug"
+        )
+    if "bad signature" in str(reason):  # (protocol.Session.unpack's words)
+        return (
+            f"the controller rejected the message carrying this call ({reason}). Its signature"
+            " no longer matched its contents, which usually means an argument's memory (a numpy array, a"
+            " bytearray) was modified after the call returned and before the data was sent; pass a copy,"
+            " or modify arguments only once the result has arrived"
+        )
+    return (
+        f"the controller rejected the message carrying this call as malformed ({reason}); the call did not"
+        " run. The controller and this process may run different versions of zpool (a cluster started by"
+        " another installation); otherwise this is a bug in zpool: please report it"
+    )

@@ -20,31 +20,23 @@ Nothing here touches a socket: tasks go through the pool's connection, as
 
 from __future__ import annotations
 
-import ast
-import builtins
 import collections.abc
 import functools
-import importlib.util
 import keyword
-import linecache
 import operator
 import os
-import sys
-import threading
 import tokenize
-import types
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from zpool import _namespace
-from zpool._partition import default_chunksize, even_bounds, join_parts, run_chunk, split_evenly
+from zpool._decorators import ParallelFunction, RemoteFunction, is_sequence
+from zpool._partition import even_bounds, join_parts, run_chunk, split_evenly
+from zpool._sync_imports import SyncImports
 from zpool.asyncresult import DirectResult
+from zpool.client.submitter import Submitter
 from zpool.error import EngineError, SerializationError, serialization_error
 from zpool.protocol import MsgType
-from zpool.serialize import callable_name, dumps, dumps_call, explain_iterable, short_repr
-
-# ast.parse from two threads at once can fail with "SystemError: AST constructor recursion
-# depth mismatch" on Python 3.11 (CPython gh-106905): sync_imports blocks parse one at a time.
-_AST_LOCK = threading.Lock()
+from zpool.serialize import callable_name, dumps, explain_iterable, short_repr
 
 __all__ = ["EngineView", "ParallelFunction", "RemoteFunction"]
 
@@ -57,14 +49,6 @@ def _check_name(name: Any, what: str = "name") -> str:
     if name.startswith("__") and name.endswith("__"):
         raise ValueError(f"{name!r} is one of the namespace module's own names; choose a name without the __s")
     return name
-
-
-def _is_sequence(value: Any) -> bool:
-    """What ``scatter`` and ``@parallel`` split: lists, tuples, ranges, numpy arrays (of 1+ dimensions)."""
-    if isinstance(value, (list, tuple, range)):
-        return True
-    numpy = sys.modules.get("numpy")
-    return numpy is not None and isinstance(value, numpy.ndarray) and value.ndim >= 1
 
 
 def _none(values: list[Any]) -> None:
@@ -235,7 +219,7 @@ class _NamespaceMethods:
             If the view has no engines.
         """
         _check_name(name)
-        if not _is_sequence(seq):
+        if not is_sequence(seq):
             raise TypeError(
                 f"scatter() splits a list, tuple, range or numpy array (of 1+ dimensions), not"
                 f" {type(seq).__name__}; convert it first, e.g. list(...)"
@@ -335,8 +319,9 @@ class EngineView(_NamespaceMethods):
     part of it; take a new view from ``pool.engines``.
     """
 
-    def __init__(self, pool: Any, ids: Sequence[int], single: bool = False) -> None:
-        self._pool = pool
+    def __init__(self, submitter: Submitter, owner: Any, ids: Sequence[int], single: bool = False) -> None:
+        self._submitter = submitter
+        self._owner = owner  # the pool: kept alive while the view (or a result of it) lives
         self._ids = tuple(ids)
         self._single = single
         self._flags = [{"targets": [engine_id], "direct": True} for engine_id in self._ids]
@@ -364,7 +349,7 @@ class EngineView(_NamespaceMethods):
         if isinstance(key, str):
             return self.pull(key, block=True)
         if isinstance(key, slice):
-            return EngineView(self._pool, self._ids[key])
+            return EngineView(self._submitter, self._owner, self._ids[key])
         if not isinstance(key, bool) and hasattr(key, "__index__"):  # int, numpy integers
             key = operator.index(key)
             try:
@@ -374,7 +359,7 @@ class EngineView(_NamespaceMethods):
                 raise IndexError(
                     f"engine index {key} is out of range: this view has {size} engine(s), ids {list(self._ids)}"
                 ) from None
-            return EngineView(self._pool, (engine_id,), single=True)
+            return EngineView(self._submitter, self._owner, (engine_id,), single=True)
         raise TypeError(f"engines are indexed by int or slice (names by str), not {type(key).__name__}")
 
     def __repr__(self) -> str:
@@ -425,9 +410,8 @@ class EngineView(_NamespaceMethods):
         EngineError
             If an engine of the view is no longer up.
         """
-        pool = self._pool
-        pool._check_connected()
-        reply = pool._conn.request(MsgType.INTERRUPT_REQUEST, {"engines": list(self._ids)})
+        self._submitter.check_connected()
+        reply = self._submitter.request(MsgType.INTERRUPT_REQUEST, {"engines": list(self._ids)})
         unknown = reply.get("unknown") or []
         if unknown:
             gone = ", ".join(str(i) for i in unknown)
@@ -470,7 +454,7 @@ class EngineView(_NamespaceMethods):
         _check_flag("block", block, none_ok=True)
 
         def decorate(f: Callable[..., Any]) -> RemoteFunction:
-            return RemoteFunction(self, f, block)
+            return RemoteFunction(_OnEngines(self), f, block)
 
         return decorate if func is None else decorate(func)
 
@@ -487,7 +471,7 @@ class EngineView(_NamespaceMethods):
         _check_flag("ordered", ordered)
 
         def decorate(f: Callable[..., Any]) -> ParallelFunction:
-            return ParallelFunction(self, f, block, ordered, None)
+            return ParallelFunction(_OnEngines(self), f, block, ordered, None)
 
         return decorate if func is None else decorate(func)
 
@@ -507,9 +491,9 @@ class EngineView(_NamespaceMethods):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         """The same call on every engine of the view (serialized once)."""
-        self._pool._check_running()
+        self._submitter.check_running()
         self._require_engines(label)
-        frames = dumps_call(func, args, kwargs or {}, shared=self._pool._shm, users=len(self._ids))
+        frames = self._submitter.dump_call(func, args, kwargs, users=len(self._ids))
         return self._submit([frames] * len(self._ids), label, block, combine)
 
     def _run_each(
@@ -520,9 +504,9 @@ class EngineView(_NamespaceMethods):
         combine: Callable[[list[Any]], Any] | None = None,
     ) -> Any:
         """One call per engine of the view, in order."""
-        self._pool._check_running()
+        self._submitter.check_running()
         self._require_engines(label)
-        payloads = [dumps_call(func, args, shared=self._pool._shm) for func, args in calls]
+        payloads = [self._submitter.dump_call(func, args) for func, args in calls]
         return self._submit(payloads, label, block, combine)
 
     def _submit(
@@ -533,371 +517,83 @@ class EngineView(_NamespaceMethods):
         combine: Callable[[list[Any]], Any] | None,
         ordered: bool = True,
     ) -> Any:
-        pool = self._pool
+        sub = self._submitter
         self._require_engines(label)
-        new_id = pool._conn.session.new_id
-        ids = [new_id() for _ in payloads]
-        ar: DirectResult[Any] = DirectResult(ids, label, list(self._ids), self._single, combine, ordered)
-        pool._submit_direct(ar, list(zip(ids, payloads)), self._flags)
-        return pool._get_blocking(ar) if block else ar
+        ids = [sub.new_id() for _ in payloads]
+        # Views take no flags of their own: the pool's track applies.
+        tracker = sub.tracker(len(ids), bool(sub.flags.get("track")))
+        ar: DirectResult[Any] = sub.result(
+            DirectResult,
+            ids,
+            label,
+            self._owner,
+            tracker=tracker,
+            engine_ids=list(self._ids),
+            single=self._single,
+            combine=combine,
+            ordered=ordered,
+        )
+        sub.submit(ar, list(zip(ids, payloads)), tracker=tracker, each_flags=self._flags)
+        return sub.get_blocking(ar) if block else ar
 
 
-class RemoteFunction:
-    """A function that runs remotely when called (made by ``@pool.remote()`` or ``@view.remote()``).
-
-    On a pool, a call is one load-balanced task (as :meth:`Pool.apply`),
-    with the pool's scheduling flags; on a view, it runs on every engine of
-    the view. It keeps the wrapped function's name, docstring and signature.
-
-    Attributes
-    ----------
-    block : bool or None
-        Wait for the result, or return an :class:`AsyncResult` at once;
-        None (views only): as the view's ``block`` says at each call.
-    """
-
-    def __init__(self, runner: Any, func: Callable[..., Any], block: bool | None = True) -> None:
-        if not callable(func):
-            raise TypeError(f"remote() decorates a callable, not {type(func).__name__}")
-        self._runner = runner
-        self.func = func
-        self.block = block
-        functools.update_wrapper(self, func)
-
-    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        runner = self._runner
-        block = runner.block if self.block is None else self.block
-        if isinstance(runner, EngineView):
-            return runner._apply(self.func, args, kwargs, block)
-        ar = runner.apply_async(self.func, args, kwargs)
-        return runner._get_blocking(ar) if block else ar
-
-    def __repr__(self) -> str:
-        return f"<RemoteFunction {callable_name(self.func)}>"
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a RemoteFunction belongs to its pool and cannot be pickled; send its .func instead")
-
-
-class ParallelFunction:
-    """A function whose calls run in parallel on pieces of their input (``@pool.parallel()``).
-
-    Calling it with one or more sequences (lists, tuples, ranges, numpy
-    arrays) cuts them into chunks at the same places, calls the function on
-    each chunk in parallel, and joins the chunk results: lists are
-    concatenated, arrays concatenated along their first axis, and any other
-    result counts as one element. So a function written for a whole list
-    runs on pieces of it. Other positional arguments (and keyword
-    arguments) go whole to every chunk. ``.map(*seqs)`` instead calls the
-    function on each element, as the builtin ``map``.
-
-    On a pool, chunks are load-balanced tasks (`chunksize` items each, by
-    default about four chunks per engine); on a view, each engine of the
-    view takes one chunk. It keeps the wrapped function's name, docstring
-    and signature.
-
-    Attributes
-    ----------
-    block : bool or None
-        Wait for the result, or return an :class:`AsyncResult` at once;
-        None (views only): as the view's ``block`` says at each call.
-    ordered : bool
-        Join chunk results in input order (default) or as they finish.
-    chunksize : int or None
-        Items per chunk (pools only).
-    """
-
-    def __init__(
-        self,
-        runner: Any,
-        func: Callable[..., Any],
-        block: bool | None = True,
-        ordered: bool = True,
-        chunksize: int | None = None,
-    ) -> None:
-        if not callable(func):
-            raise TypeError(f"parallel() decorates a callable, not {type(func).__name__}")
-        if chunksize is not None and (not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1):
-            raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
-        self._runner = runner
-        self.func = func
-        self.block = block
-        self.ordered = ordered
-        self.chunksize = chunksize
-        functools.update_wrapper(self, func)
-
-    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        split_at = [i for i, arg in enumerate(args) if _is_sequence(arg)]
-        name = callable_name(self.func)
-        if not split_at:
-            raise TypeError(
-                f"{name}() was decorated with parallel(): pass at least one list, tuple, range or numpy array to"
-                " split (call .func directly to run it once)"
-            )
-        lengths = {len(args[i]) for i in split_at}
-        if len(lengths) > 1:
-            raise ValueError(
-                f"the sequences given to parallel {name}() have different lengths {sorted(lengths)}; every"
-                " positional sequence is split at the same places, so pass arguments meant whole by keyword"
-            )
-        (n,) = lengths
-        runner = self._runner
-        block = runner.block if self.block is None else self.block
-        if n == 0:
-            bounds = [(0, 0)]  # one call on the empty input: the result the function gives for it
-        elif isinstance(runner, EngineView):
-            pieces = len(runner.ids)
-            if not pieces:
-                raise ValueError(f"parallel {name}() on a view with no engines")
-            # Never an empty chunk: with fewer items than engines, the first engines take one each.
-            bounds = even_bounds(n, min(n, pieces))
-        else:
-            chunksize = self.chunksize or max(1, default_chunksize(n, runner._processes))
-            bounds = [(i, min(i + chunksize, n)) for i in range(0, n, chunksize)]
-        calls = []
-        for start, stop in bounds:
-            chunk_args = tuple(arg[start:stop] if i in split_at else arg for i, arg in enumerate(args))
-            calls.append(chunk_args)
-        if isinstance(runner, EngineView):
-            runner._pool._check_running()
-            view = runner if len(calls) == len(runner.ids) else runner[: len(calls)]
-            payloads = [dumps_call(self.func, chunk_args, kwargs, shared=runner._pool._shm) for chunk_args in calls]
-            return view._submit(payloads, name, block, join_parts, ordered=self.ordered)
-        return runner._submit_joined(self.func, calls, kwargs, name, self.ordered, block)
-
-    def map(self, *seqs: Iterable[Any]) -> Any:
-        """Call the function on each element of `seqs` (zipped), in parallel; the results as a list."""
-        runner = self._runner
-        if not seqs:
-            raise TypeError("map() needs at least one sequence")
-        block = runner.block if self.block is None else self.block
-        if isinstance(runner, EngineView):
-            return runner.map(self.func, *seqs, block=block)
-        return runner._parallel_map(self.func, seqs, self.chunksize, self.ordered, block)
-
-    def __repr__(self) -> str:
-        return f"<ParallelFunction {callable_name(self.func)}>"
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a ParallelFunction belongs to its pool and cannot be pickled; send its .func instead")
-
-
-# sync_imports blocks in progress: (id(globals of the block's frame), thread) -> their record lists.
-# One hook serves them all (blocks in several threads, nested blocks), installed while any is open.
-_RECORDERS: dict[tuple[int, int], list[list[tuple[str, tuple[str, ...]]]]] = {}
-_RECORDERS_LOCK = threading.Lock()
-_builtin_import: Any = None
-
-
-def _recording_import(
-    name: str,
-    globals: Any = None,  # noqa: A002  (the builtin's own parameter names: callers may pass them by keyword)
-    locals: Any = None,  # noqa: A002
-    fromlist: Any = (),
-    level: int = 0,
-) -> Any:
-    module = _builtin_import(name, globals, locals, fromlist, level)
-    recorders = _RECORDERS.get((id(globals), threading.get_ident())) if globals is not None else None
-    if recorders:
-        try:
-            absolute = importlib.util.resolve_name("." * level + name, globals.get("__package__"))
-        except (ImportError, ValueError, AttributeError):
-            absolute = name
-        for records in recorders:
-            records.append((absolute, tuple(fromlist or ())))
-    return module
-
-
-class _SyncImports:
-    """``with view.sync_imports(): import numpy as np``: the block's imports, repeated on the engines.
-
-    While the block runs, ``builtins.__import__`` records the imports made
-    from the calling frame. At the end, the block's import statements are
-    read from its source (scripts, modules, notebook cells) and those that
-    ran are repeated on every engine, binding the same names. Where the
-    source cannot be read (the plain ``python`` REPL), the names of the
-    calling frame bound to what was imported (modules, or attributes named
-    in a from-list) are bound the same way.
-    """
+class _SyncImports(SyncImports):
+    """A ``sync_imports`` block whose imports run on the engines of ``target._view()`` (a pool or a view)."""
 
     def __init__(self, target: _NamespaceMethods, quiet: bool) -> None:
-        self._target = target
-        self._quiet = quiet
-        self._frame: types.FrameType | None = None
-        self._records: list[tuple[str, tuple[str, ...]]] = []
-        self._before: dict[str, int] = {}
-        self._key = (0, 0)
-
-    def __enter__(self) -> None:
-        global _builtin_import
-        frame = sys._getframe(1)
-        self._frame = frame
-        self._before = {name: id(value) for name, value in frame.f_locals.items()}
-        self._records = []
-        self._key = (id(frame.f_globals), threading.get_ident())
-        self._lineno = frame.f_lineno
-        with _RECORDERS_LOCK:
-            if not _RECORDERS and builtins.__import__ is not _recording_import:
-                _builtin_import = builtins.__import__
-                builtins.__import__ = _recording_import
-            _RECORDERS.setdefault(self._key, []).append(self._records)
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        with _RECORDERS_LOCK:
-            recorders = _RECORDERS.get(self._key, [])
-            for i, records in enumerate(recorders):
-                if records is self._records:
-                    del recorders[i]
-                    break
-            if not recorders:
-                _RECORDERS.pop(self._key, None)
-            if not _RECORDERS and builtins.__import__ is _recording_import:
-                builtins.__import__ = _builtin_import
-        frame, self._frame = self._frame, None
-        if exc_type is not None or frame is None:
-            return
-        found = self._from_source(frame)
-        modules, bindings = found if found is not None else self._resolve(frame.f_locals)
-        del frame
-        if not modules:
-            return
-        view = self._target._view()
-        if not self._quiet:
-            print(f"importing {', '.join(modules)} on engine(s) {view.ids}")
-        view._run(_namespace.sync_imports, (modules, bindings), "sync_imports", True, _none)
-
-    def _from_source(self, frame: types.FrameType) -> tuple[list[str], list[tuple[str, str, str | None]]] | None:
-        """The block's imports that ran, read from its source; None if the source is not at hand."""
-        lines = linecache.getlines(frame.f_code.co_filename, frame.f_globals)
-        if not lines:
-            return None
-        try:
-            with _AST_LOCK:
-                tree = ast.parse("".join(lines))
-        except (SyntaxError, ValueError):
-            return None
-        line = self._lineno
-        blocks = [
-            node
-            for node in ast.walk(tree)
-            if isinstance(node, (ast.With, ast.AsyncWith))
-            and node.lineno <= line <= max(item.context_expr.end_lineno or node.lineno for item in node.items)
-        ]
-        if not blocks:
-            return None
-        block = max(blocks, key=lambda node: node.lineno)
-        ran = {module for module, _ in self._records}
-        package = frame.f_globals.get("__package__")
-        modules: list[str] = []
-        bindings: list[tuple[str, str, str | None]] = []
-        for node in _statements(block.body):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name not in ran:
-                        continue  # did not run (another branch), or failed
-                    modules.append(alias.name)
-                    if alias.asname:
-                        bindings.append((alias.asname, alias.name, None))
-                    else:
-                        top = alias.name.split(".")[0]
-                        bindings.append((top, top, None))
-            elif isinstance(node, ast.ImportFrom):
-                try:
-                    module = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
-                except (ImportError, ValueError):
-                    continue
-                if module not in ran:
-                    continue
-                modules.append(module)
-                for alias in node.names:
-                    if alias.name == "*":
-                        bindings += _star_bindings(module, frame.f_locals)
-                    else:
-                        bindings.append((alias.asname or alias.name, module, alias.name))
-        return list(dict.fromkeys(modules)), bindings
-
-    def _resolve(self, names: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, str, str | None]]]:
-        modules: list[str] = []
-        for absolute, _ in self._records:
-            if absolute not in modules:
-                modules.append(absolute)
-        wanted_modules: dict[int, str] = {}
-        for absolute in modules:
-            parts = absolute.split(".")
-            for i in range(1, len(parts) + 1):  # `import a.b.c` binds `a`; `as x` binds a.b.c
-                mod = sys.modules.get(".".join(parts[:i]))
-                if mod is not None:
-                    wanted_modules[id(mod)] = mod.__name__
-        attrs: dict[int, tuple[str, str]] = {}
-        natural: set[str] = set()
-        for absolute, fromlist in self._records:
-            mod = sys.modules.get(absolute)
-            if mod is None:
-                continue
-            for attr in fromlist:
-                if attr == "*":
-                    exported = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
-                    for sub in exported:
-                        if hasattr(mod, sub):
-                            attrs.setdefault(id(getattr(mod, sub)), (absolute, sub))
-                            natural.add(sub)
-                elif hasattr(mod, attr):
-                    value = getattr(mod, attr)
-                    if isinstance(value, types.ModuleType):
-                        wanted_modules[id(value)] = value.__name__
-                    else:
-                        attrs.setdefault(id(value), (absolute, attr))
-                        natural.add(attr)
-        bindings: list[tuple[str, str, str | None]] = []
-        for name, value in list(names.items()):
-            key = id(value)
-            if isinstance(value, types.ModuleType) and key in wanted_modules:
-                bindings.append((name, wanted_modules[key], None))
-            elif key in attrs and (
-                name in natural or self._before.get(name) != key or not isinstance(value, _SHARED_CONSTANTS)
-            ):
-                # An alias bound before the block to the very same object (a cell run twice) counts
-                # too, unless the object is a constant Python shares between unrelated names.
-                module, attr = attrs[key]
-                bindings.append((name, module, attr))
-        return modules, bindings
+        super().__init__(functools.partial(_import_on_engines, target), quiet)
 
 
-# Objects CPython shares between unrelated names (None, booleans, small ints, interned strings):
-# the same object under another name proves nothing about an import.
-_SHARED_CONSTANTS = (type(None), bool, int, str, bytes)
+def _import_on_engines(
+    target: _NamespaceMethods, modules: list[str], bindings: list[tuple[str, str, str | None]], quiet: bool
+) -> None:
+    """Import `modules` on the engines and bind names as `bindings` say (a sync_imports block's end)."""
+    view = target._view()
+    if not quiet:
+        print(f"importing {', '.join(modules)} on engine(s) {view.ids}")
+    view._run(_namespace.sync_imports, (modules, bindings), "sync_imports", True, _none)
 
 
-def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
-    """The statements of a block, nested blocks included (not the bodies of functions and classes,
-    nor nested ``sync_imports`` blocks, which sync their own imports)."""
-    for node in body:
-        yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or _is_sync_block(node):
-            continue
-        for field in ("body", "orelse", "finalbody"):
-            yield from _statements(getattr(node, field, None) or [])
-        for handler in getattr(node, "handlers", None) or []:
-            yield from _statements(handler.body)
+class _OnEngines:
+    """How ``@view.remote()`` and ``@view.parallel()`` functions run: on the engines of the view (a :class:`Runner`)."""
 
+    def __init__(self, view: EngineView) -> None:
+        self.view = view
 
-def _is_sync_block(node: ast.stmt) -> bool:
-    if not isinstance(node, (ast.With, ast.AsyncWith)):
-        return False
-    for item in node.items:
-        call = item.context_expr
-        if isinstance(call, ast.Call):
-            func = call.func
-            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-            if name == "sync_imports":
-                return True
-    return False
+    @property
+    def block(self) -> bool:
+        return bool(self.view.block)
 
+    def run_call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], block: bool) -> Any:
+        return self.view._apply(func, args, kwargs, block)
 
-def _star_bindings(module: str, names: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-    """``from module import *``: the names of the caller's namespace it bound."""
-    mod = sys.modules.get(module)
-    if mod is None:
-        return []
-    exported = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
-    return [(n, module, n) for n in exported if n in names and hasattr(mod, n) and names[n] is getattr(mod, n)]
+    def split_bounds(self, n: int, chunksize: int | None) -> list[tuple[int, int]]:
+        pieces = len(self.view.ids)
+        # Never an empty chunk: with fewer items than engines, the first engines take one each.
+        return even_bounds(n, min(n, pieces)) if pieces else []
+
+    def run_split(
+        self,
+        func: Callable[..., Any],
+        calls: list[tuple[Any, ...]],
+        kwargs: dict[str, Any],
+        label: str,
+        ordered: bool,
+        block: bool,
+    ) -> Any:
+        view = self.view
+        view._submitter.check_running()
+        if len(calls) != len(view.ids):
+            view = view[: len(calls)]
+        payloads = [view._submitter.dump_call(func, chunk_args, kwargs) for chunk_args in calls]
+        return view._submit(payloads, label, block, join_parts, ordered=ordered)
+
+    def run_map(
+        self,
+        func: Callable[..., Any],
+        seqs: tuple[Iterable[Any], ...],
+        chunksize: int | None,
+        ordered: bool,
+        block: bool,
+    ) -> Any:
+        return self.view.map(func, *seqs, block=block)

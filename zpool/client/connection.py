@@ -31,8 +31,17 @@ from typing import Any, Callable
 import zmq
 
 from zpool import _shm
+from zpool.client.ctrlc import HoldCtrlC
 from zpool.client.results import ResultTable
-from zpool.error import AuthenticationError, BrokenPoolError, PoolClosedError, ProtocolError, TimeoutError, ZPoolError
+from zpool.error import (
+    AuthenticationError,
+    BrokenPoolError,
+    PoolClosedError,
+    ProtocolError,
+    TimeoutError,
+    ZPoolError,
+    rejected_call_text,
+)
 from zpool.protocol import (
     BatchWriter,
     ConnectionInfo,
@@ -105,7 +114,7 @@ class SendTracker:
         if self._left <= 0:
             self._handed.set()
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
         """The tasks will never be sent (the connection failed): nothing holds their buffers."""
         self._handed.set()
 
@@ -265,11 +274,11 @@ class Connection:
         Sending a message, and reading and settling a reply, must not stop
         half-way (a message cut short corrupts the socket; a reply read and
         not settled leaves its result pending forever): in the main thread,
-        a Ctrl-C arriving then is held until the step is over (:class:`_HoldCtrlC`).
+        a Ctrl-C arriving then is held until the step is over (:class:`HoldCtrlC`).
         Where that cannot be done (another SIGINT handler is installed), this
         path is not taken.
         """
-        hold = _HoldCtrlC()
+        hold = HoldCtrlC()
         if hold.needed and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             return False
         if not self._own_lock.acquire(blocking=False):
@@ -365,7 +374,7 @@ class Connection:
         self._own_up = bool(sock.poll(wait_ms, zmq.POLLOUT))
         return sock if self._own_up else None
 
-    def _read_own(self, sock: zmq.Socket[Any], hold: _HoldCtrlC | None = None) -> None:
+    def _read_own(self, sock: zmq.Socket[Any], hold: HoldCtrlC | None = None) -> None:
         """Settle what arrived on the callers' own socket (whoever holds _own_lock)."""
         while True:
             with hold or _NO_HOLD:  # each message read and settled whole
@@ -394,7 +403,7 @@ class Connection:
         ids, segments = sent
         for name in segments:  # the controller never accepted them
             _shm.unlink(name)
-        text = _rejected_text(msg.content.get("reason"))
+        text = rejected_call_text(msg.content.get("reason"))
         self.results.fail(ids, lambda: AuthenticationError(text))
 
     def _read_own_leftovers(self) -> None:
@@ -501,7 +510,7 @@ class Connection:
             # Whatever was not sent never will be (the I/O thread fails): no wait on it may hang.
             for item in items:
                 if isinstance(item, _Flagged) and item.tracker is not None:
-                    item.tracker._abandon()
+                    item.tracker.abandon()
             raise
 
     def _send_items(self, items: list[Any]) -> None:
@@ -596,7 +605,7 @@ class Connection:
         self._sent_tasks -= len(what) if isinstance(what, list) else 1
         for name in self._sent_segments.pop(signature, ()):  # the controller never accepted them
             _shm.unlink(name)
-        text = _rejected_text(content.get("reason"))
+        text = rejected_call_text(content.get("reason"))
         if isinstance(what, list):
             self.results.fail(what, lambda: AuthenticationError(text))
         else:
@@ -686,61 +695,7 @@ class Connection:
                 for _, frames in tasks:  # never sent: their segments are still ours
                     _shm.release(frames)
                 if isinstance(item, _Flagged) and item.tracker is not None:
-                    item.tracker._abandon()
-
-
-class _HoldCtrlC:
-    """Holds a Ctrl-C off the main thread for the duration of a ``with`` block, then raises it.
-
-    Only the main thread ever gets ``KeyboardInterrupt``; elsewhere this does
-    nothing. In the main thread, SIGINT's handler is swapped for one that
-    notes the signal, and put back at the end of the block, where the noted
-    Ctrl-C is raised (unless another exception is on its way already).
-    """
-
-    __slots__ = ("_noted", "_previous", "needed")
-
-    def __init__(self) -> None:
-        self.needed = threading.current_thread() is threading.main_thread()
-        self._noted = False
-        self._previous: Any = None
-
-    def _note(self, signum: int, frame: Any) -> None:
-        self._noted = True
-
-    def __enter__(self) -> None:
-        if self.needed:
-            self._noted = False
-            self._previous = signal.signal(signal.SIGINT, self._note)
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if self.needed:
-            signal.signal(signal.SIGINT, self._previous)
-            if self._noted and kind is None:
-                raise KeyboardInterrupt
+                    item.tracker.abandon()
 
 
 _NO_HOLD = contextlib.nullcontext()
-
-
-def _rejected_text(reason: Any) -> str:
-    if "replayed message" in str(reason):  # (protocol.Session.unpack's words)
-        return (
-            f"the controller refused the message carrying this call as a replay ({reason}): it had received"
-            " a message with the same signature already, or this process's later messages long before this one."
-            " zpool sends each message once, so something else duplicated or held back the pool's traffic (a"
-            " misbehaving peer or proxy holding the cluster's key). The call did not run; call it again, and if"
-            " nothing but zpool talks to the controller, please report this as a bug"
-        )
-    if "bad signature" in str(reason):  # (protocol.Session.unpack's words)
-        return (
-            f"the controller rejected the message carrying this call ({reason}). Its signature"
-            " no longer matched its contents, which usually means an argument's memory (a numpy array, a"
-            " bytearray) was modified after the call returned and before the data was sent; pass a copy,"
-            " or modify arguments only once the result has arrived"
-        )
-    return (
-        f"the controller rejected the message carrying this call as malformed ({reason}); the call did not"
-        " run. The controller and this process may run different versions of zpool (a cluster started by"
-        " another installation); otherwise this is a bug in zpool: please report it"
-    )
