@@ -368,3 +368,94 @@ def write_pid_file(directory):
     """An initializer with a side effect: a file named after this engine's pid."""
     with open(os.path.join(directory, str(os.getpid())), "w") as f:
         f.write("initialized")
+
+
+# -- failing at a stage of a task's trip (failure/test_stages.py) -------------------------
+
+# The code sys.exit() and os._exit() end with, so that messages can be told apart.
+STAGE_EXIT_CODE = 7
+FAILURES = ("raise", "sys_exit", "os_exit", "crash")
+
+
+class StageError(Exception):
+    """Raised on purpose at one stage of a task's trip."""
+
+
+def fail_as(how):
+    """Fail the way `how` says: raise StageError, sys.exit(), os._exit(), or crash (SIGSEGV via ctypes)."""
+    import sys
+
+    if how == "raise":
+        raise StageError(f"raised on purpose in pid {os.getpid()}")
+    if how == "sys_exit":
+        sys.exit(STAGE_EXIT_CODE)
+    if how == "os_exit":
+        os._exit(STAGE_EXIT_CODE)
+    if how == "crash":
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    raise ValueError(f"unknown failure {how!r}; one of {FAILURES}")
+
+
+class FailsWhenPickled:
+    """Fails (`how`) in ``__reduce__``: wherever it is pickled."""
+
+    def __init__(self, how):
+        self.how = how
+
+    def __reduce__(self):
+        fail_as(self.how)
+
+
+class FailsWhenUnpickled:
+    """Pickles fine; fails (`how`) in ``__setstate__``: wherever it is unpickled."""
+
+    def __init__(self, how):
+        self.how = how
+
+    def __getstate__(self):
+        return {"how": self.how}
+
+    def __setstate__(self, state):
+        fail_as(state["how"])
+
+
+class FailsWhenRebuilt:
+    """Pickles fine; unpickling calls ``fail_as(how)`` to rebuild it (``__reduce__`` reconstruction)."""
+
+    def __init__(self, how):
+        self.how = how
+
+    def __reduce__(self):
+        return fail_as, (self.how,)
+
+
+def return_failing_rebuild(how):
+    return FailsWhenRebuilt(how)
+
+
+def fail_running(how):
+    fail_as(how)
+
+
+def return_failing_pickle(how):
+    return FailsWhenPickled(how)
+
+
+def return_failing_unpickle(how):
+    return FailsWhenUnpickled(how)
+
+
+def square_or_fail(item):
+    """For map: an int comes back squared; a ``(stage, how)`` pair fails at that stage ("run" or a result stage)."""
+    if isinstance(item, int):
+        return item * item
+    stage, how = item
+    if stage == "run":
+        fail_as(how)
+    if stage == "result_pickle":
+        return FailsWhenPickled(how)
+    if stage == "result_unpickle":
+        return FailsWhenUnpickled(how)
+    raise ValueError(f"unknown stage {stage!r}")

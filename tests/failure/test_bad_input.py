@@ -7,13 +7,13 @@ and the cluster keeps serving.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import zmq
 
 import zpool
 from tests import _tasks
+from tests._wait import wait_until
 from zpool.protocol import DELIMITER, BatchWriter, MsgType, Session
 
 T = 60
@@ -39,16 +39,6 @@ def attacker():
 
 def _dropped(pool) -> int:
     return pool.queue_status()["dropped_messages"]
-
-
-def _wait_dropped(pool, at_least: int) -> int:
-    deadline = time.monotonic() + T
-    while time.monotonic() < deadline:
-        n = _dropped(pool)
-        if n >= at_least:
-            return n
-        time.sleep(0.02)
-    raise AssertionError(f"controller dropped {_dropped(pool)} messages, expected at least {at_least}")
 
 
 def _bad_messages(info):
@@ -80,7 +70,7 @@ def test_bad_messages_are_dropped_and_cluster_serves(pool, attacker, socket_name
     bad = _bad_messages(info)
     for frames in bad.values():
         sock.send_multipart(frames)
-    _wait_dropped(pool, before + len(bad))
+    wait_until(lambda: _dropped(pool) >= before + len(bad), T, f"the controller dropped {len(bad)} more message(s)")
     assert pool.apply(_tasks.square, (12,)) == 144
     assert pool.map(_tasks.square, range(10)) == [x * x for x in range(10)]
     assert len(pool.queue_status()["engines"]) == 2
@@ -95,7 +85,7 @@ def test_replayed_message_is_dropped(pool, attacker):
     sock.recv_multipart()
     before = _dropped(pool)
     sock.send_multipart(message)  # the very same signed frames again
-    _wait_dropped(pool, before + 1)
+    wait_until(lambda: _dropped(pool) >= before + 1, T, "the controller dropped 1 more message(s)")
     # What comes back is not an answer but a notice naming the rejected message.
     assert sock.poll(T * 1000)
     notice = Session(info.key).unpack(sock.recv_multipart())
@@ -178,7 +168,7 @@ def test_task_with_wrong_key_never_runs(pool, attacker, tmp_path):
     forged = Session(b"f" * 64).build(MsgType.APPLY_REQUEST, batch.fields(), buffers=batch.buffers())
     before = _dropped(pool)
     sock.send_multipart(forged)
-    _wait_dropped(pool, before + 1)
+    wait_until(lambda: _dropped(pool) >= before + 1, T, "the controller dropped 1 more message(s)")
     assert pool.apply(_tasks.square, (2,)) == 4
     assert not marker.exists()
 
@@ -207,7 +197,7 @@ def test_forged_engine_registration_is_rejected(pool, attacker):
     genuine = Session(info.key).build(MsgType.REGISTER_REQUEST, content=content)
     unsigned = [*genuine[:1], b"\0" * 32, *genuine[2:]]
     sock.send_multipart(unsigned)
-    _wait_dropped(pool, before + 2)
+    wait_until(lambda: _dropped(pool) >= before + 2, T, "the controller dropped 2 more message(s)")
     assert not sock.poll(500)  # no register_reply, no engine id
     assert sorted(int(i) for i in pool.queue_status()["engines"]) == sorted(before_ids)
     assert pool.map(_tasks.square, range(10)) == [x * x for x in range(10)]

@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests import _tasks
+from tests._wait import wait_until
 from zpool._process import caller_path, python_command
 from zpool.protocol import (
     DELIMITER,
@@ -343,12 +344,10 @@ def _dropped(pool) -> int:
     return pool.queue_status()["dropped_messages"]
 
 
-def _wait_for_sentinels(pool, n: int) -> None:
-    deadline = time.monotonic() + WAIT
-    while _controller_log(pool).count(SENTINEL_LINE) < n:
-        assert time.monotonic() < deadline, "the controller never read the end of the batch"
-        assert pool._cluster.failure() is None, pool._cluster.failure()
-        time.sleep(0.01)
+def _read_sentinels(pool, n: int) -> bool:
+    """Whether the controller has logged `n` sentinels (the end of each batch); fails at once if it died."""
+    assert pool._cluster.failure() is None, pool._cluster.failure()
+    return _controller_log(pool).count(SENTINEL_LINE) >= n
 
 
 def _collect_client_answers(sock: zmq.Socket, plan: Plan, reader: Session) -> None:
@@ -439,7 +438,7 @@ def test_controller_socket_survives_fuzzing(pool, marker_dir, socket_name):
             sock.send_multipart(frames)
         sock.send_multipart(SENTINEL)
         sentinels += 1
-        _wait_for_sentinels(pool, sentinels)
+        wait_until(lambda: _read_sentinels(pool, sentinels), WAIT, "the controller read the end of the batch")
         assert _dropped(pool) - before == plan.drops + 1
         if socket_name == "client":
             _collect_client_answers(sock, plan, reader)
@@ -453,8 +452,7 @@ def test_controller_socket_survives_fuzzing(pool, marker_dir, socket_name):
         fuzz()
         # After the fuzzing too: real work, exact.
         assert pool.map(_tasks.square, range(100), chunksize=7) == [x * x for x in range(100)]
-        time.sleep(0.2)
-        assert not sock.poll(0), "an answer nobody asked for reached the attacker"
+        assert not sock.poll(200), "an answer nobody asked for reached the attacker"
     finally:
         sock.close(0)
         ctx.term()
@@ -523,14 +521,15 @@ class FakeController:
         content = {"engine_id": 0, "heartbeat_interval": 1.0, "heartbeat_misses": 60, "setup": False}
         reply = self.session.build(MsgType.REGISTER_REPLY, parent=encode(msg.header), content=encode(content))
         self.engine.send_multipart([self.ident, *reply])
-        deadline = time.monotonic() + T
-        while True:  # until the heartbeat thread has connected
+
+        def first_beat_sent() -> bool:
             try:
                 self.send("hb", self.session.build(MsgType.HEARTBEAT_REQUEST, {"beat": "first-beat"}))
-                break
             except zmq.ZMQError:
-                assert time.monotonic() < deadline, "the engine's heartbeat socket never connected"
-                time.sleep(0.01)
+                return False
+            return True
+
+        wait_until(first_beat_sent, T, "the engine's heartbeat socket connected")
         assert self.heartbeat_replies("first-beat") == []
 
     # -- sending as the controller does

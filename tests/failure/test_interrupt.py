@@ -18,6 +18,7 @@ import pytest
 
 import zpool
 from tests import _tasks
+from tests._wait import engine_gone, wait_in_task
 from zpool.error import EngineError, TaskAborted
 
 T = 60
@@ -49,17 +50,6 @@ def ctrl_c_after(seconds: float) -> threading.Thread:
     return thread
 
 
-def wait_running(pool, count: int) -> None:
-    deadline = time.monotonic() + T
-    while time.monotonic() < deadline:
-        status = pool.queue_status()
-        if sum(e["running"] for e in status["engines"].values()) >= count:
-            time.sleep(0.2)  # inside the task's code, not only handed to the engine
-            return
-        time.sleep(0.02)
-    pytest.fail(f"{count} tasks never started running")
-
-
 def engine_pids(pool) -> dict[str, int]:
     return dict(pool.queue_status()["engine_pids"])
 
@@ -70,7 +60,7 @@ def test_interrupt_stops_a_spinning_and_a_sleeping_task(fresh_pool):
     pids = engine_pids(pool)
     spinning = pool.engines[0].apply_async(spin_forever)
     sleeping = pool.engines[1].apply_async(time.sleep, LONG)
-    wait_running(pool, 2)
+    wait_in_task(pool, 2)
     pool.engines.interrupt()
     for ar, engine_id in ((spinning, 0), (sleeping, 1)):
         with pytest.raises(TaskAborted, match=f"interrupted while running on engine {engine_id}"):
@@ -87,7 +77,7 @@ def test_interrupt_reaches_only_the_engines_of_the_view(fresh_pool):
     pool = fresh_pool(2)
     stuck = pool.engines[0].apply_async(time.sleep, LONG)
     busy = pool.engines[1].apply_async(_tasks.sleep_then, 1.5, "done")
-    wait_running(pool, 2)
+    wait_in_task(pool, 2)
     pool.engines[0].interrupt()
     with pytest.raises(TaskAborted):
         stuck.get(T)
@@ -98,7 +88,7 @@ def test_interrupt_reaches_only_the_engines_of_the_view(fresh_pool):
 def test_a_task_may_catch_the_interrupt(fresh_pool):
     pool = fresh_pool(1)
     ar = pool.engines[0].apply_async(catch_interrupt, LONG)
-    wait_running(pool, 1)
+    wait_in_task(pool, 1)
     pool.engines[0].interrupt()
     assert ar.get(T) == "caught"
 
@@ -110,7 +100,7 @@ def test_an_engine_between_tasks_ignores_interrupts_and_sigint(fresh_pool):
     pool.engines.interrupt()
     for pid in pids.values():
         os.kill(pid, signal.SIGINT)  # as a stray Ctrl-C to its process would
-    time.sleep(0.5)
+    time.sleep(0.5)  # no event to wait for: the engines are given time to die, and must not
     assert all(psutil.pid_exists(pid) for pid in pids.values())
     assert engine_pids(pool) == pids
     assert pool.engines.apply(_tasks.square, 7) == [49, 49]
@@ -121,7 +111,7 @@ def test_sigint_to_an_engine_interrupts_its_task(fresh_pool):
     pool = fresh_pool(1)
     pid = engine_pids(pool)["0"]
     ar = pool.apply_async(time.sleep, (LONG,))
-    wait_running(pool, 1)
+    wait_in_task(pool, 1)
     os.kill(pid, signal.SIGINT)
     with pytest.raises(zpool.RemoteError, match="KeyboardInterrupt"):
         ar.get(T)
@@ -134,9 +124,7 @@ def test_interrupt_of_an_engine_no_longer_up(fresh_pool):
     view = pool.engines[1]
     pid = engine_pids(pool)["1"]
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + T
-    while "1" in pool.queue_status()["engine_pids"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    engine_gone(pool, 1)
     with pytest.raises(EngineError, match="engine 1 is no longer up"):
         view.interrupt()
 
@@ -145,7 +133,7 @@ def test_interrupt_of_an_engine_no_longer_up(fresh_pool):
 def test_abort_with_interrupt_stops_running_and_queued_tasks(fresh_pool):
     pool = fresh_pool(2)
     ar = pool.map_async(time.sleep, [LONG] * 6, chunksize=1)
-    wait_running(pool, 2)
+    wait_in_task(pool, 2)
     reply = pool.abort(ar, interrupt=True)
     assert reply["aborted"] + reply["sent_to_engines"] == 6
     with pytest.raises(TaskAborted):
@@ -164,7 +152,7 @@ def test_abort_without_interrupt_lets_running_tasks_finish(fresh_pool):
     pool = fresh_pool(1)
     running = pool.apply_async(_tasks.sleep_then, (1.0, "finished"))
     queued = pool.apply_async(_tasks.sleep_then, (1.0, "never"))
-    wait_running(pool, 1)
+    wait_in_task(pool, 1)
     pool.abort([running, queued])
     assert running.get(T) == "finished"
     with pytest.raises(TaskAborted):
@@ -235,7 +223,7 @@ def test_terminate_ends_a_task_that_never_returns(fresh_pool):
     pool = fresh_pool(2)
     tree = [psutil.Process(pid) for pid in engine_pids(pool).values()]
     ar = pool.map_async(spin_forever_arg, range(2), chunksize=1)
-    wait_running(pool, 2)
+    wait_in_task(pool, 2)
     started = time.monotonic()
     pool.terminate()
     pool.join()
@@ -257,7 +245,7 @@ class SlowToLoad:
 def test_abort_with_interrupt_reaches_a_task_still_loading_its_arguments(fresh_pool):
     pool = fresh_pool(1)
     ar = pool.apply_async(_tasks.identity, (SlowToLoad(),))
-    wait_running(pool, 1)
+    wait_in_task(pool, 1)
     pool.abort(ar, interrupt=True)
     with pytest.raises(TaskAborted, match="interrupted .* before it ran"):
         ar.get(T)

@@ -21,26 +21,16 @@ import pytest
 
 import zpool
 from tests import _tasks
+from tests._wait import engine_holding
 
 T = 60
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _engine_holding_task(pool):
-    deadline = time.monotonic() + T
-    while time.monotonic() < deadline:
-        status = pool.queue_status()
-        for engine_id, q in status["engines"].items():
-            if q["queue"]:
-                return int(engine_id), status["engine_pids"][engine_id]
-        time.sleep(0.01)
-    raise AssertionError("no engine ever held the task")
-
-
 def test_engine_killed_mid_task_fails_that_task_and_is_replaced(fresh_pool):
     pool = fresh_pool(2)
     ar = pool.apply_async(_tasks.sleep_then, (30,))
-    engine_id, pid = _engine_holding_task(pool)
+    engine_id, pid = engine_holding(pool)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(zpool.EngineError, match=rf"engine {engine_id} \(pid {pid}\) died from SIGKILL\(-9\)") as info:
         ar.get(T)
@@ -54,7 +44,7 @@ def test_stalled_engine_is_declared_dead_by_missed_heartbeats(fresh_pool):
     """SIGSTOP: the process lives, its heartbeat thread cannot answer; after the tolerance it is dead."""
     pool = fresh_pool(2, heartbeat_interval=0.1, heartbeat_misses=10)  # 1 s of silence
     ar = pool.apply_async(_tasks.sleep_then, (30,))
-    engine_id, pid = _engine_holding_task(pool)
+    engine_id, pid = engine_holding(pool)
     os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
     try:
@@ -85,7 +75,7 @@ def test_task_that_exits_the_engine(fresh_pool):
 def test_controller_killed_breaks_waiting_calls(fresh_pool):
     pool = fresh_pool(2)
     ar = pool.apply_async(_tasks.sleep_then, (30,))
-    _engine_holding_task(pool)
+    engine_holding(pool)
     started = time.monotonic()
     os.kill(pool._cluster.proc.pid, signal.SIGKILL)
     with pytest.raises(zpool.BrokenPoolError, match="controller process .* ended with SIGKILL"):
@@ -112,7 +102,7 @@ def test_controller_killed_breaks_every_kind_of_wait(fresh_pool, wait):
     pool = fresh_pool(2)
     ar = pool.apply_async(_tasks.sleep_then, (30,))
     it = pool.imap(_tasks.sleep_then, [30, 30])
-    _engine_holding_task(pool)
+    engine_holding(pool)
     threading.Timer(0.5, os.kill, (pool._cluster.proc.pid, signal.SIGKILL)).start()
     started = time.monotonic()
     with pytest.raises(zpool.BrokenPoolError, match="controller process .* ended with SIGKILL"):
@@ -134,7 +124,7 @@ def test_a_stuck_controller_breaks_waiting_calls(fresh_pool, wait):
     pool = fresh_pool(2, heartbeat_interval=0.2, heartbeat_misses=5)  # silent 2 s: stuck
     ar = pool.apply_async(_tasks.sleep_then, (30,))
     it = pool.imap(_tasks.sleep_then, [30, 30])
-    _engine_holding_task(pool)
+    engine_holding(pool)
     controller = pool._cluster.proc.pid
     os.kill(controller, signal.SIGSTOP)
     try:

@@ -22,6 +22,7 @@ import pytest
 
 import zpool
 from tests import _tasks
+from tests._wait import engine_holding, wait_empty, wait_until
 
 T = 60
 BIG = 32 << 20  # bytes
@@ -40,37 +41,9 @@ def segments(prefix: str, kept: bool = False) -> list[str]:
     return found if kept else [path for path in found if "-k" not in os.path.basename(path)]
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
-
-
 def wait_no_segments(prefix: str, timeout: float, when: str, kept: bool = False) -> None:
     """Wait until no message names a segment; with `kept` (the pool ended), until no segment at all is left."""
-    deadline = time.monotonic() + timeout
-    while segments(prefix, kept):
-        if time.monotonic() > deadline:
-            pytest.fail(f"segments left {timeout} s after {when}: {segments(prefix, kept)}")
-        time.sleep(0.02)
-
-
-def engine_running_a_task(pool) -> tuple[int, int]:
-    """(engine id, pid) of an engine holding a task."""
-
-    def find():
-        status = pool.queue_status()
-        for engine_id, q in status["engines"].items():
-            if q["queue"]:
-                return int(engine_id), status["engine_pids"][engine_id]
-        return None
-
-    return wait_for(find, T, "an engine takes the task")
+    wait_empty(lambda: segments(prefix, kept), timeout, f"no segment left after {when}")
 
 
 def big_array(fill: float = 1.0) -> np.ndarray:
@@ -83,7 +56,7 @@ def started_sleeping(pool, seconds: float = 60.0) -> tuple[zpool.AsyncResult, in
     ar = pool.apply_async(_tasks.sleep_then, (seconds, big_array()))
     (segment,) = segments(prefix)  # written by apply_async itself
     assert os.path.getsize(segment) == BIG
-    _, pid = engine_running_a_task(pool)
+    _, pid = engine_holding(pool)
     return ar, pid, segment
 
 
@@ -92,7 +65,7 @@ def test_pool_ends_normally_with_results_unread(fresh_pool):
     prefix = prefix_of(pool)
     ars = [pool.apply_async(_tasks.make_array, (BIG, float(i))) for i in range(4)]
     args = [pool.apply_async(_tasks.sleep_then, (0.01, big_array())) for _ in range(2)]
-    wait_for(lambda: all(ar.ready() for ar in ars + args), T, "every task finished")
+    wait_until(lambda: all(ar.ready() for ar in ars + args), T, "every task finished")
     # Nobody called get(): the client unlinked the result segments as it received them, and the
     # controller those of the arguments as the tasks finished.
     wait_no_segments(prefix, 10, "every task finished")
@@ -157,7 +130,7 @@ def test_tasks_that_never_run_release_their_arguments(fresh_pool):
     with pytest.raises(ValueError):
         failing.get(T)
     blocker = pool.apply_async(_tasks.sleep_then, (60,))
-    engine_running_a_task(pool)  # the only engine is busy from now on
+    engine_holding(pool)  # the only engine is busy from now on
     aborted = pool.apply_async(_tasks.identity, (big_array(),))
     assert len(segments(prefix)) == 1
     impossible = pool.apply_async(_tasks.identity, (big_array(),), after=[failing])
@@ -212,12 +185,10 @@ def test_engine_killed_with_retries_keeps_the_argument_for_the_retry(fresh_pool)
     prefix = prefix_of(pool)
     arr = big_array(4.0)
     ar = pool.apply_async(_tasks.sleep_then, (60, arr), retries=1)
-    _, pid = engine_running_a_task(pool)
+    _, pid = engine_holding(pool)
     os.kill(pid, signal.SIGKILL)
     # The retry runs elsewhere, mapping the same segment: it must still be there.
-    _, pid2 = wait_for(
-        lambda: (lambda e: e if e[1] != pid else None)(engine_running_a_task(pool)), T, "the retry starts"
-    )
+    _, pid2 = wait_until(lambda: (e := engine_holding(pool))[1] != pid and e, T, "the retry starts on another engine")
     assert len(segments(prefix)) == 1
     os.kill(pid2, signal.SIGKILL)
     with pytest.raises(zpool.EngineError):
@@ -229,7 +200,7 @@ def test_engine_killed_before_returning_a_big_result(fresh_pool):
     pool = fresh_pool(2)
     prefix = prefix_of(pool)
     ar = pool.apply_async(_tasks.sleep_then_make_array, (60, BIG))
-    _, pid = engine_running_a_task(pool)
+    _, pid = engine_holding(pool)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(zpool.EngineError, match="SIGKILL"):
         ar.get(T)
@@ -251,7 +222,7 @@ def test_a_killed_engine_kept_segments_are_removed_while_the_pool_runs(fresh_poo
     assert len(kept) == 1
     os.kill(pid, signal.SIGKILL)
     pool.wait_for_engines(1, timeout=T)
-    wait_for(lambda: not any(f"-e{pid}-k" in p for p in segments(prefix, kept=True)), 10, "its kept segment went")
+    wait_until(lambda: not any(f"-e{pid}-k" in p for p in segments(prefix, kept=True)), 10, "its kept segment went")
     assert (got == 2.0).all()  # the result already received keeps its pages
     assert (pool.apply(_tasks.make_array, (BIG, 3.0)) == 3.0).all()
 
@@ -261,8 +232,8 @@ def test_engine_killed_between_writing_a_result_segment_and_sending_it(fresh_poo
     pool = fresh_pool(2)
     prefix = prefix_of(pool)
     ar = pool.apply_async(_tasks.write_segment_then_sleep, (prefix, BIG, 60))
-    _, pid = engine_running_a_task(pool)
-    (orphan,) = wait_for(lambda: segments(prefix), T, "the engine wrote its segment")
+    _, pid = engine_holding(pool)
+    (orphan,) = wait_until(lambda: segments(prefix), T, "the engine wrote its segment")
     assert f"-e{pid}-" in orphan
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(zpool.EngineError):
@@ -277,7 +248,7 @@ def test_engines_killed_while_streaming_big_results(fresh_pool):
     pool = fresh_pool(2)
     prefix = prefix_of(pool)
     ars = [pool.apply_async(_tasks.make_array, (8 << 20, float(i))) for i in range(40)]
-    wait_for(lambda: any(ar.ready() for ar in ars), T, "a first result")
+    wait_until(lambda: any(ar.ready() for ar in ars), T, "a first result")
     pids = list(pool.queue_status()["engine_pids"].values())
     for pid in pids:
         os.kill(pid, signal.SIGKILL)

@@ -19,6 +19,8 @@ import time
 import psutil
 import pytest
 
+from tests._wait import wait_until
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 T = 90
 # Engines give up on a silent controller after 2 x 0.2 s x 5 = 2 s; the controller on an engine after 1 s.
@@ -107,10 +109,11 @@ def test_engines_leaving_a_stuck_controller_remove_only_their_own_segments(fresh
     controller.send_signal(signal.SIGSTOP)
     try:
         # The engines leave after 2 x 0.2 s x 5 = 2 s of silence (zombies until their parent resumes).
-        deadline = time.monotonic() + 20
-        while not all(p.status() == psutil.STATUS_ZOMBIE for p in engines if p.is_running()):
-            assert time.monotonic() < deadline, "the engines did not leave the stuck controller"
-            time.sleep(0.05)
+        wait_until(
+            lambda: all(p.status() == psutil.STATUS_ZOMBIE for p in engines if p.is_running()),
+            20,
+            "the engines left the stuck controller",
+        )
     finally:
         controller.send_signal(signal.SIGCONT)
     assert [ar.get(60) for ar in busy] == [0, 1]

@@ -40,6 +40,7 @@ import pytest
 
 import zpool
 from tests import _tasks
+from tests._wait import wait_empty
 from zpool import _shm, serialize
 
 T = 60
@@ -108,11 +109,7 @@ def segments(pool) -> list[str]:
 
 
 def wait_no_segments(pool, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while segments(pool):
-        if time.monotonic() > deadline:
-            pytest.fail(f"segments still there after {timeout} s: {segments(pool)}")
-        time.sleep(0.02)
+    wait_empty(lambda: segments(pool), timeout, "no segment left")
 
 
 def sample(dtype, nbytes: int, seed: int = 0) -> np.ndarray:
@@ -756,7 +753,7 @@ def test_send_tracker_follows_zeromq():
         del frame
         assert tracker.wait(10) is True and tracker.done is True
         abandoned = SendTracker(3)
-        abandoned._abandon()
+        abandoned.abandon()
         assert abandoned.done is True and abandoned.wait(0) is True
         assert SendTracker(0).done is True
     finally:

@@ -1,4 +1,4 @@
-"""A blocking apply sent and answered in the calling thread (Connection.call_now), and what may stop it.
+"""Blocking ``Pool.apply``: sent and answered in the calling thread, its fallbacks, and what may stop it.
 
 ``Pool.apply`` without scheduling flags, when nothing else of the connection
 is queued or outstanding, sends its task on a socket of the calling thread
@@ -29,6 +29,7 @@ import zmq
 import zpool
 import zpool.client.connection as connection_module
 from tests import _tasks
+from tests._wait import wait_empty, wait_in_task, wait_until
 from zpool.error import BrokenPoolError, EngineError, PoolClosedError, SerializationError, TaskAborted
 
 T = 60  # bound on waits that should end
@@ -71,20 +72,10 @@ def ctrl_c_after(seconds: float) -> threading.Thread:
     return thread
 
 
-def eventually(predicate, timeout: float = PROMPT, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
-
-
 def own_call_running(pool) -> None:
     """Wait until a call sent on the own socket is running on an engine."""
-    assert eventually(lambda: len(pool._conn._own_sent) > 0, T), "no call went out on the own socket"
-    assert eventually(lambda: running_engine(pool) is not None, T), "the call never started running"
-    time.sleep(0.2)  # inside the task's code, not only handed to the engine
+    wait_until(lambda: len(pool._conn._own_sent) > 0, T, "a call went out on the own socket")
+    wait_in_task(pool, 1, T)
 
 
 def running_engine(pool) -> str | None:
@@ -120,15 +111,20 @@ def finishes(fn, *args, timeout: float = PROMPT):
     return value
 
 
-def idle(pool) -> bool:
+def busy(pool) -> dict[str, int]:
+    """Tasks each engine runs or queues, and those not placed yet: empty when the engines are idle."""
     status = pool.queue_status()
-    return sum(e["running"] + e["queued"] for e in status["engines"].values()) == 0 and not status["unassigned"]
+    found = {engine_id: e["running"] + e["queued"] for engine_id, e in status["engines"].items()}
+    found = {engine_id: n for engine_id, n in found.items() if n}
+    if status["unassigned"]:
+        found["unassigned"] = status["unassigned"]
+    return found
 
 
 def assert_recovered(pool, spy=None) -> None:
     """After an interrupted call: nothing pending, engines free, the own socket serves, close and join finish."""
-    assert eventually(lambda: len(pool._results) == 0), f"{len(pool._results)} result(s) still pending"
-    assert eventually(lambda: idle(pool)), f"engines still busy: {pool.queue_status()['engines']}"
+    wait_empty(lambda: len(pool._results), PROMPT, "no result pending")
+    wait_empty(lambda: busy(pool), PROMPT, "the engines idle")
     assert finishes(pool.apply, _tasks.square, (5,)) == 25
     if spy is not None:
         assert spy.last[1] is True  # the own socket still serves
@@ -231,7 +227,7 @@ def test_apply_falls_back_while_other_work_is_outstanding(pool, monkeypatch):
     assert spy.last[1] is False
     assert slow.get(T) == "slow"
     assert list(it) == [0.3] * 4
-    assert eventually(lambda: len(pool._results) == 0)
+    wait_empty(lambda: len(pool._results), PROMPT, "no result pending")
     assert pool.apply(_tasks.square, (4,)) == 16
     assert spy.last[1] is True  # nothing outstanding any more
 
@@ -240,7 +236,7 @@ def test_apply_falls_back_while_other_work_is_outstanding(pool, monkeypatch):
 def test_apply_falls_back_while_another_thread_is_in_its_own_call(pool, monkeypatch):
     spy = CallNowSpy(pool, monkeypatch)
     thread, outcome = in_thread(pool.apply, _tasks.sleep_then, (1.5, "first"))
-    assert eventually(lambda: len(pool._conn._own_sent) > 0, T)
+    wait_until(lambda: len(pool._conn._own_sent) > 0, T, "a call went out on the own socket")
     assert pool.apply(_tasks.square, (6,)) == 36
     thread.join(T)
     assert outcome == [("ok", "first")]
@@ -301,7 +297,7 @@ def test_many_threads_calling_apply_at_once_all_get_their_results(pool, monkeypa
     assert results == {i: [i + j for j in range(n_calls)] for i in range(n_threads)}
     assert all(took is not None for _, took in spy.calls)
     assert any(took for _, took in spy.calls)
-    assert eventually(lambda: len(pool._results) == 0)
+    wait_empty(lambda: len(pool._results), PROMPT, "no result pending")
     assert not pool._conn._own_sent
 
 
@@ -321,7 +317,7 @@ def test_ctrl_c_while_waiting_on_the_own_socket(fresh_pool, monkeypatch):
     ar, took = spy.last
     assert took is None  # interrupted inside call_now
     # The task was aborted (interrupted on its engine); the I/O thread read the answer the caller left.
-    assert eventually(ar.done)
+    wait_until(ar.done, PROMPT, "the result settled")
     assert isinstance(ar.exception(0), TaskAborted)
     assert_recovered(pool, spy)
 
@@ -420,7 +416,7 @@ def test_ctrl_c_just_after_the_own_send_aborts_the_task(fresh_pool, monkeypatch)
     assert fired
     monkeypatch.setattr(connection_module, "send_frames", real_send)
     # The engine must be freed (the task aborted), not left to sleep for a minute.
-    assert eventually(lambda: idle(pool)), f"the task still runs: {pool.queue_status()['engines']}"
+    wait_empty(lambda: busy(pool), PROMPT, "the task stopped running")
     assert_recovered(pool)
 
 
@@ -438,7 +434,7 @@ def test_ctrl_c_aborts_the_task_even_when_the_controller_reads_the_abort_first(f
             pool.apply(time.sleep, (LONG,))
     finally:
         controller.resume()
-    assert eventually(lambda: len(pool._results) == 0), "the task was not aborted: it runs for its full minute"
+    wait_empty(lambda: len(pool._results), PROMPT, "the task aborted (not running for its full minute)")
     assert_recovered(pool)
 
 
@@ -535,17 +531,17 @@ def test_tasks_sent_to_a_just_killed_engine_fail_naming_sigkill(fresh_pool):
         return next((pid for pid in pool.queue_status()["engine_pids"].values() if pid not in dead), None)
 
     for _ in range(6):
-        assert eventually(lambda: live_engine() is not None, T)
+        wait_until(live_engine, T, "an engine not killed yet")
         engine = psutil.Process(live_engine())
         dead.add(engine.pid)
         first = pool.apply_async(_tasks.sleep_then, (0.3, "first"))
         second = pool.apply_async(_tasks.square, (3,))  # waits in the controller (hwm=1)
-        assert eventually(lambda: running_engine(pool) is not None, T)
+        wait_until(lambda: running_engine(pool), T, "a task running")
         controller.suspend()
         try:
-            time.sleep(1.0)  # the engine answers `first` meanwhile
+            time.sleep(1.0)  # the engine answers `first` meanwhile (nothing to poll: the controller is stopped)
             engine.kill()
-            assert eventually(lambda proc=engine: proc.status() == psutil.STATUS_ZOMBIE, T)
+            wait_until(lambda proc=engine: proc.status() == psutil.STATUS_ZOMBIE, T, "the killed engine a zombie")
         finally:
             controller.resume()
         outcomes = []

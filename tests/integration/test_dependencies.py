@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 import zpool
 from tests import _tasks
+from tests._wait import engine_gone, wait_until
 from zpool import Dependency, depend, dependent, require
 
 T = 60
@@ -162,9 +162,7 @@ def test_a_dead_target_fails_fast(fresh_pool):
     engines = pool.wait_for_engines(2, timeout=T)
     pid = pool.queue_status()["engine_pids"][str(engines[1])]
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + T
-    while str(engines[1]) in pool.queue_status()["engines"] and time.monotonic() < deadline:
-        time.sleep(0.02)
+    engine_gone(pool, engines[1])
     with pytest.raises(zpool.ImpossibleDependency, match="no engine can run"):
         pool.apply_async(_tasks.square, (1,), targets=engines[1]).get(T)
 
@@ -195,12 +193,12 @@ def test_resubmit_of_an_unfinished_or_unknown_task_fails_with_the_reason(pool):
 def test_queue_status_counts(pool):
     slow = [pool.apply_async(_tasks.sleep_then, (0.5, None)) for _ in range(2)]
     waiting = pool.apply_async(_tasks.square, (1,), after=slow)
-    deadline = time.monotonic() + T
-    while True:  # the status may be taken before the controller's next placement pass
+
+    def placed():  # the status may be taken before the controller's next placement pass
         status = pool.queue_status()
-        if sum(e["running"] for e in status["engines"].values()) >= 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
+        return status if sum(e["running"] for e in status["engines"].values()) >= 1 else None
+
+    status = wait_until(placed, T, "a task running")
     assert status["waiting"] == 1
     assert sum(e["running"] for e in status["engines"].values()) >= 1
     assert {"queue", "running", "queued", "completed", "failed"} <= set(next(iter(status["engines"].values())))
@@ -311,7 +309,8 @@ def test_a_dependency_made_from_a_result_remembers_how_it_ended(fresh_pool):
     """Even once the AsyncResult itself is gone and the controller has forgotten its tasks."""
     pool = fresh_pool(2, record_window=5)
     dep = Dependency(pool.starmap_async(_tasks.sleep_then, [(0.3, i) for i in range(2)], chunksize=1))
-    time.sleep(1.0)  # (the result, dropped at once, ends meanwhile)
+    # (the result, dropped at once, ends meanwhile)
+    wait_until(lambda: sum(e["completed"] for e in pool.queue_status()["engines"].values()) >= 2, T, "its 2 tasks done")
     pool.map(_tasks.square, range(20), chunksize=1)  # its tasks leave the window
     assert pool.apply_async(_tasks.square, (4,), after=dep).get(T) == 16
 

@@ -21,6 +21,7 @@ import pytest
 
 import zpool
 from tests import _tasks
+from tests._wait import engine_gone, wait_until
 from zpool.asyncresult import DirectResult, JoinedResult
 
 T = 60
@@ -35,14 +36,6 @@ def as_main(source: str, **globals_) -> dict:
 
 def engine_pids(pool) -> dict[int, int]:
     return {int(k): v for k, v in pool.queue_status()["engine_pids"].items()}
-
-
-def wait_until_gone(pool, engine_id: int, timeout: float = T) -> None:
-    deadline = time.monotonic() + timeout
-    while str(engine_id) in pool.queue_status()["engines"]:
-        if time.monotonic() > deadline:
-            pytest.fail(f"engine {engine_id} still registered {timeout} s after it was killed")
-        time.sleep(0.02)
 
 
 def remote_text(exc: BaseException) -> str:
@@ -1045,15 +1038,12 @@ def test_killed_engine(fresh_pool):
     pids = old.apply(os.getpid)
     victim_id, victim_pid = ids[1], pids[1]
     busy = old[1].apply_async(time.sleep, 60)  # held by the engine when it dies
-    deadline = time.monotonic() + T
-    while pool.queue_status()["engines"][str(victim_id)]["queue"] < 1:  # sent to it
-        assert time.monotonic() < deadline, "the task never reached its engine"
-        time.sleep(0.01)
+    wait_until(lambda: pool.queue_status()["engines"][str(victim_id)]["queue"] >= 1, T, "the task sent to its engine")
     os.kill(victim_pid, signal.SIGKILL)
 
     with pytest.raises(zpool.EngineError, match="SIGKILL"):
         busy.get(timeout=T)
-    wait_until_gone(pool, victim_id)
+    engine_gone(pool, victim_id)
 
     # An old view keeps its engines: the dead one fails at once, the others answer.
     with pytest.raises(zpool.CompositeError) as info:
@@ -1159,7 +1149,7 @@ def test_gather_refuses_when_an_engine_holding_a_part_died(fresh_pool):
     pids = pool.engines.apply(os.getpid)
     victim = pool.engines.ids[1]
     os.kill(pids[1], signal.SIGKILL)
-    wait_until_gone(pool, victim)
+    engine_gone(pool, victim)
     # Whether or not its replacement is up yet, part of x is gone: an error, never a short list.
     with pytest.raises(zpool.EngineError, match=rf"engine\(s\) \[{victim}\].*scatter 'x' again"):
         pool.gather("x")

@@ -24,7 +24,8 @@ import pytest
 
 import zpool
 from tests import _tasks
-from zpool.asyncresult import IMAP_CHUNK_MAX
+from tests._wait import wait_running, wait_stable, wait_until
+from zpool._imap import IMAP_CHUNK_MAX
 
 T = 60
 
@@ -81,13 +82,14 @@ def test_initializer_runs_in_replacement_engines(fresh_pool):
     value, pid = pool.apply(_tasks.read_initialized)
     assert value == "again"
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + T
-    while time.monotonic() < deadline:
+
+    def answer():
         try:
-            value2, pid2 = pool.apply_async(_tasks.read_initialized).get(T)
-            break
+            return pool.apply_async(_tasks.read_initialized).get(T)
         except zpool.EngineError:  # the task met the dying engine
-            continue
+            return None
+
+    value2, pid2 = wait_until(answer, T, "an engine answered after the kill")
     assert value2 == "again" and pid2 != pid
 
 
@@ -254,10 +256,8 @@ def test_imap_default_read_ahead_is_bounded(pool):
     consumed = [0]
     it = pool.imap_unordered(_tasks.square, _counting(consumed))
     assert next(it) is not None
-    time.sleep(0.5)
-    reached = consumed[0]
-    time.sleep(0.5)
-    assert consumed[0] == reached  # the feeder waits for the consumer
+    # The feeder waits for the consumer: what it has read stops growing.
+    reached = wait_stable(lambda: consumed[0], 0.5, T, "the feeder stops reading ahead")
     assert reached <= max(32, 4 * 2) * IMAP_CHUNK_MAX
 
 
@@ -330,10 +330,7 @@ def test_abandoned_imap_stops_reading_its_input(pool):
     it = pool.imap(_tasks.square, _counting(consumed))
     assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
     del it
-    time.sleep(0.3)
-    stopped_at = consumed[0]
-    time.sleep(0.5)
-    assert consumed[0] == stopped_at
+    wait_stable(lambda: consumed[0], 0.5, T, "the abandoned imap stops reading its input")
     assert pool.apply(_tasks.square, (3,)) == 9
 
 
@@ -418,7 +415,7 @@ def test_imap_after_close_is_refused_but_running_ones_finish(fresh_pool):
 def test_terminate_during_imap_raises_instead_of_hanging(fresh_pool):
     pool = fresh_pool(2)
     it = pool.imap(_tasks.sleep_then, itertools.repeat(30))
-    time.sleep(0.3)
+    wait_running(pool, 1)
     pool.terminate()
     with pytest.raises(zpool.TaskAborted):
         it.next(timeout=T)
@@ -544,10 +541,11 @@ def test_private_worker_list_has_the_engine_processes(fresh_pool):
     assert all(w.is_alive() for w in workers)
     victim = workers[0]
     os.kill(victim.pid, signal.SIGKILL)
-    deadline = time.monotonic() + T
-    while victim.is_alive() or len(pool._pool) < 2 or victim.pid in [w.pid for w in pool._pool]:
-        assert time.monotonic() < deadline, f"the killed engine was not replaced: {pool._pool}"
-        time.sleep(0.05)
+    wait_until(
+        lambda: not victim.is_alive() and len(pool._pool) >= 2 and victim.pid not in [w.pid for w in pool._pool],
+        T,
+        "the killed engine replaced in pool._pool",
+    )
     pool.terminate()
     pool.join()
     assert pool._pool == [] and not any(w.is_alive() for w in workers)

@@ -15,6 +15,7 @@ import pytest
 
 import zpool
 from tests import _tasks
+from tests._wait import wait_until
 from zpool.error import RemoteTraceback
 
 T = 60  # seconds: bound for every wait in these tests
@@ -310,11 +311,7 @@ def test_map_metadata_stays_a_list_after_failure(pool):
     ar = pool.map_async(_tasks.raise_value_error, ["a", "b", "c"], chunksize=1)
     with pytest.raises(ValueError):
         ar.get(T)
-    import time
-
-    deadline = time.monotonic() + T
-    while ar.progress < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: ar.progress >= 3, T, "every chunk's reply accounted for")
     assert ar.progress == 3  # every chunk's reply was still accounted for
     assert isinstance(ar.metadata, list) and len(ar.metadata) == 3
     assert [md.status for md in ar.metadata] == ["error"] * 3

@@ -6,7 +6,6 @@ import concurrent.futures
 import gc
 import os
 import threading
-import time
 import warnings
 
 import psutil
@@ -14,6 +13,7 @@ import pytest
 
 import zpool
 from tests import _tasks
+from tests._wait import wait_until
 
 T = 60
 
@@ -69,7 +69,7 @@ def test_terminate_while_other_threads_submit_settles_everything(fresh_pool):
     threads = [threading.Thread(target=submitter) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    wait_until(lambda: len(results) >= 10, T, "the submitters submitting")
     pool.terminate()
     stop.set()
     for t in threads:

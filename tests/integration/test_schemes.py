@@ -13,6 +13,7 @@ import pytest
 
 import zpool
 from tests import _tasks
+from tests._wait import engine_holding
 
 T = 60
 
@@ -24,13 +25,8 @@ def _engine_ids(results):
 def _occupy_one_engine(pool, seconds=3.0):
     """Start a long task and wait until the scheduler has placed it; return (ar, engine_id)."""
     ar = pool.apply_async(_tasks.sleep_then, (seconds,))
-    deadline = time.monotonic() + T
-    while time.monotonic() < deadline:
-        busy = [int(e) for e, q in pool.queue_status()["engines"].items() if q["queue"] == 1]
-        if busy:
-            return ar, busy[0]
-        time.sleep(0.01)
-    raise AssertionError("the long task was never placed")
+    engine_id, _ = engine_holding(pool, 1, T)
+    return ar, engine_id
 
 
 def _one_at_a_time(pool, n):

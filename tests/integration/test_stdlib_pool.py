@@ -68,6 +68,7 @@ from typing import Any, Callable
 import pytest
 
 import zpool
+from tests._wait import wait_until
 
 T = 60.0  # seconds: bound for every wait on a result
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
@@ -86,6 +87,13 @@ def mul(x, y):
 
 def identity(x):
     return x
+
+
+def sleep_started(directory_seconds):
+    """Leave a file named after this worker's pid in `directory`, then sleep `seconds`."""
+    directory, seconds = directory_seconds
+    Path(directory, str(os.getpid())).touch()
+    time.sleep(seconds)
 
 
 def raise_large_valuerror(wait):
@@ -397,12 +405,12 @@ def test_make_pool(backend):
         p.join()
 
 
-def test_terminate(backend):
+def test_terminate(backend, tmp_path):
     # Tasks that would run "forever": terminate() must not wait for them.
     p = backend.Pool(3)
     try:
-        _pending = p.map_async(time.sleep, [300] * 10_000, chunksize=1)
-        time.sleep(0.2)  # let some of them start
+        _pending = p.map_async(sleep_started, [(str(tmp_path), 300)] * 10_000, chunksize=1)
+        wait_until(lambda: any(tmp_path.iterdir()), T, "a task started")
     finally:
         p.terminate()
         p.join()
@@ -491,13 +499,11 @@ def test_release_task_refs(shared_pool):
     shared_pool.map(identity, objs)
     del objs
 
-    deadline = time.monotonic() + 10
-    while True:
+    def released():
         gc.collect()
-        released = all(r() is None for r in refs) and CountedObject.n_instances == 0
-        if released or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+        return all(r() is None for r in refs) and CountedObject.n_instances == 0
+
+    wait_until(released, 10, "the arguments and their copies released")
     assert {r() for r in refs} == {None}
     assert CountedObject.n_instances == 0
 
@@ -577,11 +583,11 @@ def test_pool_worker_lifetime(backend):
             assert res.get(T) == sqr(i)
 
         # Wait (bounded) until the pool is back to three workers.
-        deadline = time.monotonic() + 30
-        last_pids = backend.worker_pids(p)
-        while len(last_pids) != 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            last_pids = backend.worker_pids(p)
+        def three_workers():
+            pids = backend.worker_pids(p)
+            return pids if len(pids) == 3 else None
+
+        last_pids = wait_until(three_workers, 30, "3 workers again")
         assert len(last_pids) == 3, last_pids
         # bpo-7805: all pids are assigned.
         assert None not in last_pids

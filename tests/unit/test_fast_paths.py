@@ -29,6 +29,7 @@ import pytest
 import zmq
 
 from tests import _tasks
+from tests._wait import wait_until
 from zpool import asyncresult as _asyncresult
 from zpool import serialize
 from zpool.asyncresult import AsyncResult
@@ -219,7 +220,7 @@ def test_cancel_of_a_pending_result_wakes_waiters_and_ignores_a_late_reply():
     thread.start()
     called = []
     ar.add_done_callback(called.append)
-    time.sleep(0.1)
+    wait_until(lambda: ar._condition._waiters, T, "the waiter inside its wait")
     assert ar.cancel() is True
     thread.join(T)
     assert outcome == ["cancelled"]
@@ -258,9 +259,7 @@ def test_many_threads_waiting_on_one_result_are_all_woken():
     for thread in threads:
         thread.start()
     ready.wait(T)
-    deadline = time.monotonic() + T
-    while len(ar._condition._waiters or ()) < n and time.monotonic() < deadline:
-        time.sleep(0.01)  # every thread is inside its wait
+    wait_until(lambda: len(ar._condition._waiters or ()) >= n, T, f"all {n} threads inside their wait")
     assert len(ar._condition._waiters) == n
     settle(ar, "all")
     for thread in threads:
@@ -344,9 +343,7 @@ def test_condition_notify_wakes_the_oldest_waiters_first():
         thread = threading.Thread(target=waiter, args=(i,))
         thread.start()
         threads.append(thread)
-        deadline = time.monotonic() + T
-        while len(cond._waiters or ()) <= i and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda i=i: len(cond._waiters or ()) > i, T, f"waiter {i} inside its wait")
     with cond:
         cond.notify(2)
     threads[0].join(T)

@@ -411,13 +411,117 @@ def test_an_abort_that_overtakes_its_task_fails_the_task_as_it_arrives():
 
 
 def test_aborts_ahead_are_bounded():
-    from zpool.controller import scheduler as module
+    from zpool.controller import records as module
 
     clock = [0.0]
     s = Scheduler(clock=lambda: clock[0])
     for i in range(module.ABORTED_AHEAD_MAX + 10):
         s.abort([f"x{i}"])
-    assert len(s._aborted_ahead) == module.ABORTED_AHEAD_MAX
+    assert len(s.records.aborted_ahead) == module.ABORTED_AHEAD_MAX
     clock[0] += module.ABORTED_AHEAD_S + 1
     s.abort(["fresh"])
-    assert list(s._aborted_ahead) == ["fresh"]
+    assert list(s.records.aborted_ahead) == ["fresh"]
+
+
+# -- recall: the engine's answers, budgets, load-blind schemes --------------------
+
+
+def _task(task_id: str, **flags) -> Task:
+    """A task with scheduling `flags` (retries=...)."""
+    return Task(task_id, b"client", [b"payload"], flags or None)
+
+
+def _two_engines(**kwargs) -> tuple[Scheduler, EngineSlot, EngineSlot]:
+    """A leastload scheduler with hwm=2 and its two engines."""
+    s = Scheduler("leastload", hwm=2, **kwargs)
+    return s, s.add_engine(0, b"e0"), s.add_engine(1, b"e1")
+
+
+def test_recall_gives_back_queued_task_to_idle_engine():
+    s, e0, e1 = _two_engines()
+    s.submit([_task("A"), _task("F"), _task("X")])
+    placed = s.assign()
+    assert [t.task_id for t in placed[e0]] == ["A", "X"] and [t.task_id for t in placed[e1]] == ["F"]
+    s.finish(e1, "F", True, 0.5)
+    assert s.assign() == {}
+    assert s.recalls() == {e0: ["X"]}
+    assert s.recalls() == {}  # one request at a time
+    assert s.recalled(e0, ["X"], ["X"]) == 1
+    assert not e0.recalling and "X" not in e0.outstanding
+    assert {slot: [t.task_id for t in ts] for slot, ts in s.assign().items()} == {e1: ["X"]}
+
+
+def test_recall_restores_maxtasksperchild_budget():
+    s = Scheduler("leastload", hwm=2)
+    e0, e1 = s.add_engine(0, b"e0", budget=2), s.add_engine(1, b"e1", budget=2)
+    s.submit([_task("A"), _task("F"), _task("X")])
+    s.assign()
+    assert e0.budget == 0
+    s.finish(e1, "F", True, 0.5)
+    s.assign()
+    assert s.recalls() == {e0: ["X"]}
+    s.recalled(e0, ["X"], ["X"])
+    assert e0.budget == 1 and e1.budget == 1
+    s.assign()
+    assert "X" in e1.outstanding and e1.budget == 0
+
+
+def test_a_stale_recall_reply_naming_a_retried_task_puts_it_back_in_the_queue():
+    s, e0, e1 = _two_engines()
+    s.submit([_task("A"), _task("F"), _task("X", retries=1)])
+    s.assign()  # A, X -> e0; F -> e1
+    s.finish(e1, "F", True, 0.5)
+    s.assign()
+    assert s.recalls() == {e0: ["X"]}  # the hub sends recall_request(ids=[X]) to e0's heartbeat socket
+    # Before e0's heartbeat thread reads it: e1 gets new work, and on e0 A runs and X runs and fails.
+    s.submit([_task("G1"), _task("G2")])
+    s.assign()  # both to e1 (e0 is full)
+    s.finish(e0, "A", True, 0.5)
+    retried = s.finish(e0, "X", False, 0.5)
+    assert retried is not None and not retried.final
+    placed = s.assign()
+    assert [t.task_id for t in placed[e0]] == ["X"]  # the retry goes to e0: e1 has no room
+    # Now e0's heartbeat thread handles the old request: the retry of X is queued there, not started: it gives it
+    # back (Engine.give_back takes every queued task whose id was asked for) and answers so.
+    s.recalled(e0, ["X"], ["X"])
+    # The engine no longer holds X: the scheduler must not either, or nobody ever runs or answers it.
+    assert "X" not in e0.outstanding
+    assert "X" in {t.task_id for t in s._ready_tasks()}
+
+
+def test_recall_reply_with_unasked_or_foreign_ids_is_ignored():
+    s, e0, e1 = _two_engines()
+    s.submit([_task("A"), _task("F"), _task("X"), _task("Y")])
+    s.assign()  # A, X -> e0; F, Y -> e1
+    # Ids given back but not asked for, and ids the engine does not hold (another's, or unknown), change nothing.
+    assert s.recalled(e0, ["X", "Y", "nope"], ["Y", "nope"]) == 0
+    assert set(e0.outstanding) == {"A", "X"} and set(e1.outstanding) == {"F", "Y"}
+
+
+def test_recall_reply_after_the_request_timed_out_still_counts():
+    s, e0, e1 = _two_engines(clock=lambda: now[0])
+    now = [0.0]
+    s.submit([_task("A"), _task("F"), _task("X")])
+    s.assign()  # A, X -> e0; F -> e1
+    s.finish(e1, "F", True, 0.5)
+    s.assign()
+    assert s.recalls() == {e0: ["X"]}
+    assert s.recalls() == {}  # still awaiting the answer
+    now[0] += 5.0  # no answer (an engine in C code holding the GIL): the request no longer blocks others
+    assert s.recalls() == {e0: ["X"]}  # asked again
+    # The late answer: X was dropped by the engine, so it is ready again, not lost.
+    assert s.recalled(e0, ["X"], ["X"]) == 1
+    assert "X" not in e0.outstanding and "X" in {t.task_id for t in s._ready_tasks()}
+
+
+def test_no_recall_under_load_blind_schemes():
+    for scheme in ("lru", "plainrandom", "twobin"):
+        s = Scheduler(scheme, hwm=2, seed=1)
+        e0, e1 = s.add_engine(0, b"e0"), s.add_engine(1, b"e1")
+        s.submit([_task("A"), _task("B"), _task("C"), _task("D")])
+        s.assign()
+        for slot in (e0, e1):
+            if len(slot.outstanding) < 2:
+                for task_id in list(slot.outstanding):
+                    s.finish(slot, task_id, True, 0.5)
+        assert s.recalls() == {}
