@@ -589,7 +589,7 @@ class Pool(_SchedulingMethods, _NamespaceMethods):
         ``f(seq)`` calls the function on chunks of `seq` (load-balanced
         tasks) and joins their results, so a function written for a whole
         list runs on pieces of it; ``f.map(seq)`` calls it on each element,
-        like the builtin ``map``. See :class:`~zpool.view.ParallelFunction`.
+        like the builtin ``map``. See :class:`~zpool._decorators.ParallelFunction`.
 
         Parameters
         ----------
