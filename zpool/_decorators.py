@@ -19,7 +19,13 @@ from zpool.asyncresult import JoinedResult
 from zpool.client.submitter import Submitter
 from zpool.serialize import callable_name
 
-__all__ = ["LoadBalanced", "ParallelFunction", "RemoteFunction", "Runner", "is_sequence"]
+__all__ = ["LoadBalanced", "ParallelFunction", "RemoteFunction", "Runner", "check_flag", "is_sequence"]
+
+
+def check_flag(name: str, value: Any, none_ok: bool = False) -> None:
+    if not (isinstance(value, bool) or (none_ok and value is None)):
+        allowed = "True, False or None" if none_ok else "True or False"
+        raise TypeError(f"{name} must be {allowed}, not {value!r}")
 
 
 def is_sequence(value: Any) -> bool:
@@ -259,3 +265,79 @@ class ParallelFunction:
 
     def __reduce__(self) -> Any:
         raise TypeError("a ParallelFunction belongs to its pool and cannot be pickled; send its .func instead")
+
+
+class _DecoratorMethods:
+    """``Pool.remote`` and ``Pool.parallel`` (mixed into :class:`~zpool.Pool`; needs ``_submitter``)."""
+
+    _submitter: Submitter
+
+    def remote(self, func: Callable[..., Any] | None = None, *, block: bool = True) -> Any:
+        """Decorator: calling the function runs it on an engine, load-balanced (as :meth:`apply`).
+
+        Use as ``@pool.remote()`` or ``@pool.remote``. The call takes the
+        pool's scheduling flags (:meth:`set_flags`, :meth:`temp_flags`). For
+        a call on every engine of a view, use ``@pool.engines.remote()``.
+
+        Parameters
+        ----------
+        block : bool
+            Return the result (default), or an :class:`AsyncResult` at once.
+
+        Returns
+        -------
+        RemoteFunction
+            Keeps the function's name, docstring and signature; the
+            function itself is its ``func`` attribute.
+        """
+        check_flag("block", block)
+
+        def decorate(f: Callable[..., Any]) -> RemoteFunction:
+            return RemoteFunction(LoadBalanced(self._submitter, self), f, block)
+
+        return decorate if func is None else decorate(func)
+
+    def parallel(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        block: bool = True,
+        ordered: bool = True,
+        chunksize: int | None = None,
+    ) -> Any:
+        """Decorator: a call splits its sequence arguments into chunks run in parallel; ``.map`` goes element-wise.
+
+        ``f(seq)`` calls the function on chunks of `seq` (load-balanced
+        tasks) and joins their results, so a function written for a whole
+        list runs on pieces of it; ``f.map(seq)`` calls it on each element,
+        like the builtin ``map``. See :class:`~zpool._decorators.ParallelFunction`.
+
+        Parameters
+        ----------
+        block : bool
+            Return the result (default), or an :class:`AsyncResult` at once.
+        ordered : bool
+            Results in input order (default), or chunk by chunk as they finish.
+        chunksize : int, optional
+            Items per chunk; by default about four chunks per engine.
+
+        Examples
+        --------
+        >>> @pool.parallel()
+        ... def squares(xs):
+        ...     return [x * x for x in xs]
+        >>> squares(range(6))
+        [0, 1, 4, 9, 16, 25]
+        >>> @pool.parallel()
+        ... def double(x):
+        ...     return 2 * x
+        >>> double.map(range(3))
+        [0, 2, 4]
+        """
+        check_flag("block", block)
+        check_flag("ordered", ordered)
+
+        def decorate(f: Callable[..., Any]) -> ParallelFunction:
+            return ParallelFunction(LoadBalanced(self._submitter, self), f, block, ordered, chunksize)
+
+        return decorate if func is None else decorate(func)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
+from zpool._decorators import check_flag
 from zpool.asyncresult import AsyncResult
 from zpool.client.submitter import Submitter
 from zpool.dependency import task_ids
 from zpool.protocol import MsgType
-from zpool.view import _check_flag
 
 __all__: list[str] = []
 
@@ -98,7 +98,7 @@ class _SchedulingMethods:
             ``{"aborted": n, "sent_to_engines": m}``: tasks failed by the
             scheduler, and tasks an engine was told to skip (or interrupt).
         """
-        _check_flag("interrupt", interrupt)
+        check_flag("interrupt", interrupt)
         ids = task_ids(what)
         self._submitter.check_connected()
         return self._submitter.request(MsgType.ABORT_REQUEST, {"ids": ids, "interrupt": interrupt})

@@ -20,7 +20,7 @@ import weakref
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from zpool import _imap, _shm
-from zpool._decorators import LoadBalanced, ParallelFunction, RemoteFunction
+from zpool._decorators import _DecoratorMethods
 from zpool._imap import IMapIterator
 from zpool._scheduling import _SchedulingMethods
 from zpool._settings import ControllerSettings
@@ -32,7 +32,7 @@ from zpool.cluster import ClusterSettings, EngineProcess, LocalCluster
 from zpool.error import BrokenPoolError, EngineError, TaskAborted, ZPoolError
 from zpool.protocol import MsgType
 from zpool.serialize import dumps_call
-from zpool.view import EngineView, _check_flag, _NamespaceMethods
+from zpool.view import EngineView, _NamespaceMethods
 
 __all__ = ["Pool"]
 
@@ -90,7 +90,7 @@ def _shutdown(submitter: Submitter, cluster: LocalCluster, graceful: bool, owner
         callbacks.stop(None if graceful else SHUTDOWN_TIMEOUT_S)
 
 
-class Pool(_SchedulingMethods, _NamespaceMethods):
+class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
     """A pool of engine processes, used exactly like :class:`multiprocessing.pool.Pool`.
 
     Beyond the standard library's API, the engines' namespaces are a dict
@@ -550,76 +550,6 @@ class Pool(_SchedulingMethods, _NamespaceMethods):
                 f" scatter {name!r} again"
             )
         return EngineView(self._submitter, self, ids)
-
-    def remote(self, func: Callable[..., Any] | None = None, *, block: bool = True) -> Any:
-        """Decorator: calling the function runs it on an engine, load-balanced (as :meth:`apply`).
-
-        Use as ``@pool.remote()`` or ``@pool.remote``. The call takes the
-        pool's scheduling flags (:meth:`set_flags`, :meth:`temp_flags`). For
-        a call on every engine of a view, use ``@pool.engines.remote()``.
-
-        Parameters
-        ----------
-        block : bool
-            Return the result (default), or an :class:`AsyncResult` at once.
-
-        Returns
-        -------
-        RemoteFunction
-            Keeps the function's name, docstring and signature; the
-            function itself is its ``func`` attribute.
-        """
-        _check_flag("block", block)
-
-        def decorate(f: Callable[..., Any]) -> RemoteFunction:
-            return RemoteFunction(LoadBalanced(self._submitter, self), f, block)
-
-        return decorate if func is None else decorate(func)
-
-    def parallel(
-        self,
-        func: Callable[..., Any] | None = None,
-        *,
-        block: bool = True,
-        ordered: bool = True,
-        chunksize: int | None = None,
-    ) -> Any:
-        """Decorator: a call splits its sequence arguments into chunks run in parallel; ``.map`` goes element-wise.
-
-        ``f(seq)`` calls the function on chunks of `seq` (load-balanced
-        tasks) and joins their results, so a function written for a whole
-        list runs on pieces of it; ``f.map(seq)`` calls it on each element,
-        like the builtin ``map``. See :class:`~zpool._decorators.ParallelFunction`.
-
-        Parameters
-        ----------
-        block : bool
-            Return the result (default), or an :class:`AsyncResult` at once.
-        ordered : bool
-            Results in input order (default), or chunk by chunk as they finish.
-        chunksize : int, optional
-            Items per chunk; by default about four chunks per engine.
-
-        Examples
-        --------
-        >>> @pool.parallel()
-        ... def squares(xs):
-        ...     return [x * x for x in xs]
-        >>> squares(range(6))
-        [0, 1, 4, 9, 16, 25]
-        >>> @pool.parallel()
-        ... def double(x):
-        ...     return 2 * x
-        >>> double.map(range(3))
-        [0, 2, 4]
-        """
-        _check_flag("block", block)
-        _check_flag("ordered", ordered)
-
-        def decorate(f: Callable[..., Any]) -> ParallelFunction:
-            return ParallelFunction(LoadBalanced(self._submitter, self), f, block, ordered, chunksize)
-
-        return decorate if func is None else decorate(func)
 
     # -- internals ---------------------------------------------------------------------
 

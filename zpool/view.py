@@ -29,7 +29,7 @@ import tokenize
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from zpool import _namespace
-from zpool._decorators import ParallelFunction, RemoteFunction, is_sequence
+from zpool._decorators import ParallelFunction, RemoteFunction, check_flag, is_sequence
 from zpool._partition import even_bounds, join_parts, run_chunk, split_evenly
 from zpool._sync_imports import SyncImports
 from zpool.asyncresult import DirectResult
@@ -53,12 +53,6 @@ def _check_name(name: Any, what: str = "name") -> str:
 
 def _none(values: list[Any]) -> None:
     return None
-
-
-def _check_flag(name: str, value: Any, none_ok: bool = False) -> None:
-    if not (isinstance(value, bool) or (none_ok and value is None)):
-        allowed = "True, False or None" if none_ok else "True or False"
-        raise TypeError(f"{name} must be {allowed}, not {value!r}")
 
 
 class _NamespaceMethods:
@@ -451,7 +445,7 @@ class EngineView(_NamespaceMethods):
     def remote(self, func: Callable[..., Any] | None = None, *, block: bool | None = None) -> Any:
         """Decorator: calling the function runs it on every engine of the view (see :class:`RemoteFunction`)."""
 
-        _check_flag("block", block, none_ok=True)
+        check_flag("block", block, none_ok=True)
 
         def decorate(f: Callable[..., Any]) -> RemoteFunction:
             return RemoteFunction(_OnEngines(self), f, block)
@@ -467,8 +461,8 @@ class EngineView(_NamespaceMethods):
         :meth:`map` does.
         """
 
-        _check_flag("block", block, none_ok=True)
-        _check_flag("ordered", ordered)
+        check_flag("block", block, none_ok=True)
+        check_flag("ordered", ordered)
 
         def decorate(f: Callable[..., Any]) -> ParallelFunction:
             return ParallelFunction(_OnEngines(self), f, block, ordered, None)
