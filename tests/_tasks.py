@@ -459,3 +459,9 @@ def square_or_fail(item):
     if stage == "result_unpickle":
         return FailsWhenUnpickled(how)
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def slow_square_or_fail(item):
+    """``square_or_fail``, after a millisecond: long enough for an engine to send each reply at once."""
+    time.sleep(0.001)
+    return square_or_fail(item)

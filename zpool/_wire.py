@@ -27,10 +27,12 @@ well as the controller: the import-linter layers forbid those importing
 from __future__ import annotations
 
 import enum
+import os
 from typing import TypedDict
 
 __all__ = [
     "FAILED_UNPLACED",
+    "RUN_SLOT_BYTES",
     "DependencySpec",
     "EngineQueue",
     "ErrorName",
@@ -40,7 +42,10 @@ __all__ = [
     "TaskFlags",
     "decode_outcome",
     "encode_outcome",
+    "encode_run_slot",
     "error_reply",
+    "read_run_slot",
+    "run_slot_path",
 ]
 
 # The outcome code of a task that failed before any engine ran it (see encode_outcome).
@@ -173,3 +178,41 @@ class QueueStatus(SchedulerStatus):
     dropped_messages: int
     broken: str | None  # why no engine can start, once the launcher gave up
     starting: int  # engines launched and not taking tasks yet
+
+
+# -- the engine's run slot -----------------------------------------------------------------
+#
+# An engine of a hidden cluster writes the id of each task as it starts it
+# into a small file of its own beside the connection file (the cluster's
+# private directory): ``run-<pid>``, RUN_SLOT_BYTES long, a length byte then
+# the id. When the engine dies, the controller reads which task it was
+# running: the tasks queued on it behind that one never started, and go to
+# another engine instead of failing with it.
+
+RUN_SLOT_BYTES = 256
+
+
+def run_slot_path(connection_file: str, pid: int) -> str:
+    """Where engine `pid` of the cluster whose connection file is `connection_file` keeps its run slot."""
+    return os.path.join(os.path.dirname(os.path.abspath(connection_file)), f"run-{pid}")
+
+
+def encode_run_slot(task_id: str) -> bytes:
+    """The bytes an engine writes at the start of its run slot when it starts `task_id` (ids are ASCII)."""
+    raw = task_id.encode("ascii", "replace")[: RUN_SLOT_BYTES - 1]
+    return bytes((len(raw),)) + raw
+
+
+def read_run_slot(path: str) -> str | None:
+    """The id of the last task the engine started ("": none yet); None if the slot cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(RUN_SLOT_BYTES)
+    except OSError:
+        return None
+    if len(raw) != RUN_SLOT_BYTES or raw[0] >= RUN_SLOT_BYTES:
+        return None
+    try:
+        return raw[1 : 1 + raw[0]].decode("ascii")
+    except UnicodeDecodeError:
+        return None

@@ -40,7 +40,9 @@ Every combination runs through ``apply`` and through ``map``/``imap`` with
 chunks of ``CHUNK`` items, one of them bad: the bad item's chunk fails, every
 other chunk's results arrive. An engine that dies (``os._exit``, crash) holds
 one task at a time here (``hwm=1``): with the adaptive default it may hold
-more, and each task it held fails with it (docs/faults.md). After each
+more, those queued behind the deadly one go elsewhere (the tests at the end),
+but a short task that finished just before it may lose its reply, which
+would make the "every other chunk arrives" checks racy. After each
 failure the pool still serves, on a replacement engine if one died.
 """
 
@@ -241,3 +243,55 @@ def test_a_failure_in_the_caller_leaves_the_caller_running(pool, how):
         except SerializationError:
             pass
     assert pool.apply_async(_tasks.square, (4,)).get(timeout=T) == 16
+
+
+# -- tasks queued behind the one that killed its engine --------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["os_exit", "crash"])
+def test_tasks_queued_behind_a_deadly_one_run_elsewhere(fresh_pool, how):
+    """With no in-flight limit, every task sits in one engine's queue; only the one that killed it fails.
+
+    The engine notes each task it starts (its run slot); the controller reads
+    which one it was running, and places those queued behind it again.
+    """
+    pool = fresh_pool(1, hwm=0)
+    before = engine_pids(pool)
+    first = pool.apply_async(_tasks.sleep_then, (0.3, "first"))
+    deadly = pool.apply_async(_tasks.fail_running, (how,))
+    behind = [pool.apply_async(_tasks.square, (i,)) for i in range(20)]
+    try:
+        assert first.get(T) == "first"
+    except EngineError as exc:
+        # It ran, but the engine died at the start of the next task, before ZeroMQ had sent its reply.
+        assert "its result is lost" in str(exc)
+    with pytest.raises(EngineError, match="while holding task"):
+        deadly.get(T)
+    assert [ar.get(T) for ar in behind] == [i * i for i in range(20)]
+    assert engine_pids(pool).isdisjoint(before)  # replaced
+
+
+def test_imap_chunks_queued_behind_a_crash_with_the_adaptive_limit(fresh_pool):
+    """The default in-flight limit grows on short tasks, several chunks wait on each engine; a crash fails its own.
+
+    (Tasks of a millisecond: an engine sends their replies at once. Replies of
+    tasks under 0.2 ms wait up to 2 ms to travel together, and those an engine
+    held when it died are lost: their tasks fail saying so.)
+    """
+    pool = fresh_pool(2)
+    pool.map(_tasks.sleep_then, [0.001] * 200, chunksize=1)  # the adaptive limit grows
+    assert pool.queue_status()["hwm"] is None  # (the adaptive default)
+    items: list = list(range(200))
+    items[41] = ("run", "crash")
+    results, errors = [], []
+    iterator = pool.imap(_tasks.slow_square_or_fail, items, chunksize=2)
+    while True:
+        try:
+            results.append(next(iterator))
+        except StopIteration:
+            break
+        except EngineError as exc:
+            errors.append(exc)
+    assert len(errors) == 1, errors  # the crashing chunk (items 40 and 41), nothing queued behind it
+    assert "SIGSEGV" in str(errors[0])
+    assert results == [i * i for i in range(200) if i not in (40, 41)]

@@ -525,3 +525,27 @@ def test_no_recall_under_load_blind_schemes():
                 for task_id in list(slot.outstanding):
                     s.finish(slot, task_id, True, 0.5)
         assert s.recalls() == {}
+
+
+# -- an engine's death, knowing which task it was running (its run slot) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "started, failed, placed_again",
+    [
+        ("t3", ["t1", "t3"], ["t5"]),  # it ran t1 (reply lost) and died in t3; t5 never started
+        ("t1", ["t1"], ["t3", "t5"]),
+        ("", [], ["t1", "t3", "t5"]),  # it had started none
+        ("t0", [], ["t1", "t3", "t5"]),  # its last start was answered already: every held task waited behind it
+        (None, ["t1", "t3", "t5"], []),  # unknown: every task it held fails, as without a run slot
+    ],
+)
+def test_tasks_queued_behind_the_one_an_engine_died_in_are_placed_again(started, failed, placed_again):
+    s = make_scheduler(2, hwm=0)
+    s.submit(tasks(6))
+    s.assign()  # engine 1 holds t1, t3, t5, in that order
+    stranded = s.remove_engine(b"engine-1", "died from SIGSEGV", started)
+    assert [t.task_id for t in stranded] == failed
+    assert sorted(t.task_id for t in s.queue) == placed_again  # waiting for an engine, retries untouched
+    assert all(task_id not in s.done for task_id in placed_again)
+    assert ids(s.assign()) == ({0: placed_again} if placed_again else {})

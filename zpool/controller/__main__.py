@@ -67,7 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
         info = ConnectionInfo.read(args.connection_file)
         setup = tuple(read_frames(args.engine_setup)) if args.engine_setup else ()
-        Hub(info, settings, engines, parent_pid=args.parent_pid, engine_setup=setup).run()
+        Hub(
+            info,
+            settings,
+            engines,
+            parent_pid=args.parent_pid,
+            engine_setup=setup,
+            connection_file=args.connection_file,
+        ).run()
     except KeyboardInterrupt:
         pass
     finally:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import time
 from typing import Any, Callable, Mapping, cast
 
@@ -37,7 +38,7 @@ import zmq
 from zpool import _shm
 from zpool._process import ParentWatch
 from zpool._settings import ControllerSettings
-from zpool._wire import ErrorName, QueueStatus, error_reply
+from zpool._wire import ErrorName, QueueStatus, error_reply, read_run_slot, run_slot_path
 from zpool.controller.flags import parse_flags
 from zpool.controller.heartbeat import HeartMonitor
 from zpool.controller.launcher import LocalEngines
@@ -79,6 +80,8 @@ WATCH_INTERVAL_S = 0.05
 # replies need no such bound: they are forwarded in the pass that receives
 # them, in the order received.
 FORWARD_MAX_AGE_S = 1.0
+# How long a killed engine is given to die before its run slot is read (see Hub._last_started).
+RUN_SLOT_WAIT_S = 1.0
 # How long an engine that could not be reached is given to finish dying (see Hub._unreachable).
 UNREACHABLE_WAIT_S = 0.2
 
@@ -123,8 +126,11 @@ class Hub:
         *,
         parent_pid: int | None = None,
         engine_setup: tuple[bytes, ...] = (),
+        connection_file: str | None = None,
     ) -> None:
         self.info = info
+        # Beside it, each local engine's run slot: which task it was running when it died (zpool._wire).
+        self.connection_file = connection_file
         self.settings = settings
         # A serialized call every engine runs before its first task (the initializer).
         self.engine_setup = engine_setup
@@ -458,7 +464,9 @@ class Hub:
         logger.info("engine %d ran %d tasks: retiring it", slot.engine_id, tasks)
         self.forget(slot.ident, f"was retired after {tasks} tasks (maxtasksperchild)", Departure.RETIRED)
 
-    def forget(self, ident: bytes, how: str, departure: Departure = Departure.GONE) -> list[Task]:
+    def forget(
+        self, ident: bytes, how: str, departure: Departure = Departure.GONE, started: str | None = None
+    ) -> list[Task]:
         """The one way an engine leaves: registry, heartbeat monitor, scheduler, then the engine and launcher.
 
         `how` says what became of it ("died from SIGKILL"), for the tasks
@@ -472,7 +480,7 @@ class Hub:
             return []
         self.monitor.remove(ident)
         if record.ready:
-            stranded = self.scheduler.remove_engine(ident, how)
+            stranded = self.scheduler.remove_engine(ident, how, started if departure is Departure.GONE else None)
         else:  # it never took tasks: what waited for it alone may fail now
             self.scheduler.engine_lost(record.engine_id, how)
             stranded = []
@@ -486,6 +494,23 @@ class Hub:
             if self._state is HubState.RUNNING:
                 self.launcher.start(1)
         return stranded
+
+    def _last_started(self, pid: int | None) -> str | None:
+        """The task engine `pid` last started, read from its run slot ("": none); None if unknown.
+
+        Read once it is dead, or killed: the slot is removed after.
+        """
+        if self.connection_file is None or pid is None or self.launcher is None:
+            return None  # not one of ours
+        if pid in self.launcher.procs and not self.launcher.wait_exit(pid, RUN_SLOT_WAIT_S):
+            return None  # still running (killed, not dead yet): nothing it says is final
+        path = run_slot_path(self.connection_file, pid)
+        started = read_run_slot(path)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return started
 
     def _on_apply_reply(self, msg: Message, frames: list[Any]) -> None:
         ident = _ident(msg)
@@ -667,20 +692,28 @@ class Hub:
         record = self.registry.get(ident)
         if record is None:
             return
-        stranded = self.forget(ident, how)
+        # Which task it was running (its run slot): those queued behind it are placed again.
+        started = self._last_started(record.pid)
+        stranded = self.forget(ident, how, started=started)
         self._send_failures()
         logger.warning(
             "engine %d (pid %s) %s; failing %d task(s) it held", record.engine_id, record.pid, how, len(stranded)
         )
         hint = " SIGKILL usually means the machine ran out of memory." if "SIGKILL" in how else ""
         for task in stranded:
-            self._fail_tasks(
-                [task],
-                ErrorName.ENGINE_ERROR,
-                f"engine {record.engine_id} (pid {record.pid}) {how} while holding task {task.task_id};"
-                f" other engines carry on.{hint}",
-                record.engine_id,
-            )
+            if started and task.task_id != started:
+                # It ran before the task the engine died in; its reply waited to travel with others.
+                text = (
+                    f"task {task.task_id} ran on engine {record.engine_id} (pid {record.pid}), but the engine {how}"
+                    " before its reply was sent (replies of short tasks travel together), so its result is lost;"
+                    f" other engines carry on.{hint}"
+                )
+            else:
+                text = (
+                    f"engine {record.engine_id} (pid {record.pid}) {how} while holding task {task.task_id};"
+                    f" other engines carry on.{hint}"
+                )
+            self._fail_tasks([task], ErrorName.ENGINE_ERROR, text, record.engine_id)
 
     # -- shutdown ---------------------------------------------------------
 

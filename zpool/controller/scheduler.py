@@ -275,12 +275,15 @@ class Scheduler:
             if not more:
                 self._unpark()
 
-    def remove_engine(self, ident: bytes, how: str = "left") -> list[Task]:
+    def remove_engine(self, ident: bytes, how: str = "left", started: str | None = None) -> list[Task]:
         """Forget an engine; return the tasks it held that now fail (those with retries left run again).
 
         The returned tasks are recorded as failed; the caller answers them.
         `how` says what became of the engine ("died from SIGKILL"), for
-        direct tasks that name it later.
+        direct tasks that name it later. `started` is the id of the last
+        task it started, when known ("": none): an engine runs its tasks in
+        the order they were placed, so those placed after that one never
+        started, and are placed again instead of failing with it.
         """
         slot = self.registry.pop_slot(ident)
         if slot is None:
@@ -288,7 +291,17 @@ class Scheduler:
         self.registry.depart(slot.engine_id, how)
         stranded: list[Task] = []
         aborted: list[Task] = []
-        for task in list(slot.outstanding.values()):
+        held = list(slot.outstanding.values())  # in placement order
+        if started is not None:
+            ran = [task.task_id for task in held].index(started) + 1 if started in slot.outstanding else 0
+            for task in held[ran:]:  # never started there: as if never placed
+                task.engine = None
+                if task.abort_asked:
+                    aborted.append(task)
+                else:
+                    self._make_ready(task)
+            held = held[:ran]
+        for task in held:
             task.engine = None
             if task.abort_asked:
                 aborted.append(task)  # never run again: it fails as aborted (below)

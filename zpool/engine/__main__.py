@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
+from zpool._wire import run_slot_path
 from zpool.engine.worker import Engine
 from zpool.protocol import ConnectionInfo
 
@@ -23,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     root.addHandler(handler)
     root.setLevel(args.log_level.upper())
     try:
-        Engine(ConnectionInfo.read(args.connection_file), parent_pid=args.parent_pid).run()
+        run_slot = run_slot_path(args.connection_file, os.getpid()) if args.parent_pid else None
+        Engine(ConnectionInfo.read(args.connection_file), parent_pid=args.parent_pid, run_slot=run_slot).run()
     except KeyboardInterrupt:
         return 1
     return 0

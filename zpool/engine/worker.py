@@ -82,6 +82,7 @@ from __future__ import annotations
 import builtins
 import collections
 import logging
+import mmap
 import multiprocessing
 import os
 import signal
@@ -99,6 +100,7 @@ from zpool import _shm
 from zpool._engine_context import MAX_TRACEBACK_CHARS, describe_exception, set_main_namespace
 from zpool._partition import ItemFailure, run_each
 from zpool._process import ParentWatch
+from zpool._wire import RUN_SLOT_BYTES, encode_run_slot
 from zpool.engine.heartbeat import Heartbeat
 from zpool.error import (
     ImpossibleDependency,
@@ -158,8 +160,10 @@ class Engine:
         Exit when this process ends (the controller that launched us).
     """
 
-    def __init__(self, info: ConnectionInfo, parent_pid: int | None = None) -> None:
+    def __init__(self, info: ConnectionInfo, parent_pid: int | None = None, run_slot: str | None = None) -> None:
         self.info = info
+        # Which task it is running, for its controller to read should it die (see zpool._wire's run slot).
+        self.run_slot = _open_run_slot(run_slot) if run_slot else None
         self.session = Session(info.key)
         self.ident = b"engine-" + os.urandom(16).hex().encode()
         self.engine_id: int | None = None
@@ -392,6 +396,10 @@ class Engine:
             self._answer_error(task_id, error, started, "", skip_frames=None, status=TaskStatus.ABORTED.value)
             return
         func: Any = None
+        slot = self.run_slot
+        if slot is not None:  # from here on, the task counts as started should this engine die
+            mark = encode_run_slot(task_id)
+            slot[: len(mark)] = mark
         # Interruptible from here (loading its arguments may take a while) to the end of its call.
         self.task_id, self._interrupt_due = task_id, False
         self.in_task = True
@@ -542,3 +550,20 @@ def _call_task(engine: Engine, func: Any, args: Any, kwargs: Any) -> Any:
 
 
 _RUN_ONE_CODE = Engine._run_one.__code__
+
+
+def _open_run_slot(path: str) -> mmap.mmap | None:
+    """The engine's run slot, mapped (a store per task, no system call); None if it cannot be made."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        logger.warning("no run slot at %s (%s): if this engine dies, all tasks queued on it fail", path, exc)
+        return None
+    try:
+        os.ftruncate(fd, RUN_SLOT_BYTES)
+        return mmap.mmap(fd, RUN_SLOT_BYTES)
+    except OSError as exc:
+        logger.warning("no run slot at %s (%s): if this engine dies, all tasks queued on it fail", path, exc)
+        return None
+    finally:
+        os.close(fd)
