@@ -14,6 +14,9 @@ to start.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
@@ -23,6 +26,7 @@ __all__ = [
     "ENTER_TASK_S",
     "POLL_S",
     "T",
+    "ctrl_c_after",
     "engine_gone",
     "engine_holding",
     "running",
@@ -136,3 +140,15 @@ def engine_gone(pool, engine_id: int, timeout: float = T) -> None:
         timeout,
         f"engine {engine_id} unregistered (it was killed)",
     )
+
+
+def ctrl_c_after(seconds: float) -> threading.Thread:
+    """Send SIGINT to this process after `seconds`, from another thread (the main thread gets the KeyboardInterrupt)."""
+
+    def kick():
+        time.sleep(seconds)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=kick, daemon=True)
+    thread.start()
+    return thread

@@ -32,6 +32,7 @@ import weakref
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar, cast
 
 from zpool._partition import ItemFailure
+from zpool._settings import is_int
 from zpool.client.submitter import Submitter, release_unsent
 from zpool.dependency import task_flags
 from zpool.error import PoolClosedError, SerializationError, TimeoutError, serialization_error
@@ -49,10 +50,6 @@ IMAP_CHUNK_MAX = 4096
 IMAP_MIN_READ_AHEAD = 32
 # ... and, with a fixed chunksize, at least this many items.
 IMAP_MIN_ITEMS_AHEAD = 1024
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class IMapState:
@@ -296,7 +293,7 @@ def start(
         merged.update(flags)
         refresh = functools.partial(task_flags, merged)
     if chunksize is not None:
-        if not _is_int(chunksize):
+        if not is_int(chunksize):
             raise TypeError(f"chunksize must be an int or None, not {type(chunksize).__name__}")
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
@@ -306,7 +303,7 @@ def start(
         buffersize = max(IMAP_MIN_READ_AHEAD, 4 * submitter.processes)
         if chunksize is not None:
             buffersize = max(buffersize, IMAP_MIN_ITEMS_AHEAD // chunksize)
-    elif not _is_int(buffersize) or buffersize < 1:
+    elif not is_int(buffersize) or buffersize < 1:
         raise ValueError(f"buffersize must be a positive int or None, not {buffersize!r}")
     strict = bool(wire_flags and wire_flags.get("retries"))
     if chunksize is None and (one_per_task or strict):

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["SCHEMES", "ControllerSettings"]
+__all__ = ["SCHEMES", "ControllerSettings", "is_int"]
 
 # Load-balancing schemes the scheduler knows (rules in zpool.controller.scheduler).
 SCHEMES = ("leastload", "lru", "plainrandom", "twobin", "weighted")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -73,21 +73,21 @@ class ControllerSettings(NamedTuple):
             Naming the ``Pool`` argument at fault, as ``Pool(...)`` raises them.
         """
         tasks = self.max_tasks_per_engine
-        if tasks is not None and (not _is_int(tasks) or tasks <= 0):
+        if tasks is not None and (not is_int(tasks) or tasks <= 0):
             raise ValueError(f"maxtasksperchild must be a positive int or None, not {tasks!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}")
         hwm = self.hwm
-        if hwm is not None and (not _is_int(hwm) or hwm < 0):
+        if hwm is not None and (not is_int(hwm) or hwm < 0):
             raise ValueError(f"hwm must be None (adaptive), 0 (no limit) or a positive int, not {hwm!r}")
         interval = self.heartbeat_interval
         if not isinstance(interval, (int, float)) or isinstance(interval, bool):
             raise TypeError(f"heartbeat_interval must be a number of seconds, not {type(interval).__name__}")
         if not 0 < interval < math.inf:  # also refuses NaN
             raise ValueError(f"heartbeat_interval must be a positive number of seconds, not {interval!r}")
-        if not _is_int(self.heartbeat_misses) or self.heartbeat_misses < 1:
+        if not is_int(self.heartbeat_misses) or self.heartbeat_misses < 1:
             raise ValueError(f"heartbeat_misses must be a positive int, not {self.heartbeat_misses!r}")
-        if not _is_int(self.record_window) or self.record_window < 1:
+        if not is_int(self.record_window) or self.record_window < 1:
             raise ValueError(f"record_window must be a positive int, not {self.record_window!r}")
         age = self.record_age
         if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 < age < math.inf:

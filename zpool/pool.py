@@ -10,7 +10,6 @@ as replies arrive.
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing.context
 import os
 import threading
@@ -23,11 +22,11 @@ from zpool import _imap, _shm
 from zpool._decorators import _DecoratorMethods
 from zpool._imap import IMapIterator
 from zpool._scheduling import _SchedulingMethods
-from zpool._settings import ControllerSettings
+from zpool._settings import ControllerSettings, is_int
 from zpool.asyncresult import AsyncResult, MapResult
 from zpool.client.connection import Connection
 from zpool.client.results import ResultTable, rebuild_failure
-from zpool.client.submitter import PoolState, Submitter
+from zpool.client.submitter import STARTUP_TIMEOUT_S, PoolState, Submitter
 from zpool.cluster import ClusterSettings, EngineProcess, LocalCluster
 from zpool.error import BrokenPoolError, EngineError, TaskAborted, ZPoolError
 from zpool.protocol import MsgType
@@ -38,18 +37,9 @@ __all__ = ["Pool"]
 
 T = TypeVar("T")
 
-STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 5.0
 # A controller silent this long at least, while work is outstanding, is taken for stuck.
 MIN_SILENCE_S = 5.0
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _flatten(chunks: list[list[Any]]) -> list[Any]:
-    return list(itertools.chain.from_iterable(chunks))
 
 
 def _usable_cpus() -> int:
@@ -181,7 +171,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
     ) -> None:
         if processes is None:
             processes = _usable_cpus()
-        if not _is_int(processes):
+        if not is_int(processes):
             raise TypeError(f"processes must be an int, not {type(processes).__name__}")
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")

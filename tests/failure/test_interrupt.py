@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import psutil
@@ -18,7 +17,7 @@ import pytest
 
 import zpool
 from tests import _tasks
-from tests._wait import engine_gone, wait_in_task
+from tests._wait import ctrl_c_after, engine_gone, wait_in_task
 from zpool.error import EngineError, TaskAborted
 
 T = 60
@@ -36,18 +35,6 @@ def catch_interrupt(seconds):
     except KeyboardInterrupt:
         return "caught"
     return "slept"
-
-
-def ctrl_c_after(seconds: float) -> threading.Thread:
-    """Send SIGINT to this process after `seconds`, from another thread (the main thread gets the KeyboardInterrupt)."""
-
-    def kick():
-        time.sleep(seconds)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    thread = threading.Thread(target=kick, daemon=True)
-    thread.start()
-    return thread
 
 
 def engine_pids(pool) -> dict[str, int]:

@@ -29,7 +29,7 @@ import zmq
 import zpool
 import zpool.client.connection as connection_module
 from tests import _tasks
-from tests._wait import wait_empty, wait_in_task, wait_until
+from tests._wait import ctrl_c_after, wait_empty, wait_in_task, wait_until
 from zpool.error import BrokenPoolError, EngineError, PoolClosedError, SerializationError, TaskAborted
 
 T = 60  # bound on waits that should end
@@ -58,18 +58,6 @@ class CallNowSpy:
     @property
     def last(self):
         return self.calls[-1]
-
-
-def ctrl_c_after(seconds: float) -> threading.Thread:
-    """Send SIGINT to this process after `seconds`, from another thread (the main thread gets the KeyboardInterrupt)."""
-
-    def kick():
-        time.sleep(seconds)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    thread = threading.Thread(target=kick, daemon=True)
-    thread.start()
-    return thread
 
 
 def own_call_running(pool) -> None:

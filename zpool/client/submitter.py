@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from zpool import _shm
 from zpool._partition import default_chunksize, run_chunk, run_each, split
+from zpool._settings import is_int
 from zpool.asyncresult import AsyncResult, MapResult
 from zpool.client.callbacks import CallbackThread
 from zpool.client.connection import Connection, SendTracker
@@ -74,10 +75,6 @@ def _forked() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def release_unsent(items: Items) -> None:
@@ -367,7 +364,7 @@ class Submitter:
         items_in = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
             chunksize = default_chunksize(len(items_in), self.processes)
-        elif not _is_int(chunksize):
+        elif not is_int(chunksize):
             raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
         elif chunksize < 1 and len(items_in):  # an empty map ignores chunksize, as the stdlib does
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
