@@ -507,7 +507,7 @@ def test_kept_calls_for_resubmit_go_with_the_window():
     s = make_windowed(2)
     run_all(s, ["a", "b", "c"])
     assert list(s.kept) == ["b", "c"]
-    assert s._kept_bytes == 2 * len(b"payload")
+    assert s.records.kept_bytes == 2 * len(b"payload")
 
 
 def test_stale_deadlines_do_not_pile_up():
@@ -518,7 +518,7 @@ def test_stale_deadlines_do_not_pile_up():
         run(s, f"d{n}")
         placed(s)
         run(s, f"t{n}")
-    assert len(s._deadlines) <= 1024 + 2 * len(s.waiting)
+    assert len(s.graph.deadlines) <= 1024 + 2 * len(s.waiting)
     assert len(s.done) == 10 and not s.live and not s.waiting
 
 
@@ -551,4 +551,4 @@ def test_purge_forgets_finished_tasks_and_keeps_the_window_whole():
     assert list(s.done) == ["c", "d"] and list(s.kept) == ["c", "d"]
     run_all(s, ["e", "f"])
     assert list(s.done) == ["c", "d", "e", "f"]  # the purged ones no longer count against the window
-    assert s.purge(None) == (4, []) and not s.done and not s.kept and s._kept_bytes == 0
+    assert s.purge(None) == (4, []) and not s.done and not s.kept and s.records.kept_bytes == 0

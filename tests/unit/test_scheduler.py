@@ -1,4 +1,4 @@
-"""Placement rules (choose_engine) and the Scheduler's bookkeeping, without sockets."""
+"""Placement rules (zpool.controller.placement.choose_engine) and the Scheduler's bookkeeping, without sockets."""
 
 from __future__ import annotations
 
@@ -7,15 +7,8 @@ import random
 
 import pytest
 
-from zpool.controller.scheduler import (
-    ADAPTIVE_MAX,
-    FAILED_UNPLACED,
-    SCHEMES,
-    EngineSlot,
-    Scheduler,
-    Task,
-    choose_engine,
-)
+from zpool.controller.placement import ADAPTIVE_MAX, choose_engine
+from zpool.controller.scheduler import FAILED_UNPLACED, SCHEMES, EngineSlot, Scheduler, Task
 
 UNKNOWN_SCHEME = r"^unknown scheme 'fastest'; choose one of leastload, lru, plainrandom, twobin, weighted$"
 

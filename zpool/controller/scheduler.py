@@ -7,7 +7,8 @@ which returns one batch per engine), and tells it about replies
 carried along untouched; only the fields needed for routing are read.
 
 Placement is a pure function of per-engine load and recency,
-:func:`choose_engine`, one rule per scheme (DESIGN §5):
+:func:`~zpool.controller.placement.choose_engine`, one rule per scheme
+(DESIGN §5):
 
 ==============  ==========================================================
 ``leastload``   fewest outstanding tasks; ties go to the least recently used
@@ -22,7 +23,8 @@ High-water mark (``hwm``): the most tasks outstanding on one engine. ``1``
 balances best (no task waits behind another while an engine is idle) but
 pays a full round trip per task; ``0`` means no limit. ``None`` (the
 default) adapts: each engine may hold ``max(2, 1 + ADAPTIVE_BUDGET_S / t)``
-tasks, where ``t`` is the recent mean task run time, so tiny tasks travel
+tasks, where ``t`` is the recent mean task run time
+(:class:`~zpool.controller.placement.Pacing`), so tiny tasks travel
 many per message while long ones go one after another with the next always
 waiting on the engine; recall (below) keeps either balanced.
 
@@ -50,7 +52,7 @@ in-flight limit, at least two when adaptive), so that none waits a round
 trip for its next task. When the ready queue is empty and an engine goes
 idle while another still holds tasks it has not started,
 :meth:`Scheduler.recalls` picks some of those (the last placed, up to half
-of the engine's queue) and the hub asks their engine for them back;
+of the engine's queue: :func:`~zpool.controller.placement.choose_recalls`) and the hub asks their engine for them back;
 :meth:`Scheduler.recalled` makes the ones it gave back ready again, ahead
 of anything else, and the idle engine takes them. Only tasks that may run
 anywhere are recalled, and only under the load-aware schemes (``leastload``,
@@ -73,96 +75,20 @@ import collections
 import itertools
 import random
 import time
-from typing import Any, Callable, Collection, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from zpool._settings import SCHEMES, ControllerSettings
 from zpool._wire import FAILED_UNPLACED, ErrorName, SchedulerStatus, encode_outcome
 from zpool.controller.graph import DepStatus, Graph
+from zpool.controller.placement import LOAD_AWARE, Pacing, choose_engine, choose_recalls, eligible, no_engine_text
 from zpool.controller.records import Records
 from zpool.controller.registry import DEPARTED_MAX, EngineRegistry
 from zpool.controller.tasks import EngineSlot, Task
 
-__all__ = [
-    "DEPARTED_MAX",
-    "FAILED_UNPLACED",
-    "SCHEMES",
-    "EngineSlot",
-    "Scheduler",
-    "Task",
-    "choose_engine",
-    "choose_recalls",
-]
+__all__ = ["DEPARTED_MAX", "FAILED_UNPLACED", "SCHEMES", "EngineSlot", "Scheduler", "Task"]
 
 # A failure the scheduler decided: (task, error name, message, engine id or None).
 Failure = tuple[Task, ErrorName, str, "int | None"]
-
-
-# With adaptive hwm, queue about this much work (seconds) per engine beyond the
-# running task: enough to hide the scheduler round trip (~0.3 ms on loopback).
-ADAPTIVE_BUDGET_S = 0.002
-ADAPTIVE_MAX = 512
-# Schemes that place by load: under these, queued tasks are recalled for idle engines.
-LOAD_AWARE = ("leastload", "weighted")
-# A recall request unanswered this long no longer keeps others from being sent.
-RECALL_TIMEOUT_S = 1.0
-# Weight of the newest task in the run-time moving average.
-EWMA_ALPHA = 0.2
-
-
-def choose_engine(scheme: str, candidates: Sequence[EngineSlot], rng: random.Random) -> EngineSlot:
-    """Pick one of `candidates` (non-empty) by the rule of `scheme`."""
-    if len(candidates) == 1:
-        return candidates[0]
-    if scheme == "leastload":
-        return min(candidates, key=lambda e: (len(e.outstanding), e.last_used))
-    if scheme == "lru":
-        return min(candidates, key=lambda e: e.last_used)
-    if scheme == "plainrandom":
-        return rng.choice(candidates)
-    if scheme == "twobin":
-        a, b = rng.sample(candidates, 2)
-        return a if a.last_used <= b.last_used else b
-    if scheme == "weighted":
-        weights = [1.0 / (1 + len(e.outstanding)) for e in candidates]
-        a = rng.choices(candidates, weights)[0]
-        rest = [(e, w) for e, w in zip(candidates, weights) if e is not a]
-        b = rng.choices([e for e, _ in rest], [w for _, w in rest])[0]
-        return a if len(a.outstanding) <= len(b.outstanding) else b
-    raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-
-
-def choose_recalls(slots: Collection[EngineSlot], clock: Callable[[], float]) -> dict[EngineSlot, list[str]]:
-    """Which tasks to ask back from which busy engines, while others are idle: ``{slot: task ids}``.
-
-    Only when nothing is left to place (an idle engine would have taken
-    it; call after placing) and no earlier request is unanswered (one
-    unanswered for :data:`RECALL_TIMEOUT_S` no longer counts). From each
-    busy engine, for as many busy engines as are idle, the most loaded
-    first: the last placed of the tasks that may run anywhere, up to half
-    of what it holds beyond the task it runs (at least one).
-    """
-    idle = sum(1 for e in slots if not e.outstanding and e.budget != 0)
-    if not idle:
-        return {}
-    now = clock()
-    for e in slots:
-        if e.recalling and now - e.recall_since > RECALL_TIMEOUT_S:
-            # No answer (an engine in C code that holds the GIL cannot give one): stop waiting
-            # for it. A late answer still counts (see Scheduler.recalled).
-            e.recalling.clear()
-    if any(e.recalling for e in slots):
-        return {}
-    asks: dict[EngineSlot, list[str]] = {}
-    for slot in sorted((e for e in slots if len(e.outstanding) >= 2), key=lambda e: -len(e.outstanding)):
-        if idle == 0:
-            break
-        held = list(slot.outstanding.values())[1:]  # the first placed is the one running (or next)
-        movable = [t.task_id for t in held if not t.direct and not t.abort_asked and not t.restricted()]
-        if not movable:
-            continue
-        asks[slot] = movable[-max(1, len(held) // 2) :]
-        idle -= 1
-    return asks
 
 
 class Scheduler:
@@ -207,6 +133,7 @@ class Scheduler:
         self.settings = settings = settings.validate()
         self.scheme = settings.scheme
         self.hwm = settings.hwm
+        self.pacing = Pacing(settings.hwm)
         self._clock = clock or time.monotonic
         # The engines: shared with the hub (which registers them), or the scheduler's own.
         self.registry = registry = registry if registry is not None else EngineRegistry()
@@ -229,19 +156,9 @@ class Scheduler:
         self._settling = False
         self._rng = random.Random(seed)
         self._uses = 0
-        self._mean_run_s: float | None = None
         # Called with each task that is done for good, before its payload is let go
         # (the hub frees the shared-memory segments it refers to).
         self.on_finished: Callable[[Task], None] | None = None
-
-    # (Read by tests written before the records and the graph had classes of their own.)
-    @property
-    def _kept_bytes(self) -> int:
-        return self.records.kept_bytes
-
-    @property
-    def _deadlines(self) -> list[tuple[float, int, Task]]:
-        return self.graph.deadlines
 
     # -- engines ---------------------------------------------------------
 
@@ -291,16 +208,13 @@ class Scheduler:
         self.registry.depart(slot.engine_id, how)
         stranded: list[Task] = []
         aborted: list[Task] = []
-        held = list(slot.outstanding.values())  # in placement order
-        if started is not None:
-            ran = [task.task_id for task in held].index(started) + 1 if started in slot.outstanding else 0
-            for task in held[ran:]:  # never started there: as if never placed
-                task.engine = None
-                if task.abort_asked:
-                    aborted.append(task)
-                else:
-                    self._make_ready(task)
-            held = held[:ran]
+        held, never_started = slot.split_at(started)
+        for task in never_started:  # as if never placed
+            task.engine = None
+            if task.abort_asked:
+                aborted.append(task)
+            else:
+                self._make_ready(task)
         for task in held:
             task.engine = None
             if task.abort_asked:
@@ -332,12 +246,8 @@ class Scheduler:
         return stranded
 
     def limit(self) -> int:
-        """Current per-engine in-flight limit (0 means none)."""
-        if self.hwm is not None:
-            return self.hwm
-        if self._mean_run_s is None:
-            return 2
-        return min(ADAPTIVE_MAX, max(2, 1 + int(ADAPTIVE_BUDGET_S / max(self._mean_run_s, 1e-7))))
+        """Current per-engine in-flight limit (0 means none): :class:`~zpool.controller.placement.Pacing`."""
+        return self.pacing.limit()
 
     # -- tasks -----------------------------------------------------------
 
@@ -400,19 +310,6 @@ class Scheduler:
         self._make_ready(task)
         return True
 
-    def _candidates(self, task: Task) -> list[EngineSlot] | None:
-        """Engines `task` may run on, among those ready; None if any engine may."""
-        if not task.restricted():
-            return None
-        allowed: list[EngineSlot] = list(self.engines.values())
-        if task.targets is not None:
-            allowed = [self.by_id[t] for t in sorted(task.targets) if t in self.by_id]
-        if task.follow is not None:
-            allowed = [e for e in allowed if e.engine_id in task.follow.engines]
-        if task.unmet_on:
-            allowed = [e for e in allowed if e.engine_id not in task.unmet_on]
-        return allowed
-
     def _may_appear(self, task: Task) -> bool:
         """Whether an engine able to run `task` may still become ready."""
         if task.follow is not None:
@@ -425,7 +322,7 @@ class Scheduler:
     def _make_ready(self, task: Task) -> None:
         """Queue `task` where it can be placed, or fail it if no engine can ever run it."""
         task.gen += 1
-        candidates = self._candidates(task)
+        candidates = eligible(task, self.by_id)
         if candidates is None:
             self.queue.append(task)
             return
@@ -433,7 +330,7 @@ class Scheduler:
             if self._may_appear(task):
                 self.parked.append(task)
                 return
-            self._fail(task, ErrorName.IMPOSSIBLE_DEPENDENCY, self._why_no_engine(task))
+            self._fail(task, ErrorName.IMPOSSIBLE_DEPENDENCY, no_engine_text(task, sorted(self.by_id)))
             return
         entry = (task.gen, task)
         for slot in candidates:
@@ -448,17 +345,6 @@ class Scheduler:
         for task in parked:
             if self.live.get(task.task_id) is task:
                 self._make_ready(task)
-
-    def _why_no_engine(self, task: Task) -> str:
-        parts = []
-        if task.targets is not None:
-            parts.append(f"targets {sorted(task.targets)}")
-        if task.follow is not None:
-            parts.append(f"follow (the tasks ran on engines {sorted(task.follow.engines)})")
-        if task.unmet_on:
-            parts.append(f"its functional dependency unmet on engines {sorted(task.unmet_on)}")
-        live = sorted(self.by_id)
-        return f"no engine can run task {task.task_id}: {' and '.join(parts)} leave none of the engines {live}"
 
     def assign(self) -> dict[EngineSlot, list[Task]]:
         """Place as many ready tasks as limits allow; return them per engine."""
@@ -508,13 +394,11 @@ class Scheduler:
 
     def _place(self, task: Task, slot: EngineSlot, batches: dict[EngineSlot, list[Task]], counts: bool = True) -> None:
         """Give `task` to `slot`; unless `counts` is False (direct tasks), it uses the engine's budget."""
-        task.engine = slot
-        slot.outstanding[task.task_id] = task
         if counts:
-            slot.last_used = self._uses
+            slot.take(task, self._uses)
             self._uses += 1
-            if slot.budget is not None:
-                slot.budget -= 1
+        else:
+            slot.take(task, None)
         batch = batches.get(slot)
         if batch is None:
             batches[slot] = [task]
@@ -536,8 +420,7 @@ class Scheduler:
 
     def ask_back(self, slot: EngineSlot, task_ids: Iterable[str]) -> None:
         """Note that `slot`'s engine is being asked to give back `task_ids` (see :meth:`recalled`)."""
-        slot.recalling.update(task_ids)
-        slot.recall_since = self._clock()
+        slot.ask_back(task_ids, self._clock())
 
     def recalled(self, slot: EngineSlot, given: Iterable[str], asked: Iterable[str]) -> int:
         """`slot`'s engine answered a request for `asked`, giving back `given` (not started there).
@@ -553,17 +436,10 @@ class Scheduler:
         are ignored.
         Returns how many are ready again.
         """
-        asked_ids = set(asked)
-        slot.recalling -= asked_ids
-        mine = asked_ids.intersection(given)  # an engine gives back only what it was asked for
         back: list[Task] = []
-        for task_id, task in [(i, t) for i, t in slot.outstanding.items() if i in mine]:  # in placement order
-            del slot.outstanding[task_id]
-            task.engine = None
-            if slot.budget is not None and not task.direct:
-                slot.budget += 1
+        for task in slot.give_back(given, asked):
             if task.abort_asked:
-                self._fail(task, ErrorName.TASK_ABORTED, f"task {task_id} was aborted before it ran")
+                self._fail(task, ErrorName.TASK_ABORTED, f"task {task.task_id} was aborted before it ran")
                 continue
             task.gen += 1
             back.append(task)
@@ -588,8 +464,7 @@ class Scheduler:
         if task.direct:
             unmet = False  # it raised UnmetDependency on the one engine it was for: that is its answer
         if run_s >= 0 and not unmet and not task.direct:
-            mean = self._mean_run_s
-            self._mean_run_s = run_s if mean is None else mean + EWMA_ALPHA * (run_s - mean)
+            self.pacing.ran(run_s)
         if task.abort_asked and (unmet or (not ok and task.retries > 0 and not aborted)):
             # It would run again elsewhere, but it was aborted meanwhile: it ends here.
             task.final = False  # (its engine's reply is not its answer)
@@ -744,14 +619,7 @@ class Scheduler:
         """The scheduler's part of a queue_reply (the hub adds the rest)."""
         return {
             "engines": {
-                str(e.engine_id): {
-                    "queue": e.load,  # tasks it holds: running (one at most) and queued there
-                    "running": min(e.load, 1),
-                    "queued": max(e.load - 1, 0),
-                    "completed": e.completed,
-                    "failed": e.failed,
-                    "pinned": sum(1 for gen, t in e.pinned if self._entry_valid(gen, t)),
-                }
+                str(e.engine_id): e.status(sum(1 for gen, t in e.pinned if self._entry_valid(gen, t)))
                 for e in sorted(self.engines.values(), key=lambda e: e.engine_id)
             },
             "unassigned": self.queued(),

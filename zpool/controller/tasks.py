@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Iterable
 
-from zpool._wire import TaskFlags
+from zpool._wire import EngineQueue, TaskFlags
 from zpool.controller.flags import Flags
 from zpool.controller.graph import DepState
 
@@ -135,3 +135,59 @@ class EngineSlot:
     @property
     def load(self) -> int:
         return len(self.outstanding)
+
+    def take(self, task: Task, use: int | None) -> None:
+        """Hold `task`; unless it is direct (`use` None), it uses the budget, `use` being its turn in line."""
+        task.engine = self
+        self.outstanding[task.task_id] = task
+        if use is not None:
+            self.last_used = use
+            if self.budget is not None:
+                self.budget -= 1
+
+    def ask_back(self, task_ids: Iterable[str], now: float) -> None:
+        """The engine is being asked to give back `task_ids` (monotonic time `now`)."""
+        self.recalling.update(task_ids)
+        self.recall_since = now
+
+    def give_back(self, given: Iterable[str], asked: Iterable[str]) -> list[Task]:
+        """The engine answered a request for `asked`, giving back `given`: the tasks it no longer holds.
+
+        In placement order; each leaves the engine and gets its budget back.
+        Only ids both asked for and held count (an engine gives back only
+        what it was asked for).
+        """
+        asked_ids = set(asked)
+        self.recalling -= asked_ids
+        mine = asked_ids.intersection(given)
+        back = [t for i, t in self.outstanding.items() if i in mine]
+        for task in back:
+            del self.outstanding[task.task_id]
+            task.engine = None
+            if self.budget is not None and not task.direct:
+                self.budget += 1
+        return back
+
+    def split_at(self, started: str | None) -> tuple[list[Task], list[Task]]:
+        """What it holds, in placement order, as (run or maybe run, never started).
+
+        `started` is the last task it started ("": none; None: not known,
+        so every task may have run). It runs tasks in the order placed.
+        """
+        held = list(self.outstanding.values())
+        if started is None:
+            return held, []
+        ran = [task.task_id for task in held].index(started) + 1 if started in self.outstanding else 0
+        return held[:ran], held[ran:]
+
+    def status(self, pinned: int) -> EngineQueue:
+        """Its part of the scheduler's status, `pinned` being how many of its pinned entries are valid."""
+        load = len(self.outstanding)
+        return {
+            "queue": load,  # tasks it holds: running (one at most) and queued there
+            "running": min(load, 1),
+            "queued": max(load - 1, 0),
+            "completed": self.completed,
+            "failed": self.failed,
+            "pinned": pinned,
+        }
