@@ -51,9 +51,6 @@ class CallbackRunner(Protocol):
     def is_current(self) -> bool: ...
 
 
-_Condition = LeanCondition  # (its name before it moved to zpool._future; tests/unit/test_fast_paths.py uses it)
-
-
 class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-arg]
     """The pending result of :meth:`Pool.apply_async` and friends.
 
@@ -84,7 +81,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         tracker: Any = None,
     ) -> None:
         if LEAN_FUTURE:
-            # Future.__init__'s fields, with a lighter condition (see _Condition): a burst
+            # Future.__init__'s fields, with a lighter condition (zpool._future.LeanCondition): a burst
             # of apply_async calls creates tens of thousands of these.
             self._condition = cast(threading.Condition, LeanCondition())  # duck-typed: what Future calls
             self._state = PENDING

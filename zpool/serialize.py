@@ -36,11 +36,6 @@ import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from zpool import _engine_context, _shm
-
-# The engine's namespace is zpool._engine_context's; code that looks for it here (tests, tasks) finds it.
-from zpool._engine_context import forget_shipped as forget_shipped
-from zpool._engine_context import main_namespace as main_namespace
-from zpool._engine_context import set_main_namespace as set_main_namespace
 from zpool.error import SerializationError, serialization_error
 
 __all__ = [

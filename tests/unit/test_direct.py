@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from zpool import _namespace, serialize
+from zpool import _engine_context, _namespace
 from zpool._partition import join_parts, split_evenly
 from zpool.asyncresult import DirectResult, JoinedResult
 from zpool.controller.scheduler import DEPARTED_MAX, Scheduler, Task
@@ -367,15 +367,15 @@ def test_direct_tasks_are_not_counted_as_queued_work():
 @pytest.fixture
 def namespace():
     ns = {"__name__": "__main__", "__doc__": None, "__builtins__": __builtins__}
-    serialize.set_main_namespace(ns)
+    _engine_context.set_main_namespace(ns)
     try:
         yield ns
     finally:
-        serialize.set_main_namespace(None)
+        _engine_context.set_main_namespace(None)
 
 
 def test_namespace_functions_refuse_to_run_outside_an_engine():
-    serialize.set_main_namespace(None)
+    _engine_context.set_main_namespace(None)
     with pytest.raises(RuntimeError, match="run on engines only"):
         _namespace.push({"a": 1})
     with pytest.raises(RuntimeError):

@@ -1,7 +1,7 @@
 """The hot-path shortcuts keep their contracts: the lean AsyncResult, the plain-pickle fast path, recv_ready.
 
 * ``AsyncResult`` skips ``Future.__init__`` and uses a lighter condition
-  (``asyncresult._Condition``): it must still be a ``concurrent.futures.Future``
+  (``zpool._future.LeanCondition``): it must still be a ``concurrent.futures.Future``
   everywhere one is accepted (``wait``, ``as_completed``, ``asyncio``).
 * ``serialize.dumps``/``dumps_call`` pickle plain objects with ``pickle.dumps``:
   the bytes must be those of the full ``_Pickler`` path, and anything else
@@ -30,8 +30,8 @@ import zmq
 
 from tests import _tasks
 from tests._wait import wait_until
-from zpool import asyncresult as _asyncresult
 from zpool import serialize
+from zpool._future import LeanCondition
 from zpool.asyncresult import AsyncResult
 from zpool.protocol import recv_ready
 from zpool.serialize import OOB_THRESHOLD, dumps, dumps_call, loads, loads_call
@@ -140,6 +140,7 @@ def test_wait_first_exception_while_waiting():
 # (it did, until 45ca92a). In a child process, so that a deadlock cannot leave stuck threads in this one.
 FIRST_EXCEPTION_SCRIPT = """
 import concurrent.futures, time
+from zpool._future import LeanCondition
 from zpool.asyncresult import AsyncResult
 
 t = time.time()
@@ -330,7 +331,7 @@ def test_a_result_of_several_tasks_wakes_waiters_once_all_arrived():
 
 @pytest.mark.timeout(60)
 def test_condition_notify_wakes_the_oldest_waiters_first():
-    cond = _asyncresult._Condition()
+    cond = LeanCondition()
     woken = []
 
     def waiter(i):
@@ -374,7 +375,7 @@ def acquirable_elsewhere(cond) -> bool:
 
 
 def test_condition_timeouts_return_false_and_remove_the_waiter():
-    cond = _asyncresult._Condition()
+    cond = LeanCondition()
     with cond:
         assert cond.wait(0) is False
         assert cond.wait(-1) is False
@@ -388,7 +389,7 @@ def test_condition_timeouts_return_false_and_remove_the_waiter():
 
 @pytest.mark.timeout(60)
 def test_condition_wait_lets_go_of_a_lock_held_twice_and_takes_it_back():
-    cond = _asyncresult._Condition()
+    cond = LeanCondition()
 
     def notify():
         with cond:  # only possible while the waiter waits: it holds the condition twice otherwise

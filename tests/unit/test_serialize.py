@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from tests import _tasks
-from zpool import _engine_context, serialize
+from zpool import _engine_context
 from zpool.error import SerializationError
 from zpool.serialize import OOB_THRESHOLD, dumps, dumps_call, loads, loads_call
 
@@ -342,9 +342,6 @@ def test_outside_an_engine_nothing_is_adopted_and_reports_name_the_pid():
     assert _engine_context.current() is None and _engine_context.main_namespace() is None
     assert _engine_context.describe_exception(ValueError("x"), None)["engine_id"] is None
     assert _engine_context.label() == f"pid {os.getpid()}"
-    # Where tests and tasks look for the engine's namespace still finds it.
-    assert serialize.set_main_namespace is _engine_context.set_main_namespace
-    assert serialize.main_namespace is _engine_context.main_namespace
 
 
 def _ship(obj):
