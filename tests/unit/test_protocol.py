@@ -604,3 +604,16 @@ def test_controller_settings_say_which_argument_is_wrong(field, value, exc, matc
 
     with pytest.raises(exc, match=match):
         ControllerSettings()._replace(**{field: value}).validate()
+
+
+def test_pool_signature_shows_the_controller_defaults():
+    # Pool's signature spells its defaults out for help(Pool); they must be the settings' own.
+    import inspect
+
+    import zpool
+    from zpool._settings import ControllerSettings
+
+    params = inspect.signature(zpool.Pool).parameters
+    names = {"max_tasks_per_engine": "maxtasksperchild"}
+    for field, default in ControllerSettings._field_defaults.items():
+        assert params[names.get(field, field)].default == default, field
