@@ -379,7 +379,9 @@ def dumps(obj: Any, shared: _shm.Writer | None = None, users: int = 1) -> list[A
     except (KeyboardInterrupt, SerializationError):
         raise
     except BaseException as exc:  # a __reduce__ may raise anything, SystemExit included
-        raise serialization_error(f"cannot serialize {short_repr(obj)}: {exc}", exc) from exc
+        # SystemExit(3) says only "3": name what was raised when its text alone does not.
+        why = str(exc) if isinstance(exc, Exception) and str(exc) else f"{type(exc).__name__}: {exc}"
+        raise serialization_error(f"cannot serialize {short_repr(obj)}: {why}", exc) from exc
     # A small pickle is cheaper to handle as bytes than as a view on the stream.
     head = stream.getvalue() if stream.tell() < OOB_THRESHOLD else stream.getbuffer()
     if shared is not None and any(buf.nbytes >= _shm.THRESHOLD for buf in buffers):

@@ -109,7 +109,7 @@ EXPECTED = {
 EXPECTED_MAP = {
     **EXPECTED,
     ("arg_pickle", "raise"): Expected(SerializationError, ("cannot serialize an item", "raised on purpose")),
-    ("arg_pickle", "sys_exit"): Expected(SerializationError, ("cannot serialize an item",)),
+    ("arg_pickle", "sys_exit"): Expected(SerializationError, ("cannot serialize an item", SYSTEM_EXIT)),
 }
 
 COMBINATIONS = [
