@@ -85,13 +85,18 @@ def _dumps_dill(obj: Any) -> bytes:
     return data
 
 
-# A function sent by value is pickled again only when what dill would capture
-# may have changed. dill's by-value pickle (code, globals it reads, closure,
-# defaults) costs 100-300 µs; checking that nothing it captured changed costs a
-# few µs. function -> (what it captured, see _captured; its pickle).
-_BY_VALUE: weakref.WeakKeyDictionary[Any, tuple[list[Any], bytes]] = weakref.WeakKeyDictionary()
+# A function or class sent by value is pickled again only when what dill would
+# capture may have changed. dill's by-value pickle (code, globals it reads,
+# closure, defaults; a class's bases and methods) costs 100-600 µs; checking that
+# nothing it captured changed costs a few µs. Functions are kept by their code
+# object, so a function made anew with the same code and the same captured
+# values (a lambda written in a loop, a closure made again) finds the pickle of
+# the one before; classes by themselves.
+# code object or class -> [(what it captured, see _captured; its pickle)], newest first.
+_BY_VALUE: weakref.WeakKeyDictionary[Any, list[tuple[list[Any], bytes]]] = weakref.WeakKeyDictionary()
 _BY_VALUE_LOCK = threading.Lock()
 _BY_VALUE_MAX_BYTES = 1 << 20  # larger pickles (a big global inside) are not kept
+_BY_VALUE_VARIANTS = 4  # pickles kept per code object (closures over different values)
 # code object -> the global names it (or code nested in it) may read.
 _CODE_NAMES: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
 _ABSENT = object()  # a name the code reads that is not bound (yet)
@@ -99,19 +104,26 @@ _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), range
 _CAPTURE_MAX = 256  # objects in one fingerprint; more, and the function is pickled every time
 
 
-def _dumps_function(func: types.FunctionType) -> bytes:
-    """dill's by-value pickle of `func`, reused while everything it captures is unchanged."""
-    seen = _captured(func)
+def _dumps_by_value(obj: Any) -> bytes:
+    """dill's by-value pickle of a function or class, reused while everything it captures is unchanged."""
+    seen = _captured(obj)
     if seen is None:  # it reads something mutable (a list, a dict, an object): pickle it now, as it is
-        return _dumps_dill(func)
+        return _dumps_dill(obj)
+    key = obj.__code__ if type(obj) is types.FunctionType else obj
     with _BY_VALUE_LOCK:
-        kept = _BY_VALUE.get(func)
-    if kept is not None and _same(kept[0], seen):
-        return kept[1]
-    data = _dumps_dill(func)
+        try:
+            variants = _BY_VALUE.get(key)
+        except TypeError:  # a class whose metaclass makes it unhashable
+            return _dumps_dill(obj)
+        for kept, data in variants or ():
+            if _same(kept, seen):
+                return data
+    data = _dumps_dill(obj)
     if len(data) <= _BY_VALUE_MAX_BYTES:
         with _BY_VALUE_LOCK:
-            _BY_VALUE[func] = (seen, data)
+            variants = _BY_VALUE.setdefault(key, [])
+            variants.insert(0, (seen, data))
+            del variants[_BY_VALUE_VARIANTS:]
     return data
 
 
@@ -141,27 +153,34 @@ def _code_names(code: types.CodeType) -> tuple[str, ...]:
     return names
 
 
-def _captured(func: types.FunctionType) -> list[Any] | None:
-    """What dill's by-value pickle of `func` depends on, or None if some of it may change in place.
+def _captured(obj: Any) -> list[Any] | None:
+    """What dill's by-value pickle of function or class `obj` depends on, or None if some of it may change in place.
 
     Immutable values, modules and objects pickled by reference count as
-    themselves; tuples by their items; other functions sent by value (weakly
-    referenced) with what they capture in turn, as dill's ``recurse=True``
-    takes them along. Every name the code may read counts, bound or not
-    (:data:`_ABSENT`): a global defined later changes the pickle. Mutable
-    objects (lists, dicts, instances, classes sent by value) may change
-    without a trace: functions reading them are pickled every time. Nothing
-    kept refers to `func` itself, which must stay collectable.
+    themselves; tuples by their items; other functions and classes sent by
+    value (weakly referenced) with what they capture in turn, as dill's
+    ``recurse=True`` takes them along. Every name the code may read counts,
+    bound or not (:data:`_ABSENT`): a global defined later changes the
+    pickle. A class counts by its metaclass, bases and every entry of its
+    ``__dict__`` (methods as functions, ``property``, ``staticmethod`` and
+    ``classmethod`` by what they wrap). Mutable objects (lists, dicts,
+    instances) may change without a trace: what reads them is pickled every
+    time. Nothing kept refers to `obj` itself, which must stay collectable.
     """
     out: list[Any] = []
-    return out if _capture(func, out, {id(func)}) and len(out) <= _CAPTURE_MAX else None
+    if type(obj) is types.FunctionType:
+        done = _capture(obj, out, {id(obj)})
+    else:
+        done = _capture_class(obj, out, {id(obj)})
+    return out if done and len(out) <= _CAPTURE_MAX else None
 
 
 def _capture(func: types.FunctionType, out: list[Any], visiting: set[int]) -> bool:
     if func.__dict__ or func.__kwdefaults__ or func.__annotations__:
         return False
     code = func.__code__
-    out += (code, func.__name__, func.__qualname__, func.__module__, len(func.__defaults__ or ()))
+    # (The code only weakly: it is the cache's key, which its entries must not keep alive.)
+    out += (weakref.ref(code), func.__name__, func.__qualname__, func.__module__, len(func.__defaults__ or ()))
     values: list[Any] = [func.__doc__, *(func.__defaults__ or ())]
     for cell in func.__closure__ or ():
         try:
@@ -171,6 +190,34 @@ def _capture(func: types.FunctionType, out: list[Any], visiting: set[int]) -> bo
     namespace = func.__globals__
     values += [namespace.get(name, _ABSENT) for name in _code_names(code)]
     return all(len(out) <= _CAPTURE_MAX and _stable(value, out, visiting) for value in values)
+
+
+def _capture_class(cls: type, out: list[Any], visiting: set[int]) -> bool:
+    meta = type(cls)
+    if meta is not type and not _findable_by_name(meta):
+        return False
+    out += (meta, cls.__name__, cls.__qualname__, cls.__module__, len(cls.__bases__))
+    if not all(_stable(base, out, visiting) for base in cls.__bases__):
+        return False
+    for name, value in list(vars(cls).items()):
+        if len(out) > _CAPTURE_MAX:
+            return False
+        out.append(name)
+        kind = type(value)
+        if kind is staticmethod or kind is classmethod:
+            out.append(kind)
+            value = value.__func__
+        elif kind is property:
+            out.append(kind)
+            value = (value.fget, value.fset, value.fdel, value.__doc__)
+        elif kind is types.GetSetDescriptorType or kind is types.MemberDescriptorType:
+            out.append(value)  # __dict__, __weakref__, a slot: made with the class
+            continue
+        elif name == "__slotnames__" and kind is list:
+            value = tuple(value)  # copyreg's note of the slots, made when an instance is first pickled
+        if not _stable(value, out, visiting):
+            return False
+    return True
 
 
 def _stable(value: Any, out: list[Any], visiting: set[int]) -> bool:
@@ -197,9 +244,15 @@ def _stable(value: Any, out: list[Any], visiting: set[int]) -> bool:
             return True
         visiting.add(id(value))
         return _capture(value, out, visiting)
-    if isinstance(value, type) and _findable_by_name(value):
-        out.append(value)
-        return True
+    if isinstance(value, type):
+        if _findable_by_name(value):
+            out.append(value)
+            return True
+        out.append(weakref.ref(value))  # sent by value too
+        if id(value) in visiting:
+            return True
+        visiting.add(id(value))
+        return _capture_class(value, out, visiting)
     return False
 
 
@@ -294,7 +347,7 @@ class _Pickler(pickle.Pickler):
         if kind is types.FunctionType or isinstance(obj, type):
             if _findable_by_name(obj):
                 return NotImplemented
-            return _loads_dill, (_dumps_function(obj) if kind is types.FunctionType else _dumps_dill(obj),)
+            return _loads_dill, (_dumps_by_value(obj),)
         if kind is memoryview:
             # Keep the element format and shape; a non-contiguous view is
             # gathered into C order first (one copy), as tobytes() does.
