@@ -465,3 +465,10 @@ def slow_square_or_fail(item):
     """``square_or_fail``, after a millisecond: long enough for an engine to send each reply at once."""
     time.sleep(0.001)
     return square_or_fail(item)
+
+
+def has_module(name):
+    """Whether module `name` is loaded in this (engine) process."""
+    import sys
+
+    return name in sys.modules

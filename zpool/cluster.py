@@ -35,6 +35,7 @@ import psutil
 import zmq
 
 from zpool import _shm
+from zpool._preload import write_list
 from zpool._process import caller_path, describe_exit, kill_process_group, kill_process_tree, python_command
 from zpool._settings import ControllerSettings
 from zpool.error import BrokenPoolError, ZPoolError
@@ -64,6 +65,8 @@ class ClusterSettings:
     engine_setup: tuple[bytes, ...] = ()
     # Large buffers through shared memory (where the host has /dev/shm).
     shared_memory: bool = True
+    # Modules the engines import while idle (zpool._preload).
+    preload: tuple[str, ...] = ()
 
 
 class EngineProcess:
@@ -119,6 +122,8 @@ class LocalCluster:
         info.write(path)
         if self.settings.engine_setup:
             write_frames(os.path.join(self.workdir, "engine-setup.bin"), self.settings.engine_setup)
+        if self.settings.preload:
+            write_list(os.path.join(self.workdir, "engine-preload.txt"), self.settings.preload)
         argv = self._controller_argv(path)
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
@@ -148,6 +153,8 @@ class LocalCluster:
         ]
         if s.engine_setup:
             args += ["--engine-setup", os.path.join(self.workdir, "engine-setup.bin")]
+        if s.preload:
+            args += ["--engine-preload", os.path.join(self.workdir, "engine-preload.txt")]
         return python_command("zpool.controller", args, caller_path())
 
     @property

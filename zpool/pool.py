@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from zpool import _imap, _shm
 from zpool._decorators import _DecoratorMethods
 from zpool._imap import IMapIterator
+from zpool._preload import resolve as resolve_preload
 from zpool._scheduling import _SchedulingMethods
 from zpool._settings import ControllerSettings, is_int
 from zpool.asyncresult import AsyncResult, MapResult
@@ -130,6 +131,15 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         :class:`AsyncResult` works however old it is (the client sends its
         outcome along). Bounds the controller's memory. See
         ``docs/faults.md``.
+    preload : bool or list of str, keyword-only
+        Modules the engines import while they have no task, so the first
+        task does not pay for them (a forked ``multiprocessing`` worker
+        inherits its parent's). ``True`` (default): the installed packages
+        (those in ``site-packages``) this process has loaded when the pool
+        is created, with their public submodules; a list: those modules;
+        ``False``: none. Replacement engines preload too. A module that
+        fails to import is reported in the cluster's log and the engine
+        serves all the same. See ``docs/performance.md``.
 
     Raises
     ------
@@ -137,7 +147,8 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         If `processes` is less than 1, `maxtasksperchild` is not a positive
         int, or `scheme` or `hwm` is invalid.
     TypeError
-        If `initializer` is not callable.
+        If `initializer` is not callable, or `preload` is not a bool or a
+        list of module names.
     SerializationError
         If `initializer` or `initargs` cannot be serialized.
     BrokenPoolError
@@ -168,6 +179,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         shared_memory: bool = True,
         record_window: int = 100_000,
         record_age: float = 3600.0,
+        preload: bool | Iterable[str] = True,
     ) -> None:
         if processes is None:
             processes = _usable_cpus()
@@ -184,6 +196,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
             )
         if not isinstance(shared_memory, bool):
             raise TypeError(f"shared_memory must be True or False, not {shared_memory!r}")
+        preloaded = resolve_preload(preload)
         settings = ControllerSettings(
             scheme, hwm, heartbeat_interval, heartbeat_misses, record_window, record_age, maxtasksperchild
         ).validate()
@@ -197,7 +210,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         self._initializer = initializer
         self._maxtasksperchild = maxtasksperchild
         self._cluster = LocalCluster(
-            ClusterSettings(processes, settings, engine_setup=setup, shared_memory=shared_memory)
+            ClusterSettings(processes, settings, engine_setup=setup, shared_memory=shared_memory, preload=preloaded)
         )
         info = self._cluster.start()
         # Writes large arguments into shared-memory segments (zpool._shm); None: they go as frames.

@@ -27,6 +27,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettin
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process ends")
     ControllerSettings.add_arguments(p)
     p.add_argument("--engine-setup", default=None, help="file of a serialized call each engine runs first")
+    p.add_argument("--engine-preload", default=None, help="file naming modules the engines import while idle")
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--remove-dir", default=None, help="directory to delete on exit (the hidden cluster's)")
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.log_file:
             engine_args += ["--log-file", args.log_file]
+        if args.engine_preload:
+            engine_args += ["--preload", args.engine_preload]
         # The engines import from exactly this process's path (the caller's, see zpool.cluster).
         engines = LocalEngines(python_command("zpool.engine", engine_args, sys.path))
         engines.start(args.engines)

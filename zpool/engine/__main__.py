@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from zpool._preload import read_list
 from zpool._wire import run_slot_path
 from zpool.engine.worker import Engine
 from zpool.protocol import ConnectionInfo
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process ends")
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--preload", default=None, help="file naming modules to import while idle, one per line")
     args = p.parse_args(argv)
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s zpool.engine[%(process)d] %(levelname)s %(message)s"))
@@ -26,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(args.log_level.upper())
     try:
         run_slot = run_slot_path(args.connection_file, os.getpid()) if args.parent_pid else None
-        Engine(ConnectionInfo.read(args.connection_file), parent_pid=args.parent_pid, run_slot=run_slot).run()
+        preload = read_list(args.preload) if args.preload else []
+        info = ConnectionInfo.read(args.connection_file)
+        Engine(info, parent_pid=args.parent_pid, run_slot=run_slot, preload=preload).run()
     except KeyboardInterrupt:
         return 1
     return 0

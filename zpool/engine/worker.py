@@ -22,6 +22,10 @@ the engine socket, and a lock serialises every use of it (ZeroMQ sockets
 may change threads across a memory barrier; they may not be used by two at
 once).
 
+While no task waits, the main thread imports the modules the pool names
+to preload (:mod:`zpool._preload`), one per pass of its loop, outside the
+lock, so a task never waits for more than the one import under way.
+
 The engine's namespace is a fresh ``__main__`` module: names pushed there
 are what tasks see as globals of ``__main__``, and classes sent by value
 from the caller's ``__main__`` find their home. It is held, with the
@@ -58,7 +62,8 @@ needs more takes ``lock``::
     _beats.last_beat, heartbeat; main (configure,    heartbeat                    none: ``configured`` is set last
     interval, misses  once, registering)
     context,          main                           main                         none: one thread
-    engine_id, ...
+    engine_id,
+    preloader, ...
 
 An interrupt (``request_interrupt``, heartbeat thread, then SIGINT to this
 process) finds the task in one of four states, by ``in_task`` and the frame
@@ -92,13 +97,14 @@ import threading
 import time
 import traceback
 import types
-from typing import Any
+from typing import Any, Sequence
 
 import zmq
 
 from zpool import _shm
 from zpool._engine_context import MAX_TRACEBACK_CHARS, describe_exception, set_main_namespace
 from zpool._partition import ItemFailure, run_each
+from zpool._preload import Preloader
 from zpool._process import ParentWatch
 from zpool._wire import RUN_SLOT_BYTES, encode_run_slot
 from zpool.engine.heartbeat import Heartbeat
@@ -160,8 +166,16 @@ class Engine:
         Exit when this process ends (the controller that launched us).
     """
 
-    def __init__(self, info: ConnectionInfo, parent_pid: int | None = None, run_slot: str | None = None) -> None:
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        parent_pid: int | None = None,
+        run_slot: str | None = None,
+        preload: Sequence[str] = (),
+    ) -> None:
         self.info = info
+        # Modules to import while no task waits (Pool(preload=...), zpool._preload).
+        self.preloader: Preloader | None = Preloader(preload) if preload else None
         # Which task it is running, for its controller to read should it die (see zpool._wire's run slot).
         self.run_slot = _open_run_slot(run_slot) if run_slot else None
         self.session = Session(info.key)
@@ -217,10 +231,16 @@ class Engine:
         self.serving = True  # from now on the socket is used under the lock only (see give_back)
         while True:
             if not self.pending:
+                preloader = self.preloader
                 with lock:
                     self.flush()
-                    if poller.poll(1000):
+                    arrived = poller.poll(0 if preloader is not None else 1000)
+                    if arrived:
                         self._drain()
+                if not arrived and preloader is not None:
+                    preloader.step()  # one module, outside the lock: the heartbeat thread may flush meanwhile
+                    if preloader.done:
+                        self.preloader = None
                 continue
             began = time.monotonic()
             self._run_one()
