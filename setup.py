@@ -34,7 +34,8 @@ setup(
         ],
         # The peers that benchmarks/bench_core.py compares zpool with, each when installed
         # (adapters in benchmarks/_peers.py); zpool itself never imports them.
-        "bench": ["mpire", "loky", "ray", "dask[distributed]", "ipyparallel"],
+        # scipy and emcee: the real clients of figure 10 (loops of small maps), benchmarks/_clients.py.
+        "bench": ["mpire", "loky", "ray", "dask[distributed]", "ipyparallel", "scipy", "emcee"],
     },
     entry_points={},
     classifiers=[

@@ -44,6 +44,22 @@ Figures (``processes=2`` unless ``--processes N``):
    of 200e6 bytes; seconds, and GB/s = array size (1e9 bytes) / round-trip
    time.  The returned array is spot-checked.  zpool and multiprocessing
    only.
+9. small maps, repeated -- ``map(square, range(16))`` called 1,000 times
+   (300 with ``--quick``) after a warm-up, each timed; median and p90 per
+   call in milliseconds.  The loop optimizers and samplers run.
+10. real clients (``pip install zpool[bench]``: scipy, emcee; ``_clients.py``),
+    warm: scipy ``differential_evolution`` on a cheap 5-D objective with
+    ``workers=pool.map`` (popsize 6, 30 generations: 31 maps of 30 items),
+    and emcee with ``pool=pool``, 32 walkers x 300 steps (300 maps of 16
+    items); wall seconds.  The objectives travel by value, as functions
+    of a user's script do.  zpool and multiprocessing only.
+11. first call on a fresh pool after the caller imported scipy.optimize --
+    ``map(uses_scipy, range(2 * processes))``, which needs scipy.optimize;
+    a fresh pool per repetition.  Two timings: from creating the pool to
+    that call's result ("at once"), and the call alone when it comes 1 s
+    after the pool was created (as a script creates a pool, then loads its
+    data).  zpool and multiprocessing only; this figure runs last, since
+    it leaves scipy imported in this process.
 
 Time budget: zpool and multiprocessing always run the nominal sizes above.
 A peer runs each of figures 2-5 at most ``budget`` seconds per repetition
@@ -77,6 +93,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -94,6 +111,7 @@ for _p in (REPO, HERE):  # _workloads for every back-end, zpool from the checkou
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+import _clients  # noqa: E402
 from _peers import PEERS  # noqa: E402  (stdlib only at import time)
 from _workloads import identity, noop, sleep_for, spin, square  # noqa: E402
 
@@ -122,6 +140,11 @@ class Settings:
     cpu_tasks: int = 200
     cpu_task_s: float = 0.005
     array_bytes: int = 200_000_000
+    small_map_calls: int = 1000
+    small_map_items: int = 16
+    de_generations: int = 30
+    emcee_steps: int = 300
+    first_call_idle_s: float = 1.0
     get_timeout: float = 300.0
     # Calibrated in this process before the figures run (calibrate()).
     cpu_iterations: int = 0
@@ -138,6 +161,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
         latency_warmup=50 if q else 300,
         reps=1 if q else 3,
         budget_s=2.5 if q else 6.0,
+        small_map_calls=300 if q else 1000,
     )
     if args.smoke:  # the test suite's check that every figure runs: tiny sizes, meaningless numbers
         s = replace(
@@ -158,6 +182,10 @@ def make_settings(args: argparse.Namespace) -> Settings:
             cpu_tasks=20,
             cpu_task_s=0.002,
             array_bytes=8_000_000,
+            small_map_calls=20,
+            de_generations=2,
+            emcee_steps=5,
+            first_call_idle_s=0.1,
         )
     return s
 
@@ -350,6 +378,84 @@ def fig_imap(pool, s: Settings, budget: float | None):
     return {"items_per_s": statistics.median(rates)}, rates, cut(n, s.imap_items, "items")
 
 
+def fig_small_maps(pool, s: Settings, budget: float | None):
+    items = range(s.small_map_items)
+    expected = [i * i for i in items]
+    warm = []
+    for _ in range(max(5, s.small_map_calls // 10)):
+        t0 = time.perf_counter()
+        pool.map(square, items)
+        warm.append(time.perf_counter() - t0)
+    calls = fit(s.small_map_calls, statistics.median(warm), budget, least=20)
+    samples = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        out = pool.map(square, items)
+        samples.append(time.perf_counter() - t0)
+        check(out == expected, "wrong map results")
+    p90 = statistics.quantiles(samples, n=10)[-1]
+    metrics = {"median_ms": statistics.median(samples) * 1e3, "p90_ms": p90 * 1e3}
+    return metrics, samples, cut(calls, s.small_map_calls, "calls")
+
+
+def objective(x):
+    """A cheap 5-D objective (Rosenbrock and a ripple), defined in __main__ as a user's would be."""
+    import numpy as np
+
+    x = np.asarray(x)
+    return float(np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2) + 0.1 * math.sin(x[0]))
+
+
+def log_prob(x, icov):
+    """emcee's quick-start log-probability, defined in __main__ as a user's would be."""
+    return -0.5 * float(x @ icov @ x)
+
+
+def fig_clients(pool, s: Settings, budget: float | None):
+    missing = _clients.missing()
+    if missing:
+        print(f" [{', '.join(missing)} not installed: pip install zpool[bench]]", end="", file=sys.stderr)
+        return {}, [], None
+    _clients.differential_evolution(objective, pool.map, maxiter=2)  # warm: the loop, not the imports, is timed
+    _clients.emcee_run(log_prob, pool, steps=2)
+    de, mc = [], []
+    for _ in range(s.reps):
+        t0 = time.perf_counter()
+        best = _clients.differential_evolution(objective, pool.map, maxiter=s.de_generations)
+        de.append(time.perf_counter() - t0)
+        check(math.isfinite(best), f"differential_evolution found {best!r}")
+        t0 = time.perf_counter()
+        mean = _clients.emcee_run(log_prob, pool, steps=s.emcee_steps)
+        mc.append(time.perf_counter() - t0)
+        check(math.isfinite(mean), f"emcee's chain mean is {mean!r}")
+    return {"de_s": statistics.median(de), "emcee_s": statistics.median(mc)}, de + mc, None
+
+
+def fig_first_scipy(factory, s: Settings, budget: float | None):
+    if "scipy" in _clients.missing():
+        print(" [scipy not installed: pip install zpool[bench]]", end="", file=sys.stderr)
+        return {}, [], None
+    import scipy.optimize  # noqa: F401  (the caller's import: a forked worker inherits it)
+
+    items = range(2 * s.processes)
+    expected = [_clients.uses_scipy(x) for x in items]
+    at_once, idle = [], []
+    for _ in range(s.startup_reps):
+        t0 = time.perf_counter()
+        with open_pool(factory, s.processes) as pool:
+            out = pool.map(_clients.uses_scipy, items)
+            at_once.append(time.perf_counter() - t0)
+        check(out == expected, "wrong results")
+        with open_pool(factory, s.processes) as pool:
+            time.sleep(s.first_call_idle_s)
+            t0 = time.perf_counter()
+            out = pool.map(_clients.uses_scipy, items)
+            idle.append(time.perf_counter() - t0)
+        check(out == expected, "wrong results")
+    metrics = {"at_once_ms": statistics.median(at_once) * 1e3, "idle_ms": statistics.median(idle) * 1e3}
+    return metrics, at_once + idle, None
+
+
 def warm_up(run: Callable[[int], object], warmup: int, nominal: int, budget: float | None) -> float | None:
     """Run `run(warmup)`; for a budgeted back-end, in doubling steps instead, and return the items/s of the last one.
 
@@ -488,6 +594,18 @@ def make_rows(s: Settings) -> list[Row]:
         Row("cpu", "controller_cpu_share", "   controller CPU share (zpool)", ".1%", False, False),
         Row("array", "seconds", f"8. {mb:,.0f} MB array round trip (s)", ".3f", False),
         Row("array", "gb_per_s", f"   {mb:,.0f} MB array round trip (GB/s)", ".2f", True),
+        Row("small_maps", "median_ms", f"9. map of {s.small_map_items} items, repeated: per call (ms)", ",.3f", False),
+        Row("small_maps", "p90_ms", "   per call, p90 (ms)", ",.3f", False),
+        Row("clients", "de_s", "10. scipy differential_evolution(workers=pool.map) (s)", ".3f", False),
+        Row("clients", "emcee_s", f"    emcee, 32 walkers x {s.emcee_steps} steps (s)", ".3f", False),
+        Row("first_scipy", "at_once_ms", "11. start -> first scipy call (ms)", ",.1f", False),
+        Row(
+            "first_scipy",
+            "idle_ms",
+            f"    first scipy call, {s.first_call_idle_s:g} s after start (ms)",
+            ",.1f",
+            False,
+        ),
     ]
 
 
@@ -621,7 +739,19 @@ def peer_list(text: str) -> list[str]:
     return keys
 
 
-FIGURE_KEYS = ("startup", "latency", "apply_async", "map", "imap", "uneven", "cpu", "array")
+FIGURE_KEYS = (
+    "startup",
+    "latency",
+    "apply_async",
+    "map",
+    "imap",
+    "small_maps",
+    "uneven",
+    "cpu",
+    "array",
+    "clients",
+    "first_scipy",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -669,11 +799,14 @@ def main(argv: list[str] | None = None) -> int:
         Figure("apply_async", fig_apply_async),
         Figure("map", fig_map),
         Figure("imap", fig_imap),
+        Figure("small_maps", fig_small_maps),
         Figure("uneven", fig_uneven),
         Figure("cpu", fig_cpu),
     ]
     if not args.skip_array:
         figures.append(Figure("array", fig_array, peers=False))
+    figures.append(Figure("clients", fig_clients, peers=False))
+    figures.append(Figure("first_scipy", fig_first_scipy, uses_pool=False, peers=False))  # last: imports scipy
     if args.figures:
         wanted = {key.strip() for key in args.figures.split(",")}
         unknown = wanted - set(FIGURE_KEYS)
