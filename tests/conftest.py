@@ -175,7 +175,9 @@ def mp_resource_tracker():
 @pytest.fixture(scope="module")
 def pool():
     """A 2-engine pool shared by one test module (tests must leave it usable)."""
-    p = zpool.Pool(2, heartbeat_interval=0.2, heartbeat_misses=25)
+    # (No preload: these tests time tasks against engine deaths and interrupts, and an engine
+    # importing numpy while idle would start a task later; tests/integration/test_preload.py has its own.)
+    p = zpool.Pool(2, heartbeat_interval=0.2, heartbeat_misses=25, preload=False)
     p.wait_for_engines(timeout=60)
     yield p
     p.terminate()
@@ -190,6 +192,7 @@ def fresh_pool(request):
     def make(processes: int = 2, **kwargs):
         kwargs.setdefault("heartbeat_interval", 0.2)
         kwargs.setdefault("heartbeat_misses", 25)
+        kwargs.setdefault("preload", False)  # (as the shared pool above)
         p = zpool.Pool(processes, **kwargs)
         made.append(p)
         p.wait_for_engines(timeout=60)
