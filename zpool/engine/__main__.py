@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         run_slot = run_slot_path(args.connection_file, os.getpid()) if args.parent_pid else None
         preload = read_list(args.preload) if args.preload else []
         info = ConnectionInfo.read(args.connection_file)
-        Engine(info, parent_pid=args.parent_pid, run_slot=run_slot, preload=preload).run()
+        # Clients of a cluster on this host may push tasks to a socket of the engine's own (the direct path).
+        here = os.path.dirname(os.path.abspath(args.connection_file))
+        direct = f"ipc://{here}/d{os.getpid()}" if info.engine.startswith("ipc://") else None
+        Engine(info, parent_pid=args.parent_pid, run_slot=run_slot, preload=preload, direct=direct).run()
     except KeyboardInterrupt:
         return 1
     return 0

@@ -151,7 +151,7 @@ class Heartbeat:
         if not engine.lock.acquire(blocking=False):
             return
         try:
-            if engine.in_task and engine.outbox:
+            if engine.in_task and engine.held:
                 engine.flush()
         finally:
             engine.lock.release()

@@ -108,6 +108,7 @@ from zpool._preload import Preloader
 from zpool._process import ParentWatch
 from zpool._wire import RUN_SLOT_BYTES, encode_run_slot
 from zpool.engine.heartbeat import Heartbeat
+from zpool.engine.pushed import PushedTasks
 from zpool.error import (
     ImpossibleDependency,
     ProtocolError,
@@ -172,6 +173,7 @@ class Engine:
         parent_pid: int | None = None,
         run_slot: str | None = None,
         preload: Sequence[str] = (),
+        direct: str | None = None,
     ) -> None:
         self.info = info
         # Modules to import while no task waits (Pool(preload=...), zpool._preload).
@@ -207,6 +209,9 @@ class Engine:
         self.aborted: set[str] = set()  # queued here, aborted by the client: answered, never run
         self.outbox = BatchWriter(REPLY_COLUMNS)
         self.outbox_since = 0.0
+        self.held = 0  # replies held, for the controller (outbox) and for clients that pushed tasks
+        # Clients may push tasks to this socket of its own (the direct path; zpool.engine.pushed).
+        self.pushed = PushedTasks(self.ctx, direct, self.session) if direct else None
         self.last_run_s = 0.0  # how long the last task took, loading and answering included
         self._drained_at = 0.0  # when the main thread last read the socket between tasks
         self.in_task = False
@@ -227,6 +232,8 @@ class Engine:
         self._register()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        if self.pushed is not None:
+            poller.register(self.pushed.sock, zmq.POLLIN)
         lock = self.lock
         self.serving = True  # from now on the socket is used under the lock only (see give_back)
         while True:
@@ -255,14 +262,17 @@ class Engine:
                     self._drain()
                 if (
                     not self.pending
-                    or len(self.outbox) >= REPLY_BATCH_MAX
+                    or self.held >= REPLY_BATCH_MAX
                     or self.last_run_s >= HOLD_TASK_MAX_S
                     or time.monotonic() - self.outbox_since > REPLY_HOLD_S
                 ):
                     self.flush()
 
     def _register(self) -> None:
-        content = encode({"pid": os.getpid(), "hostname": socket.gethostname()})
+        fields: dict[str, Any] = {"pid": os.getpid(), "hostname": socket.gethostname()}
+        if self.pushed is not None:
+            fields["direct"] = self.pushed.address
+        content = encode(fields)
         request = self.session.build(MsgType.REGISTER_REQUEST, content=content)
         send_frames(self.sock, request)
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
@@ -315,6 +325,8 @@ class Engine:
     # -- receiving ------------------------------------------------------------
 
     def _drain(self) -> None:
+        if self.pushed is not None:  # (first: a pushed request reaches the controller before any reply)
+            self.pushed.drain(self._to_controller, self._queue)
         while True:
             frames = recv_ready(self.sock)
             if frames is None:
@@ -333,6 +345,10 @@ class Engine:
                 self._queue(msg)
             except Exception as exc:
                 logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
+
+    def _to_controller(self, frames: list[Any]) -> None:
+        """Send the controller a signed message: a request pushed here, or its replies (caller holds the lock)."""
+        send_frames(self.sock, frames)
 
     def _queue(self, msg: Message) -> None:
         batch = Batch(msg.header, msg.buffers)
@@ -361,6 +377,8 @@ class Engine:
             if given:
                 self.pending = kept
                 self.aborted.difference_update(given)
+                if self.pushed is not None:
+                    self.pushed.forget(given)
             return given
         finally:
             self.lock.release()
@@ -423,7 +441,7 @@ class Engine:
         # Interruptible from here (loading its arguments may take a while) to the end of its call.
         self.task_id, self._interrupt_due = task_id, False
         self.in_task = True
-        if self.outbox:  # replies are held: have them sent if this task is slow (after in_task: see Heartbeat.run)
+        if self.held:  # replies are held: have them sent if this task is slow (after in_task: see Heartbeat.run)
             self._beats.wake()
         try:
             func, args, kwargs = loads_call(frames)
@@ -501,17 +519,24 @@ class Engine:
 
     def _push(self, task_id: str, frames: list[Any], status: str, started: float, completed: float) -> None:
         with self.lock:
-            if not self.outbox:
+            if not self.held:
                 self.outbox_since = time.monotonic()
-            self.outbox.add(task_id, frames, status, self.engine_id, started, completed)
+            self.held += 1
+            pushed = self.pushed
+            if pushed is None or not pushed.add(task_id, frames, status, self.engine_id, started, completed):
+                self.outbox.add(task_id, frames, status, self.engine_id, started, completed)
 
     def flush(self) -> None:
-        """Send the held replies as one message (caller holds :attr:`lock`)."""
-        if not self.outbox:
+        """Send the held replies: to the controller, and to each client that pushed tasks (caller holds the lock)."""
+        if not self.held:
             return
-        batch, self.outbox = self.outbox, BatchWriter(REPLY_COLUMNS)
+        self.held = 0
         self.flush_streams()
-        send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers()))
+        if self.pushed:
+            self.pushed.flush(self._to_controller)
+        if self.outbox:
+            batch, self.outbox = self.outbox, BatchWriter(REPLY_COLUMNS)
+            send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers()))
 
     @staticmethod
     def flush_streams() -> None:

@@ -1,0 +1,120 @@
+"""Tasks a client pushes straight to this engine (the direct path), and their replies.
+
+::
+
+    client ──DEALER──▶ "direct" ROUTER ──▶ main thread: verify, forward the request to the controller
+                                           (the same signed frames), queue the tasks
+    client ◀─────────── "direct" ROUTER ◀── replies, per client; the same reply to the controller
+
+A blocking call without scheduling flags skips the controller's two hops:
+the client sends it to an engine's own socket, and the engine answers it
+there. The controller stays the source of truth: the engine forwards each
+pushed request to it, on the engine's controller socket, before running
+any of its tasks, so the controller knows them (records, ``queue_status``,
+recall, abort, interrupt, and the engine's death) before any reply, which
+travels later on the same socket and is recorded there without being
+forwarded again. See ``docs/performance.md`` ("the direct path").
+
+Owned by the engine's main thread, which reads the socket between tasks
+(as it reads the controller's); replies are sent by whoever flushes the
+engine's held replies, the main thread or the heartbeat thread, under the
+engine's lock, as for the controller's socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import zmq
+
+from zpool.protocol import REPLY_COLUMNS, Batch, BatchWriter, Message, MsgType, Session, recv_ready, send_frames
+
+__all__ = ["PushedTasks"]
+
+logger = logging.getLogger(__name__)
+
+
+class PushedTasks:
+    """The engine's "direct" socket, which tasks pushed there came from which client, and their held replies.
+
+    Parameters
+    ----------
+    ctx : zmq.Context
+        The engine's context.
+    address : str
+        Where to bind (``ipc://`` in the cluster's private directory).
+    session : Session
+        The engine's session (verifies requests, signs replies).
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], address: str, session: Session) -> None:
+        self.session = session
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.bind(address)
+        self.address = address
+        self.routes: dict[str, bytes] = {}  # task id -> the client it came from, until answered
+        self.outboxes: dict[bytes, BatchWriter] = {}  # client -> replies held for it
+
+    def drain(self, forward: Callable[[list[Any]], None], queue: Callable[[Message], None]) -> None:
+        """Take in what clients pushed: each request is forwarded to the controller, then its tasks queued.
+
+        Main thread, under the engine's lock.
+        """
+        while True:
+            frames = recv_ready(self.sock)
+            if frames is None:
+                return
+            route = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
+            try:
+                msg = self.session.unpack(frames)
+                if msg.msg_type != MsgType.APPLY_REQUEST.value:
+                    raise ValueError(f"unexpected message type {msg.msg_type!r} on the direct socket")
+                ids = Batch(msg.header, msg.buffers).ids
+                if not msg.header.get("pushed") or not all(isinstance(i, str) for i in ids):
+                    raise ValueError("a pushed request must say so and name its tasks")
+            except Exception as exc:
+                logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
+                continue
+            forward(frames[1:])  # first: the controller knows the tasks before any reply
+            for task_id in ids:
+                self.routes[task_id] = route
+            queue(msg)
+
+    def add(self, task_id: str, frames: list[Any], *columns: Any) -> bool:
+        """Hold the reply of `task_id` for its client if it was pushed here; False if it came from the controller."""
+        route = self.routes.pop(task_id, None)
+        if route is None:
+            return False
+        outbox = self.outboxes.get(route)
+        if outbox is None:
+            outbox = self.outboxes[route] = BatchWriter(REPLY_COLUMNS)
+        outbox.add(task_id, frames, *columns)
+        return True
+
+    def forget(self, task_ids: Any) -> None:
+        """Tasks given back to the controller (recall): their replies go the controller's way if they come back."""
+        for task_id in task_ids:
+            self.routes.pop(task_id, None)
+
+    def __bool__(self) -> bool:
+        return bool(self.outboxes)
+
+    def flush(self, to_controller: Callable[[list[Any]], None]) -> None:
+        """Send each client its held replies, then the controller the same (caller holds the engine's lock)."""
+        outboxes, self.outboxes = self.outboxes, {}
+        for route, batch in outboxes.items():
+            fields = batch.fields()
+            fields["pushed"] = True
+            msg = self.session.build(MsgType.APPLY_REPLY, fields, buffers=batch.buffers())
+            try:
+                send_frames(self.sock, [route, *msg], zmq.DONTWAIT)
+            except zmq.ZMQError as exc:  # the client is gone: nobody waits for it
+                logger.debug("reply for a client that left dropped: %s", exc)
+            to_controller(msg)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
