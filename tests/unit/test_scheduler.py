@@ -542,3 +542,53 @@ def test_tasks_queued_behind_the_one_an_engine_died_in_are_placed_again(started,
     assert sorted(t.task_id for t in s.queue) == placed_again  # waiting for an engine, retries untouched
     assert all(task_id not in s.done for task_id in placed_again)
     assert ids(s.assign()) == ({0: placed_again} if placed_again else {})
+
+
+# -- pushed tasks (the direct path) -------------------------------------------
+
+
+def test_pushed_tasks_count_as_placed_and_are_recorded_when_answered():
+    s = make_scheduler(2)
+    engine = s.engines[b"engine-0"]
+    s.adopt(engine, tasks(3, "p"))
+    assert [t.pushed for t in engine.outstanding.values()] == [True] * 3
+    assert s.status()["engines"]["0"]["queue"] == 3 and s.queued() == 0
+    task = s.finish(engine, "p0", ok=True, run_s=0.001)
+    assert task is not None and task.final and task.pushed and s.done["p0"] >= 0
+    # An UnmetDependency raised by a pushed task is its answer: no flags, nowhere else to go.
+    task = s.finish(engine, "p1", ok=False, run_s=0.001, unmet=True)
+    assert task is not None and task.final and "p1" in s.done
+
+
+def test_pushed_tasks_recalled_for_an_idle_engine_go_the_controllers_way():
+    s = make_scheduler(2)
+    busy = s.engines[b"engine-0"]
+    s.adopt(busy, tasks(4, "p"))
+    asks = s.recalls()
+    assert ids({slot: [s.live[i] for i in task_ids] for slot, task_ids in asks.items()}) == {0: ["p3"]}
+    assert s.recalled(busy, ["p3"], ["p3"]) == 1
+    placed = s.assign()
+    assert ids(placed) == {1: ["p3"]} and not any(t.pushed for t in placed[s.engines[b"engine-1"]])
+
+
+def test_pushed_tasks_of_a_dead_engine_fail_or_run_elsewhere_as_placed_ones_do():
+    s = make_scheduler(2)
+    s.adopt(s.engines[b"engine-0"], tasks(3, "p"))
+    stranded = s.remove_engine(b"engine-0", "died from SIGKILL", started="p0")
+    assert [t.task_id for t in stranded] == ["p0"]  # it ran there
+    assert ids(s.assign()) == {1: ["p1", "p2"]}  # never started: placed again, by the controller
+
+
+def test_a_pushed_task_aborted_before_it_was_known_is_marked_to_be_given_back():
+    s = make_scheduler(1)
+    assert s.abort(["p0"]) == (0, {})  # not known yet: remembered
+    s.adopt(s.engines[b"engine-0"], tasks(2, "p"))
+    assert s.live["p0"].abort_asked and not s.live["p1"].abort_asked
+
+
+def test_a_pushed_task_reusing_a_live_id_fails():
+    s = make_scheduler(1)
+    s.submit(tasks(1, "p"))
+    s.adopt(s.engines[b"engine-0"], tasks(1, "p"))
+    (failure,) = s.take_failures()
+    assert failure[1].value == "InvalidDependency" and "already in use" in failure[2]

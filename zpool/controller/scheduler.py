@@ -277,6 +277,26 @@ class Scheduler:
                 task.deadline += now
             self._admit(task)
 
+    def adopt(self, slot: EngineSlot, tasks: Iterable[Task]) -> None:
+        """Tasks a client pushed to `slot`'s engine (the direct path): they are placed there already.
+
+        The engine told the controller before running any of them. Each
+        counts as placed by the controller would be (load, budget, recall,
+        abort); a task id already in use, or aborted before it came, fails
+        (the hub asks the engine to give back what fails here).
+        """
+        for task in tasks:
+            task_id = task.task_id
+            task.pushed = True
+            if task_id in self.live or task_id in self.done:
+                self._fail(task, ErrorName.INVALID_DEPENDENCY, f"task id {task_id} is already in use", record=False)
+                continue
+            self.live[task_id] = task
+            slot.take(task, self._uses)
+            self._uses += 1
+            if self.records.aborted_ahead and self.records.was_aborted(task_id):
+                task.abort_asked = True  # the hub asks its engine for it back; given back, it fails as aborted
+
     def _submit_direct(self, task: Task) -> None:
         targets = task.targets or frozenset()
         if len(targets) != 1 or task.waits() or task.deadline is not None or task.retries:
@@ -322,6 +342,7 @@ class Scheduler:
     def _make_ready(self, task: Task) -> None:
         """Queue `task` where it can be placed, or fail it if no engine can ever run it."""
         task.gen += 1
+        task.pushed = False  # placed by the controller from now on: its reply goes the controller's way
         candidates = eligible(task, self.by_id)
         if candidates is None:
             self.queue.append(task)
@@ -442,6 +463,7 @@ class Scheduler:
                 self._fail(task, ErrorName.TASK_ABORTED, f"task {task.task_id} was aborted before it ran")
                 continue
             task.gen += 1
+            task.pushed = False  # the controller places it now
             back.append(task)
         self.queue.extendleft(reversed(back))
         return len(back)
@@ -461,8 +483,8 @@ class Scheduler:
         task.engine = None
         if slot.recalling:
             slot.recalling.discard(task_id)  # asked back too late: it ran
-        if task.direct:
-            unmet = False  # it raised UnmetDependency on the one engine it was for: that is its answer
+        if task.direct or task.pushed:
+            unmet = False  # it raised UnmetDependency where it was sent (no flags): that is its answer
         if run_s >= 0 and not unmet and not task.direct:
             self.pacing.ran(run_s)
         if task.abort_asked and (unmet or (not ok and task.retries > 0 and not aborted)):

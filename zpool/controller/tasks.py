@@ -37,6 +37,7 @@ class Task:
         "follow",
         "frames",
         "gen",
+        "pushed",
         "retries",
         "segments",
         "source",
@@ -70,6 +71,9 @@ class Task:
         self.failed_on: set[int] | None = None  # engines it failed on (retries prefer others)
         self.direct = False  # for its one target, in order, at once (see the module docstring)
         self.abort_asked = False  # placed when aborted: if its engine gives it back (recall), it fails
+        # Its client pushed it to its engine (the direct path): the engine answers the client, and the
+        # controller only records the reply. Cleared if the controller places it again (recall, a death).
+        self.pushed = False
         if flags is not None:
             self.direct = flags.direct
             if flags.after is not None:
