@@ -9,7 +9,8 @@ import pytest
 import zmq
 
 import zpool
-from zpool.controller.hub import Hub, HubSettings
+from zpool._settings import ControllerSettings
+from zpool.controller.hub import Hub
 from zpool.controller.launcher import LocalEngines
 from zpool.protocol import REPLY_COLUMNS, Batch, BatchWriter, ConnectionInfo, MsgType, Session, new_key, recv_frames
 from zpool.serialize import dumps_call
@@ -31,7 +32,7 @@ def test_engines_that_cannot_start_fail_tasks_with_the_reason(tmp_path):
     base = f"ipc://{tmp_path}"
     info = ConnectionInfo(f"{base}/c", f"{base}/e", f"{base}/h", new_key())
     engines = LocalEngines([sys.executable, "-c", "raise SystemExit(7)"], max_failed_starts=3)
-    hub = Hub(info, HubSettings(heartbeat_interval=0.2), engines)
+    hub = Hub(info, ControllerSettings(heartbeat_interval=0.2), engines)
     engines.start(1)
     loop = threading.Thread(target=hub.run, daemon=True)
     loop.start()

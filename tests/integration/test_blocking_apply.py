@@ -502,13 +502,13 @@ def test_engine_killed_during_an_own_socket_apply_raises_engine_error(fresh_pool
     assert len(pool._results) == 0
 
 
-# -- Hub._unreachable -----------------------------------------------------------------------------------
+# -- EngineKeeper.unreachable ---------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(180)
 def test_a_task_sent_to_a_just_killed_engine_runs_on_its_replacement(fresh_pool):
     # With the controller stopped, the engine answers its task and is SIGKILLed; resumed, the
-    # controller reads the answer and sends the next task to the dead engine (Hub._unreachable), or
+    # controller reads the answer and sends the next task to the dead engine (EngineKeeper.unreachable), or
     # notices the death first. Either way the next task never started there (the engine's run slot
     # names the last task it started): it runs on the replacement engine instead of failing.
     # Repeated, since which comes first varies: the log shows when the send failed.
@@ -540,5 +540,5 @@ def test_a_task_sent_to_a_just_killed_engine_runs_on_its_replacement(fresh_pool)
         assert second.get(T) != engine.pid  # it never started there: it ran on the replacement
         with open(pool._cluster.log_path, errors="replace") as f:
             if "could not send to" in f.read():
-                break  # the send to the dead engine failed (Hub._unreachable): the case this is about
+                break  # the send to the dead engine failed (EngineKeeper.unreachable): the case this is about
     assert pool.apply(_tasks.square, (4,)) == 16

@@ -1,4 +1,4 @@
-"""The controller's event loop: sockets, engine registry, routing.
+"""The controller's event loop: sockets, message handlers, routing.
 
 ::
 
@@ -18,9 +18,11 @@ tasks all go to one engine is forwarded whole, signature included, and an
 engine reply whose tasks all belong to one client likewise; otherwise the
 hub re-batches the untouched payload frames under a header of its own.
 
-Each engine has one record in the :class:`~zpool.controller.registry.EngineRegistry`,
-which the scheduler shares; it leaves only through :meth:`Hub.forget`
-(registry, heartbeat monitor, scheduler, then the engine and its launcher).
+The engines' lifecycle (registry, heartbeats, local processes and the
+parent, each engine's departure and the tasks it leaves behind) is kept by
+:class:`~zpool.controller.engines.EngineKeeper`, which calls back through
+the hub's :class:`~zpool.controller.engines.HubLink` methods (``running``,
+``stop``, ``drain_engines``, ``signal``, ``fail_tasks``, ``send_failures``).
 Shared-memory segments are counted in :mod:`zpool.controller.segments`.
 """
 
@@ -29,20 +31,18 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import os
 import time
 from typing import Any, Callable, Mapping, cast
 
 import zmq
 
 from zpool import _shm
-from zpool._process import ParentWatch
 from zpool._settings import ControllerSettings
-from zpool._wire import ErrorName, QueueStatus, error_reply, read_run_slot, run_slot_path
+from zpool._wire import ErrorName, QueueStatus, error_reply
+from zpool.controller.engines import EngineKeeper
 from zpool.controller.flags import parse_flags
-from zpool.controller.heartbeat import HeartMonitor
 from zpool.controller.launcher import LocalEngines
-from zpool.controller.registry import EngineRecord, EngineRegistry
+from zpool.controller.registry import EngineRegistry
 from zpool.controller.scheduler import EngineSlot, Scheduler, Task
 from zpool.controller.segments import SegmentLedger
 from zpool.error import ProtocolError, ZPoolError
@@ -61,7 +61,7 @@ from zpool.protocol import (
     send_frames,
 )
 
-__all__ = ["Hub", "HubSettings"]
+__all__ = ["Hub"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +80,6 @@ WATCH_INTERVAL_S = 0.05
 # replies need no such bound: they are forwarded in the pass that receives
 # them, in the order received.
 FORWARD_MAX_AGE_S = 1.0
-# How long a killed engine is given to die before its run slot is read (see Hub._last_started).
-RUN_SLOT_WAIT_S = 1.0
-# How long an engine that could not be reached is given to finish dying (see Hub._unreachable).
-UNREACHABLE_WAIT_S = 0.2
-
-
-# The name the hub's settings had before zpool._settings.ControllerSettings held them all.
-HubSettings = ControllerSettings
 
 
 class HubState(enum.Enum):
@@ -107,16 +99,8 @@ class _Source:
         self.received = received  # time.monotonic() when the controller received it
 
 
-class Departure(enum.Enum):
-    """Why an engine leaves (see :meth:`Hub.forget`)."""
-
-    GONE = "gone"  # died, or stopped answering: the tasks it held fail (or retry)
-    RETIRED = "retired"  # ran its share of tasks (maxtasksperchild): told to exit, replaced
-    SETUP_FAILED = "setup failed"  # its initializer raised: told to exit
-
-
 class Hub:
-    """Registry, router and heartbeat owner of one cluster."""
+    """Sockets and router of one cluster (its engines are kept by :attr:`keeper`)."""
 
     def __init__(
         self,
@@ -129,26 +113,30 @@ class Hub:
         connection_file: str | None = None,
     ) -> None:
         self.info = info
-        # Beside it, each local engine's run slot: which task it was running when it died (zpool._wire).
-        self.connection_file = connection_file
         self.settings = settings
         # A serialized call every engine runs before its first task (the initializer).
         self.engine_setup = engine_setup
         self.session = Session(info.key)
-        self.registry = EngineRegistry()  # shared with the scheduler
-        self.scheduler = Scheduler(settings, registry=self.registry)
+        registry = EngineRegistry()  # shared with the scheduler
+        self.scheduler = Scheduler(settings, registry=registry)
         # Shared-memory segments of task arguments, unlinked when their last task is done for good.
         self.segments = SegmentLedger(info.shm_prefix)
         self.scheduler.on_finished = self.segments.release
-        # Engines launched but not registered yet will get the next ids: tasks may wait for them.
-        self.scheduler.set_more_coming(engines is not None and engines.starting() > 0)
-        self.monitor = HeartMonitor(settings.heartbeat_misses)
-        self.launcher = engines
-        self.parent = ParentWatch(parent_pid) if parent_pid else None
+        self.keeper = EngineKeeper(
+            self,
+            registry,
+            self.scheduler,
+            settings,
+            self.session,
+            engines,
+            parent_pid=parent_pid,
+            setup=bool(engine_setup),
+            connection_file=connection_file,
+            shm_prefix=info.shm_prefix,
+        )
         self.dropped = 0
         self._state = HubState.RUNNING
         self._shutdown_requests: list[Message] = []
-        self._reading_engines = False  # (see _engine_gone)
 
         self.ctx = zmq.Context()
         self.client_sock = self._bind(zmq.ROUTER, info.client)
@@ -196,7 +184,7 @@ class Hub:
         next_beat = time.monotonic() + interval
         next_watch = 0.0
         try:
-            while self._state is HubState.RUNNING:
+            while self.running:
                 now = time.monotonic()
                 wake = min(next_beat, next_watch)
                 deadline = self.scheduler.next_deadline()
@@ -209,17 +197,40 @@ class Hub:
                     self.scheduler.expire()
                 # Whatever the scheduler failed meanwhile (a cascade after a reply, an
                 # engine's death, a timeout) is answered before anything new is placed.
-                self._send_failures()
+                self.send_failures()
                 self._dispatch()
                 now = time.monotonic()
                 if now >= next_watch:
                     next_watch = now + WATCH_INTERVAL_S
-                    self._watch_processes()
+                    self.keeper.watch()
                 if now >= next_beat:
                     next_beat = now + interval
-                    self._beat()
+                    self.keeper.beat()
         finally:
-            self._stop()
+            self._close()
+
+    # -- what the engine keeper asks (HubLink) -----------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop still serves (not stopping or stopped)."""
+        return self._state is HubState.RUNNING
+
+    def stop(self) -> None:
+        """Leave the loop after this pass (then :meth:`_close` ends the engines and the sockets)."""
+        self._state = HubState.STOPPING
+
+    def drain_engines(self) -> None:
+        """Handle what the engine socket holds now."""
+        self._drain(self.engine_sock)
+
+    def signal(self, ident: bytes, frames: list[Any]) -> bool:
+        """Send `frames` to engine `ident`'s heartbeat thread (which answers even mid-task); False if gone."""
+        try:
+            send_frames(self.heartbeat_sock, [ident, *frames])
+        except zmq.ZMQError:
+            return False
+        return True
 
     def _drain(self, sock: zmq.Socket[Any]) -> None:
         handlers = self._handlers[sock]
@@ -286,8 +297,8 @@ class Hub:
         tasks = [Task(task_id, client, batch.payload(i), flags.get(i)) for i, task_id in enumerate(batch.ids)]
         if msg.header.get("shm"):  # (the client says when any payload refers to segments)
             self.segments.claim(tasks)
-        if self.launcher is not None and self.launcher.gave_up and not self.scheduler.engines:
-            self._fail_tasks(tasks, ErrorName.BROKEN_POOL, f"no engine can start: {self.launcher.gave_up}")
+        if self.keeper.gave_up and not self.scheduler.engines:
+            self.fail_tasks(tasks, ErrorName.BROKEN_POOL, f"no engine can start: {self.keeper.gave_up}")
             for task in tasks:
                 self.segments.release(task)
             return
@@ -295,15 +306,15 @@ class Hub:
         for task in tasks:
             task.source = source
         self.scheduler.submit(tasks)
-        self._send_failures()
+        self.send_failures()
 
     def _on_abort_request(self, msg: Message, frames: list[Any]) -> None:
         ids = msg.content.get("ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ProtocolError("abort_request without a list of task ids")
-        self._send_failures()  # earlier failures are not this abort's
+        self.send_failures()  # earlier failures are not this abort's
         aborted, placed = self.scheduler.abort(ids)
-        self._send_failures()
+        self.send_failures()
         notice = 0
         interrupt = msg.content.get("interrupt") is True
         for slot, task_ids in placed.items():
@@ -335,7 +346,7 @@ class Hub:
             raise ProtocolError("interrupt_request without a list of engine ids")
         sent, unknown = [], []
         for engine_id in wanted:
-            record = self.registry.of_id(engine_id)
+            record = self.keeper.registry.of_id(engine_id)
             if record is None:
                 unknown.append(engine_id)
             elif self._interrupt(record.ident, None):
@@ -345,11 +356,8 @@ class Hub:
     def _interrupt(self, ident: bytes, task_ids: list[str] | None) -> bool:
         """Ask an engine's heartbeat thread to interrupt its running task (one of `task_ids`, if given)."""
         content = {} if task_ids is None else {"ids": task_ids}
-        try:
-            send_frames(self.heartbeat_sock, [ident, *self.session.build(MsgType.INTERRUPT_REQUEST, content)])
-        except zmq.ZMQError:
-            return False  # gone: its death is noticed elsewhere
-        return True
+        # False if it is gone: its death is noticed elsewhere.
+        return self.signal(ident, self.session.build(MsgType.INTERRUPT_REQUEST, content))
 
     def _on_resubmit_request(self, msg: Message, frames: list[Any]) -> None:
         content = msg.content
@@ -364,7 +372,7 @@ class Hub:
         refused = self.scheduler.resubmit(old, new, _ident(msg))
         self._reply(msg, MsgType.RESUBMIT_REPLY, {"resubmitted": len(old) - len(refused)})
 
-    def _send_failures(self) -> None:
+    def send_failures(self) -> None:
         """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts)."""
         failures = self.scheduler.take_failures()
         if failures:
@@ -383,20 +391,20 @@ class Hub:
     def _engines_up(self) -> dict[str, Any]:
         return {
             "engines": sorted(self.scheduler.by_id),
-            "starting": len(self.registry.starting) + (self.launcher.starting() if self.launcher else 0),
-            "broken": self.launcher.gave_up if self.launcher else None,
+            "starting": self.keeper.starting(),
+            "broken": self.keeper.gave_up,
         }
 
     def _on_shutdown_request(self, msg: Message, frames: list[Any]) -> None:
         logger.info("shutdown requested by a client")
         self._shutdown_requests.append(msg)
-        self._state = HubState.STOPPING
+        self.stop()
 
     def _describe(self) -> QueueStatus:
         up = self._engines_up()
         return {
             **self.scheduler.status(),
-            "engine_pids": {str(r.engine_id): r.pid for r in self.registry},
+            "engine_pids": {str(r.engine_id): r.pid for r in self.keeper.registry},
             "scheme": self.scheduler.scheme,
             "hwm": self.scheduler.hwm,
             "dropped_messages": self.dropped,
@@ -411,16 +419,8 @@ class Hub:
         ident = _ident(msg)
         content = msg.content
         pid = content.get("pid")
-        record = self.registry.get(ident)
+        record = self.keeper.register(ident, pid if isinstance(pid, int) else None, str(content.get("hostname", "")))
         setup = self.engine_setup
-        if record is None:
-            record = self.registry.register(
-                ident, pid if isinstance(pid, int) else None, str(content.get("hostname", ""))
-            )
-            self.monitor.add(ident)
-            logger.info("engine %d registered (pid %s)", record.engine_id, record.pid)
-            if not setup:
-                self._engine_ready(record)
         reply = self.session.build(
             MsgType.REGISTER_REPLY,
             parent=encode(msg.header),
@@ -438,79 +438,9 @@ class Hub:
 
     def _on_engine_ready(self, msg: Message, frames: list[Any]) -> None:
         """An engine ran its setup (the pool's initializer): it takes tasks now, or it failed."""
-        record = self.registry.get(_ident(msg))
-        if record is None or record.ready:
-            raise ProtocolError("engine_ready from an engine that is not registered, or twice")
         content = msg.content
-        if content.get("ok"):
-            self._engine_ready(record)
-            return
         error = str(content.get("error", "the initializer failed"))
-        logger.error("engine %d (pid %s): %s", record.engine_id, record.pid, error)
-        if self.launcher is not None and record.pid is not None:
-            self.launcher.setup_failed(record.pid, error)
-        # Forgotten now, so that its exit is not mourned as a death.
-        self.forget(record.ident, "failed in its initializer", Departure.SETUP_FAILED)
-
-    def _engine_ready(self, record: EngineRecord) -> None:
-        record.ready = True
-        record.slot = self.scheduler.add_engine(record.engine_id, record.ident, self.settings.max_tasks_per_engine)
-        if record.pid is not None and self.launcher is not None:
-            self.launcher.mark_registered(record.pid)
-
-    def _retire(self, slot: EngineSlot) -> None:
-        """Stop an engine that ran its share of tasks (``maxtasksperchild``), and start a fresh one."""
-        tasks = self.settings.max_tasks_per_engine
-        logger.info("engine %d ran %d tasks: retiring it", slot.engine_id, tasks)
-        self.forget(slot.ident, f"was retired after {tasks} tasks (maxtasksperchild)", Departure.RETIRED)
-
-    def forget(
-        self, ident: bytes, how: str, departure: Departure = Departure.GONE, started: str | None = None
-    ) -> list[Task]:
-        """The one way an engine leaves: registry, heartbeat monitor, scheduler, then the engine and launcher.
-
-        `how` says what became of it ("died from SIGKILL"), for the tasks
-        that named it. Returns the tasks it held that now fail (recorded as
-        failed by the scheduler; the caller answers them); those with
-        retries left run again elsewhere. An engine not registered (or
-        forgotten already) is ignored.
-        """
-        record = self.registry.pop(ident)
-        if record is None:
-            return []
-        self.monitor.remove(ident)
-        if record.ready:
-            stranded = self.scheduler.remove_engine(ident, how, started if departure is Departure.GONE else None)
-        else:  # it never took tasks: what waited for it alone may fail now
-            self.scheduler.engine_lost(record.engine_id, how)
-            stranded = []
-        if departure is not Departure.GONE:
-            try:
-                send_frames(self.heartbeat_sock, [ident, *self.session.build(MsgType.SHUTDOWN_REQUEST)])
-            except zmq.ZMQError:
-                pass  # it also leaves when heartbeats stop
-        if departure is Departure.RETIRED and self.launcher is not None and record.pid is not None:
-            self.launcher.retire(record.pid)  # its exit is expected
-            if self._state is HubState.RUNNING:
-                self.launcher.start(1)
-        return stranded
-
-    def _last_started(self, pid: int | None) -> str | None:
-        """The task engine `pid` last started, read from its run slot ("": none); None if unknown.
-
-        Read once it is dead, or killed: the slot is removed after.
-        """
-        if self.connection_file is None or pid is None or self.launcher is None:
-            return None  # not one of ours
-        if pid in self.launcher.procs and not self.launcher.wait_exit(pid, RUN_SLOT_WAIT_S):
-            return None  # still running (killed, not dead yet): nothing it says is final
-        path = run_slot_path(self.connection_file, pid)
-        started = read_run_slot(path)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        return started
+        self.keeper.setup_done(_ident(msg), bool(content.get("ok")), error)
 
     def _on_apply_reply(self, msg: Message, frames: list[Any]) -> None:
         ident = _ident(msg)
@@ -542,7 +472,7 @@ class Hub:
                 continue  # retried, or its functional dependency was unmet there: it runs again
             per_client.setdefault(task.client, []).append(i)
         if slot.budget == 0 and not slot.outstanding:
-            self._retire(slot)
+            self.keeper.retire(slot)
         if len(per_client) == 1:  # forwarded whole now, as received (see FORWARD_MAX_AGE_S)
             client, answered = next(iter(per_client.items()))
             if len(answered) == len(ids):
@@ -560,7 +490,7 @@ class Hub:
         frames = self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers())
         return self._send(self.client_sock, client, frames)
 
-    def _fail_tasks(self, tasks: list[Task], ename: ErrorName, evalue: str, engine_id: int | None = None) -> None:
+    def fail_tasks(self, tasks: list[Task], ename: ErrorName, evalue: str, engine_id: int | None = None) -> None:
         """Answer `tasks` with the same error reply each."""
         self._answer_errors([(task, ename, evalue, engine_id) for task in tasks])
 
@@ -595,7 +525,7 @@ class Hub:
             for t in tasks:
                 t.source = None  # frames stay until the reply: a retry may need them
             if not self._send(self.engine_sock, slot.ident, frames):
-                self._unreachable(slot.ident)
+                self.keeper.unreachable(slot.ident)
         for slot, task_ids in self.scheduler.recalls().items():
             self._recall(slot, task_ids)
 
@@ -603,9 +533,7 @@ class Hub:
         """Ask an engine to give back tasks it has not started (its heartbeat thread answers, even mid-task)."""
         self.scheduler.ask_back(slot, task_ids)
         recall = self.session.build(MsgType.RECALL_REQUEST, content=encode({"ids": task_ids}))
-        try:
-            send_frames(self.heartbeat_sock, [slot.ident, *recall])
-        except zmq.ZMQError:
+        if not self.signal(slot.ident, recall):
             slot.recalling.difference_update(task_ids)  # gone: its death is noticed elsewhere
 
     def _on_recall_reply(self, msg: Message, frames: list[Any]) -> None:
@@ -617,115 +545,17 @@ class Hub:
         slot = self.scheduler.engines.get(_ident(msg))
         if slot is not None:
             self.scheduler.recalled(slot, cast("list[str]", given), cast("list[str]", asked))
-            self._send_failures()  # aborted meanwhile
-
-    def _unreachable(self, ident: bytes) -> None:
-        """A send to an engine failed: its socket is gone, usually because its process just died.
-
-        The process closes its sockets an instant before it can be reaped:
-        wait for that instant, so that its tasks fail saying how it ended
-        (``SIGKILL``, an exit code), not merely that it could not be reached.
-        """
-        record = self.registry.get(ident)
-        if record is not None and record.pid is not None and self.launcher is not None:
-            self.launcher.wait_exit(record.pid, UNREACHABLE_WAIT_S)
-            self._watch_processes()
-        self._engine_gone(ident, "could not be reached")
+            self.send_failures()  # aborted meanwhile
 
     def _on_heartbeat_reply(self, msg: Message, frames: list[Any]) -> None:
         beat = msg.header.get("beat")
         if isinstance(beat, int):
-            self.monitor.pong(_ident(msg), beat)
-
-    def _beat(self) -> None:
-        beat, dead = self.monitor.tick()
-        for ident in dead:
-            record = self.registry.get(ident)
-            if record is not None and record.pid is not None and self.launcher is not None:
-                self.launcher.kill(record.pid)
-            self._engine_gone(ident, f"stopped answering heartbeats ({self.monitor.max_misses} missed)")
-        ping = self.session.build(MsgType.HEARTBEAT_REQUEST, {"beat": beat})
-        for record in self.registry:
-            try:
-                send_frames(self.heartbeat_sock, [record.ident, *ping])
-            except zmq.ZMQError:
-                pass  # not connected yet, or gone: the miss count decides
-
-    def _watch_processes(self) -> None:
-        if self.parent is not None and not self.parent.alive():
-            logger.warning("parent process %d is gone; shutting down", self.parent.parent_pid)
-            self._state = HubState.STOPPING
-            return
-        if self.launcher is None:
-            return
-        self.launcher.tick()
-        self.scheduler.set_more_coming(self.launcher.starting() > 0)
-        for pid, how, registered, retired in self.launcher.reap():
-            if self.info.shm_prefix:
-                # The segments it kept for reuse: nobody else would remove them before the cluster ends.
-                _shm.remove_kept(self.info.shm_prefix, "e", pid)
-            if retired:
-                continue  # its replacement started when it was retired
-            record = self.registry.of_pid(pid)
-            if record is not None:
-                self._engine_gone(record.ident, f"died from {how}" if how.startswith("SIG") else f"exited with {how}")
-            elif not registered:
-                logger.error("engine process %d ended (%s) before it was ready", pid, how)
-            if self._state is HubState.RUNNING:
-                self.launcher.start(1)
-        if self.launcher.gave_up and not self.scheduler.engines and self.scheduler.queued():
-            stranded = self.scheduler.drop_where(lambda task: True)
-            self._fail_tasks(stranded, ErrorName.BROKEN_POOL, f"no engine can start: {self.launcher.gave_up}")
-            self._send_failures()
-
-    def _engine_gone(self, ident: bytes, how: str) -> None:
-        """Engine `ident` died or cannot be reached: forget it, and fail the tasks it held."""
-        if ident not in self.registry:
-            return
-        if not self._reading_engines:
-            # Replies it sent before it died, already here, count: read them first.
-            self._reading_engines = True
-            try:
-                self._drain(self.engine_sock)
-            finally:
-                self._reading_engines = False
-        record = self.registry.get(ident)
-        if record is None:
-            return
-        # Which task it was running (its run slot): those queued behind it are placed again.
-        started = self._last_started(record.pid)
-        stranded = self.forget(ident, how, started=started)
-        self._send_failures()
-        logger.warning(
-            "engine %d (pid %s) %s; failing %d task(s) it held", record.engine_id, record.pid, how, len(stranded)
-        )
-        hint = " SIGKILL usually means the machine ran out of memory." if "SIGKILL" in how else ""
-        for task in stranded:
-            if started and task.task_id != started:
-                # It ran before the task the engine died in; its reply waited to travel with others.
-                text = (
-                    f"task {task.task_id} ran on engine {record.engine_id} (pid {record.pid}), but the engine {how}"
-                    " before its reply was sent (replies of short tasks travel together), so its result is lost;"
-                    f" other engines carry on.{hint}"
-                )
-            else:
-                text = (
-                    f"engine {record.engine_id} (pid {record.pid}) {how} while holding task {task.task_id};"
-                    f" other engines carry on.{hint}"
-                )
-            self._fail_tasks([task], ErrorName.ENGINE_ERROR, text, record.engine_id)
+            self.keeper.monitor.pong(_ident(msg), beat)
 
     # -- shutdown ---------------------------------------------------------
 
-    def _stop(self) -> None:
-        bye = self.session.build(MsgType.SHUTDOWN_REQUEST)
-        for record in self.registry:
-            try:
-                send_frames(self.heartbeat_sock, [record.ident, *bye])
-            except zmq.ZMQError:
-                pass
-        if self.launcher is not None:
-            self.launcher.stop(timeout=2.0)
+    def _close(self) -> None:
+        self.keeper.close()
         for msg in self._shutdown_requests:
             self._reply(msg, MsgType.SHUTDOWN_REPLY, {"status": "ok"})
         self._state = HubState.STOPPED

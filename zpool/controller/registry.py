@@ -1,8 +1,9 @@
 """The controller's engine registry: one record per engine, found by identity, pid or id.
 
 An engine registers on the ``engine`` socket with its pid and host; the
-hub gives it the next engine id and an :class:`EngineRecord` here, and it
-counts as *starting* until its setup (the pool's initializer) is done.
+engine keeper (:mod:`zpool.controller.engines`) gives it the next engine
+id and an :class:`EngineRecord` here, and it counts as *starting* until
+its setup (the pool's initializer) is done.
 Then the scheduler adds its :class:`~zpool.controller.tasks.EngineSlot`
 (load, queues), which the record holds, and places tasks on it; the
 scheduler shares this registry (``Scheduler.engines`` and ``by_id`` are its
@@ -12,9 +13,9 @@ to say what became of it to a task that names it.
 
 Other parts keep per-engine *state* of their own, keyed by what they are
 handed: the heartbeat monitor its missed beats (by identity), the launcher
-its processes (by pid). An engine leaves only through ``Hub.forget``,
-which updates the registry, the monitor, the scheduler and the launcher,
-in that order.
+its processes (by pid). An engine leaves only through
+``EngineKeeper.forget``, which updates the registry, the monitor, the
+scheduler and the launcher, in that order.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class EngineRegistry:
         return self._by_id.get(engine_id)
 
     def pop(self, ident: bytes) -> EngineRecord | None:
-        """Take an engine out of the registry (``Hub.forget`` does the rest); None if it is not there."""
+        """Take an engine out of the registry (``EngineKeeper.forget`` does the rest); None if it is not there."""
         record = self._by_ident.pop(ident, None)
         if record is None:
             return None
