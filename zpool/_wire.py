@@ -38,6 +38,7 @@ __all__ = [
     "ErrorName",
     "ErrorReply",
     "QueueStatus",
+    "Roster",
     "SchedulerStatus",
     "TaskFlags",
     "decode_outcome",
@@ -178,6 +179,22 @@ class QueueStatus(SchedulerStatus):
     dropped_messages: int
     broken: str | None  # why no engine can start, once the launcher gave up
     starting: int  # engines launched and not taking tasks yet
+
+
+class _RosterEngines(TypedDict):
+    engines: dict[str, str]  # engine id (as text) -> its direct socket's address, for the engines ready now
+
+
+class Roster(_RosterEngines, total=False):
+    """The ``roster_notice`` content: where a client may push tasks straight to engines (the direct path).
+
+    Sent in answer to a ``roster_request`` on a client's own socket, and
+    again to every client that asked whenever an engine is ready or leaves.
+    """
+
+    # For an engine that left: engine id (as text) -> the tasks this client pushed there that the controller
+    # knew of (it answers those, or places them again); the others never reached it, and fail at the client.
+    gone: dict[str, list[str]]
 
 
 # -- the engine's run slot -----------------------------------------------------------------

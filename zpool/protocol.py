@@ -106,6 +106,8 @@ class MsgType(str, enum.Enum):
     PURGE_REPLY = "purge_reply"
     RECALL_REQUEST = "recall_request"
     RECALL_REPLY = "recall_reply"
+    ROSTER_REQUEST = "roster_request"
+    ROSTER_NOTICE = "roster_notice"
 
 
 class TaskStatus(str, enum.Enum):

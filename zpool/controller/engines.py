@@ -82,6 +82,9 @@ class HubLink(Protocol):
     def send_failures(self) -> None:
         """Answer the tasks the scheduler failed."""
 
+    def roster_changed(self, gone: int | None = None, known: dict[bytes, list[str]] | None = None) -> None:
+        """Engines that clients may push to changed: engine `gone` left, holding `known` pushed tasks per client."""
+
 
 class EngineKeeper:
     """Registry, heartbeat monitor, launcher and parent watch of one controller.
@@ -150,11 +153,15 @@ class EngineKeeper:
 
     # -- arrivals ---------------------------------------------------------
 
-    def register(self, ident: bytes, pid: int | None, hostname: str) -> EngineRecord:
-        """Engine `ident` registers (again: its record stays); it takes tasks at once if it has no setup to run."""
+    def register(self, ident: bytes, pid: int | None, hostname: str, direct: str | None = None) -> EngineRecord:
+        """Engine `ident` registers (again: its record stays); it takes tasks at once if it has no setup to run.
+
+        `direct` is where clients may push tasks to it (None: they may not).
+        """
         record = self.registry.get(ident)
         if record is None:
             record = self.registry.register(ident, pid, hostname)
+            record.direct = direct
             self.monitor.add(ident)
             logger.info("engine %d registered (pid %s)", record.engine_id, record.pid)
             if not self.setup:
@@ -180,6 +187,8 @@ class EngineKeeper:
         record.slot = self.scheduler.add_engine(record.engine_id, record.ident, self.settings.max_tasks_per_engine)
         if record.pid is not None and self.launcher is not None:
             self.launcher.mark_registered(record.pid)
+        if record.direct:
+            self.hub.roster_changed()
 
     # -- departures -------------------------------------------------------
 
@@ -204,11 +213,18 @@ class EngineKeeper:
         if record is None:
             return []
         self.monitor.remove(ident)
+        known: dict[bytes, list[str]] = {}  # tasks clients pushed to it, per client
+        if record.slot is not None:
+            for task in record.slot.outstanding.values():
+                if task.pushed:
+                    known.setdefault(task.client, []).append(task.task_id)
         if record.ready:
             stranded = self.scheduler.remove_engine(ident, how, started if departure is Departure.GONE else None)
         else:  # it never took tasks: what waited for it alone may fail now
             self.scheduler.engine_lost(record.engine_id, how)
             stranded = []
+        if record.direct and record.ready:
+            self.hub.roster_changed(record.engine_id, known)
         if departure is not Departure.GONE:
             self.hub.signal(ident, self.session.build(MsgType.SHUTDOWN_REQUEST))  # (else it leaves when beats stop)
         if departure is Departure.RETIRED and self.launcher is not None and record.pid is not None:

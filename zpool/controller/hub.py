@@ -38,7 +38,7 @@ import zmq
 
 from zpool import _shm
 from zpool._settings import ControllerSettings
-from zpool._wire import ErrorName, QueueStatus, error_reply
+from zpool._wire import ErrorName, QueueStatus, Roster, error_reply
 from zpool.controller.engines import EngineKeeper
 from zpool.controller.flags import parse_flags
 from zpool.controller.launcher import LocalEngines
@@ -135,6 +135,8 @@ class Hub:
             shm_prefix=info.shm_prefix,
         )
         self.dropped = 0
+        # Clients that asked where engines take pushed tasks (their own sockets): told when that changes.
+        self.pushers: set[bytes] = set()
         self._state = HubState.RUNNING
         self._shutdown_requests: list[Message] = []
 
@@ -153,10 +155,12 @@ class Hub:
                 MsgType.INTERRUPT_REQUEST.value: self._on_interrupt_request,
                 MsgType.HEARTBEAT_REQUEST.value: self._on_client_ping,
                 MsgType.PURGE_REQUEST.value: self._on_purge_request,
+                MsgType.ROSTER_REQUEST.value: self._on_roster_request,
             },
             self.engine_sock: {
                 MsgType.REGISTER_REQUEST.value: self._on_register_request,
                 MsgType.APPLY_REPLY.value: self._on_apply_reply,
+                MsgType.APPLY_REQUEST.value: self._on_pushed_request,
                 MsgType.ENGINE_READY.value: self._on_engine_ready,
             },
             self.heartbeat_sock: {
@@ -418,8 +422,13 @@ class Hub:
     def _on_register_request(self, msg: Message, frames: list[Any]) -> None:
         ident = _ident(msg)
         content = msg.content
-        pid = content.get("pid")
-        record = self.keeper.register(ident, pid if isinstance(pid, int) else None, str(content.get("hostname", "")))
+        pid, direct = content.get("pid"), content.get("direct")
+        record = self.keeper.register(
+            ident,
+            pid if isinstance(pid, int) else None,
+            str(content.get("hostname", "")),
+            direct if isinstance(direct, str) and direct.startswith("ipc://") else None,
+        )
         setup = self.engine_setup
         reply = self.session.build(
             MsgType.REGISTER_REPLY,
@@ -442,12 +451,58 @@ class Hub:
         error = str(content.get("error", "the initializer failed"))
         self.keeper.setup_done(_ident(msg), bool(content.get("ok")), error)
 
+    # -- the direct path --------------------------------------------------
+
+    def _on_roster_request(self, msg: Message, frames: list[Any]) -> None:
+        """A client's own socket asks where to push tasks: told now, and whenever that changes."""
+        route = _ident(msg)
+        self.pushers.add(route)
+        self._send_roster(route, {"engines": self._roster()})
+
+    def _roster(self) -> dict[str, str]:
+        return {str(r.engine_id): r.direct for r in self.keeper.registry if r.ready and r.direct}
+
+    def _send_roster(self, route: bytes, content: Roster) -> None:
+        if not self._send(self.client_sock, route, self.session.build(MsgType.ROSTER_NOTICE, content=encode(content))):
+            self.pushers.discard(route)  # gone
+
+    def roster_changed(self, gone: int | None = None, known: dict[bytes, list[str]] | None = None) -> None:
+        """Tell the clients that push tasks which engines take them now; for engine `gone`, which of theirs it held."""
+        engines = self._roster()
+        for route in list(self.pushers):
+            content: Roster = {"engines": engines}
+            if gone is not None:
+                content["gone"] = {str(gone): (known or {}).get(route, [])}
+            self._send_roster(route, content)
+
+    def _on_pushed_request(self, msg: Message, frames: list[Any]) -> None:
+        """An engine passes on tasks a client pushed to it, before running them: they are placed there."""
+        slot = self.scheduler.engines.get(_ident(msg))
+        if slot is None or not msg.header.get("pushed"):
+            raise ProtocolError("pushed tasks from an engine that is not ready, or not marked pushed")
+        try:
+            route = bytes.fromhex(str(msg.header.get("route")))
+        except ValueError:
+            raise ProtocolError("pushed tasks without their client's route") from None
+        batch = Batch(msg.header, msg.buffers)
+        tasks = [Task(task_id, route, batch.payload(i)) for i, task_id in enumerate(batch.ids)]
+        self.scheduler.adopt(slot, tasks)
+        live = self.scheduler.live
+        aborted = [t.task_id for t in tasks if t.abort_asked and live.get(t.task_id) is t]
+        if aborted:  # aborted before the controller knew them: the engine answers them so, unrun
+            self._send(self.engine_sock, slot.ident, self.session.build(MsgType.ABORT_REQUEST, {"ids": aborted}))
+        self.send_failures()
+
     def _on_apply_reply(self, msg: Message, frames: list[Any]) -> None:
         ident = _ident(msg)
         slot = self.scheduler.engines.get(ident)
         batch = Batch(msg.header, msg.buffers, REPLY_COLUMNS)
+        # Replies to pushed tasks went to their client already: recorded here, not forwarded, and their
+        # results' segments are the client's.
+        pushed = bool(msg.header.get("pushed"))
         if slot is None:
-            self.segments.discard(batch, range(len(batch.ids)))
+            if not pushed:
+                self.segments.discard(batch, range(len(batch.ids)))
             raise ProtocolError("apply_reply from an engine that is not registered (or was declared dead)")
         ids = batch.ids
         statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
@@ -465,8 +520,11 @@ class Hub:
             )
             if task is None:
                 logger.warning("engine %d answered task %s it did not hold", slot.engine_id, task_id)
-                self.segments.discard(batch, (i,))
+                if not pushed:
+                    self.segments.discard(batch, (i,))
                 continue
+            if pushed:
+                continue  # answered by its engine
             if not task.final:
                 self.segments.discard(batch, (i,))
                 continue  # retried, or its functional dependency was unmet there: it runs again

@@ -35,7 +35,7 @@ DEPARTED_MAX = 1024
 class EngineRecord:
     """One registered engine."""
 
-    __slots__ = ("engine_id", "hostname", "ident", "pid", "ready", "slot")
+    __slots__ = ("direct", "engine_id", "hostname", "ident", "pid", "ready", "slot")
 
     def __init__(self, engine_id: int, ident: bytes, pid: int | None, hostname: str) -> None:
         self.engine_id = engine_id
@@ -44,6 +44,7 @@ class EngineRecord:
         self.hostname = hostname
         self.ready = False  # taking tasks: registered, and its setup (initializer) done
         self.slot: EngineSlot | None = None  # the scheduler's view of it, once ready
+        self.direct: str | None = None  # where clients may push tasks to it (zpool.engine.pushed)
 
     def __repr__(self) -> str:
         return f"EngineRecord({self.engine_id}, pid={self.pid}, ready={self.ready})"
