@@ -29,6 +29,7 @@ __all__ = [
     "ctrl_c_after",
     "engine_gone",
     "engine_holding",
+    "engine_started",
     "running",
     "wait_empty",
     "wait_in_task",
@@ -131,6 +132,27 @@ def engine_holding(pool, n: int = 1, timeout: float = T) -> tuple[int, int]:
         return None
 
     return wait_until(find, timeout, f"an engine holding {n} task(s)")
+
+
+def engine_started(pool, task_id: str, timeout: float = T) -> tuple[int, int]:
+    """Wait until an engine has started task `task_id`; return its ``(engine_id, pid)``.
+
+    Read from the engines' run slots (``zpool._wire``), which an engine
+    writes as it starts a task: the controller's count of tasks an engine
+    holds includes one it was handed and has not started yet (killed then,
+    the task runs elsewhere instead of failing).
+    """
+    import zpool._wire as wire
+
+    connection_file = os.path.join(pool._cluster.workdir, "cluster.json")
+
+    def find() -> tuple[int, int] | None:
+        for engine_id, pid in pool.queue_status()["engine_pids"].items():
+            if pid is not None and wire.read_run_slot(wire.run_slot_path(connection_file, pid)) == task_id:
+                return int(engine_id), pid
+        return None
+
+    return wait_until(find, timeout, f"an engine running task {task_id}")
 
 
 def engine_gone(pool, engine_id: int, timeout: float = T) -> None:

@@ -234,6 +234,9 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
             raise
         self._conn = conn
         self._submitter = Submitter(conn, self._results, self._shm, processes)
+        # Blocking calls may push their tasks straight to the engines (the direct path), unless engines
+        # retire after a number of tasks: the controller counts those as it places them.
+        conn.pushing = maxtasksperchild is None
         self._finalizer = weakref.finalize(self, _shutdown, self._submitter, self._cluster, False, os.getpid())
 
     # -- the standard library's API ------------------------------------------------
@@ -304,9 +307,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         every item is done and raises the first failure. `flags` apply to
         every chunk (see :meth:`set_flags`).
         """
-        return self._submitter.get_blocking(
-            self._submitter.map_async(self, func, iterable, chunksize, None, None, False, flags)
-        )
+        return self._submitter.map_now(self, func, iterable, chunksize, False, flags)
 
     def map_async(
         self,
@@ -341,9 +342,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
 
         Same contract as :meth:`multiprocessing.pool.Pool.starmap`.
         """
-        return self._submitter.get_blocking(
-            self._submitter.map_async(self, func, iterable, chunksize, None, None, True, flags)
-        )
+        return self._submitter.map_now(self, func, iterable, chunksize, True, flags)
 
     def starmap_async(
         self,

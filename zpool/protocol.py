@@ -135,6 +135,7 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0, tr
     copying (done once ZeroMQ no longer needs its memory); else ``[]``.
     """
     last = len(frames) - 1
+    flags = int(flags)  # (an IntFlag such as zmq.DONTWAIT would make every `|` below build an enum)
     threshold = zmq.COPY_THRESHOLD
     send = sock.send
     trackers: list[Any] = []

@@ -21,7 +21,7 @@ import pytest
 
 import zpool
 from tests import _tasks
-from tests._wait import engine_holding
+from tests._wait import engine_holding, engine_started
 
 T = 60
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_engine_killed_mid_task_fails_that_task_and_is_replaced(fresh_pool):
     pool = fresh_pool(2)
     ar = pool.apply_async(_tasks.sleep_then, (30,))
-    engine_id, pid = engine_holding(pool)
+    engine_id, pid = engine_started(pool, ar.msg_ids[0])
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(zpool.EngineError, match=rf"engine {engine_id} \(pid {pid}\) died from SIGKILL\(-9\)") as info:
         ar.get(T)
@@ -44,7 +44,7 @@ def test_stalled_engine_is_declared_dead_by_missed_heartbeats(fresh_pool):
     """SIGSTOP: the process lives, its heartbeat thread cannot answer; after the tolerance it is dead."""
     pool = fresh_pool(2, heartbeat_interval=0.1, heartbeat_misses=10)  # 1 s of silence
     ar = pool.apply_async(_tasks.sleep_then, (30,))
-    engine_id, pid = engine_holding(pool)
+    engine_id, pid = engine_started(pool, ar.msg_ids[0])
     os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
     try:

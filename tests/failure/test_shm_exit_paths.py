@@ -22,7 +22,7 @@ import pytest
 
 import zpool
 from tests import _tasks
-from tests._wait import engine_holding, wait_empty, wait_until
+from tests._wait import engine_holding, engine_started, wait_empty, wait_until
 
 T = 60
 BIG = 32 << 20  # bytes
@@ -185,10 +185,12 @@ def test_engine_killed_with_retries_keeps_the_argument_for_the_retry(fresh_pool)
     prefix = prefix_of(pool)
     arr = big_array(4.0)
     ar = pool.apply_async(_tasks.sleep_then, (60, arr), retries=1)
-    _, pid = engine_holding(pool)
+    _, pid = engine_started(pool, ar.msg_ids[0])  # (started: killed before, it would run elsewhere, no retry used)
     os.kill(pid, signal.SIGKILL)
     # The retry runs elsewhere, mapping the same segment: it must still be there.
-    _, pid2 = wait_until(lambda: (e := engine_holding(pool))[1] != pid and e, T, "the retry starts on another engine")
+    _, pid2 = wait_until(
+        lambda: (e := engine_started(pool, ar.msg_ids[0]))[1] != pid and e, T, "the retry starts on another engine"
+    )
     assert len(segments(prefix)) == 1
     os.kill(pid2, signal.SIGKILL)
     with pytest.raises(zpool.EngineError):
@@ -200,7 +202,7 @@ def test_engine_killed_before_returning_a_big_result(fresh_pool):
     pool = fresh_pool(2)
     prefix = prefix_of(pool)
     ar = pool.apply_async(_tasks.sleep_then_make_array, (60, BIG))
-    _, pid = engine_holding(pool)
+    _, pid = engine_started(pool, ar.msg_ids[0])
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(zpool.EngineError, match="SIGKILL"):
         ar.get(T)

@@ -30,7 +30,18 @@ import zpool
 import zpool.client.connection as connection_module
 from tests import _tasks
 from tests._wait import ctrl_c_after, wait_empty, wait_in_task, wait_until
+from zpool.client.connection import Connection
 from zpool.error import BrokenPoolError, EngineError, PoolClosedError, SerializationError, TaskAborted
+
+
+@pytest.fixture(autouse=True)
+def controller_path(monkeypatch):
+    """These tests are about the own socket to the controller: no call is pushed to the engines here.
+
+    tests/integration/test_pushed.py covers the direct path, which blocking calls take by default.
+    """
+    monkeypatch.setattr(Connection, "pushing", property(lambda self: False, lambda self, value: None), raising=False)
+
 
 T = 60  # bound on waits that should end
 PROMPT = 10.0  # "promptly", on a loaded 2-core machine
@@ -62,7 +73,7 @@ class CallNowSpy:
 
 def own_call_running(pool) -> None:
     """Wait until a call sent on the own socket is running on an engine."""
-    wait_until(lambda: len(pool._conn._own_sent) > 0, T, "a call went out on the own socket")
+    wait_until(lambda: len(pool._conn._own.sent) > 0, T, "a call went out on the own socket")
     wait_in_task(pool, 1, T)
 
 
@@ -160,10 +171,10 @@ def make_interrupting(pid: int) -> InterruptsCaller:
 @pytest.mark.timeout(120)
 def test_apply_takes_the_own_socket_and_returns_values_and_metadata(fresh_pool, monkeypatch):
     pool = fresh_pool(2)
-    assert pool._conn._own is None
+    assert pool._conn._own.sock is None
     spy = CallNowSpy(pool, monkeypatch)
     assert pool.apply(_tasks.square, (7,)) == 49
-    assert pool._conn._own is not None
+    assert pool._conn._own.sock is not None
     ar, took = spy.last
     assert took is True
     assert ar.ready() and ar.successful() and ar.get(0) == 49
@@ -181,7 +192,7 @@ def test_apply_takes_the_own_socket_and_returns_values_and_metadata(fresh_pool, 
     np.testing.assert_array_equal(pool.apply(_tasks.identity, (arr,)), arr)
     np.testing.assert_array_equal(pool.apply(_tasks.make_array, (3 << 20, 2.0)), np.full((3 << 20) // 8, 2.0))
     assert [took for _, took in spy.calls] == [True] * 8
-    assert len(pool._results) == 0 and not pool._conn._own_sent
+    assert len(pool._results) == 0 and not pool._conn._own.sent
 
 
 @pytest.mark.timeout(120)
@@ -224,7 +235,7 @@ def test_apply_falls_back_while_other_work_is_outstanding(pool, monkeypatch):
 def test_apply_falls_back_while_another_thread_is_in_its_own_call(pool, monkeypatch):
     spy = CallNowSpy(pool, monkeypatch)
     thread, outcome = in_thread(pool.apply, _tasks.sleep_then, (1.5, "first"))
-    wait_until(lambda: len(pool._conn._own_sent) > 0, T, "a call went out on the own socket")
+    wait_until(lambda: len(pool._conn._own.sent) > 0, T, "a call went out on the own socket")
     assert pool.apply(_tasks.square, (6,)) == 36
     thread.join(T)
     assert outcome == [("ok", "first")]
@@ -286,7 +297,7 @@ def test_many_threads_calling_apply_at_once_all_get_their_results(pool, monkeypa
     assert all(took is not None for _, took in spy.calls)
     assert any(took for _, took in spy.calls)
     wait_empty(lambda: len(pool._results), PROMPT, "no result pending")
-    assert not pool._conn._own_sent
+    assert not pool._conn._own.sent
 
 
 # -- what ends an own-socket call --------------------------------------------------------------------
@@ -368,7 +379,7 @@ def test_ctrl_c_in_the_middle_of_the_own_send_leaves_the_socket_usable(fresh_poo
     fired = []
 
     def send_frames(sock, frames, flags=0, track=False):
-        if sock is conn._own and not fired:
+        if sock is conn._own.sock and not fired:
             fired.append(True)
             for frame in frames[:3]:  # the first frames are out when Ctrl-C arrives
                 sock.send(frame, flags | zmq.SNDMORE)
@@ -393,7 +404,7 @@ def test_ctrl_c_just_after_the_own_send_aborts_the_task(fresh_pool, monkeypatch)
 
     def send_frames(sock, frames, flags=0, track=False):
         trackers = real_send(sock, frames, flags, track)
-        if sock is conn._own and not fired:
+        if sock is conn._own.sock and not fired:
             fired.append(True)
             os.kill(os.getpid(), signal.SIGINT)  # lands as send_frames returns
         return trackers
@@ -413,7 +424,7 @@ def test_ctrl_c_aborts_the_task_even_when_the_controller_reads_the_abort_first(f
     # A busy controller (stopped here for a moment) that accepts the caller's new own socket
     # late: the abort, sent on the connection it already has, reaches it before the task.
     pool = fresh_pool(1)
-    assert pool._conn._own is None
+    assert pool._conn._own.sock is None
     controller = controller_of(pool)
     controller.suspend()
     try:

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import logging
 import os
-import signal
 import threading
 import time
 from typing import Any, Callable
@@ -31,7 +29,8 @@ from typing import Any, Callable
 import zmq
 
 from zpool import _shm
-from zpool.client.ctrlc import HoldCtrlC
+from zpool.client.ctrlc import HoldCtrlC, default_int_handler, sigint_handler
+from zpool.client.own_socket import OWN_POLL_MS, OwnSocket
 from zpool.client.results import ResultTable
 from zpool.error import (
     AuthenticationError,
@@ -70,12 +69,6 @@ SENT_MEMORY_TASKS = 200_000
 TRACK_POLL_S = 0.1
 BATCH_MAX_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.1
-# A caller waiting on its own socket (call_now) looks this often whether the connection ended, in ms.
-OWN_POLL_MS = 50
-# How long the first blocking call waits for that socket to connect before using the I/O thread's, in ms.
-OWN_CONNECT_WAIT_MS = 200
-# Calls on it whose caller stopped waiting, remembered so that a reject notice can fail them.
-OWN_SENT_MEMORY = 1024
 
 
 class _Flagged:
@@ -207,14 +200,11 @@ class Connection:
         self.dead = threading.Event()
         self._sent_tasks = 0
         self._sending = False  # the I/O thread took queued items and is sending them
-        # The calling thread's own socket for blocking calls (see call_now), made on first
-        # use; whoever holds _own_lock may use it (the I/O thread only reads leftovers).
-        self._own: zmq.Socket[Any] | None = None
-        self._own_up = False  # it was seen connected (see _own_socket)
-        self._own_lock = threading.Lock()
-        # Messages sent on it whose answer was not read by their caller: signature -> (ids, segments).
-        self._own_sent: collections.OrderedDict[bytes, tuple[list[str], list[str]]] = collections.OrderedDict()
-        self._address = info.client
+        # The calling thread's own sockets for blocking calls (see call_now), made on first
+        # use; whoever holds their lock may use them (the I/O thread only reads leftovers).
+        self._own = OwnSocket(self._ctx, self.session, info.client, results)
+        # Whether blocking calls may push their tasks straight to the engines (set by the pool).
+        self.pushing = False
         self._thread = threading.Thread(target=self._run, name="zpool-io", daemon=True)
         self._thread.start()
 
@@ -266,10 +256,14 @@ class Connection:
         when nothing else of this connection is queued, being sent or
         outstanding, so nothing it sends can overtake earlier work: the
         calling thread sends on a socket of its own and reads the replies
-        itself, sparing the two hand-offs to and from the I/O thread. It
-        returns once ``done()`` holds: the replies were settled here, or the
-        tasks were failed elsewhere (the connection broke or closed). If the
-        wait is interrupted (Ctrl-C), the I/O thread reads the replies later.
+        itself, sparing the two hand-offs to and from the I/O thread
+        (:mod:`zpool.client.own_socket`). With :attr:`pushing`, and tasks
+        that use no shared memory, it pushes them straight to the engines
+        (the direct path, :mod:`zpool.client.pusher`), sparing the
+        controller's two hops as well. It returns once ``done()`` holds: the
+        replies were settled here, or the tasks were failed elsewhere (the
+        connection broke or closed). If the wait is interrupted (Ctrl-C), the
+        I/O thread reads the replies later.
 
         Sending a message, and reading and settling a reply, must not stop
         half-way (a message cut short corrupts the socket; a reply read and
@@ -279,9 +273,10 @@ class Connection:
         path is not taken.
         """
         hold = HoldCtrlC()
-        if hold.needed and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        if hold.needed and sigint_handler() is not default_int_handler:
             return False
-        if not self._own_lock.acquire(blocking=False):
+        own = self._own
+        if not own.lock.acquire(blocking=False):
             return False  # another thread is in a call of its own
         try:
             with self._lock:
@@ -293,32 +288,44 @@ class Connection:
             sent = False
             try:
                 with hold:
-                    sock = self._own_socket()
+                    sock = own.socket()
                     if sock is None:
                         return False  # not connected (yet): the I/O thread's socket takes them
-                    batch = BatchWriter()
-                    for task_id, frames in items:
-                        batch.add(task_id, frames)
+                    for _, frames in items:
                         segments += _shm.manifest_names(frames)
-                    fields = batch.fields()
-                    if segments:
-                        fields["shm"] = True
-                    msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
-                    signature = msg[1]
-                    self._own_sent[signature] = (ids, segments)
-                    try:
-                        # Not waiting: with ZMQ_IMMEDIATE a send blocks while the connection is down.
-                        send_frames(sock, msg, zmq.DONTWAIT)
-                    except zmq.Again:
-                        self._own_sent.pop(signature, None)
-                        self._own_up = False
-                        return False  # the connection dropped: nothing went out
+                    left = items
+                    if self.pushing and not segments:
+                        if own.pusher.roster:
+                            left = own.pusher.push(items)
+                        else:
+                            own.ask_roster(sock)  # this call goes the controller's way; the next ones are pushed
+                    if left is not items:
+                        sent = True  # (some at least were pushed)
+                    if left:
+                        batch = BatchWriter()
+                        for task_id, frames in left:
+                            batch.add(task_id, frames)
+                        fields = batch.fields()
+                        if segments:
+                            fields["shm"] = True
+                        msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
+                        signature = msg[1]
+                        own.sent[signature] = ([task_id for task_id, _ in left], segments)
+                        try:
+                            # Not waiting: with ZMQ_IMMEDIATE a send blocks while the connection is down.
+                            send_frames(sock, msg, zmq.DONTWAIT)
+                        except zmq.Again:
+                            own.sent.pop(signature, None)
+                            own.down()
+                            if not sent:
+                                return False  # the connection dropped: nothing went out
+                            self.submit(left)  # the others were pushed: these go through the I/O thread
                     sent = True
             except BaseException as exc:
                 if sent:
                     raise  # a Ctrl-C held during the send: the tasks are the controller's (the caller aborts them)
                 # Not sent: the tasks end here, and their segments.
-                self._own_sent.pop(signature, None)
+                own.sent.pop(signature, None)
                 error = exc if isinstance(exc, (ZPoolError, KeyboardInterrupt)) else BrokenPoolError(repr(exc))
                 self.results.fail(ids, lambda: error)
                 for _, frames in items:
@@ -328,12 +335,12 @@ class Connection:
                 if self.dead.is_set() or self._closing:
                     self._fail_unanswered(ids)
                     break
-                if sock.poll(OWN_POLL_MS):
-                    self._read_own(sock, hold)
-            self._own_sent.pop(signature, None)  # answered: no notice about it can follow
+                for each in own.poll(OWN_POLL_MS):  # (a roster notice read here may change the sockets)
+                    own.read(each, hold)
+            own.sent.pop(signature, None)  # answered: no notice about it can follow
             return True
         finally:
-            self._own_lock.release()
+            own.lock.release()
 
     def _fail_unanswered(self, ids: list[str]) -> None:
         broken = self.broken
@@ -341,81 +348,6 @@ class Connection:
             self.results.fail(ids, lambda: BrokenPoolError(broken))
         else:
             self.results.fail(ids, lambda: PoolClosedError("the connection to the controller was closed"))
-
-    def _own_socket(self) -> zmq.Socket[Any] | None:
-        """The callers' own socket if it is connected now; None: use the I/O thread's (holder of _own_lock).
-
-        Made on first use, with ``ZMQ_IMMEDIATE``, so nothing is queued
-        for a connection that is not up: libzmq connects in the background
-        and retries quietly when it cannot (no file descriptor left:
-        EMFILE), and a message queued for it would wait forever. The first
-        use waits up to :data:`OWN_CONNECT_WAIT_MS` for the connection; later
-        ones only look, until it was seen up (a send that finds it down
-        again says so).
-        """
-        sock = self._own
-        if sock is not None and self._own_up:
-            return sock
-        wait_ms = 0
-        if sock is None:
-            try:
-                sock = self._ctx.socket(zmq.DEALER)
-            except zmq.ZMQError as exc:  # EMFILE: the I/O thread's socket is connected already
-                logger.debug("no socket of its own for a blocking call: %s", exc)
-                return None
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            sock.connect(self._address)
-            self._own = sock
-            wait_ms = OWN_CONNECT_WAIT_MS
-        self._own_up = bool(sock.poll(wait_ms, zmq.POLLOUT))
-        return sock if self._own_up else None
-
-    def _read_own(self, sock: zmq.Socket[Any], hold: HoldCtrlC | None = None) -> None:
-        """Settle what arrived on the callers' own socket (whoever holds _own_lock)."""
-        while True:
-            with hold or _NO_HOLD:  # each message read and settled whole
-                frames = recv_ready(sock)
-                if frames is None:
-                    return
-                try:
-                    msg = self.session.unpack(frames)
-                    if msg.msg_type == MsgType.APPLY_REPLY.value:
-                        self.results.handle_reply(msg)
-                    elif msg.msg_type == MsgType.REJECT_NOTICE.value:
-                        self._on_own_rejected(msg)
-                    else:
-                        raise ProtocolError(f"unexpected {msg.msg_type} on the callers' own socket")
-                except ZPoolError as exc:
-                    logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
-
-    def _on_own_rejected(self, msg: Message) -> None:
-        try:
-            signature = bytes.fromhex(str(msg.content.get("signature", "")))
-        except ValueError:
-            return
-        sent = self._own_sent.pop(signature, None)
-        if sent is None:
-            return
-        ids, segments = sent
-        for name in segments:  # the controller never accepted them
-            _shm.unlink(name)
-        text = rejected_call_text(msg.content.get("reason"))
-        self.results.fail(ids, lambda: AuthenticationError(text))
-
-    def _read_own_leftovers(self) -> None:
-        """Answers to calls whose caller stopped waiting (I/O thread, when no caller uses the socket)."""
-        if self._own is None or not self._own_lock.acquire(blocking=False):
-            return
-        try:
-            self._read_own(self._own)
-            while len(self._own_sent) > OWN_SENT_MEMORY:
-                self._own_sent.popitem(last=False)
-        finally:
-            self._own_lock.release()
 
     def _enqueue(self, item: Any) -> None:
         self._enqueue_all([item])
@@ -466,16 +398,14 @@ class Connection:
                 if time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + WATCH_INTERVAL_S
                     self._check_controller()
-                    self._read_own_leftovers()
+                    self._own.read_leftovers()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             logger.exception("zpool I/O thread failed")
             self._break(f"the client's I/O thread failed: {type(exc).__name__}: {exc}")
         finally:
             self._sock.close(linger=0)
             self._closing = True  # a caller waiting on its own socket leaves within OWN_POLL_MS
-            with self._own_lock:
-                if self._own is not None:
-                    self._own.close(linger=0)
+            self._own.close()
             self._ctx.term()
             self.dead.set()  # the socket is closed: nothing queued will go out any more
             with self._lock:
@@ -696,6 +626,3 @@ class Connection:
                     _shm.release(frames)
                 if isinstance(item, _Flagged) and item.tracker is not None:
                     item.tracker.abandon()
-
-
-_NO_HOLD = contextlib.nullcontext()

@@ -8,11 +8,12 @@ raised right after.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]
 import signal
 import threading
 from typing import Any
 
-__all__ = ["HoldCtrlC"]
+__all__ = ["HoldCtrlC", "default_int_handler", "get_handler", "sigint_handler"]
 
 
 class HoldCtrlC:
@@ -37,10 +38,24 @@ class HoldCtrlC:
     def __enter__(self) -> None:
         if self.needed:
             self._noted = False
-            self._previous = signal.signal(signal.SIGINT, self._note)
+            self._previous = _set_handler(_SIGINT, self._note)
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         if self.needed:
-            signal.signal(signal.SIGINT, self._previous)
+            _set_handler(_SIGINT, self._previous)
             if self._noted and kind is None:
                 raise KeyboardInterrupt
+
+
+# The C functions under signal.signal and signal.getsignal, which wrap them in enum
+# conversions costing several microseconds per call: a blocking call swaps the handler
+# a few times on its way.
+_set_handler = _signal.signal
+get_handler = _signal.getsignal
+_SIGINT = int(signal.SIGINT)
+default_int_handler = signal.default_int_handler
+
+
+def sigint_handler() -> Any:
+    """SIGINT's handler now (as ``signal.getsignal(signal.SIGINT)``, without its enum conversion)."""
+    return get_handler(_SIGINT)

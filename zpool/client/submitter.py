@@ -355,6 +355,43 @@ class Submitter:
         make_result: Callable[..., Any] | None = None,
     ) -> MapResult[T]:
         """Check, chunk and submit a ``map`` for `owner` (`make_result`: another kind of result than MapResult)."""
+        ar, items, wire_flags, tracker = self.prepare_map(
+            owner, func, iterable, chunksize, callback, error_callback, star, flags, make_result
+        )
+        if items:
+            self.submit(ar, items, wire_flags, tracker)
+        return ar
+
+    def map_now(
+        self,
+        owner: Any,
+        func: Callable[..., T],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        star: bool,
+        flags: Mapping[str, Any],
+    ) -> list[T]:
+        """A blocking ``map``: without scheduling flags, sent and awaited by this thread (:meth:`apply_now`)."""
+        ar, items, wire_flags, tracker = self.prepare_map(owner, func, iterable, chunksize, None, None, star, flags)
+        if items and wire_flags is None and tracker is None:
+            return self.apply_now(ar, items)
+        if items:
+            self.submit(ar, items, wire_flags, tracker)
+        return self.get_blocking(ar)
+
+    def prepare_map(
+        self,
+        owner: Any,
+        func: Callable[..., T],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        callback: Callable[[list[T]], Any] | None,
+        error_callback: Callable[[BaseException], Any] | None,
+        star: bool,
+        flags: Mapping[str, Any],
+        make_result: Callable[..., Any] | None = None,
+    ) -> tuple[MapResult[T], Items, dict[str, Any] | None, SendTracker | None]:
+        """Check and chunk a ``map``: its result, its tasks (not sent), their wire flags and send tracker."""
         sub = self
         sub.check_running()
         check_func(func, callback, error_callback)
@@ -386,9 +423,7 @@ class Submitter:
             tracker=tracker,
             **extra,
         )
-        if items:
-            sub.submit(ar, items, wire_flags, tracker)
-        return ar
+        return ar, items, wire_flags, tracker
 
     # -- requests to the controller -------------------------------------------------------
 

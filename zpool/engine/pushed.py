@@ -8,12 +8,17 @@
 
 A blocking call without scheduling flags skips the controller's two hops:
 the client sends it to an engine's own socket, and the engine answers it
-there. The controller stays the source of truth: the engine forwards each
-pushed request to it, on the engine's controller socket, before running
-any of its tasks, so the controller knows them (records, ``queue_status``,
-recall, abort, interrupt, and the engine's death) before any reply, which
-travels later on the same socket and is recorded there without being
-forwarded again. See ``docs/performance.md`` ("the direct path").
+there. The controller stays the source of truth: the engine passes each
+pushed request on to it (the client's signed frames, untouched), then the
+replies, on the engine's controller socket, so the controller sees the
+request before any reply and records both (records, ``queue_status``,
+recall, abort, interrupt, the engine's death) without forwarding anything.
+Both wait with the engine's held replies, and go out right after the
+client's replies: the client does not wait for them, and the controller
+wakes once for several. A task that runs longer than the hold has them
+sent while it runs, by the heartbeat thread, as held replies are; so the
+controller knows every pushed task that runs for more than a few
+milliseconds while it runs. See ``docs/performance.md`` ("the direct path").
 
 Owned by the engine's main thread, which reads the socket between tasks
 (as it reads the controller's); replies are sent by whoever flushes the
@@ -58,16 +63,18 @@ class PushedTasks:
         self.address = address
         self.routes: dict[str, bytes] = {}  # task id -> the client it came from, until answered
         self.outboxes: dict[bytes, BatchWriter] = {}  # client -> replies held for it
+        self.requests: list[list[Any]] = []  # pushed requests not passed on to the controller yet
 
-    def drain(self, forward: Callable[[list[Any]], None], queue: Callable[[Message], None]) -> None:
-        """Take in what clients pushed: each request is forwarded to the controller, then its tasks queued.
+    def drain(self, queue: Callable[[Message], None]) -> int:
+        """Take in what clients pushed: queue their tasks, and hold each request for the controller.
 
-        Main thread, under the engine's lock.
+        Returns how many requests were taken in. Main thread, under the engine's lock.
         """
+        taken = 0
         while True:
             frames = recv_ready(self.sock)
             if frames is None:
-                return
+                return taken
             route = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
             try:
                 msg = self.session.unpack(frames)
@@ -79,7 +86,8 @@ class PushedTasks:
             except Exception as exc:
                 logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
                 continue
-            forward(frames[1:])  # first: the controller knows the tasks before any reply
+            self.requests.append(frames[1:])
+            taken += 1
             for task_id in ids:
                 self.routes[task_id] = route
             queue(msg)
@@ -101,11 +109,16 @@ class PushedTasks:
             self.routes.pop(task_id, None)
 
     def __bool__(self) -> bool:
-        return bool(self.outboxes)
+        return bool(self.outboxes or self.requests)
 
     def flush(self, to_controller: Callable[[list[Any]], None]) -> None:
-        """Send each client its held replies, then the controller the same (caller holds the engine's lock)."""
+        """Send each client its held replies, then the controller the requests and the same replies.
+
+        The caller holds the engine's lock.
+        """
         outboxes, self.outboxes = self.outboxes, {}
+        requests, self.requests = self.requests, []
+        replies = []
         for route, batch in outboxes.items():
             fields = batch.fields()
             fields["pushed"] = True
@@ -114,6 +127,10 @@ class PushedTasks:
                 send_frames(self.sock, [route, *msg], zmq.DONTWAIT)
             except zmq.ZMQError as exc:  # the client is gone: nobody waits for it
                 logger.debug("reply for a client that left dropped: %s", exc)
+            replies.append(msg)
+        for msg in requests:  # (first: the controller knows a task before its reply)
+            to_controller(msg)
+        for msg in replies:
             to_controller(msg)
 
     def close(self) -> None:

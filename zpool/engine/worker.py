@@ -325,8 +325,11 @@ class Engine:
     # -- receiving ------------------------------------------------------------
 
     def _drain(self) -> None:
-        if self.pushed is not None:  # (first: a pushed request reaches the controller before any reply)
-            self.pushed.drain(self._to_controller, self._queue)
+        if self.pushed is not None and self.pushed.drain(self._queue):
+            # Requests held for the controller count as held replies: they go out with them.
+            if not self.held:
+                self.outbox_since = time.monotonic()
+            self.held += 1
         while True:
             frames = recv_ready(self.sock)
             if frames is None:

@@ -1,0 +1,223 @@
+"""The caller's own sockets for blocking calls: one to the controller, and pushes straight to engines.
+
+::
+
+    caller thread (holding the lock) ──▶ own DEALER ──▶ controller ──▶ engines   (four hops)
+                                     └─▶ Pusher: DEALER per engine ──▶ engine   (two hops: the direct path)
+    caller thread ◀── replies, read and settled in this thread, on either socket
+
+A blocking ``apply`` or ``map`` whose tasks have no scheduling flags is
+sent by the calling thread itself, which then reads and settles the replies
+(:meth:`zpool.client.connection.Connection.call_now`), sparing the two
+hand-offs to and from the I/O thread. Pushed straight to the engines
+(:mod:`zpool.client.pusher`), it also spares the controller's two hops.
+
+:class:`OwnSocket` owns those sockets and what was sent on them. Whoever
+holds :attr:`OwnSocket.lock` may use them: a caller in a blocking call, or
+the I/O thread, which reads the answers a caller stopped waiting for
+(Ctrl-C) a few times a second when no caller holds the lock.
+
+The socket to the controller is made on first use with ``ZMQ_IMMEDIATE``,
+so nothing is queued for a connection that is not up: libzmq connects in
+the background and retries quietly when it cannot (no file descriptor
+left: EMFILE), and a message queued for it would wait forever. Its
+identity is the client's *route*: the controller sends there what it has
+to say about pushed tasks.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import logging
+import os
+import threading
+from typing import Any
+
+import zmq
+
+from zpool import _shm
+from zpool.client.ctrlc import HoldCtrlC
+from zpool.client.pusher import Pusher
+from zpool.client.results import ResultTable
+from zpool.error import AuthenticationError, EngineError, ProtocolError, ZPoolError, rejected_call_text
+from zpool.protocol import Message, MsgType, Session, recv_ready, send_frames
+
+__all__ = ["OWN_POLL_MS", "OwnSocket"]
+
+logger = logging.getLogger(__name__)
+
+# A caller waiting on its own socket (call_now) looks this often whether the connection ended, in ms.
+OWN_POLL_MS = 50
+# How long the first blocking call waits for that socket to connect before using the I/O thread's, in ms.
+OWN_CONNECT_WAIT_MS = 200
+# Calls on it whose caller stopped waiting, remembered so that a reject notice can fail them.
+OWN_SENT_MEMORY = 1024
+# The controller may bind after we connect (they start together): retry soon.
+RECONNECT_IVL_MS = 10
+
+_NO_HOLD = contextlib.nullcontext()
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
+class OwnSocket:
+    """The caller's own socket to the controller, its pushes to engines, and what was sent on them.
+
+    Parameters
+    ----------
+    ctx : zmq.Context
+        The connection's context.
+    session : Session
+        The connection's session.
+    address : str
+        The controller's client endpoint.
+    results : ResultTable
+        Where replies are settled.
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], session: Session, address: str, results: ResultTable) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.address = address
+        self.results = results
+        self.lock = threading.Lock()
+        self.sock: zmq.Socket[Any] | None = None
+        self.up = False  # it was seen connected (see socket())
+        self.route = b"c" + os.urandom(15)
+        self.pusher = Pusher(ctx, session, self.route)
+        # Messages sent on it whose answer was not read by their caller: signature -> (ids, segments).
+        self.sent: collections.OrderedDict[bytes, tuple[list[str], list[str]]] = collections.OrderedDict()
+        self._poller: zmq.Poller | None = None
+        self._polled: tuple[int, int] = (0, -1)  # the sockets the poller watches (see poll)
+
+    def socket(self) -> zmq.Socket[Any] | None:
+        """The socket to the controller if it is connected now; None: use the I/O thread's (holder of :attr:`lock`).
+
+        The first use waits up to :data:`OWN_CONNECT_WAIT_MS` for the
+        connection; later ones only look, until it was seen up (a send that
+        finds it down again says so: :meth:`down`).
+        """
+        sock = self.sock
+        if sock is not None and self.up:
+            return sock
+        wait_ms = 0
+        if sock is None:
+            try:
+                sock = self.ctx.socket(zmq.DEALER)
+            except zmq.ZMQError as exc:  # EMFILE: the I/O thread's socket is connected already
+                logger.debug("no socket of its own for a blocking call: %s", exc)
+                return None
+            sock.setsockopt(zmq.IDENTITY, self.route)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.connect(self.address)
+            self.sock = sock
+            wait_ms = OWN_CONNECT_WAIT_MS
+        self.up = bool(sock.poll(wait_ms, zmq.POLLOUT))
+        return sock if self.up else None
+
+    def down(self) -> None:
+        """A send found the connection down."""
+        self.up = False
+
+    def ask_roster(self, sock: zmq.Socket[Any]) -> None:
+        """Ask the controller, once, where engines take pushed tasks (the answer comes on this socket)."""
+        if not self.pusher.asked:
+            self.pusher.asked = True
+            try:
+                send_frames(sock, self.session.build(MsgType.ROSTER_REQUEST), zmq.DONTWAIT)
+            except zmq.Again:
+                self.pusher.asked = False
+
+    def sockets(self) -> list[zmq.Socket[Any]]:
+        """Every socket a reply to a call of this thread may come on."""
+        own = [self.sock] if self.sock is not None else []
+        return own + list(self.pusher.socks.values())
+
+    def poll(self, timeout_ms: int) -> list[zmq.Socket[Any]]:
+        """The sockets of :meth:`sockets` that have something to read, waiting up to `timeout_ms`."""
+        key = (id(self.sock), self.pusher.version)
+        if self._poller is None or self._polled != key:
+            self._poller = zmq.Poller()
+            for sock in self.sockets():
+                self._poller.register(sock, zmq.POLLIN)
+            self._polled = key
+        return [sock for sock, _ in self._poller.poll(timeout_ms)]
+
+    def read(self, sock: zmq.Socket[Any], hold: HoldCtrlC | None = None) -> None:
+        """Settle what arrived on `sock`, one of :meth:`sockets` (holder of :attr:`lock`)."""
+        pushed = sock is not self.sock
+        while (
+            not sock.closed and int(sock.get(_EVENTS)) & _POLLIN
+        ):  # (closed: a roster notice just read)  # (looked at first: a Ctrl-C is held only while there is work)
+            with hold or _NO_HOLD:  # each message read and settled whole
+                frames = recv_ready(sock)
+                if frames is None:
+                    return
+                try:
+                    msg = self.session.unpack(frames)
+                    kind = msg.msg_type
+                    if kind == MsgType.APPLY_REPLY.value:
+                        self.results.handle_reply(msg)
+                        if self.pusher.where:
+                            self.pusher.answered(msg.header.get("ids") or ())
+                    elif pushed:
+                        raise ProtocolError(f"unexpected {kind} from an engine's direct socket")
+                    elif kind == MsgType.REJECT_NOTICE.value:
+                        self._on_rejected(msg)
+                    elif kind == MsgType.ROSTER_NOTICE.value:
+                        self._on_roster(msg)
+                    else:
+                        raise ProtocolError(f"unexpected {kind} on the callers' own socket")
+                except ZPoolError as exc:
+                    logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
+
+    def _on_rejected(self, msg: Message) -> None:
+        try:
+            signature = bytes.fromhex(str(msg.content.get("signature", "")))
+        except ValueError:
+            return
+        sent = self.sent.pop(signature, None)
+        if sent is None:
+            return
+        ids, segments = sent
+        for name in segments:  # the controller never accepted them
+            _shm.unlink(name)
+        text = rejected_call_text(msg.content.get("reason"))
+        self.results.fail(ids, lambda: AuthenticationError(text))
+
+    def _on_roster(self, msg: Message) -> None:
+        for ids, engine_id in self.pusher.on_roster(msg.content):
+            self.results.fail(ids, functools.partial(_lost, engine_id, ids))
+
+    def read_leftovers(self) -> None:
+        """Answers to calls whose caller stopped waiting (I/O thread, when no caller uses the sockets)."""
+        if self.sock is None or not self.lock.acquire(blocking=False):
+            return
+        try:
+            for sock in self.sockets():
+                self.read(sock)
+            while len(self.sent) > OWN_SENT_MEMORY:
+                self.sent.popitem(last=False)
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        """Close the sockets (once no caller holds :attr:`lock`)."""
+        with self.lock:
+            if self.sock is not None:
+                self.sock.close(linger=0)
+                self.sock = None
+            self.pusher.close()
+
+
+def _lost(engine_id: int, ids: list[str]) -> EngineError:
+    return EngineError(
+        f"engine {engine_id} left before it passed on task(s) {', '.join(ids[:5])} pushed to it"
+        " (its death is in the cluster's log); other engines carry on"
+    )
