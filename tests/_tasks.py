@@ -293,7 +293,7 @@ def digest(arr) -> str:
 
 def inspect_pushed(name):
     """What an engine sees under `name` in its namespace (bound by push or scatter)."""
-    from zpool.serialize import main_namespace
+    from zpool._engine_context import main_namespace
 
     arr = main_namespace()[name]
     return {
