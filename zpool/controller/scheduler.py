@@ -483,8 +483,8 @@ class Scheduler:
         task.engine = None
         if slot.recalling:
             slot.recalling.discard(task_id)  # asked back too late: it ran
-        if task.direct or task.pushed:
-            unmet = False  # it raised UnmetDependency where it was sent (no flags): that is its answer
+        if task.direct:
+            unmet = False  # it raised UnmetDependency on the one engine it was for: that is its answer
         if run_s >= 0 and not unmet and not task.direct:
             self.pacing.ran(run_s)
         if task.abort_asked and (unmet or (not ok and task.retries > 0 and not aborted)):

@@ -526,6 +526,11 @@ class Engine:
                 self.outbox_since = time.monotonic()
             self.held += 1
             pushed = self.pushed
+            if pushed is not None and status == TaskStatus.UNMET.value:
+                # Its functional dependency is not met here: the controller places it elsewhere, and
+                # its answer comes that way (the controller's reply, not this one, is the client's).
+                pushed.forget((task_id,))
+                pushed = None
             if pushed is None or not pushed.add(task_id, frames, status, self.engine_id, started, completed):
                 self.outbox.add(task_id, frames, status, self.engine_id, started, completed)
 
