@@ -195,6 +195,8 @@ class Roster(_RosterEngines, total=False):
     # For an engine that left: engine id (as text) -> the tasks this client pushed there that the controller
     # knew of (it answers those, or places them again); the others never reached it, and fail at the client.
     gone: dict[str, list[str]]
+    # For an engine that left, when its run slot was read: the last task it started ("": none).
+    started: dict[str, str]
 
 
 # -- the engine's run slot -----------------------------------------------------------------

@@ -31,8 +31,13 @@ LONG = 60.0
 
 
 def pushing_ready(pool) -> None:
-    """Until the pool's blocking calls are pushed (the first asks the controller where to)."""
-    wait_until(lambda: pool.apply(_tasks.square, (2,)) == 4 and pool._conn._own.pusher.roster, T, "a roster")
+    """Until the pool's blocking calls are pushed to every engine (the first asks the controller where to)."""
+    pusher = pool._conn._own.pusher
+    wait_until(
+        lambda: pool.apply(_tasks.square, (2,)) == 4 and pusher.roster and pusher.up == set(pusher.roster),
+        T,
+        "sockets to every engine of the roster",
+    )
 
 
 def known(pool) -> int:
@@ -192,3 +197,20 @@ def test_a_client_that_goes_away_with_pushed_tasks_leaves_the_engines_serving(fr
     # Its 2 tasks, the map's 5 chunks and the 10 applies below.
     assert {pool.apply(_tasks.getpid) for _ in range(10)} == {p.pid for p in pool._pool}
     wait_until(lambda: completed(pool) - before >= 2 + 5 + 10, T, "the vanished client's tasks done")
+
+
+def test_a_call_pushed_to_an_engine_that_dies_before_reading_it_runs_on_another(fresh_pool):
+    pool = fresh_pool(1)
+    pushing_ready(pool)
+    (engine,) = pool._pool
+    os.kill(engine.pid, signal.SIGSTOP)  # it cannot read what is pushed to it now
+    outcome = []
+    caller = threading.Thread(target=lambda: outcome.append(pool.apply(_tasks.getpid)))
+    caller.start()
+    wait_until(lambda: pool._conn._own.pusher.where, T, "the call pushed to the stopped engine")
+    os.kill(engine.pid, signal.SIGKILL)
+    caller.join(T)
+    # It never started there (the engine's run slot says so): sent again the controller's way, it ran on the
+    # replacement.
+    assert outcome and outcome[0] != engine.pid
+    assert pool.apply(_tasks.square, (3,)) == 9

@@ -42,7 +42,7 @@ from zpool.client.ctrlc import HoldCtrlC
 from zpool.client.pusher import Pusher
 from zpool.client.results import ResultTable
 from zpool.error import AuthenticationError, EngineError, ProtocolError, ZPoolError, rejected_call_text
-from zpool.protocol import Message, MsgType, Session, recv_ready, send_frames
+from zpool.protocol import BatchWriter, Message, MsgType, Session, recv_ready, send_frames
 
 __all__ = ["OWN_POLL_MS", "OwnSocket"]
 
@@ -192,8 +192,22 @@ class OwnSocket:
         self.results.fail(ids, lambda: AuthenticationError(text))
 
     def _on_roster(self, msg: Message) -> None:
-        for ids, engine_id in self.pusher.on_roster(msg.content):
+        lost, again = self.pusher.on_roster(msg.content)
+        for ids, engine_id in lost:
             self.results.fail(ids, functools.partial(_lost, engine_id, ids))
+        if again:  # pushed to an engine that died before it passed them on, never started: the controller's way
+            batch = BatchWriter()
+            for task_id, frames in again:
+                batch.add(task_id, frames)
+            ids = [task_id for task_id, _ in again]
+            out = self.session.build(MsgType.APPLY_REQUEST, batch.fields(), buffers=batch.buffers())
+            try:
+                if self.sock is None:
+                    raise zmq.Again
+                send_frames(self.sock, out, zmq.DONTWAIT)
+                self.sent[out[1]] = (ids, [])
+            except zmq.ZMQError:  # the connection to the controller is down too: the pool is breaking
+                self.results.fail(ids, functools.partial(_unsent, ids))
 
     def read_leftovers(self) -> None:
         """Answers to calls whose caller stopped waiting (I/O thread, when no caller uses the sockets)."""
@@ -220,4 +234,11 @@ def _lost(engine_id: int, ids: list[str]) -> EngineError:
     return EngineError(
         f"engine {engine_id} left before it passed on task(s) {', '.join(ids[:5])} pushed to it"
         " (its death is in the cluster's log); other engines carry on"
+    )
+
+
+def _unsent(ids: list[str]) -> EngineError:
+    return EngineError(
+        f"the engine task(s) {', '.join(ids[:5])} were pushed to died before starting them, and the controller"
+        " could not be reached to run them elsewhere"
     )

@@ -17,7 +17,9 @@ Which engines: the controller's *roster* (``roster_notice``: every ready
 engine's direct address), asked for once on the caller's own socket and sent
 again whenever an engine is ready or leaves. When an engine leaves, the
 roster names the tasks pushed there that the controller knew of (it answers
-or re-places those); the others never reached it, and fail here.
+or re-places those), and the last task the engine started (its run slot):
+of the others, which never reached the controller, those that never started
+are sent again the controller's way, and the one that did fails here.
 
 Owned by whoever holds the connection's own-socket lock (a caller in a
 blocking call, or the I/O thread reading leftovers): one thread at a time.
@@ -65,22 +67,26 @@ class Pusher:
         self.asked = False
         self.socks: dict[int, zmq.Socket[Any]] = {}
         self.up: set[int] = set()  # engines whose socket was seen connected
-        self.where: dict[str, int] = {}  # pushed task id -> engine id, until answered
+        # Pushed task id -> (engine id, its call's frames, to send again if the engine dies first), until answered.
+        self.where: dict[str, tuple[int, list[Any]]] = {}
         self.version = 0  # bumped whenever a socket is made or closed
         self._turn = itertools.count()
 
     # -- the roster ------------------------------------------------------------
 
-    def on_roster(self, content: dict[str, Any]) -> list[tuple[list[str], int]]:
-        """Take a ``roster_notice``; return the pushed tasks that fail (per departed engine), never known upstream.
+    def on_roster(self, content: dict[str, Any]) -> tuple[list[tuple[list[str], int]], list[tuple[str, list[Any]]]]:
+        """Take a ``roster_notice``; return the pushed tasks the controller never heard of, of departed engines.
 
-        ``content["engines"]`` maps engine ids to direct addresses;
-        ``content["gone"]``, if present, maps each departed engine's id to
-        the ids of the tasks pushed there that the controller knew of.
+        Returned as (those that fail, per engine; those to send again the
+        controller's way). ``content["engines"]`` maps engine ids to direct
+        addresses; ``content["gone"]``, if present, maps each departed
+        engine's id to the ids of the tasks pushed there that the controller
+        knew of, and ``content["started"]`` to the last task it started
+        (when its run slot could be read): the others never started.
         """
         engines = content.get("engines")
         if not isinstance(engines, dict):
-            return []
+            return [], []
         roster: dict[int, str] = {}
         for key, address in engines.items():
             try:
@@ -93,6 +99,10 @@ class Pusher:
             self.version += 1
         self.roster = roster
         lost: list[tuple[list[str], int]] = []
+        again: list[tuple[str, list[Any]]] = []
+        started_by: dict[str, Any] = content.get("started") or {}
+        if not isinstance(started_by, dict):
+            started_by = {}
         gone = content.get("gone")
         if isinstance(gone, dict):
             for key, known in gone.items():
@@ -101,13 +111,21 @@ class Pusher:
                 except (TypeError, ValueError):
                     continue
                 known_ids = set(known) if isinstance(known, list) else set()
-                there = [t for t, e in self.where.items() if e == engine_id]
-                for task_id in there:  # the controller answers or re-places those it knew
+                started = started_by.get(key)
+                there = [(t, w[1]) for t, w in self.where.items() if w[0] == engine_id]
+                for task_id, _ in there:  # the controller answers or re-places those it knew
                     del self.where[task_id]
-                ids = [t for t in there if t not in known_ids]
+                ids = []
+                for task_id, frames in there:
+                    if task_id in known_ids:
+                        continue
+                    if isinstance(started, str) and task_id != started:
+                        again.append((task_id, frames))  # it never started there
+                    else:
+                        ids.append(task_id)
                 if ids:
                     lost.append((ids, engine_id))
-        return lost
+        return lost, again
 
     # -- pushing ---------------------------------------------------------------
 
@@ -147,8 +165,8 @@ class Pusher:
         except zmq.Again:
             self.up.discard(engine_id)
             return False
-        for task_id, _ in items:
-            self.where[task_id] = engine_id
+        for task_id, frames in items:
+            self.where[task_id] = (engine_id, frames)
         return True
 
     def _socket(self, engine_id: int) -> zmq.Socket[Any] | None:

@@ -82,8 +82,13 @@ class HubLink(Protocol):
     def send_failures(self) -> None:
         """Answer the tasks the scheduler failed."""
 
-    def roster_changed(self, gone: int | None = None, known: dict[bytes, list[str]] | None = None) -> None:
-        """Engines that clients may push to changed: engine `gone` left, holding `known` pushed tasks per client."""
+    def roster_changed(
+        self, gone: int | None = None, known: dict[bytes, list[str]] | None = None, started: str | None = None
+    ) -> None:
+        """Engines that clients may push to changed: engine `gone` left, holding `known` pushed tasks per client.
+
+        `started` is the last task it started, from its run slot ("": none; None: not known).
+        """
 
 
 class EngineKeeper:
@@ -224,7 +229,7 @@ class EngineKeeper:
             self.scheduler.engine_lost(record.engine_id, how)
             stranded = []
         if record.direct and record.ready:
-            self.hub.roster_changed(record.engine_id, known)
+            self.hub.roster_changed(record.engine_id, known, started if departure is Departure.GONE else None)
         if departure is not Departure.GONE:
             self.hub.signal(ident, self.session.build(MsgType.SHUTDOWN_REQUEST))  # (else it leaves when beats stop)
         if departure is Departure.RETIRED and self.launcher is not None and record.pid is not None:

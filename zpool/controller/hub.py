@@ -466,13 +466,21 @@ class Hub:
         if not self._send(self.client_sock, route, self.session.build(MsgType.ROSTER_NOTICE, content=encode(content))):
             self.pushers.discard(route)  # gone
 
-    def roster_changed(self, gone: int | None = None, known: dict[bytes, list[str]] | None = None) -> None:
-        """Tell the clients that push tasks which engines take them now; for engine `gone`, which of theirs it held."""
+    def roster_changed(
+        self, gone: int | None = None, known: dict[bytes, list[str]] | None = None, started: str | None = None
+    ) -> None:
+        """Tell the clients that push tasks which engines take them now; for engine `gone`, which of theirs it held.
+
+        `started`: the last task it started ("": none; None: not known), so that a client can tell
+        the tasks it pushed there that never started (and send them again) from the one that did.
+        """
         engines = self._roster()
         for route in list(self.pushers):
             content: Roster = {"engines": engines}
             if gone is not None:
                 content["gone"] = {str(gone): (known or {}).get(route, [])}
+                if started is not None:
+                    content["started"] = {str(gone): started}
             self._send_roster(route, content)
 
     def _on_pushed_request(self, msg: Message, frames: list[Any]) -> None:
