@@ -36,7 +36,7 @@ if __name__ == "__main__":
         # Never imported by a task: only the preload brings it to the engines.
         while not all(pool.engines[i].apply(loaded, "networkx") for i in pool.engines.ids):
             assert time.monotonic() < deadline, "networkx not preloaded within 60 s"
-            time.sleep(0.02)
+            time.sleep(0.2)  # (engines preload once idle for 50 ms)
         assert all(pool.engines[i].apply(loaded, "networkx.algorithms") for i in pool.engines.ids)
     print("preloaded")
 """
@@ -49,6 +49,10 @@ def test_installed_packages_the_caller_loaded_are_preloaded_by_default(tmp_path)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "preloaded", done.stdout + done.stderr
+
+
+# Engines preload once no task has run for 50 ms (zpool.engine.worker.PRELOAD_IDLE_S): probe less often.
+IDLE = 0.2
 
 
 def test_preload_false_imports_nothing():
@@ -66,7 +70,8 @@ def test_named_modules_are_preloaded_and_a_failing_one_is_logged(tmp_path, monke
     names = ["zpool_preload_exits", "no_such_module_zpool", "zpool_preload_raises", "zpool_preload_fine"]
     with zpool.Pool(1, preload=names) as pool:
         pids = [p.pid for p in pool._pool]
-        wait_until(lambda: pool.apply(_tasks.has_module, ("zpool_preload_fine",)), what="the good module preloaded")
+        preloaded = lambda: pool.apply(_tasks.has_module, ("zpool_preload_fine",))  # noqa: E731
+        wait_until(preloaded, what="the good module preloaded", poll=IDLE)
         assert [p.pid for p in pool._pool] == pids  # the engine that met the failures is the one serving
         assert pool.map(_tasks.square, range(4)) == [0, 1, 4, 9]
         log = wait_until(lambda: _warned(pool._cluster.log_path, 3), what="three warnings in the log")
@@ -83,12 +88,11 @@ def test_a_replacement_engine_preloads_too(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with zpool.Pool(1, preload=["zpool_preload_marker"]) as pool:
         first = pool.apply(_tasks.getpid)
-        wait_until(lambda: pool.apply(_tasks.has_module, ("zpool_preload_marker",)), what="preloaded")
+        wait_until(lambda: pool.apply(_tasks.has_module, ("zpool_preload_marker",)), what="preloaded", poll=IDLE)
         os.kill(first, 9)
         wait_until(lambda: pool.apply(_tasks.getpid) != first, what="a replacement engine")
-        wait_until(
-            lambda: pool.apply(_tasks.has_module, ("zpool_preload_marker",)), what="preloaded by the replacement"
-        )
+        replaced = lambda: pool.apply(_tasks.has_module, ("zpool_preload_marker",))  # noqa: E731
+        wait_until(replaced, what="preloaded by the replacement", poll=IDLE)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,9 @@ once).
 
 While no task waits, the main thread imports the modules the pool names
 to preload (:mod:`zpool._preload`), one per pass of its loop, outside the
-lock, so a task never waits for more than the one import under way.
+lock, so a task never waits for more than the one import under way; and
+only once no task has run for ``PRELOAD_IDLE_S``, so that a loop of quick
+calls (an optimizer's) never waits for one at all.
 
 The engine's namespace is a fresh ``__main__`` module: names pushed there
 are what tasks see as globals of ``__main__``, and classes sent by value
@@ -87,6 +89,7 @@ from __future__ import annotations
 import builtins
 import collections
 import logging
+import math
 import mmap
 import multiprocessing
 import os
@@ -148,6 +151,8 @@ REPLY_HOLD_S = 0.002
 # little. (The heartbeat thread, which sends held replies when a task runs long, may itself wait
 # for the interpreter lock up to sys.getswitchinterval() behind CPU-bound code.)
 HOLD_TASK_MAX_S = 0.0002
+# The engine preloads modules (zpool._preload) only once no task has run for this long, in seconds.
+PRELOAD_IDLE_S = 0.05
 REPLY_BATCH_MAX = 512
 REGISTER_TIMEOUT_S = 60.0
 # While tasks are queued here, the socket is read between tasks at least this often.
@@ -178,6 +183,7 @@ class Engine:
         self.info = info
         # Modules to import while no task waits (Pool(preload=...), zpool._preload).
         self.preloader: Preloader | None = Preloader(preload) if preload else None
+        self.busy_at = 0.0  # when the last task ended (preloading waits for a pause: PRELOAD_IDLE_S)
         # Which task it is running, for its controller to read should it die (see zpool._wire's run slot).
         self.run_slot = _open_run_slot(run_slot) if run_slot else None
         self.session = Session(info.key)
@@ -239,19 +245,23 @@ class Engine:
         while True:
             if not self.pending:
                 preloader = self.preloader
+                wait_ms = 1000
+                if preloader is not None:  # preload once idle for PRELOAD_IDLE_S: not in a loop's gaps
+                    wait_ms = max(0, math.ceil((self.busy_at + PRELOAD_IDLE_S - time.monotonic()) * 1000))
                 with lock:
                     self.flush()
-                    arrived = poller.poll(0 if preloader is not None else 1000)
+                    arrived = poller.poll(wait_ms)
                     if arrived:
                         self._drain()
-                if not arrived and preloader is not None:
+                if not arrived and preloader is not None and time.monotonic() - self.busy_at >= PRELOAD_IDLE_S:
                     preloader.step()  # one module, outside the lock: the heartbeat thread may flush meanwhile
                     if preloader.done:
                         self.preloader = None
                 continue
             began = time.monotonic()
             self._run_one()
-            self.last_run_s = time.monotonic() - began
+            self.busy_at = time.monotonic()
+            self.last_run_s = self.busy_at - began
             with lock:
                 # Between tasks, read what arrived: more work, and aborts, which must overtake
                 # the tasks queued here (a millisecond late at most: asking the socket costs as
