@@ -27,7 +27,7 @@ import pytest
 import zmq
 
 import zpool
-import zpool.client.connection as connection_module
+import zpool.client.own_socket as own_socket_module
 from tests import _tasks
 from tests._wait import ctrl_c_after, wait_empty, wait_in_task, wait_until
 from zpool.client.connection import Connection
@@ -375,7 +375,7 @@ def test_ctrl_c_in_the_middle_of_the_own_send_leaves_the_socket_usable(fresh_poo
     pool = fresh_pool(1)
     assert pool.apply(_tasks.square, (2,)) == 4
     conn = pool._conn
-    real_send = connection_module.send_frames
+    real_send = own_socket_module.send_frames
     fired = []
 
     def send_frames(sock, frames, flags=0, track=False):
@@ -386,11 +386,11 @@ def test_ctrl_c_in_the_middle_of_the_own_send_leaves_the_socket_usable(fresh_poo
             os.kill(os.getpid(), signal.SIGINT)
         return real_send(sock, frames, flags, track)
 
-    monkeypatch.setattr(connection_module, "send_frames", send_frames)
+    monkeypatch.setattr(own_socket_module, "send_frames", send_frames)
     with pytest.raises(KeyboardInterrupt):
         pool.apply(_tasks.square, (3,))
     assert fired
-    monkeypatch.setattr(connection_module, "send_frames", real_send)
+    monkeypatch.setattr(own_socket_module, "send_frames", real_send)
     assert_recovered(pool)
 
 
@@ -399,7 +399,7 @@ def test_ctrl_c_just_after_the_own_send_aborts_the_task(fresh_pool, monkeypatch)
     pool = fresh_pool(1)
     assert pool.apply(_tasks.square, (2,)) == 4
     conn = pool._conn
-    real_send = connection_module.send_frames
+    real_send = own_socket_module.send_frames
     fired = []
 
     def send_frames(sock, frames, flags=0, track=False):
@@ -409,11 +409,11 @@ def test_ctrl_c_just_after_the_own_send_aborts_the_task(fresh_pool, monkeypatch)
             os.kill(os.getpid(), signal.SIGINT)  # lands as send_frames returns
         return trackers
 
-    monkeypatch.setattr(connection_module, "send_frames", send_frames)
+    monkeypatch.setattr(own_socket_module, "send_frames", send_frames)
     with pytest.raises(KeyboardInterrupt):
         pool.apply(time.sleep, (LONG,))
     assert fired
-    monkeypatch.setattr(connection_module, "send_frames", real_send)
+    monkeypatch.setattr(own_socket_module, "send_frames", real_send)
     # The engine must be freed (the task aborted), not left to sleep for a minute.
     wait_empty(lambda: busy(pool), PROMPT, "the task stopped running")
     assert_recovered(pool)

@@ -1,4 +1,4 @@
-"""The client's I/O thread: the only thread that touches the client's sockets.
+"""The client's I/O thread: the only thread that touches the client's main socket.
 
 ::
 
@@ -14,6 +14,10 @@ The wake pipe is written only when the queue goes from empty to non-empty.
 The I/O thread also asks a watch function, a few times a second, whether
 the controller still lives; when it does not, every outstanding task fails
 with :class:`~zpool.error.BrokenPoolError` instead of waiting forever.
+
+One exception: a blocking call sends and reads on sockets of its own from
+the calling thread (:meth:`Connection.call_now`); those sockets, and what
+was sent on them, belong to :mod:`zpool.client.own_socket`.
 """
 
 from __future__ import annotations
@@ -255,22 +259,18 @@ class Connection:
         A blocking call whose tasks have no scheduling flags takes this path
         when nothing else of this connection is queued, being sent or
         outstanding, so nothing it sends can overtake earlier work: the
-        calling thread sends on a socket of its own and reads the replies
+        calling thread sends on sockets of its own and reads the replies
         itself, sparing the two hand-offs to and from the I/O thread
-        (:mod:`zpool.client.own_socket`). With :attr:`pushing`, and tasks
-        that use no shared memory, it pushes them straight to the engines
-        (the direct path, :mod:`zpool.client.pusher`), sparing the
-        controller's two hops as well. It returns once ``done()`` holds: the
-        replies were settled here, or the tasks were failed elsewhere (the
-        connection broke or closed). If the wait is interrupted (Ctrl-C), the
-        I/O thread reads the replies later.
+        (:class:`~zpool.client.own_socket.OwnSocket`; with :attr:`pushing`,
+        and tasks that use no shared memory, straight to the engines,
+        sparing the controller's two hops as well). It returns once
+        ``done()`` holds: the replies were settled here, or the tasks were
+        failed elsewhere (the connection broke or closed). If the wait is
+        interrupted (Ctrl-C), the I/O thread reads the replies later.
 
-        Sending a message, and reading and settling a reply, must not stop
-        half-way (a message cut short corrupts the socket; a reply read and
-        not settled leaves its result pending forever): in the main thread,
-        a Ctrl-C arriving then is held until the step is over (:class:`HoldCtrlC`).
-        Where that cannot be done (another SIGINT handler is installed), this
-        path is not taken.
+        In the main thread, a Ctrl-C is held while a message is sent or a
+        reply read and settled (:class:`HoldCtrlC`); where that cannot be
+        done (another SIGINT handler is installed), this path is not taken.
         """
         hold = HoldCtrlC()
         if hold.needed and sigint_handler() is not default_int_handler:
@@ -282,61 +282,16 @@ class Connection:
             with self._lock:
                 if self.broken or self._closing or self._queue or self._sending or len(self.results) != len(items):
                     return False
-            ids = [task_id for task_id, _ in items]
-            segments: list[str] = []
-            signature = b""
-            sent = False
-            try:
-                with hold:
-                    sock = own.socket()
-                    if sock is None:
-                        return False  # not connected (yet): the I/O thread's socket takes them
-                    for _, frames in items:
-                        segments += _shm.manifest_names(frames)
-                    left = items
-                    if self.pushing and not segments:
-                        if own.pusher.roster:
-                            left = own.pusher.push(items)
-                        else:
-                            own.ask_roster(sock)  # this call goes the controller's way; the next ones are pushed
-                    if left is not items:
-                        sent = True  # (some at least were pushed)
-                    if left:
-                        batch = BatchWriter()
-                        for task_id, frames in left:
-                            batch.add(task_id, frames)
-                        fields = batch.fields()
-                        if segments:
-                            fields["shm"] = True
-                        msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
-                        signature = msg[1]
-                        own.sent[signature] = ([task_id for task_id, _ in left], segments)
-                        try:
-                            # Not waiting: with ZMQ_IMMEDIATE a send blocks while the connection is down.
-                            send_frames(sock, msg, zmq.DONTWAIT)
-                        except zmq.Again:
-                            own.sent.pop(signature, None)
-                            own.down()
-                            if not sent:
-                                return False  # the connection dropped: nothing went out
-                            self.submit(left)  # the others were pushed: these go through the I/O thread
-                    sent = True
-            except BaseException as exc:
-                if sent:
-                    raise  # a Ctrl-C held during the send: the tasks are the controller's (the caller aborts them)
-                # Not sent: the tasks end here, and their segments.
-                own.sent.pop(signature, None)
-                error = exc if isinstance(exc, (ZPoolError, KeyboardInterrupt)) else BrokenPoolError(repr(exc))
-                self.results.fail(ids, lambda: error)
-                for _, frames in items:
-                    _shm.release(frames)
-                raise
+            signature = own.send(items, hold, self.pushing, self.submit)
+            if signature is None:
+                return False  # nothing went out: the I/O thread's socket takes them
+            poll, read, dead = own.poll, own.read, self.dead
             while not done():
-                if self.dead.is_set() or self._closing:
-                    self._fail_unanswered(ids)
+                if dead.is_set() or self._closing:
+                    self._fail_unanswered([task_id for task_id, _ in items])
                     break
-                for each in own.poll(OWN_POLL_MS):  # (a roster notice read here may change the sockets)
-                    own.read(each, hold)
+                for each in poll(OWN_POLL_MS):  # (a roster notice read here may change the sockets)
+                    read(each, hold)
             own.sent.pop(signature, None)  # answered: no notice about it can follow
             return True
         finally:

@@ -1,4 +1,12 @@
-"""The caller's own sockets for blocking calls: one to the controller, and pushes straight to engines.
+"""A blocking call's own sockets, and what was sent on them; only the holder of ``OwnSocket.lock`` touches them.
+
+That is a caller thread in a blocking call
+(:meth:`zpool.client.connection.Connection.call_now`: it sends the call
+with :meth:`OwnSocket.send` and reads and settles the answers with
+:meth:`OwnSocket.read`), or ``zpool-io``, the I/O thread, which reads the
+answers a caller stopped waiting for (Ctrl-C) a few times a second when no
+caller holds the lock (:meth:`OwnSocket.read_leftovers`), and closes the
+sockets at the end. No other thread uses them.
 
 ::
 
@@ -7,22 +15,26 @@
     caller thread ◀── replies, read and settled in this thread, on either socket
 
 A blocking ``apply`` or ``map`` whose tasks have no scheduling flags is
-sent by the calling thread itself, which then reads and settles the replies
-(:meth:`zpool.client.connection.Connection.call_now`), sparing the two
-hand-offs to and from the I/O thread. Pushed straight to the engines
-(:mod:`zpool.client.pusher`), it also spares the controller's two hops.
+sent by the calling thread itself, which then reads and settles the replies,
+sparing the two hand-offs to and from the I/O thread. Pushed straight to
+the engines (:mod:`zpool.client.pusher`), it also spares the controller's
+two hops.
 
-:class:`OwnSocket` owns those sockets and what was sent on them. Whoever
-holds :attr:`OwnSocket.lock` may use them: a caller in a blocking call, or
-the I/O thread, which reads the answers a caller stopped waiting for
-(Ctrl-C) a few times a second when no caller holds the lock.
+Sending a message, and reading and settling a reply, never stop half-way
+(a message cut short corrupts the socket; a reply read and not settled
+leaves its result pending forever): in the main thread, a Ctrl-C arriving
+then is held until the step is over (:class:`~zpool.client.ctrlc.HoldCtrlC`).
 
 The socket to the controller is made on first use with ``ZMQ_IMMEDIATE``,
 so nothing is queued for a connection that is not up: libzmq connects in
 the background and retries quietly when it cannot (no file descriptor
 left: EMFILE), and a message queued for it would wait forever. Its
 identity is the client's *route*: the controller sends there what it has
-to say about pushed tasks.
+to say about pushed tasks. What was sent on it is remembered
+(:attr:`OwnSocket.sent`: signature -> task ids and shared-memory segments)
+until answered, or for the last :data:`OWN_SENT_MEMORY` calls whose caller
+stopped waiting, so that a ``reject_notice`` fails the right tasks and
+frees their segments.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import functools
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -41,7 +53,14 @@ from zpool import _shm
 from zpool.client.ctrlc import HoldCtrlC
 from zpool.client.pusher import Pusher
 from zpool.client.results import ResultTable
-from zpool.error import AuthenticationError, EngineError, ProtocolError, ZPoolError, rejected_call_text
+from zpool.error import (
+    AuthenticationError,
+    BrokenPoolError,
+    EngineError,
+    ProtocolError,
+    ZPoolError,
+    rejected_call_text,
+)
 from zpool.protocol import BatchWriter, Message, MsgType, Session, recv_ready, send_frames
 
 __all__ = ["OWN_POLL_MS", "OwnSocket"]
@@ -97,7 +116,7 @@ class OwnSocket:
 
         The first use waits up to :data:`OWN_CONNECT_WAIT_MS` for the
         connection; later ones only look, until it was seen up (a send that
-        finds it down again says so: :meth:`down`).
+        finds it down again says so: :attr:`up`).
         """
         sock = self.sock
         if sock is not None and self.up:
@@ -121,11 +140,75 @@ class OwnSocket:
         self.up = bool(sock.poll(wait_ms, zmq.POLLOUT))
         return sock if self.up else None
 
-    def down(self) -> None:
-        """A send found the connection down."""
-        self.up = False
+    def send(
+        self,
+        items: list[tuple[str, list[Any]]],
+        hold: HoldCtrlC,
+        pushing: bool,
+        submit: Callable[[list[tuple[str, list[Any]]]], None],
+    ) -> bytes | None:
+        """Send a blocking call's `items` (holder of :attr:`lock`); None if nothing went out (use the I/O thread).
 
-    def ask_roster(self, sock: zmq.Socket[Any]) -> None:
+        With `pushing`, and tasks that use no shared memory, they are pushed
+        straight to the engines (:mod:`zpool.client.pusher`); the rest go to
+        the controller, or, if some were pushed and the controller's socket
+        turns out to be down, to `submit` (the I/O thread's queue). Sent
+        whole under `hold`. Returns the signature of the message sent to the
+        controller (``b""`` if none), to forget in :attr:`sent` once
+        answered. If it raises before anything went out, the tasks are
+        failed and their shared-memory segments released.
+        """
+        segments: list[str] = []
+        signature = b""
+        sent = False
+        try:
+            with hold:
+                sock = self.socket()
+                if sock is None:
+                    return None  # not connected (yet): the I/O thread's socket takes them
+                for _, frames in items:
+                    segments += _shm.manifest_names(frames)
+                left = items
+                if pushing and not segments:
+                    if self.pusher.roster:
+                        left = self.pusher.push(items)
+                    else:
+                        self._ask_roster(sock)  # this call goes the controller's way; the next ones are pushed
+                if left is not items:
+                    sent = True  # (some at least were pushed)
+                if left:
+                    batch = BatchWriter()
+                    for task_id, frames in left:
+                        batch.add(task_id, frames)
+                    fields = batch.fields()
+                    if segments:
+                        fields["shm"] = True
+                    msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
+                    signature = msg[1]
+                    self.sent[signature] = ([task_id for task_id, _ in left], segments)
+                    try:
+                        # Not waiting: with ZMQ_IMMEDIATE a send blocks while the connection is down.
+                        send_frames(sock, msg, zmq.DONTWAIT)
+                    except zmq.Again:
+                        self.sent.pop(signature, None)
+                        self.up = False
+                        if not sent:
+                            return None  # the connection dropped: nothing went out
+                        submit(left)  # the others were pushed: these go through the I/O thread
+                sent = True
+        except BaseException as exc:
+            if sent:
+                raise  # a Ctrl-C held during the send: the tasks are the controller's (the caller aborts them)
+            # Not sent: the tasks end here, and their segments.
+            self.sent.pop(signature, None)
+            error = exc if isinstance(exc, (ZPoolError, KeyboardInterrupt)) else BrokenPoolError(repr(exc))
+            self.results.fail([task_id for task_id, _ in items], lambda: error)
+            for _, frames in items:
+                _shm.release(frames)
+            raise
+        return signature
+
+    def _ask_roster(self, sock: zmq.Socket[Any]) -> None:
         """Ask the controller, once, where engines take pushed tasks (the answer comes on this socket)."""
         if not self.pusher.asked:
             self.pusher.asked = True

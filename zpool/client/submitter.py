@@ -11,7 +11,8 @@ never reach into the connection.
 Threads of the caller's process, and what each may touch::
 
     caller threads ──submit()/request()──▶ Connection queue ──▶ zpool-io ──▶ controller
-          │  (blocking apply: Connection.call_now, the caller's own socket, under its lock)
+          │  (blocking apply: Connection.call_now sends and reads on the caller's own sockets,
+          │   client/own_socket.py's OwnSocket, under OwnSocket.lock; zpool-io reads leftovers)
           │                                   zpool-io ◀── replies ── controller
           │                                     │ settles AsyncResults (ResultTable)
           │                                     ▼
@@ -25,7 +26,9 @@ Threads of the caller's process, and what each may touch::
   methods here; the scheduling flags of ``temp_flags`` are per thread.
 * Only ``zpool-io`` touches the main socket and settles results
   (``AsyncResult._task_done``/``_fail``); a caller in ``call_now`` settles
-  the replies to its own call, under the connection's lock for that socket.
+  the replies to its own call, under ``OwnSocket.lock``
+  (:mod:`zpool.client.own_socket`), which ``zpool-io`` takes to read the
+  answers a caller stopped waiting for.
 * User code (callbacks) runs only in ``zpool-callbacks``, never in
   ``zpool-io``: it may submit work and wait for it.
 """
