@@ -51,7 +51,7 @@ import zmq
 
 from zpool import _shm
 from zpool.client.ctrlc import HoldCtrlC
-from zpool.client.pusher import Pusher
+from zpool.client.pusher import Pusher, immediate_dealer
 from zpool.client.results import ResultTable
 from zpool.error import (
     AuthenticationError,
@@ -73,8 +73,6 @@ OWN_POLL_MS = 50
 OWN_CONNECT_WAIT_MS = 200
 # Calls on it whose caller stopped waiting, remembered so that a reject notice can fail them.
 OWN_SENT_MEMORY = 1024
-# The controller may bind after we connect (they start together): retry soon.
-RECONNECT_IVL_MS = 10
 
 _NO_HOLD = contextlib.nullcontext()
 _EVENTS = int(zmq.EVENTS)
@@ -123,18 +121,9 @@ class OwnSocket:
             return sock
         wait_ms = 0
         if sock is None:
-            try:
-                sock = self.ctx.socket(zmq.DEALER)
-            except zmq.ZMQError as exc:  # EMFILE: the I/O thread's socket is connected already
-                logger.debug("no socket of its own for a blocking call: %s", exc)
-                return None
-            sock.setsockopt(zmq.IDENTITY, self.route)
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            sock.connect(self.address)
+            sock = immediate_dealer(self.ctx, self.route, self.address)
+            if sock is None:
+                return None  # EMFILE: the I/O thread's socket is connected already
             self.sock = sock
             wait_ms = OWN_CONNECT_WAIT_MS
         self.up = bool(sock.poll(wait_ms, zmq.POLLOUT))

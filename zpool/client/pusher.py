@@ -35,7 +35,7 @@ import zmq
 
 from zpool.protocol import BatchWriter, MsgType, Session, send_frames
 
-__all__ = ["Pusher"]
+__all__ = ["Pusher", "immediate_dealer"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,18 +178,9 @@ class Pusher:
             address = (self.roster or {}).get(engine_id)
             if address is None:
                 return None
-            try:
-                sock = self.ctx.socket(zmq.DEALER)
-            except zmq.ZMQError as exc:  # EMFILE: the controller's way still works
-                logger.debug("no socket for engine %d: %s", engine_id, exc)
-                return None
-            sock.setsockopt(zmq.IDENTITY, self.route)
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            sock.connect(address)
+            sock = immediate_dealer(self.ctx, self.route, address)
+            if sock is None:
+                return None  # EMFILE: the controller's way still works
             self.socks[engine_id] = sock
             self.version += 1
             wait_ms = CONNECT_WAIT_MS
@@ -211,3 +202,26 @@ class Pusher:
         self.socks.clear()
         self.version += 1
         self.up.clear()
+
+
+def immediate_dealer(ctx: zmq.Context[Any], identity: bytes, address: str) -> zmq.Socket[Any] | None:
+    """A DEALER named `identity`, connecting to `address`, that queues nothing while not connected.
+
+    ``ZMQ_IMMEDIATE``: libzmq connects in the background and retries quietly
+    when it cannot (no file descriptor left: EMFILE), and a message queued
+    for a connection that never comes would wait forever; a send finds out
+    instead (``zmq.Again`` with ``DONTWAIT``). None if no socket can be made.
+    """
+    try:
+        sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    except zmq.ZMQError as exc:  # EMFILE
+        logger.debug("no socket for %s: %s", address, exc)
+        return None
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.connect(address)
+    return sock
