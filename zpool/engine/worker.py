@@ -250,6 +250,8 @@ class Engine:
                     wait_ms = max(0, math.ceil((self.busy_at + PRELOAD_IDLE_S - time.monotonic()) * 1000))
                 with lock:
                     self.flush()
+                    if self.pending:  # the heartbeat thread drained the sockets meanwhile (give_back)
+                        continue
                     arrived = poller.poll(wait_ms)
                     if arrived:
                         self._drain()
