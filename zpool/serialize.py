@@ -53,12 +53,29 @@ OOB_THRESHOLD = 64 * 1024
 
 
 def _loads_dill(data: bytes) -> Any:
-    import dill  # imported on demand: engines that never see a lambda skip it
-
-    obj = dill.loads(data)
+    obj = _rebuild(data)
     engine = _engine_context.current()
     if engine is not None:  # on an engine: code from the caller's __main__ runs in the engine's
         return engine.adopt(obj)
+    return _returned_home(obj)
+
+
+def _loads_kept(data: bytes) -> Any:
+    """:func:`_loads_dill` for a pickle the caller keeps (see :func:`_dumps_by_value`): engines rebuild it once."""
+    engine = _engine_context.current()
+    if engine is None:
+        return _loads_dill(data)
+    return engine.adopt_kept(data, _rebuild)
+
+
+def _rebuild(data: bytes) -> Any:
+    import dill  # imported on demand: engines that never see a lambda skip it
+
+    return dill.loads(data)
+
+
+def _returned_home(obj: Any) -> Any:
+    """`obj` itself, or if it is a class of this ``__main__`` that went to an engine by value, the original."""
     if isinstance(obj, type) and obj.__module__ == "__main__":
         # A class of the caller's __main__ that went to an engine by value and
         # came back (as a result's class, or a raised exception's): use the
@@ -104,27 +121,33 @@ _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), range
 _CAPTURE_MAX = 256  # objects in one fingerprint; more, and the function is pickled every time
 
 
-def _dumps_by_value(obj: Any) -> bytes:
-    """dill's by-value pickle of a function or class, reused while everything it captures is unchanged."""
+def _dumps_by_value(obj: Any) -> tuple[bytes, bool]:
+    """dill's by-value pickle of a function or class, reused while everything it captures is unchanged.
+
+    Also returned: whether the pickle is such a kept one (everything it
+    captured was fingerprinted, so the same bytes mean the same thing), so
+    that an engine may keep what it rebuilds from it (:func:`_loads_kept`).
+    """
     seen = _captured(obj)
     if seen is None:  # it reads something mutable (a list, a dict, an object): pickle it now, as it is
-        return _dumps_dill(obj)
+        return _dumps_dill(obj), False
     key = obj.__code__ if type(obj) is types.FunctionType else obj
     with _BY_VALUE_LOCK:
         try:
             variants = _BY_VALUE.get(key)
         except TypeError:  # a class whose metaclass makes it unhashable
-            return _dumps_dill(obj)
+            return _dumps_dill(obj), False
         for kept, data in variants or ():
             if _same(kept, seen):
-                return data
+                return data, True
     data = _dumps_dill(obj)
-    if len(data) <= _BY_VALUE_MAX_BYTES:
-        with _BY_VALUE_LOCK:
-            variants = _BY_VALUE.setdefault(key, [])
-            variants.insert(0, (seen, data))
-            del variants[_BY_VALUE_VARIANTS:]
-    return data
+    if len(data) > _BY_VALUE_MAX_BYTES:
+        return data, False
+    with _BY_VALUE_LOCK:
+        variants = _BY_VALUE.setdefault(key, [])
+        variants.insert(0, (seen, data))
+        del variants[_BY_VALUE_VARIANTS:]
+    return data, True
 
 
 def _importable(module: types.ModuleType) -> bool:
@@ -347,7 +370,8 @@ class _Pickler(pickle.Pickler):
         if kind is types.FunctionType or isinstance(obj, type):
             if _findable_by_name(obj):
                 return NotImplemented
-            return _loads_dill, (_dumps_by_value(obj),)
+            data, kept = _dumps_by_value(obj)
+            return (_loads_kept if kept else _loads_dill), (data,)
         if kind is memoryview:
             # Keep the element format and shape; a non-contiguous view is
             # gathered into C order first (one copy), as tobytes() does.

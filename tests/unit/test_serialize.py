@@ -16,6 +16,11 @@ from zpool.error import SerializationError
 from zpool.serialize import OOB_THRESHOLD, dumps, dumps_call, loads, loads_call
 
 
+def _by_value(data: bytes) -> bool:
+    """Whether a pickle carries a function or class by value (rebuilt by dill on the other side)."""
+    return b"_loads_dill" in data or b"_loads_kept" in data
+
+
 def address(buf) -> int:
     """Address of the first byte of a buffer (bytes, memoryview, Frame...)."""
     return np.frombuffer(buf, np.uint8).ctypes.data
@@ -47,7 +52,7 @@ class Unpicklable:
 
 def test_lambda_travels_by_value():
     frames = dumps(lambda x: x + 1)
-    assert b"_loads_dill" in bytes(frames[0])
+    assert _by_value(bytes(frames[0]))
     assert loads(frames)(2) == 3
 
 
@@ -70,7 +75,7 @@ def test_function_from_main_travels_by_value():
     assert triple.__module__ == "__main__"
 
     frames = dumps(triple)
-    assert b"_loads_dill" in bytes(frames[0])
+    assert _by_value(bytes(frames[0]))
     rebuilt = loads(frames)
     assert rebuilt is not triple
     assert rebuilt(7) == 21
@@ -108,7 +113,7 @@ def test_module_level_objects_travel_by_reference(obj, qualname):
     assert len(frames) == 1
     assert len(data) < 120, data
     assert qualname in data
-    assert b"_loads_dill" not in data
+    assert not _by_value(data)
     assert loads(frames) is obj
 
 
@@ -119,7 +124,7 @@ def test_function_shadowed_by_another_object_goes_by_value():
     square.__module__ = _tasks.__name__
     square.__qualname__ = "square"  # names _tasks.square, but is not that object
     frames = dumps(square)
-    assert b"_loads_dill" in bytes(frames[0])
+    assert _by_value(bytes(frames[0]))
     assert loads(frames)(4) == 16
 
 
@@ -383,6 +388,39 @@ def test_caller_globals_always_current(engine_namespace):
     assert loads(_ship(caller["g"]))(1) == 101  # a redefined function
     exec("k = 'now a string'\n", caller)
     assert loads(_ship(caller["f"]))(2) == "now a stringnow a string"
+
+
+def test_an_engine_rebuilds_a_kept_pickle_once_and_ships_its_globals_each_time(engine_namespace):
+    caller = _main_code("G = 1\ndef f():\n    return G\ndef h():\n    return G\n")
+    f_frames = _ship(caller["f"])
+    assert b"_loads_kept" in bytes(f_frames[0])  # everything f captures is fingerprinted
+    first = loads(f_frames)
+    assert loads(_ship(caller["f"])) is first and first() == 1  # the same bytes: not rebuilt
+    caller["G"] = 2
+    assert loads(_ship(caller["h"]))() == 2  # h ships G = 2 into the namespace
+    caller["G"] = 1
+    again = loads(_ship(caller["f"]))  # f's first pickle again: kept, and its G = 1 shipped again
+    assert again is first and again() == 1 and engine_namespace["G"] == 1
+    exec("G = 'ours'", engine_namespace)
+    _engine_context.forget_shipped(["G"])  # as execute() does for names it binds
+    assert loads(_ship(caller["f"]))() == "ours"
+
+
+def test_a_pickle_capturing_something_mutable_is_rebuilt_every_time(engine_namespace):
+    caller = _main_code("STATE = []\ndef f():\n    return len(STATE)\n")
+    frames = _ship(caller["f"])
+    assert b"_loads_dill" in bytes(frames[0]) and b"_loads_kept" not in bytes(frames[0])
+    assert loads(frames) is not loads(_ship(caller["f"]))
+
+
+def test_an_engine_keeps_a_bounded_number_of_rebuilt_pickles(engine_namespace, monkeypatch):
+    monkeypatch.setattr(_engine_context, "KEPT_MAX", 3)
+    caller = _main_code("".join(f"def f{i}():\n    return {i}\n" for i in range(5)))
+    for i in range(5):
+        assert loads(_ship(caller[f"f{i}"]))() == i
+    context = _engine_context.current()
+    assert context is not None and len(context.kept) == 3
+    assert context.kept_bytes == sum(len(data) for data in context.kept)
 
 
 def test_adopted_function_keeps_its_attributes(engine_namespace):
