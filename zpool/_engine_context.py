@@ -229,7 +229,8 @@ def _adopt(obj: Any, context: EngineContext, seen: dict[int, Any], ships: list[l
     defaults = func.__defaults__
     adopted.__defaults__ = tuple(_adopted(d, context, seen, ships) for d in defaults) if defaults else defaults
     kwdefaults = func.__kwdefaults__
-    adopted.__kwdefaults__ = {k: _adopted(v, context, seen, ships) for k, v in kwdefaults.items()} if kwdefaults else None
+    if kwdefaults:
+        adopted.__kwdefaults__ = {k: _adopted(v, context, seen, ships) for k, v in kwdefaults.items()}
     for attr in ("__qualname__", "__module__", "__doc__", "__annotations__", "__type_params__"):
         if hasattr(func, attr):
             setattr(adopted, attr, getattr(func, attr))

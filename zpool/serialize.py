@@ -40,10 +40,12 @@ from zpool.error import SerializationError, serialization_error
 
 __all__ = [
     "OOB_THRESHOLD",
+    "Pickled",
     "dumps",
     "dumps_call",
     "loads",
     "loads_call",
+    "pickled_once",
     "short_repr",
 ]
 
@@ -412,9 +414,10 @@ _PLAIN_SCAN_MAX = 32  # longer lists and tuples are not scanned (the scan would 
 
 
 def _is_plain(obj: Any) -> bool:
-    """Whether `obj` is a scalar, a small bytes, an importable function, or a short list or tuple of scalars."""
+    """Whether `obj` is a scalar, a range, a small bytes, an importable function, a :class:`Pickled`, or a short
+    list or tuple of scalars."""
     kind = type(obj)
-    if kind in _SCALARS:
+    if kind in _SCALARS or kind is range or kind is Pickled:
         return True
     if kind is bytes:
         return len(obj) < OOB_THRESHOLD
@@ -423,6 +426,42 @@ def _is_plain(obj: Any) -> bool:
     if kind is tuple or kind is list:
         return len(obj) <= _PLAIN_SCAN_MAX and all(type(item) in _SCALARS for item in obj)
     return False
+
+
+class Pickled:
+    """A function (or any object) serialized once, standing for it in many payloads: a map's chunks.
+
+    Its pickle is made by :func:`pickled_once`; each payload carries those
+    bytes, and unpickling a payload rebuilds the object from them (an engine
+    rebuilds a kept by-value pickle only once: :func:`_loads_kept`).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return pickle.loads, (self.data,)
+
+
+def pickled_once(obj: Any) -> Any:
+    """`obj` itself if it pickles cheaply as it is, else a :class:`Pickled` made now (to put in many payloads).
+
+    Also `obj` itself when its pickle has out-of-band buffers (a large array
+    among a function's globals): each payload then carries them as frames.
+
+    Raises
+    ------
+    SerializationError
+        If `obj` cannot be serialized.
+    """
+    if _is_plain(obj):
+        return obj
+    frames = dumps(obj)
+    if len(frames) != 1:
+        return obj
+    return Pickled(bytes(frames[0]))
 
 
 def dumps(obj: Any, shared: _shm.Writer | None = None, users: int = 1) -> list[Any]:

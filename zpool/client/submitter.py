@@ -54,7 +54,7 @@ from zpool.client.results import ResultTable
 from zpool.dependency import task_flags
 from zpool.error import BrokenPoolError, PoolClosedError, SerializationError, TimeoutError, ZPoolError
 from zpool.protocol import MsgType
-from zpool.serialize import callable_name, dumps_call, explain_iterable
+from zpool.serialize import callable_name, dumps_call, explain_iterable, pickled_once
 
 __all__ = ["PoolState", "Submitter"]
 
@@ -161,8 +161,11 @@ class Submitter:
         what: str = "map",
         each: bool = False,
         strict: bool = False,
+        once: Any = None,
     ) -> list[Any]:
         """The payload of one chunk of a map (`each`: every item with its own outcome, as imap runs them).
+
+        `once`: what :meth:`pickled_once` made of `func`, to send in its place.
 
         Raises
         ------
@@ -170,13 +173,28 @@ class Submitter:
             Naming the first item (or the function) that cannot be serialized.
         """
         shared = self.shared
+        sent = func if once is None else once
         try:
             if each:
-                return dumps_call(run_each, (func, chunk, True) if strict else (func, chunk), shared=shared)
-            return dumps_call(run_chunk, (func, chunk, True) if star else (func, chunk), shared=shared)
+                return dumps_call(run_each, (sent, chunk, True) if strict else (sent, chunk), shared=shared)
+            return dumps_call(run_chunk, (sent, chunk, True) if star else (sent, chunk), shared=shared)
         except SerializationError:
             pass
         raise explain_iterable(func, chunk, what)
+
+    def pickled_once(self, func: Callable[..., Any]) -> Any:
+        """`func` serialized once for all the chunks of a map (see :func:`zpool.serialize.pickled_once`).
+
+        Raises
+        ------
+        SerializationError
+            If `func` cannot be serialized, naming it.
+        """
+        try:
+            return pickled_once(func)
+        except SerializationError:
+            pass
+        raise explain_iterable(func, (), "map")
 
     # -- scheduling flags ----------------------------------------------------------------
 
@@ -410,8 +428,10 @@ class Submitter:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
         items: list[tuple[str, list[Any]]] = []
         new_id = sub.new_id
-        for chunk in split(items_in, chunksize) if len(items_in) else []:
-            items.append((new_id(), sub.dump_chunk(func, chunk, star)))
+        chunks = split(items_in, chunksize) if len(items_in) else []
+        once = sub.pickled_once(func) if len(chunks) > 1 else None
+        for chunk in chunks:
+            items.append((new_id(), sub.dump_chunk(func, chunk, star, once=once)))
         del items_in
         ids = [task_id for task_id, _ in items]
         tracker = sub.tracker(len(ids), track)

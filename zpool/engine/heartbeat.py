@@ -151,8 +151,8 @@ class Heartbeat:
         if not engine.lock.acquire(blocking=False):
             return
         try:
-            if engine.in_task and engine.held:
-                engine.flush()
+            if engine.in_task and engine.holding():
+                engine.flush(notices=True)
         finally:
             engine.lock.release()
 

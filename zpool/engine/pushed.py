@@ -10,14 +10,19 @@ A blocking call without scheduling flags skips the controller's two hops:
 the client sends it to an engine's own socket, and the engine answers it
 there. The controller stays the source of truth: the engine passes each
 pushed request on to it (the client's signed frames, untouched), then the
-replies, on the engine's controller socket, so the controller sees the
-request before any reply and records both (records, ``queue_status``,
-recall, abort, interrupt, the engine's death) without forwarding anything.
-Both wait with the engine's held replies, and go out right after the
-client's replies: the client does not wait for them, and the controller
-wakes once for several. A task that runs longer than the hold has them
-sent while it runs, by the heartbeat thread, as held replies are; so the
-controller knows every pushed task that runs for more than a few
+replies (one batch for all clients), on the engine's controller socket, so
+the controller sees the request before any reply and records both
+(records, ``queue_status``, recall, abort, interrupt, the engine's death)
+without forwarding anything.
+
+These *notices* are held up to :data:`NOTICE_HOLD_S` while tasks are short,
+so that a loop of small calls wakes the controller once for dozens of tasks
+rather than twice per task (each wake-up costs the controller 100 µs or more
+of a core the caller and the engines need). They go out sooner when
+anything else goes to the controller from this engine (its own tasks'
+replies: one of them may answer a pushed task), and while a task runs longer
+than the reply hold, sent by the heartbeat thread, as held replies are; so
+the controller knows every pushed task that runs for more than a few
 milliseconds while it runs. See ``docs/performance.md`` ("the direct path").
 
 Owned by the engine's main thread, which reads the socket between tasks
@@ -29,15 +34,21 @@ engine's lock, as for the controller's socket.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import zmq
 
 from zpool.protocol import REPLY_COLUMNS, Batch, BatchWriter, Message, MsgType, Session, recv_ready, send_frames
 
-__all__ = ["PushedTasks"]
+__all__ = ["NOTICE_HOLD_S", "NOTICE_MAX", "PushedTasks"]
 
 logger = logging.getLogger(__name__)
+
+# Notices for the controller (pushed requests, and replies to them) wait at most this long, in seconds,
+NOTICE_HOLD_S = 0.01
+# ... or until this many requests are held.
+NOTICE_MAX = 256
 
 
 class PushedTasks:
@@ -63,7 +74,11 @@ class PushedTasks:
         self.address = address
         self.routes: dict[str, bytes] = {}  # task id -> the client it came from, until answered
         self.outboxes: dict[bytes, BatchWriter] = {}  # client -> replies held for it
-        self.requests: list[list[Any]] = []  # pushed requests not passed on to the controller yet
+        # Notices: pushed requests not passed on to the controller yet, and replies sent to clients
+        # but not yet to the controller; since when the oldest has waited.
+        self.requests: list[list[Any]] = []
+        self.told = BatchWriter(REPLY_COLUMNS)
+        self.since = 0.0
 
     def drain(self, queue: Callable[[Message], None]) -> int:
         """Take in what clients pushed: queue their tasks, and hold each request for the controller.
@@ -86,6 +101,8 @@ class PushedTasks:
             except Exception as exc:
                 logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
                 continue
+            if not self.noting:
+                self.since = time.monotonic()
             self.requests.append(frames[1:])
             taken += 1
             for task_id in ids:
@@ -101,6 +118,9 @@ class PushedTasks:
         if outbox is None:
             outbox = self.outboxes[route] = BatchWriter(REPLY_COLUMNS)
         outbox.add(task_id, frames, *columns)
+        if not self.noting:
+            self.since = time.monotonic()
+        self.told.add(task_id, frames, *columns)
         return True
 
     def forget(self, task_ids: Any) -> None:
@@ -108,17 +128,20 @@ class PushedTasks:
         for task_id in task_ids:
             self.routes.pop(task_id, None)
 
-    def __bool__(self) -> bool:
-        return bool(self.outboxes or self.requests)
+    @property
+    def noting(self) -> bool:
+        """Whether notices wait for the controller."""
+        return bool(self.requests) or bool(self.told)
 
-    def flush(self, to_controller: Callable[[list[Any]], None]) -> None:
-        """Send each client its held replies, then the controller the requests and the same replies.
+    def notice_wait_s(self) -> float:
+        """How long the notices held may still wait, in seconds (0: send them now)."""
+        if len(self.requests) >= NOTICE_MAX:
+            return 0.0
+        return max(0.0, self.since + NOTICE_HOLD_S - time.monotonic())
 
-        The caller holds the engine's lock.
-        """
+    def send_replies(self) -> None:
+        """Send each client its held replies (the caller holds the engine's lock)."""
         outboxes, self.outboxes = self.outboxes, {}
-        requests, self.requests = self.requests, []
-        replies = []
         for route, batch in outboxes.items():
             fields = batch.fields()
             fields["pushed"] = True
@@ -127,11 +150,20 @@ class PushedTasks:
                 send_frames(self.sock, [route, *msg], zmq.DONTWAIT)
             except zmq.ZMQError as exc:  # the client is gone: nobody waits for it
                 logger.debug("reply for a client that left dropped: %s", exc)
-            replies.append(msg)
+
+    def send_notices(self, to_controller: Callable[[list[Any]], None]) -> None:
+        """Pass the held requests on to the controller, then the replies sent for them, as one batch.
+
+        The caller holds the engine's lock.
+        """
+        requests, self.requests = self.requests, []
+        told, self.told = self.told, BatchWriter(REPLY_COLUMNS)
         for msg in requests:  # (first: the controller knows a task before its reply)
             to_controller(msg)
-        for msg in replies:
-            to_controller(msg)
+        if told:
+            fields = told.fields()
+            fields["pushed"] = True
+            to_controller(self.session.build(MsgType.APPLY_REPLY, fields, buffers=told.buffers()))
 
     def close(self) -> None:
         self.sock.close(linger=0)

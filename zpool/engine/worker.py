@@ -252,6 +252,8 @@ class Engine:
                     self.flush()
                     if self.pending:  # the heartbeat thread drained the sockets meanwhile (give_back)
                         continue
+                    if self.pushed is not None and self.pushed.noting:  # wake when the notices are due
+                        wait_ms = min(wait_ms, math.ceil(self.pushed.notice_wait_s() * 1000))
                     arrived = poller.poll(wait_ms)
                     if arrived:
                         self._drain()
@@ -337,11 +339,8 @@ class Engine:
     # -- receiving ------------------------------------------------------------
 
     def _drain(self) -> None:
-        if self.pushed is not None and self.pushed.drain(self._queue):
-            # Requests held for the controller count as held replies: they go out with them.
-            if not self.held:
-                self.outbox_since = time.monotonic()
-            self.held += 1
+        if self.pushed is not None:
+            self.pushed.drain(self._queue)
         while True:
             frames = recv_ready(self.sock)
             if frames is None:
@@ -456,7 +455,9 @@ class Engine:
         # Interruptible from here (loading its arguments may take a while) to the end of its call.
         self.task_id, self._interrupt_due = task_id, False
         self.in_task = True
-        if self.held:  # replies are held: have them sent if this task is slow (after in_task: see Heartbeat.run)
+        if self.holding():  # have what is held sent if this task is slow (after in_task: see Heartbeat.run)
+            if not self.held:
+                self.outbox_since = time.monotonic()  # (notices only: the hold counts from now)
             self._beats.wake()
         try:
             func, args, kwargs = loads_call(frames)
@@ -546,14 +547,26 @@ class Engine:
             if pushed is None or not pushed.add(task_id, frames, status, self.engine_id, started, completed):
                 self.outbox.add(task_id, frames, status, self.engine_id, started, completed)
 
-    def flush(self) -> None:
-        """Send the held replies: to the controller, and to each client that pushed tasks (caller holds the lock)."""
-        if not self.held:
-            return
-        self.held = 0
-        self.flush_streams()
-        if self.pushed:
-            self.pushed.flush(self._to_controller)
+    def holding(self) -> bool:
+        """Whether replies, or notices of pushed tasks for the controller, are held."""
+        return bool(self.held) or (self.pushed is not None and self.pushed.noting)
+
+    def flush(self, notices: bool = False) -> None:
+        """Send the held replies: to the controller, and to each client that pushed tasks (caller holds the lock).
+
+        The notices of pushed tasks go to the controller when due (see
+        :mod:`zpool.engine.pushed`), with `notices` at once, and always before
+        replies of the controller's own: an unmet dependency's reply may
+        answer a pushed task.
+        """
+        pushed = self.pushed
+        if self.held:
+            self.held = 0
+            self.flush_streams()
+            if pushed is not None:
+                pushed.send_replies()
+        if pushed is not None and pushed.noting and (notices or self.outbox or pushed.notice_wait_s() == 0):
+            pushed.send_notices(self._to_controller)
         if self.outbox:
             batch, self.outbox = self.outbox, BatchWriter(REPLY_COLUMNS)
             send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers()))
