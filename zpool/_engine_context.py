@@ -120,10 +120,10 @@ class EngineContext:
         hit = self.kept.get(data)
         if hit is not None:
             self.kept.move_to_end(data)
-            obj, ships = hit
-            for entry in list(ships):
-                _ship(self, entry, {}, ships)
-            return obj
+            kept, kept_ships = hit
+            for entry in list(kept_ships):
+                _ship(self, entry, {}, kept_ships)
+            return kept
         ships: list[list[Any]] = []
         obj = rebuild(data)
         if _from_main(obj):
