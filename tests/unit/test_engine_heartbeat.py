@@ -52,7 +52,11 @@ class StandInEngine:
     def alive(self) -> bool:  # (as the parent watch)
         return self.running
 
-    def flush(self) -> None:
+    def holding(self) -> bool:
+        return bool(self.held)
+
+    def flush(self, notices: bool = False) -> None:
+        assert notices  # what is held behind a slow task includes the controller's notices of pushed tasks
         self.held = 0
         self.flushed.set()
 
@@ -84,6 +88,8 @@ def beats(monkeypatch):
         engine.running = False
         thread.join(5)
         assert not thread.is_alive()
+        for sock in engine.ctx.made:  # (already closed, unless the thread died of an error: term() would hang)
+            sock.close(linger=0)
         ctx.term()
         os.close(thread_of._wake_r)
         os.close(thread_of._wake_w)
