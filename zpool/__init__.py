@@ -28,6 +28,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "Pool": "zpool.pool",
+    "ProcessPoolExecutor": "zpool.executor",
     "AsyncResult": "zpool.asyncresult",
     "MapResult": "zpool.asyncresult",
     "DirectResult": "zpool.asyncresult",
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
         UnmetDependency,
         ZPoolError,
     )
+    from zpool.executor import ProcessPoolExecutor
     from zpool.pool import Pool
     from zpool.view import EngineView
 

@@ -20,9 +20,15 @@ import time
 from typing import Any, Callable, Generator, Generic, Protocol, TypeVar, cast
 
 from zpool._future import FINISHED, LEAN_FUTURE, NOT_DONE, PENDING, LeanCondition
-from zpool.error import CompositeError, TimeoutError
+from zpool.error import CompositeError, TaskAborted, TimeoutError, ZPoolError
 
-__all__ = ["AsyncResult", "CallbackRunner", "DirectResult", "JoinedResult", "MapResult", "Metadata"]
+__all__ = ["AsyncResult", "CallbackRunner", "DirectResult", "JoinedResult", "MapResult", "Metadata", "cancel_all"]
+
+# How long cancel() waits for tasks taken back from an engine's queue to be answered as aborted; one
+# still unanswered then is running, and goes on (seconds).
+CANCEL_WAIT_S = 0.25
+# ... and for tasks the scheduler failed at once (their answers are on their way already).
+CANCEL_ABORTED_WAIT_S = 5.0
 
 T = TypeVar("T")
 
@@ -117,6 +123,7 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         # The outcome is known (it may still wait for a callback to become ready).
         self._decided = False
         self._decide_lock = threading.Lock() if len(msg_ids) > 1 else None
+        self._cancelling = False  # cancel() asked the controller to abort it (see cancel_all)
         self._finished_at: float | None = None
         # track=True: when ZeroMQ has let go of the arguments' memory (client.connection.SendTracker).
         self._tracker = tracker
@@ -181,6 +188,32 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
     def ready(self) -> bool:
         """Whether the call has completed."""
         return self.done()
+
+    def cancel(self) -> bool:
+        """Cancel the call if it has not started: True if it never runs, as :meth:`concurrent.futures.Future.cancel`.
+
+        The pool aborts its tasks that have not started (waiting in the
+        scheduler, or queued on an engine: taken back); those become
+        *cancelled* (``cancelled()`` is True, ``result()`` raises
+        :class:`concurrent.futures.CancelledError`). A task already running
+        is not stopped (see :meth:`Pool.abort` with ``interrupt=True`` for
+        that): then, or if the call is done, this returns False and the
+        call ends as it ends. Of a ``map``, the chunks not started are
+        cancelled and the result with them.
+        """
+        if self.done():
+            return self.cancelled()
+        if getattr(self._owner, "abort", None) is None:
+            return self._cancelled_here()  # not made by a pool (nothing to abort)
+        cancel_all([self])
+        return self.cancelled()
+
+    def _cancelled_here(self) -> bool:
+        """Mark it cancelled, and tell ``concurrent.futures.wait`` and ``as_completed`` waiting on it."""
+        if not concurrent.futures.Future.cancel(self):
+            return False
+        self.set_running_or_notify_cancel()  # (no executor does it for us: CANCELLED_AND_NOTIFIED, waiters told)
+        return True
 
     def successful(self) -> bool:
         """Whether the call completed without raising.
@@ -313,6 +346,10 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         if not ok:
             self._values = None
             self._finished_at = time.time()
+            if self._cancelling and isinstance(value, TaskAborted):
+                if self._claim():  # aborted by cancel() before it started: cancelled, not failed
+                    self._cancelled_here()
+                return
             self._set(exception=value)
         elif values is None:
             self._finish(value)
@@ -568,3 +605,30 @@ def _first_line(exc: BaseException) -> str:
         return "<unprintable>"
     line = text.splitlines()[0] if text else ""
     return line if len(line) <= 200 else line[:197] + "..."
+
+
+def cancel_all(results: list[AsyncResult[Any]]) -> None:
+    """Cancel `results` that have not started, with one abort request per pool (see :meth:`AsyncResult.cancel`).
+
+    Waits until the tasks taken back are answered (briefly: a task still
+    unanswered after :data:`CANCEL_WAIT_S` is running, and goes on).
+    """
+    by_owner: dict[int, tuple[Any, list[AsyncResult[Any]]]] = {}
+    for result in results:
+        if not result.done() and getattr(result._owner, "abort", None) is not None:
+            by_owner.setdefault(id(result._owner), (result._owner, []))[1].append(result)
+    for owner, pending in by_owner.values():
+        for result in pending:
+            result._cancelling = True
+        try:
+            report = owner.abort(pending)
+        except ZPoolError:  # the pool is closed or broken: its tasks end with that
+            report = None
+        if report is not None:
+            wait_s = CANCEL_WAIT_S if report.get("sent_to_engines") else CANCEL_ABORTED_WAIT_S
+            deadline = time.monotonic() + wait_s
+            for result in pending:
+                result.wait(max(0.0, deadline - time.monotonic()))
+        for result in pending:
+            if not result.done():
+                result._cancelling = False  # running: it ends as it ends

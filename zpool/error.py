@@ -7,8 +7,8 @@ working after ``from zpool import Pool``::
     ZPoolError(Exception)
     ├─ PoolClosedError(ValueError)            multiprocessing: ValueError("Pool not running")
     ├─ TimeoutError(multiprocessing.TimeoutError, builtins.TimeoutError)
-    ├─ BrokenPoolError(concurrent.futures.BrokenExecutor)   controller gone
-    ├─ EngineError                            an engine died holding the task
+    ├─ BrokenPoolError(BrokenProcessPool)     controller gone (BrokenProcessPool: a BrokenExecutor)
+    ├─ EngineError(BrokenProcessPool)         an engine died holding the task
     ├─ CompositeError                         a call on several engines failed on some
     ├─ SerializationError(pickle.PicklingError)   also the original error's type, e.g. TypeError
     │  └─ ResultEncodingError(multiprocessing.pool.MaybeEncodingError)
@@ -31,7 +31,7 @@ This module imports only the standard library.
 from __future__ import annotations
 
 import builtins
-import concurrent.futures
+import concurrent.futures.process
 import multiprocessing
 import multiprocessing.pool
 import pickle
@@ -74,12 +74,22 @@ class TimeoutError(ZPoolError, multiprocessing.TimeoutError, builtins.TimeoutErr
     """
 
 
-class BrokenPoolError(ZPoolError, concurrent.futures.BrokenExecutor):
-    """The controller is gone, so the pool cannot run anything any more."""
+class BrokenPoolError(ZPoolError, concurrent.futures.process.BrokenProcessPool):
+    """The controller is gone, so the pool cannot run anything any more.
+
+    Also a :class:`concurrent.futures.process.BrokenProcessPool` (so a
+    :class:`concurrent.futures.BrokenExecutor`), as
+    :class:`concurrent.futures.ProcessPoolExecutor` raises.
+    """
 
 
-class EngineError(ZPoolError):
-    """The engine running a task died or left before answering."""
+class EngineError(ZPoolError, concurrent.futures.process.BrokenProcessPool):
+    """The engine running a task died or left before answering.
+
+    Also a :class:`concurrent.futures.process.BrokenProcessPool`, which
+    :class:`concurrent.futures.ProcessPoolExecutor` raises for a worker that
+    ended abruptly; unlike there, the pool goes on with its other engines.
+    """
 
 
 class SerializationError(ZPoolError, pickle.PicklingError):
