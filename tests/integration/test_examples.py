@@ -88,6 +88,19 @@ def test_parallel_decorator():
     assert done.stderr == ""
 
 
+def test_executor_drop_in():
+    done = run_example("executor_drop_in.py", "--limit", "30000", "--chunks", "6", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("map: 3245 primes below 30000 (")
+    assert lines[1:] == [
+        "as_completed: 6 parts, 3245 primes",
+        "asyncio run_in_executor: 3245 primes",
+        "the same as counted here: True",
+    ]
+    assert done.stderr == ""
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "examples")) if f.endswith(".py")))
 def test_every_example_is_covered(name):
     covered = {
@@ -97,5 +110,6 @@ def test_every_example_is_covered(name):
         "dag_dependencies.py",
         "scatter_gather.py",
         "parallel_decorator.py",
+        "executor_drop_in.py",
     }
     assert name in covered, f"add a test that runs examples/{name}"
