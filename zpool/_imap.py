@@ -22,6 +22,7 @@ under one condition.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import itertools
@@ -46,6 +47,8 @@ T = TypeVar("T")
 # and never more than this many items.
 IMAP_CHUNK_TARGET_S = 0.005
 IMAP_CHUNK_MAX = 4096
+# An ``async for`` over imap waits in a worker thread this long at most per look (a cancelled one lets go then).
+ASYNC_WAIT_SLICE_S = 0.5
 # Chunks an imap submits ahead of its consumer, at least (see Pool.imap's buffersize).
 IMAP_MIN_READ_AHEAD = 32
 # ... and, with a fixed chunksize, at least this many items.
@@ -176,6 +179,20 @@ class IMapState:
                     )
                 self.cond.wait(left)
 
+    def wait_ready(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds until :meth:`next` would not wait (a result, a failure, or the end).
+
+        Takes nothing: an ``async for`` waits here in a worker thread, and a
+        cancelled consumer must not lose a result taken on its behalf.
+        """
+        with self.cond:
+            self.cond.wait_for(self._ready, timeout)
+
+    def _ready(self) -> bool:
+        if self.items or (self.next_chunk in self.arrived if self.ordered else self.queue):
+            return True
+        return self.length is not None and self.taken >= self.length
+
     def _take(self) -> tuple[bool, Any] | None:
         if self.ordered:
             outcome = self.arrived.pop(self.next_chunk, None)
@@ -256,6 +273,26 @@ class IMapIterator(Generic[T]):
         except StopIteration:
             self._owner = None
             raise
+
+    def __aiter__(self) -> IMapIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        """The next result, for ``async for``: the event loop runs on while it is awaited.
+
+        Results already here are returned at once; otherwise a worker thread
+        of the loop's default executor waits until one is (taking nothing,
+        so a cancelled ``async for`` loses no result).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return self.next(0)
+            except StopIteration:
+                raise StopAsyncIteration from None
+            except TimeoutError:
+                pass
+            await loop.run_in_executor(None, self._state.wait_ready, ASYNC_WAIT_SLICE_S)
 
     def __repr__(self) -> str:
         kind = "imap" if self._state.ordered else "imap_unordered"

@@ -98,6 +98,60 @@ def test_asyncresult_is_future_and_awaitable(pool):
     assert asyncio.run(main()) == 25
 
 
+def test_async_for_over_imap_keeps_the_event_loop_running(pool):
+    async def main():
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticking = asyncio.create_task(ticker())
+        # Slow items: the loop must go on ticking while the async for waits for them.
+        got = [x async for x in pool.imap(_tasks.sleep_then, [0.2] * 3, chunksize=1)]
+        in_order = [x async for x in pool.imap(_tasks.square, range(50))]
+        unordered = sorted([x async for x in pool.imap_unordered(_tasks.square, range(50))])
+        stop.set()
+        await ticking
+        return got, in_order, unordered, ticks
+
+    got, in_order, unordered, ticks = asyncio.run(asyncio.wait_for(main(), T))
+    assert got == [None, None, None]
+    assert in_order == unordered == [x * x for x in range(50)]
+    assert ticks >= 10  # about 0.3 s of waiting at least, at 10 ms a tick
+
+
+def test_async_for_over_imap_raises_at_the_failed_item_and_goes_on(pool):
+    async def main():
+        seen = []
+        iterator = pool.imap(_tasks.raise_value_error_if, [1, 0, 1], chunksize=1).__aiter__()
+        seen.append(await iterator.__anext__())
+        with pytest.raises(ValueError):
+            await iterator.__anext__()
+        seen.append(await iterator.__anext__())
+        with pytest.raises(StopAsyncIteration):
+            await iterator.__anext__()
+        return seen
+
+    assert asyncio.run(asyncio.wait_for(main(), T)) == [1, 1]
+
+
+def test_a_cancelled_async_for_loses_no_result(pool):
+    async def main():
+        iterator = pool.imap(_tasks.sleep_echo, [0.5, 0.5], chunksize=1)
+        waiting = asyncio.ensure_future(iterator.__anext__())
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return [x async for x in iterator]
+
+    assert asyncio.run(asyncio.wait_for(main(), T)) == [0.5, 0.5]
+
+
 def test_metadata(pool):
     ar = pool.apply_async(_tasks.square, (3,))
     ar.get(T)
