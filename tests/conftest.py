@@ -67,7 +67,8 @@ def pytest_unconfigure(config):
 
 
 def _cluster_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "zpool-*")))
+    """The hidden clusters' directories (their logs beside them are kept when a pool failed)."""
+    return {path for path in glob.glob(os.path.join(tempfile.gettempdir(), "zpool-*")) if os.path.isdir(path)}
 
 
 # Shared-memory prefixes of the clusters this test run started (other zpool programs

@@ -13,7 +13,19 @@ if TYPE_CHECKING:
 # psutil is imported where needed: engines watching their own parent never need it,
 # and it costs a tenth of an engine's start-up time.
 
-__all__ = ["ParentWatch", "caller_path", "describe_exit", "kill_process_group", "kill_process_tree", "python_command"]
+__all__ = [
+    "LOG_FORMAT",
+    "ParentWatch",
+    "caller_path",
+    "describe_exit",
+    "kill_process_group",
+    "kill_process_tree",
+    "python_command",
+]
+
+# The hidden cluster's log records: when, which logger (zpool.controller.hub, zpool.scheduler,
+# zpool.engine.worker...), which process, how grave, what.
+LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
 
 # Run by a fresh interpreter before it imports anything of its own: the import
 # path becomes exactly the one given on the command line (``PATH... --``), then

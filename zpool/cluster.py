@@ -99,6 +99,10 @@ class LocalCluster:
         self.workdir: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: ConnectionInfo | None = None
+        # The cluster's log: beside its directory (which goes when it stops), private to the user,
+        # removed at the end unless kept (see stop).
+        self.log_path = ""
+        self.keep_log = False  # the pool failed: keep the log whatever it says
 
     def start(self) -> ConnectionInfo:
         """Launch the controller (which launches the engines); return where to connect."""
@@ -108,6 +112,8 @@ class LocalCluster:
                 " (it keeps the cluster private to this user); zpool runs on Linux and macOS"
             )
         self.workdir = _make_workdir()
+        self.log_path = self.workdir + ".log"
+        os.close(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         base = f"ipc://{self.workdir}"
         client, engine, heartbeat = (f"{base}/{name}" for name in ENDPOINTS)
         info = ConnectionInfo(
@@ -129,6 +135,7 @@ class LocalCluster:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
         except OSError:
             shutil.rmtree(self.workdir, ignore_errors=True)
+            _remove(self.log_path)
             raise
         self.info = info
         return info
@@ -156,11 +163,6 @@ class LocalCluster:
         if s.preload:
             args += ["--engine-preload", os.path.join(self.workdir, "engine-preload.txt")]
         return python_command("zpool.controller", args, caller_path())
-
-    @property
-    def log_path(self) -> str:
-        assert self.workdir is not None
-        return os.path.join(self.workdir, "controller.log")
 
     def pids(self) -> list[int]:
         """Pids of the controller and every engine it runs."""
@@ -198,7 +200,11 @@ class LocalCluster:
         code = self.proc.poll()
         if code is None:
             return None
-        return f"the controller process (pid {self.proc.pid}) ended with {describe_exit(code)}{self._log_tail()}"
+        self.keep_log = True
+        return (
+            f"the controller process (pid {self.proc.pid}) ended with {describe_exit(code)}{self._log_tail()}"
+            f"\n(the cluster's log is kept in {self.log_path})"
+        )
 
     def _log_tail(self) -> str:
         try:
@@ -207,6 +213,14 @@ class LocalCluster:
         except OSError:
             return ""
         return f"; its log ends:\n{text}" if text else ""
+
+    def _log_has_errors(self) -> bool:
+        """Whether an ERROR or CRITICAL record is in the cluster's log."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return any(" ERROR " in line or " CRITICAL " in line for line in f)
+        except OSError:
+            return False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Wait up to `timeout` s for the controller and engines to exit, then kill what is left."""
@@ -229,8 +243,20 @@ class LocalCluster:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+            failed = proc is not None and proc.returncode not in (0, None)
+            if self.keep_log or failed or self._log_has_errors():
+                logger.warning("the hidden cluster's log is kept in %s", self.log_path)
+            else:
+                _remove(self.log_path)
         if self.info is not None and self.info.shm_prefix:
             _shm.remove_all(self.info.shm_prefix)  # what processes killed mid-send left behind
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _fits(directory: str) -> bool:

@@ -10,6 +10,7 @@ as replies arrive.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing.context
 import os
 import threading
@@ -140,12 +141,20 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         ``False``: none. Replacement engines preload too. A module that
         fails to import is reported in the cluster's log and the engine
         serves all the same. See ``docs/performance.md``.
+    log_level : str or int, keyword-only
+        Level of the hidden cluster's log (the controller's and the
+        engines', loggers ``zpool.controller``, ``zpool.scheduler`` and
+        ``zpool.engine``): ``"WARNING"`` (default), ``"INFO"``,
+        ``"DEBUG"``... The log is a file of the cluster's, removed when the
+        pool ends, unless the pool failed or an error was logged: then it
+        is kept, and errors name its path. Your own process's zpool
+        messages (``zpool.client``) follow your :mod:`logging` set-up.
 
     Raises
     ------
     ValueError
         If `processes` is less than 1, `maxtasksperchild` is not a positive
-        int, or `scheme` or `hwm` is invalid.
+        int, or `scheme`, `hwm` or `log_level` is invalid.
     TypeError
         If `initializer` is not callable, or `preload` is not a bool or a
         list of module names.
@@ -180,6 +189,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         record_window: int = 100_000,
         record_age: float = 3600.0,
         preload: bool | Iterable[str] = True,
+        log_level: str | int = "WARNING",
     ) -> None:
         if processes is None:
             processes = _usable_cpus()
@@ -197,6 +207,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         if not isinstance(shared_memory, bool):
             raise TypeError(f"shared_memory must be True or False, not {shared_memory!r}")
         preloaded = resolve_preload(preload)
+        level = _log_level_name(log_level)
         settings = ControllerSettings(
             scheme, hwm, heartbeat_interval, heartbeat_misses, record_window, record_age, maxtasksperchild
         ).validate()
@@ -210,7 +221,14 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         self._initializer = initializer
         self._maxtasksperchild = maxtasksperchild
         self._cluster = LocalCluster(
-            ClusterSettings(processes, settings, engine_setup=setup, shared_memory=shared_memory, preload=preloaded)
+            ClusterSettings(
+                processes,
+                settings,
+                log_level=level,
+                engine_setup=setup,
+                shared_memory=shared_memory,
+                preload=preloaded,
+            )
         )
         info = self._cluster.start()
         # Writes large arguments into shared-memory segments (zpool._shm); None: they go as frames.
@@ -568,3 +586,15 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         return _imap.start(
             self._submitter, self, func, iterable, chunksize, buffersize, ordered, flags, rebuild_failure, one_per_task
         )
+
+
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def _log_level_name(level: Any) -> str:
+    """`level` (a name, any case, or a :mod:`logging` number) as the name the cluster's processes take."""
+    if isinstance(level, str) and level.upper() in _LEVELS:
+        return level.upper()
+    if type(level) is int and logging.getLevelName(level) in _LEVELS:
+        return str(logging.getLevelName(level))
+    raise ValueError(f"log_level must be one of {', '.join(_LEVELS)} (or its logging number), not {level!r}")

@@ -15,7 +15,7 @@ import sys
 
 # Only what launching the engines needs is imported up front: the engines
 # start importing while this process loads the rest (hub, zmq).
-from zpool._process import kill_process_group, python_command
+from zpool._process import LOG_FORMAT, kill_process_group, python_command
 from zpool._settings import ControllerSettings
 from zpool.controller.launcher import LocalEngines
 
@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine_preload:
             engine_args += ["--preload", args.engine_preload]
         # The engines import from exactly this process's path (the caller's, see zpool.cluster).
-        engines = LocalEngines(python_command("zpool.engine", engine_args, sys.path))
+        engines = LocalEngines(python_command("zpool.engine", engine_args, sys.path), log_file=args.log_file)
         engines.start(args.engines)
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s zpool.controller[%(process)d] %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger("zpool")
     root.addHandler(handler)
     root.setLevel(args.log_level.upper())

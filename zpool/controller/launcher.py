@@ -30,10 +30,13 @@ class LocalEngines:
         launcher gives up, if no engine is up then (a broken environment
         would otherwise respawn engines forever). While some engines work,
         failed starts are retried with a growing back-off instead.
+    log_file : str, optional
+        The cluster's log, which giving up names (it is kept then).
     """
 
-    def __init__(self, argv: Sequence[str], max_failed_starts: int = 3) -> None:
+    def __init__(self, argv: Sequence[str], max_failed_starts: int = 3, log_file: str | None = None) -> None:
         self.argv = list(argv)
+        self.log_file = log_file
         self.max_failed_starts = max_failed_starts
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.registered: set[int] = set()
@@ -117,8 +120,11 @@ class LocalEngines:
                     else:
                         self.gave_up = (
                             f"{self.failed_starts} engine processes in a row exited ({how}) before registering;"
-                            " their error output is on the terminal or in the controller log"
+                            " their error output is on the terminal or in the cluster's log"
                         )
+                    if self.log_file:
+                        self.gave_up += f"\n(the cluster's log is kept in {self.log_file})"
+                    logger.error("no engine can start: %s", self.gave_up)
             ended.append((pid, how, registered, retired))
         return ended
 

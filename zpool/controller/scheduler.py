@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import random
 import time
 from typing import Any, Callable, Iterable, Sequence
@@ -86,6 +87,9 @@ from zpool.controller.registry import DEPARTED_MAX, EngineRegistry
 from zpool.controller.tasks import EngineSlot, Task
 
 __all__ = ["DEPARTED_MAX", "FAILED_UNPLACED", "SCHEMES", "EngineSlot", "Scheduler", "Task"]
+
+# Placement, recall, retries and the scheduler's own failures (DEBUG and INFO): "zpool.scheduler".
+logger = logging.getLogger("zpool.scheduler")
 
 # A failure the scheduler decided: (task, error name, message, engine id or None).
 Failure = tuple[Task, ErrorName, str, "int | None"]
@@ -436,6 +440,7 @@ class Scheduler:
             return {}
         asks = choose_recalls(self.engines.values(), self._clock)
         for slot, ids in asks.items():
+            logger.debug("asking engine %d back for %d task(s) it has not started", slot.engine_id, len(ids))
             self.ask_back(slot, ids)
         return asks
 
@@ -466,6 +471,8 @@ class Scheduler:
             task.pushed = False  # the controller places it now
             back.append(task)
         self.queue.extendleft(reversed(back))
+        if back:
+            logger.debug("engine %d gave back %d task(s): placed again", slot.engine_id, len(back))
         return len(back)
 
     def finish(
@@ -499,6 +506,9 @@ class Scheduler:
             return task
         if not ok and task.retries > 0 and not aborted:
             task.retries -= 1
+            logger.info(
+                "task %s failed on engine %d; placed again (%d retries left)", task_id, slot.engine_id, task.retries
+            )
             task.final = False
             task.failed_on = (task.failed_on or set()) | {slot.engine_id}
             self._make_ready(task)
@@ -569,6 +579,7 @@ class Scheduler:
         self, task: Task, ename: ErrorName, evalue: str, engine_id: int | None = None, record: bool = True
     ) -> None:
         """Fail `task` for a reason of the scheduler's own; its dependents are settled in turn."""
+        logger.debug("task %s fails: %s: %s", task.task_id, ename.value, evalue)
         self.graph.remove(task)
         self._failures.append((task, ename, evalue, engine_id))
         if record:

@@ -8,6 +8,7 @@ import os
 import sys
 
 from zpool._preload import read_list
+from zpool._process import LOG_FORMAT
 from zpool._wire import run_slot_path
 from zpool.engine.worker import Engine
 from zpool.protocol import ConnectionInfo
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preload", default=None, help="file naming modules to import while idle, one per line")
     args = p.parse_args(argv)
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s zpool.engine[%(process)d] %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger("zpool")
     root.addHandler(handler)
     root.setLevel(args.log_level.upper())
