@@ -24,6 +24,7 @@ setup(
         # ipykernel and jupyter_client: the tests run zpool in a real Jupyter kernel;
         # networkx: examples/dag_dependencies.py, which a test runs, builds its graph with it.
         # hypothesis: tests/failure/test_fuzz.py generates the messages it throws at the sockets.
+        # tqdm: the progress bars' tests (the "progress" extra).
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",
@@ -31,7 +32,10 @@ setup(
             "jupyter_client>=7",
             "networkx>=2.6",
             "hypothesis>=6.50",
+            "tqdm>=4.60",
         ],
+        # Progress bars: map(..., progress=True), AsyncResult.wait_interactive().
+        "progress": ["tqdm>=4.60"],
         # The peers that benchmarks/bench_core.py compares zpool with, each when installed
         # (adapters in benchmarks/_peers.py); zpool itself never imports them.
         # scipy and emcee: the real clients of figure 10 (loops of small maps), benchmarks/_clients.py.

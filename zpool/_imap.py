@@ -250,7 +250,14 @@ class IMapIterator(Generic[T]):
     def __init__(self, state: IMapState, owner: Any = None) -> None:
         self._state = state
         self._owner = owner  # the pool stays alive while someone iterates
+        self._bar: Any = None  # a progress bar moved by each result taken (show_progress)
         weakref.finalize(self, state.stop)
+
+    def show_progress(self, total: int | None, desc: str) -> None:
+        """Draw a progress bar (tqdm) that counts the results as they are taken; `total` if known."""
+        from zpool import _progress
+
+        self._bar = _progress.make_bar(total, desc, "item")
 
     def __iter__(self) -> IMapIterator[T]:
         return self
@@ -268,11 +275,24 @@ class IMapIterator(Generic[T]):
         StopIteration
             When every result has been returned.
         """
+        bar = self._bar
         try:
-            return cast(T, self._state.next(timeout))
+            value = cast(T, self._state.next(timeout))
         except StopIteration:
             self._owner = None
+            if bar is not None:
+                self._bar = None
+                bar.close()
             raise
+        except TimeoutError:
+            raise
+        except BaseException:
+            if bar is not None:  # a failed item counts as done
+                bar.update(1)
+            raise
+        if bar is not None:
+            bar.update(1)
+        return value
 
     def __aiter__(self) -> IMapIterator[T]:
         return self

@@ -297,6 +297,29 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         """How many of this result's tasks have finished."""
         return len(self._ids) - self._pending
 
+    def wait_interactive(self, interval: float = 0.1, timeout: float | None = None) -> bool:
+        """Wait as :meth:`wait` does, drawing a progress bar (count, rate, time left) until the result is ready.
+
+        The bar counts tasks, or a ``map``'s items, and moves as they finish
+        (looked at every `interval` seconds). It is tqdm's (``tqdm.auto``: a
+        widget in a notebook), an extra: ``pip install "zpool[progress]"``.
+        Returns whether the result is ready (False once `timeout` passed).
+
+        Raises
+        ------
+        ImportError
+            If tqdm is not installed.
+        """
+        from zpool import _progress
+
+        return _progress.follow(self._counted(), self._what(), interval, timeout)
+
+    def _counted(self) -> Any:
+        """What a progress bar of this result counts (a :class:`zpool._progress.Counted`)."""
+        from zpool._progress import Counted
+
+        return Counted(lambda: self.progress, len(self._ids), "task", self.wait)
+
     @property
     def elapsed(self) -> float:
         """Seconds from submission until completion (or until now)."""
@@ -435,10 +458,33 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
 class MapResult(AsyncResult[list[T]]):
     """The pending result of :meth:`Pool.map_async`: one task per chunk."""
 
-    def __init__(self, msg_ids: list[str], label: str = "", *, chunksize: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, msg_ids: list[str], label: str = "", *, chunksize: int = 0, items: int | None = None, **kwargs: Any
+    ) -> None:
         # The chunk size the map was cut with, as multiprocessing's MapResult has it.
         self._chunksize = chunksize
+        self._items = items  # how many items the map has, when known (progress bars count them)
         super().__init__(msg_ids, label, **kwargs)
+
+    @property
+    def items_done(self) -> int:
+        """How many of the map's items are done (its finished chunks' items)."""
+        total, size, n = self._items, self._chunksize, len(self._ids)
+        if total is None or size <= 0:
+            return self.progress
+        if n == 1:
+            return total if self._pending == 0 else 0
+        last = total - size * (n - 1)
+        md = self._metadata
+        done = sum(size for raw in md[:-1] if raw is not None)
+        return done + (last if md[-1] is not None else 0)
+
+    def _counted(self) -> Any:
+        from zpool._progress import Counted
+
+        if self._items is None or self._chunksize <= 0:
+            return super()._counted()
+        return Counted(lambda: self.items_done, self._items, "item", self.wait)
 
     @property
     def _number_left(self) -> int:

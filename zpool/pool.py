@@ -10,6 +10,7 @@ as replies arrive.
 
 from __future__ import annotations
 
+import collections.abc
 import logging
 import multiprocessing.context
 import os
@@ -19,7 +20,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from zpool import _imap, _shm
+from zpool import _imap, _progress, _shm
 from zpool._decorators import _DecoratorMethods
 from zpool._imap import IMapIterator
 from zpool._preload import resolve as resolve_preload
@@ -32,7 +33,7 @@ from zpool.client.submitter import STARTUP_TIMEOUT_S, PoolState, Submitter
 from zpool.cluster import ClusterSettings, EngineProcess, LocalCluster
 from zpool.error import BrokenPoolError, EngineError, TaskAborted, ZPoolError
 from zpool.protocol import MsgType
-from zpool.serialize import dumps_call
+from zpool.serialize import callable_name, dumps_call
 from zpool.view import EngineView, _NamespaceMethods
 
 __all__ = ["Pool"]
@@ -317,14 +318,24 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         return ar
 
     def map(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None, **flags: Any
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        progress: bool = False,
+        **flags: Any,
     ) -> list[T]:
         """Apply `func` to each item of `iterable` on the engines; return a list.
 
         Same contract as :meth:`multiprocessing.pool.Pool.map`: blocks until
         every item is done and raises the first failure. `flags` apply to
-        every chunk (see :meth:`set_flags`).
+        every chunk (see :meth:`set_flags`). With `progress`, a progress bar
+        counts the items as their chunks finish (tqdm, an extra: ``pip
+        install "zpool[progress]"``; see :meth:`AsyncResult.wait_interactive`).
         """
+        if progress:
+            return self._map_with_progress(func, iterable, chunksize, False, flags)
         return self._submitter.map_now(self, func, iterable, chunksize, False, flags)
 
     def map_async(
@@ -334,6 +345,8 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         chunksize: int | None = None,
         callback: Callable[[list[T]], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        progress: bool = False,
         **flags: Any,
     ) -> MapResult[T]:
         """Like :meth:`map`, but return a :class:`MapResult` at once.
@@ -347,19 +360,35 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
             Called once, with the whole list of results or with the first
             exception, in a result-handling thread of this process, before
             the result becomes ready.
+        progress : bool, keyword-only
+            Draw a progress bar of the items, from a thread of its own, until
+            the result is ready (see :meth:`map`).
         **flags
             Scheduling flags for every chunk (see :meth:`set_flags`): ``after``,
             ``follow``, ``timeout``, ``retries``, ``targets``.
         """
-        return self._submitter.map_async(self, func, iterable, chunksize, callback, error_callback, False, flags)
+        if progress:
+            _progress.require_tqdm()
+        ar = self._submitter.map_async(self, func, iterable, chunksize, callback, error_callback, False, flags)
+        if progress:
+            _progress.follow_in_background(ar)
+        return ar
 
     def starmap(
-        self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None, **flags: Any
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        progress: bool = False,
+        **flags: Any,
     ) -> list[T]:
         """Like :meth:`map`, but call ``func(*item)`` for each item of `iterable`.
 
-        Same contract as :meth:`multiprocessing.pool.Pool.starmap`.
+        Same contract as :meth:`multiprocessing.pool.Pool.starmap`; `progress` as for :meth:`map`.
         """
+        if progress:
+            return self._map_with_progress(func, iterable, chunksize, True, flags)
         return self._submitter.map_now(self, func, iterable, chunksize, True, flags)
 
     def starmap_async(
@@ -369,10 +398,17 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         chunksize: int | None = None,
         callback: Callable[[list[T]], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        progress: bool = False,
         **flags: Any,
     ) -> MapResult[T]:
-        """Like :meth:`starmap`, but return a :class:`MapResult` at once."""
-        return self._submitter.map_async(self, func, iterable, chunksize, callback, error_callback, True, flags)
+        """Like :meth:`starmap`, but return a :class:`MapResult` at once; `progress` as for :meth:`map_async`."""
+        if progress:
+            _progress.require_tqdm()
+        ar = self._submitter.map_async(self, func, iterable, chunksize, callback, error_callback, True, flags)
+        if progress:
+            _progress.follow_in_background(ar)
+        return ar
 
     def imap(
         self,
@@ -381,6 +417,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         chunksize: int | None = None,
         *,
         buffersize: int | None = None,
+        progress: bool = False,
         **flags: Any,
     ) -> IMapIterator[T]:
         """Like :meth:`map`, but lazily: return an iterator over the results, in input order.
@@ -416,7 +453,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
             Its ``next(timeout)`` raises :class:`zpool.TimeoutError` (a
             ``multiprocessing.TimeoutError``) if nothing arrives in time.
         """
-        return self._imap(func, iterable, chunksize, buffersize, True, flags)
+        return self._imap(func, iterable, chunksize, buffersize, True, flags, progress)
 
     def imap_unordered(
         self,
@@ -425,10 +462,11 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         chunksize: int | None = None,
         *,
         buffersize: int | None = None,
+        progress: bool = False,
         **flags: Any,
     ) -> IMapIterator[T]:
         """Like :meth:`imap`, but yield results in the order they finish."""
-        return self._imap(func, iterable, chunksize, buffersize, False, flags)
+        return self._imap(func, iterable, chunksize, buffersize, False, flags, progress)
 
     def close(self) -> None:
         """Accept no more work; running and queued tasks still finish."""
@@ -581,11 +619,32 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         buffersize: int | None,
         ordered: bool,
         flags: Mapping[str, Any],
+        progress: bool = False,
     ) -> IMapIterator[T]:
+        if progress:
+            _progress.require_tqdm()
+        total = len(iterable) if isinstance(iterable, collections.abc.Sized) else None
         one_per_task = self._maxtasksperchild is not None
-        return _imap.start(
+        iterator: IMapIterator[T] = _imap.start(
             self._submitter, self, func, iterable, chunksize, buffersize, ordered, flags, rebuild_failure, one_per_task
         )
+        if progress:
+            iterator.show_progress(total, f"{'imap' if ordered else 'imap_unordered'}({callable_name(func)})")
+        return iterator
+
+    def _map_with_progress(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        star: bool,
+        flags: Mapping[str, Any],
+    ) -> list[T]:
+        """A blocking map that draws its bar in this thread while it waits."""
+        _progress.require_tqdm()
+        ar: MapResult[T] = self._submitter.map_async(self, func, iterable, chunksize, None, None, star, flags)
+        ar.wait_interactive()
+        return ar.get()
 
 
 _LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")

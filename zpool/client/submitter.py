@@ -432,10 +432,12 @@ class Submitter:
         once = sub.pickled_once(func) if len(chunks) > 1 else None
         for chunk in chunks:
             items.append((new_id(), sub.dump_chunk(func, chunk, star, once=once)))
-        del items_in
+        n_items = len(items_in)
+        del items_in, chunks
         ids = [task_id for task_id, _ in items]
         tracker = sub.tracker(len(ids), track)
-        kind, extra = (MapResult, {"chunksize": chunksize}) if make_result is None else (make_result, {})
+        kind: Callable[..., Any] = MapResult if make_result is None else make_result
+        extra = {"chunksize": chunksize, "items": n_items} if make_result is None else {}
         ar: MapResult[T] = sub.result(
             kind,
             ids,
