@@ -24,7 +24,7 @@ setup(
         # ipykernel and jupyter_client: the tests run zpool in a real Jupyter kernel;
         # networkx: examples/dag_dependencies.py, which a test runs, builds its graph with it.
         # hypothesis: tests/failure/test_fuzz.py generates the messages it throws at the sockets.
-        # tqdm: the progress bars' tests (the "progress" extra).
+        # tqdm, matplotlib: the progress bars' and timelines' tests (the "progress" and "timeline" extras).
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",
@@ -33,9 +33,12 @@ setup(
             "networkx>=2.6",
             "hypothesis>=6.50",
             "tqdm>=4.60",
+            "matplotlib>=3.5",
         ],
         # Progress bars: map(..., progress=True), AsyncResult.wait_interactive().
         "progress": ["tqdm>=4.60"],
+        # Timelines: AsyncResult.timeline(), Pool.timeline().
+        "timeline": ["matplotlib>=3.5"],
         # The peers that benchmarks/bench_core.py compares zpool with, each when installed
         # (adapters in benchmarks/_peers.py); zpool itself never imports them.
         # scipy and emcee: the real clients of figure 10 (loops of small maps), benchmarks/_clients.py.

@@ -98,7 +98,7 @@ def require_tqdm() -> None:
 
 def _tqdm() -> Any:
     try:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from tqdm.auto import tqdm
     except ImportError:
         raise ImportError(
             "progress bars are drawn with tqdm, which is not installed: pip install 'zpool[progress]'"

@@ -314,6 +314,26 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
 
         return _progress.follow(self._counted(), self._what(), interval, timeout)
 
+    def timeline(self, path: str | None = None, ax: Any = None, title: str | None = None) -> Any:
+        """Draw this result's tasks as a per-engine Gantt chart, from their metadata; save it to `path` if given.
+
+        One row per engine, one bar per task from its start to its end on
+        the engine (failed tasks edged in red): balance and idle time at a
+        glance. `ax`: a matplotlib Axes to draw on. Returns the Axes. Needs
+        matplotlib, an extra: ``pip install "zpool[timeline]"``. See
+        :meth:`Pool.timeline` for several results in one chart.
+
+        Raises
+        ------
+        ImportError
+            If matplotlib is not installed.
+        ValueError
+            If none of its tasks has run on an engine yet.
+        """
+        from zpool import _timeline
+
+        return _timeline.draw([self], path, ax, title)
+
     def _counted(self) -> Any:
         """What a progress bar of this result counts (a :class:`zpool._progress.Counted`)."""
         from zpool._progress import Counted

@@ -20,7 +20,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from zpool import _imap, _progress, _shm
+from zpool import _imap, _progress, _shm, _timeline
 from zpool._decorators import _DecoratorMethods
 from zpool._imap import IMapIterator
 from zpool._preload import resolve as resolve_preload
@@ -631,6 +631,24 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         if progress:
             iterator.show_progress(total, f"{'imap' if ordered else 'imap_unordered'}({callable_name(func)})")
         return iterator
+
+    @staticmethod
+    def timeline(
+        results: Iterable[AsyncResult[Any]], path: str | None = None, ax: Any = None, title: str | None = None
+    ) -> Any:
+        """Draw the tasks of `results` as one per-engine Gantt chart (see :meth:`AsyncResult.timeline`).
+
+        Each result's tasks get a colour of their own. Returns the matplotlib
+        Axes drawn on; saves the chart to `path` (PNG, SVG, PDF...) if given.
+
+        Raises
+        ------
+        ImportError
+            If matplotlib is not installed (``pip install "zpool[timeline]"``).
+        ValueError
+            If no task of `results` has run on an engine yet.
+        """
+        return _timeline.draw(results, path, ax, title)
 
     def _map_with_progress(
         self,

@@ -101,6 +101,18 @@ def test_executor_drop_in():
     assert done.stderr == ""
 
 
+def test_progress_and_timeline(tmp_path):
+    out = tmp_path / "timeline.png"
+    done = run_example("progress_and_timeline.py", "--tasks", "24", "--scale", "0.3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("24 tasks, ") and lines[0].endswith(" s of work on 2 engines:")
+    assert lines[1].startswith("wall ") and "wall/ideal" in lines[1]
+    assert lines[2].startswith(f"timeline saved to {out}: 24 tasks on 2 engines in ")
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert "24/24" in done.stderr  # the progress bar reached its end
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "examples")) if f.endswith(".py")))
 def test_every_example_is_covered(name):
     covered = {
@@ -111,5 +123,6 @@ def test_every_example_is_covered(name):
         "scatter_gather.py",
         "parallel_decorator.py",
         "executor_drop_in.py",
+        "progress_and_timeline.py",
     }
     assert name in covered, f"add a test that runs examples/{name}"
