@@ -1,4 +1,4 @@
-"""Timelines: AsyncResult.timeline() and Pool.timeline() draw per-engine Gantt charts from metadata (zpool._timeline)."""
+"""Timelines: AsyncResult.timeline() and Pool.timeline() draw per-engine Gantt charts (zpool._timeline)."""
 
 from __future__ import annotations
 
