@@ -66,5 +66,6 @@ def main() -> None:
     here = count_primes(0, args.limit)
     print(f"the same as counted here: {by_map == by_completion == by_asyncio == here}")
 
+
 if __name__ == "__main__":
     main()
