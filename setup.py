@@ -39,6 +39,8 @@ setup(
         "progress": ["tqdm>=4.60"],
         # Timelines: AsyncResult.timeline(), Pool.timeline().
         "timeline": ["matplotlib>=3.5"],
+        # The documentation site (tox -e docs): Sphinx, Markdown pages (MyST), numpydoc docstrings.
+        "docs": ["sphinx>=7", "myst-parser>=2", "numpydoc>=1.6", "furo>=2023.9"],
         # The peers that benchmarks/bench_core.py compares zpool with, each when installed
         # (adapters in benchmarks/_peers.py); zpool itself never imports them.
         # scipy and emcee: the real clients of figure 10 (loops of small maps), benchmarks/_clients.py.
