@@ -479,12 +479,36 @@ class MapResult(AsyncResult[list[T]]):
     """The pending result of :meth:`Pool.map_async`: one task per chunk."""
 
     def __init__(
-        self, msg_ids: list[str], label: str = "", *, chunksize: int = 0, items: int | None = None, **kwargs: Any
+        self,
+        msg_ids: list[str],
+        label: str = "",
+        *,
+        chunksize: int = 0,
+        items: int | None = None,
+        on_timed: Callable[[float], None] | None = None,
+        **kwargs: Any,
     ) -> None:
         # The chunk size the map was cut with, as multiprocessing's MapResult has it.
         self._chunksize = chunksize
         self._items = items  # how many items the map has, when known (progress bars count them)
+        # Told the engine time per item once every chunk succeeded (the pool sizes later maps' chunks by it).
+        self._on_timed = on_timed
         super().__init__(msg_ids, label, **kwargs)
+
+    def _finish(self, value: Any) -> None:
+        on_timed, items, size = self._on_timed, self._items, self._chunksize
+        if on_timed is not None and items and size > 0:
+            # The median chunk's engine time per item: an engine's first chunk may have paid for imports.
+            raws = self._metadata if isinstance(self._metadata, list) else [self._metadata]
+            last = items - size * (len(raws) - 1)
+            per_item = sorted(
+                max(0.0, raw[3] - raw[2]) / (size if i < len(raws) - 1 else last)
+                for i, raw in enumerate(raws)  # (engine_id, status, started, completed, received) each
+                if isinstance(raw, tuple) and raw[2] is not None and raw[3] is not None
+            )
+            if per_item:
+                on_timed(per_item[len(per_item) // 2])
+        super()._finish(value)
 
     @property
     def items_done(self) -> int:

@@ -256,6 +256,8 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         # Blocking calls may push their tasks straight to the engines (the direct path), unless engines
         # retire after a number of tasks: the controller counts those as it places them.
         conn.pushing = maxtasksperchild is None
+        # Maps without a chunksize are cut by their items' measured cost, unless chunks count as tasks.
+        self._submitter.measured_chunks = maxtasksperchild is None
         self._finalizer = weakref.finalize(self, _shutdown, self._submitter, self._cluster, False, os.getpid())
 
     # -- the standard library's API ------------------------------------------------

@@ -61,6 +61,30 @@ def test_map_async_chunks_are_tasks(pool):
     assert {md.status for md in ar.metadata} == {"ok"}
 
 
+def test_map_chunks_by_the_measured_cost_of_its_items(fresh_pool):
+    pool = fresh_pool(2)
+    first = pool.map_async(_tasks.square, range(64))
+    assert first.get(T) == [x * x for x in range(64)]
+    assert len(first.msg_ids) == 8  # unknown cost: the standard library's four chunks per engine
+    cheap = pool.map_async(_tasks.square, range(64))
+    assert cheap.get(T) == [x * x for x in range(64)]
+    assert len(cheap.msg_ids) == 2  # cheap items, measured: one chunk per engine
+    slow = [0.004] * 16
+    assert pool.map(_tasks.sleep_echo, slow) == slow  # 4 ms items: measured next time
+    again = pool.map_async(_tasks.sleep_echo, slow)
+    assert again.get(T) == slow
+    assert len(again.msg_ids) == 8  # 64 ms of work: four chunks per engine again, for balance
+    assert len(pool.map_async(_tasks.square, range(64), chunksize=4).msg_ids) == 16  # a chunksize given is kept
+
+
+def test_with_maxtasksperchild_maps_keep_the_standard_chunks(fresh_pool):
+    pool = fresh_pool(2, maxtasksperchild=100)
+    for _ in range(2):
+        ar = pool.map_async(_tasks.square, range(64))
+        assert ar.get(T) == [x * x for x in range(64)]
+        assert len(ar.msg_ids) == 8  # chunks count as tasks there, as in the standard library
+
+
 def test_map_rejects_bad_chunksize(pool):
     with pytest.raises(ValueError, match="Chunksize"):
         pool.map(_tasks.square, range(3), chunksize=0)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import enum
+import functools
 import os
 import threading
 import time
@@ -45,7 +46,7 @@ import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from zpool import _shm
-from zpool._partition import default_chunksize, run_chunk, run_each, split
+from zpool._partition import default_chunksize, measured_chunksize, run_chunk, run_each, split
 from zpool._settings import is_int
 from zpool.asyncresult import AsyncResult, MapResult
 from zpool.client.callbacks import CallbackThread
@@ -124,6 +125,10 @@ class Submitter:
         # Live imap feeders (zpool._imap.IMapState): join() lets them read ahead without bound.
         self.feeders: weakref.WeakSet[Any] = weakref.WeakSet()
         self._all_engines_seen = False  # engine_ids waits for the first full complement
+        # Whether maps without a chunksize are cut by their items' measured cost (not with maxtasksperchild,
+        # where chunks count as tasks, as in the standard library): engine seconds per item, per function.
+        self.measured_chunks = True
+        self._item_s: collections.OrderedDict[Any, float] = collections.OrderedDict()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -420,8 +425,13 @@ class Submitter:
         # Sliceable sequences are chunked in place; anything else (generators, sets,
         # dicts: their keys, as the standard library does) is materialised first.
         items_in = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
+        timing_key = _timing_key(func)
         if chunksize is None:
-            chunksize = default_chunksize(len(items_in), self.processes)
+            item_s = self._item_s.get(timing_key) if self.measured_chunks else None
+            if item_s is None:
+                chunksize = default_chunksize(len(items_in), self.processes)
+            else:
+                chunksize = measured_chunksize(len(items_in), self.processes, item_s)
         elif not is_int(chunksize):
             raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
         elif chunksize < 1 and len(items_in):  # an empty map ignores chunksize, as the stdlib does
@@ -437,7 +447,9 @@ class Submitter:
         ids = [task_id for task_id, _ in items]
         tracker = sub.tracker(len(ids), track)
         kind: Callable[..., Any] = MapResult if make_result is None else make_result
-        extra = {"chunksize": chunksize, "items": n_items} if make_result is None else {}
+        extra: dict[str, Any] = {}
+        if make_result is None:
+            extra = {"chunksize": chunksize, "items": n_items, "on_timed": functools.partial(self._timed, timing_key)}
         ar: MapResult[T] = sub.result(
             kind,
             ids,
@@ -449,6 +461,14 @@ class Submitter:
             **extra,
         )
         return ar, items, wire_flags, tracker
+
+    def _timed(self, key: Any, item_s: float) -> None:
+        """A map of the function `key` stands for ran at `item_s` engine seconds per item (any thread)."""
+        known = self._item_s.get(key)
+        self._item_s[key] = item_s if known is None else known + 0.5 * (item_s - known)
+        self._item_s.move_to_end(key)
+        while len(self._item_s) > TIMED_FUNCTIONS_MAX:
+            self._item_s.popitem(last=False)
 
     # -- requests to the controller -------------------------------------------------------
 
@@ -508,3 +528,19 @@ def check_func(func: Any, callback: Any = None, error_callback: Any = None) -> N
 def check_kwds(kwds: Any) -> None:
     if type(kwds) is not dict and not isinstance(kwds, collections.abc.Mapping):
         raise TypeError(f"kwds must be a mapping (a dict of keyword arguments), not {type(kwds).__name__}")
+
+
+# Functions whose maps' item cost is remembered (see Submitter._timed), the most recent.
+TIMED_FUNCTIONS_MAX = 256
+
+
+def _timing_key(func: Any) -> Any:
+    """What a function's measured item cost is kept under: its code (a lambda made anew is the same), or itself."""
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return code
+    try:
+        hash(func)
+    except TypeError:
+        return id(type(func))
+    return func
