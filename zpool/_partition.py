@@ -40,17 +40,24 @@ def default_chunksize(n_items: int, n_engines: int) -> int:
 # this much engine time each, between one and four per engine: a loop of small maps on cheap items sends
 # one chunk per engine instead of four (each chunk costs its caller and engine about 0.1 ms).
 CHUNK_TARGET_S = 0.002
+# ... and a map of at most this much work in all goes as one chunk: a second engine would save less time
+# than the second message costs (about 0.15 ms here).
+ONE_CHUNK_MAX_S = 0.0002
 
 
 def measured_chunksize(n_items: int, n_engines: int, item_s: float) -> int:
     """Chunk size for `n_items` items of `item_s` seconds each: chunks of :data:`CHUNK_TARGET_S`, 1-4 per engine.
 
-    A map of more than four chunks' worth per engine gets the standard
-    library's four chunks per engine (:func:`default_chunksize`), which
-    keeps uneven work balanced.
+    A map of at most :data:`ONE_CHUNK_MAX_S` of work is one chunk. A map of
+    more than four chunks' worth per engine gets the standard library's
+    four chunks per engine (:func:`default_chunksize`), which keeps uneven
+    work balanced.
     """
     engines = max(1, n_engines)
-    wanted = math.ceil(n_items * max(item_s, 0.0) / CHUNK_TARGET_S)
+    work = n_items * max(item_s, 0.0)
+    if work <= ONE_CHUNK_MAX_S:
+        return max(1, n_items)
+    wanted = math.ceil(work / CHUNK_TARGET_S)
     chunks = max(1, min(max(engines, wanted), 4 * engines, n_items))
     return max(1, math.ceil(n_items / chunks))
 

@@ -734,8 +734,9 @@ def test_an_engine_gives_nothing_back_before_it_serves(monkeypatch, tmp_path):
 def test_measured_chunksize_keeps_between_one_and_four_chunks_per_engine():
     from zpool._partition import default_chunksize, measured_chunksize
 
-    assert measured_chunksize(16, 2, 1e-6) == 8  # cheap: one chunk per engine
+    assert measured_chunksize(16, 2, 1e-6) == 16  # 16 us of work in all: one chunk
+    assert measured_chunksize(16, 2, 1e-4) == 8  # 1.6 ms: one chunk per engine
     assert measured_chunksize(16, 2, 0.01) == default_chunksize(16, 2) == 2  # costly: the standard rule
     assert measured_chunksize(1000, 2, 1e-5) == 200  # 10 ms of work: five chunks of 2 ms
     assert measured_chunksize(1, 4, 1.0) == 1
-    assert measured_chunksize(3, 8, 0.0) == 1  # never more chunks than items
+    assert measured_chunksize(3, 8, 0.001) == 1  # never more chunks than items
