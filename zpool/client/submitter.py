@@ -427,7 +427,7 @@ class Submitter:
         items_in = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         timing_key = _timing_key(func)
         if chunksize is None:
-            item_s = self._item_s.get(timing_key) if self.measured_chunks else None
+            item_s = self._item_s.get(timing_key) if self.measured_chunks and len(items_in) else None
             if item_s is None:
                 chunksize = default_chunksize(len(items_in), self.processes)
             else:
