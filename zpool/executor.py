@@ -142,7 +142,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         """
         with self._lock:
             self._check_open()
-            future = self._call(self._pool.apply_async, fn, args, kwargs)
+            future = self._apply(fn, args, kwargs)
             self._track([future])
         return future
 
@@ -175,7 +175,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         with self._lock:
             self._check_open()
             futures = [
-                self._call(self._pool.apply_async, run_chunk, (fn, calls[i : i + chunksize], True), {})
+                self._apply(run_chunk, (fn, calls[i : i + chunksize], True), {})
                 for i in range(0, len(calls), chunksize)
             ]
             self._track(futures)
@@ -212,9 +212,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def _call(self, submit: Callable[..., AsyncResult[T]], fn: Any, args: Any, kwargs: Any) -> AsyncResult[T]:
+    def _apply(self, fn: Callable[..., T], args: Any, kwargs: Any) -> AsyncResult[T]:
         try:
-            return submit(fn, args, kwargs)
+            return self._pool.apply_async(fn, args, kwargs)
         except BrokenPoolError as exc:
             self._broken = str(exc)
             raise

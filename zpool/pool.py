@@ -336,9 +336,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         counts the items as their chunks finish (tqdm, an extra: ``pip
         install "zpool[progress]"``; see :meth:`AsyncResult.wait_interactive`).
         """
-        if progress:
-            return self._map_with_progress(func, iterable, chunksize, False, flags)
-        return self._submitter.map_now(self, func, iterable, chunksize, False, flags)
+        return self._submitter.map_now(self, func, iterable, chunksize, False, flags, progress)
 
     def map_async(
         self,
@@ -369,12 +367,8 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
             Scheduling flags for every chunk (see :meth:`set_flags`): ``after``,
             ``follow``, ``timeout``, ``retries``, ``targets``.
         """
-        if progress:
-            _progress.require_tqdm()
-        ar = self._submitter.map_async(self, func, iterable, chunksize, callback, error_callback, False, flags)
-        if progress:
-            _progress.follow_in_background(ar)
-        return ar
+        sub = self._submitter
+        return sub.map_async(self, func, iterable, chunksize, callback, error_callback, False, flags, progress=progress)
 
     def starmap(
         self,
@@ -389,9 +383,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
 
         Same contract as :meth:`multiprocessing.pool.Pool.starmap`; `progress` as for :meth:`map`.
         """
-        if progress:
-            return self._map_with_progress(func, iterable, chunksize, True, flags)
-        return self._submitter.map_now(self, func, iterable, chunksize, True, flags)
+        return self._submitter.map_now(self, func, iterable, chunksize, True, flags, progress)
 
     def starmap_async(
         self,
@@ -405,12 +397,8 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         **flags: Any,
     ) -> MapResult[T]:
         """Like :meth:`starmap`, but return a :class:`MapResult` at once; `progress` as for :meth:`map_async`."""
-        if progress:
-            _progress.require_tqdm()
-        ar = self._submitter.map_async(self, func, iterable, chunksize, callback, error_callback, True, flags)
-        if progress:
-            _progress.follow_in_background(ar)
-        return ar
+        sub = self._submitter
+        return sub.map_async(self, func, iterable, chunksize, callback, error_callback, True, flags, progress=progress)
 
     def imap(
         self,
@@ -651,20 +639,6 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
             If no task of `results` has run on an engine yet.
         """
         return _timeline.draw(results, path, ax, title)
-
-    def _map_with_progress(
-        self,
-        func: Callable[..., T],
-        iterable: Iterable[Any],
-        chunksize: int | None,
-        star: bool,
-        flags: Mapping[str, Any],
-    ) -> list[T]:
-        """A blocking map that draws its bar in this thread while it waits."""
-        _progress.require_tqdm()
-        ar: MapResult[T] = self._submitter.map_async(self, func, iterable, chunksize, None, None, star, flags)
-        ar.wait_interactive()
-        return ar.get()
 
 
 _LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")

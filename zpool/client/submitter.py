@@ -45,7 +45,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
-from zpool import _shm
+from zpool import _progress, _shm
 from zpool._partition import default_chunksize, measured_chunksize, run_chunk, run_each, split
 from zpool._settings import is_int
 from zpool.asyncresult import AsyncResult, MapResult
@@ -306,12 +306,13 @@ class Submitter:
         """Fail the pending tasks `ids` with `exc`."""
         self.results.fail(ids, lambda: exc)
 
-    def get_blocking(self, ar: AsyncResult[T], unsent: Items | None = None) -> T:
+    def get_blocking(self, ar: AsyncResult[T], unsent: Items | None = None, progress: bool = False) -> T:
         """``ar.get()`` for a blocking call: on Ctrl-C, abort the call's tasks (interrupting those running).
 
         With `unsent`, ar's tasks (registered, not sent yet) go out now: through
         this thread when the connection allows (:meth:`Connection.call_now`),
-        else through the I/O thread.
+        else through the I/O thread. With `progress`, a bar is drawn while
+        waiting (:meth:`AsyncResult.wait_interactive`).
         """
         try:
             if unsent is not None and not self.conn.call_now(unsent, ar.done):
@@ -321,6 +322,8 @@ class Submitter:
                     self.fail(ar.msg_ids, exc)
                     release_unsent(unsent)
                     raise
+            if progress:
+                ar.wait_interactive()
             return ar.get()
         except KeyboardInterrupt:
             if self.state is PoolState.RUN and not self.conn.broken and not ar.ready():
@@ -379,13 +382,21 @@ class Submitter:
         star: bool,
         flags: Mapping[str, Any],
         make_result: Callable[..., Any] | None = None,
+        progress: bool = False,
     ) -> MapResult[T]:
-        """Check, chunk and submit a ``map`` for `owner` (`make_result`: another kind of result than MapResult)."""
+        """Check, chunk and submit a ``map`` for `owner` (`make_result`: another kind of result than MapResult).
+
+        With `progress`, a bar follows the result from a thread of its own (tqdm checked first).
+        """
+        if progress:
+            _progress.require_tqdm()
         ar, items, wire_flags, tracker = self.prepare_map(
             owner, func, iterable, chunksize, callback, error_callback, star, flags, make_result
         )
         if items:
             self.submit(ar, items, wire_flags, tracker)
+        if progress:
+            _progress.follow_in_background(ar)
         return ar
 
     def map_now(
@@ -396,14 +407,20 @@ class Submitter:
         chunksize: int | None,
         star: bool,
         flags: Mapping[str, Any],
+        progress: bool = False,
     ) -> list[T]:
-        """A blocking ``map``: without scheduling flags, sent and awaited by this thread (:meth:`apply_now`)."""
+        """A blocking ``map``: without scheduling flags, sent and awaited by this thread (:meth:`apply_now`).
+
+        With `progress`, it goes through the I/O thread and this thread draws a bar while it waits.
+        """
+        if progress:
+            _progress.require_tqdm()
         ar, items, wire_flags, tracker = self.prepare_map(owner, func, iterable, chunksize, None, None, star, flags)
-        if items and wire_flags is None and tracker is None:
+        if items and wire_flags is None and tracker is None and not progress:
             return self.apply_now(ar, items)
         if items:
             self.submit(ar, items, wire_flags, tracker)
-        return self.get_blocking(ar)
+        return self.get_blocking(ar, progress=progress)
 
     def prepare_map(
         self,
