@@ -233,6 +233,9 @@ class IMapChunk:
                 value.insert(place, ItemFailure({}, exc))
         self.state.chunk_done(self.number, ok, value)
 
+    def _add_output(self, index: int, kind: str, text: str) -> None:
+        """What the chunk printed: forwarded (``output="forward"``), not kept (an iterator has no result object)."""
+
     def _fail(self, exc: BaseException) -> None:
         self.state.chunk_done(self.number, False, exc)
 

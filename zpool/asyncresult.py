@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import itertools
+import sys
 import threading
 import time
 from typing import Any, Callable, Generator, Generic, Protocol, TypeVar, cast
@@ -125,6 +126,8 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         self._decide_lock = threading.Lock() if len(msg_ids) > 1 else None
         self._cancelling = False  # cancel() asked the controller to abort it (see cancel_all)
         self._finished_at: float | None = None
+        # What the tasks printed, kept when the pool collects output: {task index: ([stdout], [stderr])}.
+        self._output: dict[int, tuple[list[str], list[str]]] | None = None
         # track=True: when ZeroMQ has let go of the arguments' memory (client.connection.SendTracker).
         self._tracker = tracker
         if not msg_ids:
@@ -274,6 +277,64 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         )
 
     @property
+    def stdout(self) -> str | list[str]:
+        """What the task wrote to its stdout: a str for one task, a list (one per task) for several.
+
+        A ``map``'s tasks are its chunks (``chunksize=1``: one per item).
+        Kept when the pool collects output (``Pool(output="forward")``, the
+        default, or ``"capture"``): what the task's code writes through
+        :data:`sys.stdout` (``print``), complete once the task is done;
+        ``""`` under ``output="inherit"``. See ``docs/output.md``.
+        """
+        return self._texts(0)
+
+    @property
+    def stderr(self) -> str | list[str]:
+        """What the task wrote to its stderr (warnings, tracebacks it printed, log records): as :attr:`stdout`."""
+        return self._texts(1)
+
+    def display_outputs(self, groupby: str = "type") -> None:
+        """Print what the tasks wrote, each piece headed by its stream and engine (``[stdout:1]``).
+
+        Parameters
+        ----------
+        groupby : {"type", "engine", "order"}
+            ``"type"``: all stdout, then all stderr; ``"engine"``: engine by
+            engine, each task's stdout then stderr; ``"order"``: task by
+            task. Stdout goes to :data:`sys.stdout`, stderr to :data:`sys.stderr`.
+        """
+        if groupby not in ("type", "engine", "order"):
+            raise ValueError(f"groupby must be 'type', 'engine' or 'order', not {groupby!r}")
+        raws = self._metadata if isinstance(self._metadata, list) else [self._metadata]
+        engines = [_engine_of(raw) for raw in raws]
+        outs, errs = self._texts(0), self._texts(1)
+        if self._single:
+            outs, errs = [cast(str, outs)], [cast(str, errs)]
+        order = list(range(len(self._ids)))
+        if groupby == "engine":
+            order.sort(key=lambda i: (engines[i] is None, engines[i] or 0))
+        if groupby == "type":
+            pieces = [(0, i) for i in order] + [(1, i) for i in order]
+        else:
+            pieces = [(which, i) for i in order for which in (0, 1)]
+        for which, i in pieces:
+            text = (outs, errs)[which][i]
+            if not text:
+                continue
+            stream = sys.stdout if which == 0 else sys.stderr
+            label = "?" if engines[i] is None else engines[i]
+            head = f"[{'stdout' if which == 0 else 'stderr'}:{label}]"
+            stream.write(f"{head}\n{text}" if "\n" in text.rstrip("\n") else f"{head} {text}")
+            if not text.endswith("\n"):
+                stream.write("\n")
+
+    def _texts(self, which: int) -> str | list[str]:
+        out = self._output
+        if self._single:
+            return "".join(out[0][which]) if out and 0 in out else ""
+        return ["".join(out[i][which]) if out and i in out else "" for i in range(len(self._ids))]
+
+    @property
     def sent(self) -> bool:
         """Whether the call's arguments were sent and ZeroMQ let go of their memory.
 
@@ -379,6 +440,16 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         else:
             self._metadata[index] = md
         self._pending -= 1
+
+    def _add_output(self, index: int, kind: str, text: str) -> None:
+        """Keep what task `index` wrote to its stdout (`kind` "out") or stderr ("err")."""
+        out = self._output
+        if out is None:
+            out = self._output = {}
+        entry = out.get(index)
+        if entry is None:
+            entry = out[index] = ([], [])
+        entry[0 if kind == "out" else 1].append(text)
 
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None:
         """Record one task's outcome; `md` is ``(engine_id, status, started, completed, received)``."""
@@ -686,6 +757,14 @@ class DirectResult(_Collecting[T]):
         if self._one_engine:
             return values[0] if values else None
         return values
+
+
+def _engine_of(raw: Any) -> int | None:
+    """The engine id in a task's metadata (raw tuple or :class:`Metadata`), if it ran."""
+    if raw is None:
+        return None
+    engine_id = raw["engine_id"] if isinstance(raw, Metadata) else raw[0]
+    return engine_id if isinstance(engine_id, int) else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ import psutil
 import zmq
 
 from zpool import _shm
+from zpool._output import OUTPUT_LIMIT
 from zpool._preload import write_list
 from zpool._process import caller_path, describe_exit, kill_process_group, kill_process_tree, python_command
 from zpool._settings import ControllerSettings
@@ -67,6 +68,9 @@ class ClusterSettings:
     shared_memory: bool = True
     # Modules the engines import while idle (zpool._preload).
     preload: tuple[str, ...] = ()
+    # What becomes of what the engines print (zpool._output.OUTPUT_MODES), and how much of it per task.
+    output: str = "inherit"
+    output_limit: int = OUTPUT_LIMIT
 
 
 class EngineProcess:
@@ -162,6 +166,8 @@ class LocalCluster:
             args += ["--engine-setup", os.path.join(self.workdir, "engine-setup.bin")]
         if s.preload:
             args += ["--engine-preload", os.path.join(self.workdir, "engine-preload.txt")]
+        if s.output != "inherit":
+            args += ["--engine-output", s.output, "--output-limit", str(s.output_limit)]
         return python_command("zpool.controller", args, caller_path())
 
     def pids(self) -> list[int]:

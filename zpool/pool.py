@@ -23,11 +23,13 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from zpool import _imap, _progress, _shm, _timeline
 from zpool._decorators import _DecoratorMethods
 from zpool._imap import IMapIterator
+from zpool._output import OUTPUT_LIMIT, OUTPUT_MODES
 from zpool._preload import resolve as resolve_preload
 from zpool._scheduling import _SchedulingMethods
 from zpool._settings import ControllerSettings, is_int
 from zpool.asyncresult import AsyncResult, MapResult
 from zpool.client.connection import Connection
+from zpool.client.output import Forwarder
 from zpool.client.results import ResultTable, rebuild_failure
 from zpool.client.submitter import STARTUP_TIMEOUT_S, PoolState, Submitter
 from zpool.cluster import ClusterSettings, EngineProcess, LocalCluster
@@ -150,12 +152,29 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         pool ends, unless the pool failed or an error was logged: then it
         is kept, and errors name its path. Your own process's zpool
         messages (``zpool.client``) follow your :mod:`logging` set-up.
+    output : {"forward", "capture", "inherit"}, keyword-only
+        What becomes of what tasks print. ``"forward"`` (default): each
+        task's stdout and stderr (``print``, warnings, log records at
+        `log_level` or above) is kept per task (:attr:`AsyncResult.stdout`,
+        :attr:`AsyncResult.stderr`, :meth:`AsyncResult.display_outputs`)
+        and written as it comes to this process's :data:`sys.stdout` and
+        :data:`sys.stderr`, each line prefixed with its engine
+        (``[engine 1] ...``), so it shows in notebooks and in pytest's
+        capture; a call returns once its tasks' output has come.
+        ``"capture"``: kept per task only. ``"inherit"``: the engines write
+        straight to this process's terminal (its file descriptors), as
+        ``multiprocessing``'s workers do, and nothing is kept. See
+        ``docs/output.md``.
+    output_limit : int, keyword-only
+        Bytes of output one task may send (default 1 MiB); the rest is
+        dropped, and a line on the task's stderr says so.
 
     Raises
     ------
     ValueError
         If `processes` is less than 1, `maxtasksperchild` is not a positive
-        int, or `scheme`, `hwm` or `log_level` is invalid.
+        int, or `scheme`, `hwm`, `log_level`, `output` or `output_limit`
+        is invalid.
     TypeError
         If `initializer` is not callable, or `preload` is not a bool or a
         list of module names.
@@ -191,6 +210,8 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         record_age: float = 3600.0,
         preload: bool | Iterable[str] = True,
         log_level: str | int = "WARNING",
+        output: str = "forward",
+        output_limit: int = OUTPUT_LIMIT,
     ) -> None:
         if processes is None:
             processes = _usable_cpus()
@@ -207,6 +228,10 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
             )
         if not isinstance(shared_memory, bool):
             raise TypeError(f"shared_memory must be True or False, not {shared_memory!r}")
+        if output not in OUTPUT_MODES:
+            raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}, not {output!r}")
+        if not is_int(output_limit) or output_limit < 0:
+            raise ValueError(f"output_limit must be an int of at least 0 (bytes per task), not {output_limit!r}")
         preloaded = resolve_preload(preload)
         level = _log_level_name(log_level)
         settings = ControllerSettings(
@@ -229,12 +254,14 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
                 engine_setup=setup,
                 shared_memory=shared_memory,
                 preload=preloaded,
+                output=output,
+                output_limit=output_limit,
             )
         )
         info = self._cluster.start()
         # Writes large arguments into shared-memory segments (zpool._shm); None: they go as frames.
         self._shm = _shm.Writer(info.shm_prefix, "c") if info.shm_prefix else None
-        self._results = ResultTable(info.shm_prefix)
+        self._results = ResultTable(info.shm_prefix, Forwarder() if output == "forward" else None)
         # name -> the engines pool.scatter(name, ...) split it over, in order (for gather).
         self._scatters: dict[str, tuple[int, ...]] = {}
         conn: Connection | None = None

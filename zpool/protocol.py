@@ -98,6 +98,7 @@ class MsgType(str, enum.Enum):
     HEARTBEAT_REQUEST = "heartbeat_request"
     HEARTBEAT_REPLY = "heartbeat_reply"
     REJECT_NOTICE = "reject_notice"
+    STREAM = "stream"  # what engines printed (controller -> client; zpool.controller.output)
     ENGINE_READY = "engine_ready"
     ABORT_REQUEST = "abort_request"
     ABORT_REPLY = "abort_reply"

@@ -354,6 +354,7 @@ class Connection:
                     next_watch = time.monotonic() + WATCH_INTERVAL_S
                     self._check_controller()
                     self._own.read_leftovers()
+                    self.results.expire_deferred()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             logger.exception("zpool I/O thread failed")
             self._break(f"the client's I/O thread failed: {type(exc).__name__}: {exc}")
@@ -510,6 +511,8 @@ class Connection:
                     continue  # an answer to _check_silence's ping: hearing it was the point
                 if msg.msg_type == MsgType.APPLY_REPLY.value:
                     self.results.handle_reply(msg)
+                elif msg.msg_type == MsgType.STREAM.value:
+                    self.results.handle_stream(msg)
                 elif msg.msg_type == MsgType.REJECT_NOTICE.value:
                     self._on_rejected(msg)
                 else:

@@ -240,6 +240,8 @@ class OwnSocket:
                             self.pusher.answered(msg.header.get("ids") or ())
                     elif pushed:
                         raise ProtocolError(f"unexpected {kind} from an engine's direct socket")
+                    elif kind == MsgType.STREAM.value:
+                        self.results.handle_stream(msg)
                     elif kind == MsgType.REJECT_NOTICE.value:
                         self._on_rejected(msg)
                     elif kind == MsgType.ROSTER_NOTICE.value:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 from zpool import _shm
 from zpool import error as _errors
 from zpool._partition import ItemFailure
+from zpool.client.output import Forwarder, parse_parts
 from zpool.error import PoolClosedError, RemoteError, RemoteTraceback, SerializationError
 from zpool.protocol import REPLY_COLUMNS, Batch, Message, TaskStatus
 from zpool.serialize import loads
@@ -29,12 +30,18 @@ __all__ = ["ResultTable", "rebuild_exception", "rebuild_failure"]
 
 logger = logging.getLogger(__name__)
 
+# How long a result that came straight from its engine waits for the task's output (which comes the
+# controller's way, a moment later), in seconds; then it is given without the rest.
+OUTPUT_WAIT_S = 5.0
+
 
 class _Outcome(Protocol):
     @property
     def msg_ids(self) -> list[str]: ...
 
     def _task_done(self, index: int, ok: bool, value: Any, md: tuple[Any, ...]) -> None: ...
+
+    def _add_output(self, index: int, kind: str, text: str) -> None: ...
 
     def _fail(self, exc: BaseException) -> None: ...
 
@@ -99,9 +106,17 @@ def _unpack_slot(slot: Any) -> tuple[Any, int]:
 class ResultTable:
     """Outstanding tasks of one client, by task id."""
 
-    def __init__(self, shm_prefix: str | None = None) -> None:
+    def __init__(self, shm_prefix: str | None = None, forward: Forwarder | None = None) -> None:
         # Result segments of this cluster are ours to unlink (zpool._shm); no other's.
         self._shm_prefix = shm_prefix
+        # Writes what the engines print here as it comes (output="forward"); None: it is only kept per task.
+        self.forward = forward
+        # Replies that came straight from an engine (the direct path) before their tasks' output, which
+        # comes the controller's way: settled when it has come (its END), or after OUTPUT_WAIT_S.
+        # task id -> (deadline, slot, frames, status, metadata)
+        self._deferred: dict[str, tuple[float, Any, Any, str, tuple[Any, ...]]] = {}
+        # Tasks whose output has all come (END) while their reply has not.
+        self._ended: set[str] = set()
         # The outcome itself for single-task results (most of them), else
         # (outcome, index): one object fewer per call for the garbage collector.
         self._tasks: dict[str, Any] = {}
@@ -110,7 +125,7 @@ class ResultTable:
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) + len(self._deferred)
 
     def add(self, outcome: _Outcome) -> None:
         """Start tracking `outcome`'s tasks.
@@ -143,7 +158,9 @@ class ResultTable:
         statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
         received = time.time()
         pop = self._tasks.pop
-        ok_status = _OK
+        # Tasks pushed to an engine that printed: their output comes the controller's way.
+        wrote = msg.header.get("wrote")
+        ended = self._ended
         for i, task_id in enumerate(batch.ids):
             status = statuses[i]
             slot = pop(task_id, None)
@@ -152,40 +169,109 @@ class ResultTable:
                 if self._shm_prefix:
                     _shm.release(frames, self._shm_prefix)
                 continue
-            outcome, index = (slot, 0) if type(slot) is not tuple else slot
             metadata = (engine_ids[i], status, starts[i], completions[i], received)
-            ok = status == ok_status
-            try:
-                if ok:
-                    value: Any = loads(frames, release=self._shm_prefix or False)  # ours to unlink
-                else:
-                    value = rebuild_exception(json.loads(bytes(frames[0])), frames[1:])
-            except BaseException as exc:  # e.g. SystemExit from a hostile __reduce__: not the I/O thread's end
-                ok = False
-                value = SerializationError(
-                    f"the result of task {task_id} could not be deserialized here: {type(exc).__name__}: {exc}"
-                )
-                value.__cause__ = exc
-            outcome._task_done(index, ok, value, metadata)
+            if ended or wrote:
+                with self._lock:
+                    if task_id in ended:
+                        ended.discard(task_id)
+                    elif wrote and task_id in wrote:
+                        self._deferred[task_id] = (time.monotonic() + OUTPUT_WAIT_S, slot, frames, status, metadata)
+                        continue
+            self._settle(task_id, slot, frames, status, metadata)
         self._notify_if_empty()
 
+    def _settle(self, task_id: str, slot: Any, frames: Any, status: str, metadata: tuple[Any, ...]) -> None:
+        outcome, index = (slot, 0) if type(slot) is not tuple else slot
+        ok = status == _OK
+        try:
+            if ok:
+                value: Any = loads(frames, release=self._shm_prefix or False)  # ours to unlink
+            else:
+                value = rebuild_exception(json.loads(bytes(frames[0])), frames[1:])
+        except BaseException as exc:  # e.g. SystemExit from a hostile __reduce__: not the I/O thread's end
+            ok = False
+            value = SerializationError(
+                f"the result of task {task_id} could not be deserialized here: {type(exc).__name__}: {exc}"
+            )
+            value.__cause__ = exc
+        outcome._task_done(index, ok, value, metadata)
+
+    def handle_stream(self, msg: Message) -> None:
+        """Take what engines printed (a STREAM message): forward it, keep each task's, settle replies waiting for it."""
+        parts = parse_parts(msg.content)
+        if self.forward is not None:
+            self.forward.write(parts)
+        settle = []
+        for _, task_id, kind, text in parts:
+            if not task_id:
+                continue  # the engine's own
+            if kind == "end":
+                with self._lock:
+                    entry = self._deferred.pop(task_id, None)
+                    if entry is None and task_id in self._tasks:
+                        self._ended.add(task_id)  # its reply, when it comes, need not wait
+                if entry is not None:
+                    settle.append((task_id, *entry[1:]))
+                continue
+            slot = self._tasks.get(task_id)
+            if slot is None:
+                entry = self._deferred.get(task_id)
+                if entry is None:
+                    continue  # failed already here (terminate, abort): nobody will read it
+                slot = entry[1]
+            outcome, index = (slot, 0) if type(slot) is not tuple else slot
+            outcome._add_output(index, kind, text)
+        for args in settle:
+            self._settle(*args)
+        if settle:
+            self._notify_if_empty()
+
+    def expire_deferred(self) -> None:
+        """Settle the replies that waited for their output longer than :data:`OUTPUT_WAIT_S` (I/O thread)."""
+        if not self._deferred:
+            return
+        now = time.monotonic()
+        with self._lock:
+            late = [task_id for task_id, entry in self._deferred.items() if entry[0] <= now]
+            entries = [(task_id, self._deferred.pop(task_id)) for task_id in late]
+        for task_id, entry in entries:
+            logger.warning(
+                "the output of task %s did not all arrive within %.0f s of its result; the result is given without it",
+                task_id,
+                OUTPUT_WAIT_S,
+            )
+            self._settle(task_id, *entry[1:])
+        if entries:
+            self._notify_if_empty()
+
+    def _settle_deferred(self, task_ids: Iterable[str]) -> None:
+        """Settle now, with what output has come, the replies among `task_ids` that wait for theirs."""
+        with self._lock:
+            entries = [(task_id, self._deferred.pop(task_id)) for task_id in task_ids if task_id in self._deferred]
+        for task_id, entry in entries:
+            self._settle(task_id, *entry[1:])
+
     def fail(self, task_ids: Iterable[str], exc_for: Callable[[], BaseException]) -> None:
-        """Fail the given tasks locally (they will never be answered)."""
+        """Fail the given tasks locally (they will never be answered); those answered already get their answers."""
+        task_ids = list(task_ids)
+        if self._deferred:
+            self._settle_deferred(task_ids)
         for task_id in task_ids:
+            self._ended.discard(task_id)
             slot = self._tasks.pop(task_id, None)
             if slot is not None:
                 _unpack_slot(slot)[0]._fail(exc_for())
         self._notify_if_empty()
 
     def fail_all(self, exc_for: Callable[[], BaseException]) -> None:
-        self.fail(list(self._tasks), exc_for)
+        self.fail([*self._tasks, *self._deferred], exc_for)
 
     def wait_empty(self, timeout: float | None = None) -> bool:
         """Wait until no task is outstanding; return whether that happened."""
         with self._empty:
-            return self._empty.wait_for(lambda: not self._tasks, timeout)
+            return self._empty.wait_for(lambda: not self._tasks and not self._deferred, timeout)
 
     def _notify_if_empty(self) -> None:
-        if not self._tasks:
+        if not self._tasks and not self._deferred:
             with self._empty:
                 self._empty.notify_all()

@@ -13,11 +13,14 @@ import os
 import shutil
 import sys
 
+from zpool._output import OUTPUT_LIMIT, OUTPUT_MODES
+
 # Only what launching the engines needs is imported up front: the engines
 # start importing while this process loads the rest (hub, zmq).
 from zpool._process import LOG_FORMAT, kill_process_group, python_command
 from zpool._settings import ControllerSettings
 from zpool.controller.launcher import LocalEngines
+from zpool.controller.output import EngineOutput
 
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettings]:
@@ -28,6 +31,14 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettin
     ControllerSettings.add_arguments(p)
     p.add_argument("--engine-setup", default=None, help="file of a serialized call each engine runs first")
     p.add_argument("--engine-preload", default=None, help="file naming modules the engines import while idle")
+    p.add_argument(
+        "--engine-output",
+        choices=OUTPUT_MODES,
+        default="inherit",
+        help="what the local engines print: sent to the clients (forward), to them per task only (capture),"
+        " or written to this process's stdout and stderr (inherit)",
+    )
+    p.add_argument("--output-limit", type=int, default=OUTPUT_LIMIT, help="bytes of output one task may send")
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--remove-dir", default=None, help="directory to delete on exit (the hidden cluster's)")
@@ -56,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
             engine_args += ["--log-file", args.log_file]
         if args.engine_preload:
             engine_args += ["--preload", args.engine_preload]
+        output = None
+        if args.engine_output != "inherit":
+            output = EngineOutput(forward=args.engine_output == "forward")
+            engine_args += ["--output-limit", str(args.output_limit)]
         # The engines import from exactly this process's path (the caller's, see zpool.cluster).
-        engines = LocalEngines(python_command("zpool.engine", engine_args, sys.path), log_file=args.log_file)
+        engines = LocalEngines(
+            python_command("zpool.engine", engine_args, sys.path), log_file=args.log_file, output=output
+        )
         engines.start(args.engines)
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

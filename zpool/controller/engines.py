@@ -82,6 +82,9 @@ class HubLink(Protocol):
     def send_failures(self) -> None:
         """Answer the tasks the scheduler failed."""
 
+    def engine_output(self, pid: int | None, ended: bool) -> str:
+        """Send what engine `pid` printed so far (all of it if it `ended`); its last lines on stderr."""
+
     def roster_changed(
         self, gone: int | None = None, known: dict[bytes, list[str]] | None = None, started: str | None = None
     ) -> None:
@@ -291,6 +294,8 @@ class EngineKeeper:
         self.launcher.tick()
         self.scheduler.set_more_coming(self.launcher.starting() > 0)
         for pid, how, registered, retired in self.launcher.reap():
+            # What it wrote reaches its clients before its tasks fail (and the errors quote its stderr).
+            tail = self.hub.engine_output(pid, ended=True)
             if self.shm_prefix:
                 # The segments it kept for reuse: nobody else would remove them before the cluster ends.
                 _shm.remove_kept(self.shm_prefix, "e", pid)
@@ -298,9 +303,11 @@ class EngineKeeper:
                 continue  # its replacement started when it was retired
             record = self.registry.of_pid(pid)
             if record is not None:
-                self._engine_gone(record.ident, f"died from {how}" if how.startswith("SIG") else f"exited with {how}")
+                self._engine_gone(
+                    record.ident, f"died from {how}" if how.startswith("SIG") else f"exited with {how}", tail
+                )
             elif not registered:
-                logger.error("engine process %d ended (%s) before it was ready", pid, how)
+                logger.error("engine process %d ended (%s) before it was ready%s", pid, how, _quoted(tail))
             if self.hub.running:
                 self.launcher.start(1)
         if self.launcher.gave_up and not self.scheduler.engines and self.scheduler.queued():
@@ -308,8 +315,12 @@ class EngineKeeper:
             self.hub.fail_tasks(stranded, ErrorName.BROKEN_POOL, f"no engine can start: {self.launcher.gave_up}")
             self.hub.send_failures()
 
-    def _engine_gone(self, ident: bytes, how: str) -> None:
-        """Engine `ident` died or cannot be reached: forget it, and fail the tasks it held."""
+    def _engine_gone(self, ident: bytes, how: str, tail: str | None = None) -> None:
+        """Engine `ident` died or cannot be reached: forget it, and fail the tasks it held.
+
+        `tail`: its last lines on stderr, if its output pipes were read to
+        the end already (else what they hold now is read here).
+        """
         if ident not in self.registry:
             return
         if not self._reading_engines:
@@ -322,6 +333,8 @@ class EngineKeeper:
         record = self.registry.get(ident)
         if record is None:
             return
+        if tail is None:
+            tail = self.hub.engine_output(record.pid, ended=False)
         # Which task it was running (its run slot): those queued behind it are placed again.
         started = self._last_started(record.pid)
         stranded = self.forget(ident, how, started=started)
@@ -343,6 +356,8 @@ class EngineKeeper:
                     f"engine {record.engine_id} (pid {record.pid}) {how} while holding task {task.task_id};"
                     f" other engines carry on.{hint}"
                 )
+                if not started or task.task_id == started:
+                    text += _quoted(tail)
             self.hub.fail_tasks([task], ErrorName.ENGINE_ERROR, text, record.engine_id)
 
     def close(self) -> None:
@@ -352,3 +367,11 @@ class EngineKeeper:
             self.hub.signal(record.ident, bye)
         if self.launcher is not None:
             self.launcher.stop(timeout=2.0)
+
+
+def _quoted(tail: str) -> str:
+    """An engine's last lines on stderr, to end a message with ("" if none)."""
+    lines = tail.rstrip("\n")
+    if not lines.strip():
+        return ""
+    return "\nIts last lines on stderr:\n" + "\n".join("    " + line for line in lines.splitlines())

@@ -139,6 +139,11 @@ class Hub:
         self.pushers: set[bytes] = set()
         self._state = HubState.RUNNING
         self._shutdown_requests: list[Message] = []
+        # What the engines it started print, read from their pipes (None: they write to our terminal).
+        self.output = engines.output if engines is not None else None
+        if self.output is not None:
+            self.output.owner = self._owner
+            self.output.send = self._send_stream
 
         self.ctx = zmq.Context()
         self.client_sock = self._bind(zmq.ROUTER, info.client)
@@ -184,6 +189,8 @@ class Hub:
         poller = zmq.Poller()
         for sock in self._handlers:
             poller.register(sock, zmq.POLLIN)
+        output = self.output
+        polled: set[int] = set()  # the engines' output pipes watched
         interval = self.settings.heartbeat_interval
         next_beat = time.monotonic() + interval
         next_watch = 0.0
@@ -195,8 +202,15 @@ class Hub:
                 if deadline is not None:
                     wake = min(wake, deadline)
                 timeout_ms = math.ceil(max(0.0, wake - now) * 1000)
+                if output is not None and output.changed:
+                    polled = _watch_pipes(poller, polled, output.fds())
                 for sock, _ in poller.poll(timeout_ms):
-                    self._drain(sock)
+                    if type(sock) is int:
+                        output.read(sock)  # type: ignore[union-attr]
+                    else:
+                        self._drain(sock)
+                if output is not None:
+                    output.flush()
                 if deadline is not None:
                     self.scheduler.expire()
                 # Whatever the scheduler failed meanwhile (a cascade after a reply, an
@@ -233,6 +247,30 @@ class Hub:
         try:
             send_frames(self.heartbeat_sock, [ident, *frames])
         except zmq.ZMQError:
+            return False
+        return True
+
+    def engine_output(self, pid: int | None, ended: bool) -> str:
+        """Send what engine `pid` printed so far (all of it if it `ended`); its last lines on stderr."""
+        if self.output is None:
+            return ""
+        if ended:
+            tail = self.output.closed(pid)
+        else:
+            self.output.read_pid(pid)
+            tail = ""
+        self.output.flush()
+        return tail
+
+    def _owner(self, task_id: str) -> bytes | None:
+        task = self.scheduler.live.get(task_id)
+        return task.client if task is not None else None
+
+    def _send_stream(self, route: bytes, content: dict[str, Any]) -> bool:
+        frames = self.session.build(MsgType.STREAM, content=encode(content))
+        try:
+            send_frames(self.client_sock, [route, *frames])
+        except zmq.ZMQError:  # the client left
             return False
         return True
 
@@ -383,6 +421,8 @@ class Hub:
             self._answer_errors(failures)
 
     def _on_connect_request(self, msg: Message, frames: list[Any]) -> None:
+        if self.output is not None:
+            self.output.connected(_ident(msg))  # the engines' own output goes there too
         self._reply(msg, MsgType.CONNECT_REPLY, self._describe())
 
     def _on_queue_request(self, msg: Message, frames: list[Any]) -> None:
@@ -429,6 +469,8 @@ class Hub:
             str(content.get("hostname", "")),
             direct if isinstance(direct, str) and direct.startswith("ipc://") else None,
         )
+        if self.output is not None:
+            self.output.registered(record.pid, record.engine_id)
         setup = self.engine_setup
         reply = self.session.build(
             MsgType.REGISTER_REPLY,
@@ -486,6 +528,7 @@ class Hub:
     def _on_pushed_request(self, msg: Message, frames: list[Any]) -> None:
         """An engine passes on tasks a client pushed to it, before running them: they are placed there."""
         slot = self.scheduler.engines.get(_ident(msg))
+        self._read_output(_ident(msg))
         if slot is None or not msg.header.get("pushed"):
             raise ProtocolError("pushed tasks from an engine that is not ready, or not marked pushed")
         try:
@@ -504,6 +547,8 @@ class Hub:
     def _on_apply_reply(self, msg: Message, frames: list[Any]) -> None:
         ident = _ident(msg)
         slot = self.scheduler.engines.get(ident)
+        # The output of the tasks answered is in its pipe (END before the reply): it goes first.
+        self._read_output(ident)
         batch = Batch(msg.header, msg.buffers, REPLY_COLUMNS)
         # Replies to pushed tasks went to their client already: recorded here, not forwarded, and their
         # results' segments are the client's.
@@ -551,6 +596,12 @@ class Hub:
                 out.add(ids[i], batch.payload(i), statuses[i], engine_ids[i], starts[i], completions[i])
             if not self._send_reply(client, out):
                 self.segments.discard(batch, answered)
+
+    def _read_output(self, ident: bytes) -> None:
+        if self.output is not None:
+            record = self.keeper.registry.get(ident)
+            if record is not None:
+                self.engine_output(record.pid, ended=False)
 
     def _send_reply(self, client: bytes, batch: BatchWriter) -> bool:
         frames = self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers())
@@ -622,6 +673,8 @@ class Hub:
 
     def _close(self) -> None:
         self.keeper.close()
+        if self.output is not None:
+            self.output.close()  # what the engines wrote last, to whoever still listens
         for msg in self._shutdown_requests:
             self._reply(msg, MsgType.SHUTDOWN_REPLY, {"status": "ok"})
         self._state = HubState.STOPPED
@@ -631,6 +684,16 @@ class Hub:
         self.ctx.term()
         if self.info.shm_prefix:
             _shm.remove_all(self.info.shm_prefix)
+
+
+def _watch_pipes(poller: zmq.Poller, polled: set[int], fds: list[int]) -> set[int]:
+    """Make `poller` watch exactly the pipes `fds` (it watched `polled`); the set it watches now."""
+    now = set(fds)
+    for fd in polled - now:
+        poller.unregister(fd)
+    for fd in now - polled:
+        poller.register(fd, zmq.POLLIN)
+    return now
 
 
 def _ident(msg: Message) -> bytes:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from typing import Sequence
 
 from zpool._process import describe_exit, kill_process_tree
+from zpool.controller.output import EngineOutput
 
 __all__ = ["LocalEngines"]
 
@@ -32,10 +34,22 @@ class LocalEngines:
         failed starts are retried with a growing back-off instead.
     log_file : str, optional
         The cluster's log, which giving up names (it is kept then).
+    output : EngineOutput, optional
+        Where the engines' output goes: each gets three pipes, read there
+        (``--output-fd`` names the records pipe). None: the engines write
+        to this process's stdout and stderr.
     """
 
-    def __init__(self, argv: Sequence[str], max_failed_starts: int = 3, log_file: str | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        max_failed_starts: int = 3,
+        log_file: str | None = None,
+        output: EngineOutput | None = None,
+    ) -> None:
         self.argv = list(argv)
+        # Collects what the engines print (their stdout, stderr and output pipe); None: they inherit ours.
+        self.output = output
         self.log_file = log_file
         self.max_failed_starts = max_failed_starts
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -72,7 +86,27 @@ class LocalEngines:
                 self._spawn()
 
     def _spawn(self) -> None:
-        proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True)
+        if self.output is None:
+            proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=True)
+        else:
+            pipes = [os.pipe() for _ in range(3)]  # records, stdout, stderr: (read, write) each
+            (records, records_w), (out, out_w), (err, err_w) = pipes
+            try:
+                proc = subprocess.Popen(
+                    [*self.argv, "--output-fd", str(records_w)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
+                    pass_fds=(records_w,),
+                    close_fds=True,
+                )
+            except BaseException:
+                for fd in (records, records_w, out, out_w, err, err_w):
+                    os.close(fd)
+                raise
+            for fd in (records_w, out_w, err_w):  # (the engine's now: the pipes end when it does)
+                os.close(fd)
+            self.output.attach(proc.pid, records, out, err)
         self.procs[proc.pid] = proc
         logger.info("started engine process %d", proc.pid)
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
 
+from zpool._output import OUTPUT_LIMIT
 from zpool._preload import read_list
 from zpool._process import LOG_FORMAT
 from zpool._wire import run_slot_path
+from zpool.engine.output import install
 from zpool.engine.worker import Engine
 from zpool.protocol import ConnectionInfo
 
@@ -21,8 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--preload", default=None, help="file naming modules to import while idle, one per line")
+    p.add_argument("--output-fd", type=int, default=None, help="pipe to send what tasks print to, task by task")
+    p.add_argument("--output-limit", type=int, default=OUTPUT_LIMIT, help="bytes of output one task may send")
     args = p.parse_args(argv)
-    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler()
+    # A crash (SIGSEGV, SIGABRT...) leaves the Python stack on the real stderr, where the controller reads it.
+    faulthandler.enable(file=sys.__stderr__ or sys.stderr)
+    output = None
+    if args.output_fd is not None:
+        output = install(args.output_fd, args.output_limit, logging.getLevelName(args.log_level.upper()))
+    # (the real stderr: the engine's own messages are no task's output)
+    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.__stderr__)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger("zpool")
     root.addHandler(handler)
@@ -34,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         # Clients of a cluster on this host may push tasks to a socket of the engine's own (the direct path).
         here = os.path.dirname(os.path.abspath(args.connection_file))
         direct = f"ipc://{here}/d{os.getpid()}" if info.engine.startswith("ipc://") else None
-        Engine(info, parent_pid=args.parent_pid, run_slot=run_slot, preload=preload, direct=direct).run()
+        Engine(info, parent_pid=args.parent_pid, run_slot=run_slot, preload=preload, direct=direct, output=output).run()
     except KeyboardInterrupt:
         return 1
     return 0

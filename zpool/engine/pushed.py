@@ -74,6 +74,7 @@ class PushedTasks:
         self.address = address
         self.routes: dict[str, bytes] = {}  # task id -> the client it came from, until answered
         self.outboxes: dict[bytes, BatchWriter] = {}  # client -> replies held for it
+        self.wrote: dict[bytes, list[str]] = {}  # client -> its tasks in those that wrote output
         # Notices: pushed requests not passed on to the controller yet, and replies sent to clients
         # but not yet to the controller; since when the oldest has waited.
         self.requests: list[list[Any]] = []
@@ -109,8 +110,12 @@ class PushedTasks:
                 self.routes[task_id] = route
             queue(msg)
 
-    def add(self, task_id: str, frames: list[Any], *columns: Any) -> bool:
-        """Hold the reply of `task_id` for its client if it was pushed here; False if it came from the controller."""
+    def add(self, task_id: str, frames: list[Any], wrote: bool, *columns: Any) -> bool:
+        """Hold the reply of `task_id` for its client if it was pushed here; False if it came from the controller.
+
+        `wrote`: the task wrote output, which reaches the client the
+        controller's way; the reply says so, and the client waits for it.
+        """
         route = self.routes.pop(task_id, None)
         if route is None:
             return False
@@ -118,6 +123,8 @@ class PushedTasks:
         if outbox is None:
             outbox = self.outboxes[route] = BatchWriter(REPLY_COLUMNS)
         outbox.add(task_id, frames, *columns)
+        if wrote:
+            self.wrote.setdefault(route, []).append(task_id)
         if not self.noting:
             self.since = time.monotonic()
         self.told.add(task_id, frames, *columns)
@@ -142,9 +149,12 @@ class PushedTasks:
     def send_replies(self) -> None:
         """Send each client its held replies (the caller holds the engine's lock)."""
         outboxes, self.outboxes = self.outboxes, {}
+        wrote, self.wrote = self.wrote, {}
         for route, batch in outboxes.items():
             fields = batch.fields()
             fields["pushed"] = True
+            if route in wrote:
+                fields["wrote"] = wrote[route]
             msg = self.session.build(MsgType.APPLY_REPLY, fields, buffers=batch.buffers())
             try:
                 send_frames(self.sock, [route, *msg], zmq.DONTWAIT)

@@ -111,6 +111,7 @@ from zpool._preload import Preloader
 from zpool._process import ParentWatch
 from zpool._wire import RUN_SLOT_BYTES, encode_run_slot
 from zpool.engine.heartbeat import Heartbeat
+from zpool.engine.output import TaskOutput
 from zpool.engine.pushed import PushedTasks
 from zpool.error import (
     ImpossibleDependency,
@@ -179,8 +180,11 @@ class Engine:
         run_slot: str | None = None,
         preload: Sequence[str] = (),
         direct: str | None = None,
+        output: TaskOutput | None = None,
     ) -> None:
         self.info = info
+        # Where sys.stdout and sys.stderr write, task by task, when the cluster collects output.
+        self.output = output
         # Modules to import while no task waits (Pool(preload=...), zpool._preload).
         self.preloader: Preloader | None = Preloader(preload) if preload else None
         self.busy_at = 0.0  # when the last task ended (preloading waits for a pause: PRELOAD_IDLE_S)
@@ -448,6 +452,10 @@ class Engine:
             self._answer_error(task_id, error, started, "", skip_frames=None, status=TaskStatus.ABORTED.value)
             return
         func: Any = None
+        output = self.output
+        if output is not None:  # what it prints from now on is its own
+            pushed = self.pushed
+            output.start(task_id, pushed.routes.get(task_id, b"") if pushed is not None else b"")
         slot = self.run_slot
         if slot is not None:  # from here on, the task counts as started should this engine die
             mark = encode_run_slot(task_id)
@@ -534,6 +542,8 @@ class Engine:
         self._push(task_id, frames, status, started, completed)
 
     def _push(self, task_id: str, frames: list[Any], status: str, started: float, completed: float) -> None:
+        # Its output is complete (END is in the pipe) before its reply goes.
+        wrote = self.output is not None and self.output.finish(task_id)
         with self.lock:
             if not self.held:
                 self.outbox_since = time.monotonic()
@@ -544,7 +554,7 @@ class Engine:
                 # its answer comes that way (the controller's reply, not this one, is the client's).
                 pushed.forget((task_id,))
                 pushed = None
-            if pushed is None or not pushed.add(task_id, frames, status, self.engine_id, started, completed):
+            if pushed is None or not pushed.add(task_id, frames, wrote, status, self.engine_id, started, completed):
                 self.outbox.add(task_id, frames, status, self.engine_id, started, completed)
 
     def holding(self) -> bool:
