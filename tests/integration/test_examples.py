@@ -113,6 +113,18 @@ def test_progress_and_timeline(tmp_path):
     assert "24/24" in done.stderr  # the progress bar reached its end
 
 
+def test_worker_output():
+    done = run_example("worker_output.py", "--points", "6", "--steps", "3")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    forwarded = out[1 : out.index("-- final x, and the exact exp(-rate t):")]
+    assert len(forwarded) == 18 and all(line.startswith("[engine ") for line in forwarded)
+    assert "2 of 6 rates warned: 2.50, 3.00" in out
+    assert out[-1] == "the last line of the first task: 'rate 0.50: step 3/3, x = 0.4219'"
+    warned = done.stderr.splitlines()
+    assert len(warned) == 2 and all(line.startswith("[engine ") and "went negative" in line for line in warned)
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "examples")) if f.endswith(".py")))
 def test_every_example_is_covered(name):
     covered = {
@@ -124,5 +136,6 @@ def test_every_example_is_covered(name):
         "parallel_decorator.py",
         "executor_drop_in.py",
         "progress_and_timeline.py",
+        "worker_output.py",
     }
     assert name in covered, f"add a test that runs examples/{name}"

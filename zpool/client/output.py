@@ -33,39 +33,39 @@ def parse_parts(content: Any) -> list[list[str]]:
 
 
 class Forwarder:
-    """Writes the engines' output here, each line prefixed with its engine."""
+    """Writes the engines' output here, each line prefixed with its engine.
+
+    Only whole lines are written (a carriage return ends one too, so a
+    progress bar redrawn in place shows), so that lines of two engines
+    never run into each other: a line an engine leaves open waits for its
+    end, or for its task's end.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # (the I/O thread and a caller in a blocking call both receive)
-        # (engine label, kind) whose last text did not end its line: the next text goes on without a prefix.
-        self._open: set[tuple[str, str]] = set()
+        self._held: dict[tuple[str, str], str] = {}  # (engine label, kind) -> the start of a line left open
 
     def write(self, parts: list[list[str]]) -> None:
         with self._lock:
             touched: set[str] = set()
             for label, _, kind, text in parts:
-                if kind == "end":  # a task's line left open is ended with it
+                if kind == "end":  # a line the task left open ends with it
                     for each in ("out", "err"):
-                        if (label, each) in self._open:
-                            self._open.discard((label, each))
-                            self._emit(each, "\n")
+                        held = self._held.pop((label, each), None)
+                        if held is not None:
+                            self._emit(each, f"[{label}] {held}\n")
                             touched.add(each)
                     continue
                 if kind not in ("out", "err") or not text:
                     continue
                 key = (label, kind)
-                prefix = f"[{label}] "
-                pieces = []
-                for i, line in enumerate(text.splitlines(keepends=True)):
-                    if i > 0 or key not in self._open:
-                        pieces.append(prefix)
-                    pieces.append(line)
-                if text.endswith(("\n", "\r")):
-                    self._open.discard(key)
-                else:
-                    self._open.add(key)
-                self._emit(kind, "".join(pieces))
-                touched.add(kind)
+                lines = (self._held.pop(key, "") + text).splitlines(keepends=True)
+                if not lines[-1].endswith(("\n", "\r")):
+                    self._held[key] = lines.pop()
+                if lines:
+                    prefix = f"[{label}] "
+                    self._emit(kind, "".join(prefix + line for line in lines))
+                    touched.add(kind)
             for kind in touched:
                 stream = sys.stdout if kind == "out" else sys.stderr
                 try:

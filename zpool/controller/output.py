@@ -133,11 +133,13 @@ class EngineOutput:
             self._read(pipe, READ_MAX)
 
     def read_pid(self, pid: int | None) -> None:
-        """Read all that engine `pid`'s pipes hold now (before handling its replies)."""
+        """Read all that engine `pid`'s records pipe holds now (before handling its replies).
+
+        (Its fd 1 and fd 2 carry no task's output: they wait for the loop.)
+        """
         engine = self.engines.get(pid) if pid is not None else None
         if engine is not None:
-            for pipe in engine.pipes:
-                self._read(pipe, DRAIN_MAX)
+            self._read(engine.pipes[0], DRAIN_MAX)
 
     def closed(self, pid: int | None) -> str:
         """Engine `pid` is gone: read its pipes to their end and close them; its last lines on stderr."""
