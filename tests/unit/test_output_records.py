@@ -142,6 +142,16 @@ def test_a_task_may_send_up_to_its_limit(pipe):
     assert "wrote more than 100 bytes" in notes
 
 
+def test_a_task_over_its_limit_at_once_is_still_ended(pipe):
+    out = TaskOutput(pipe.w, limit=0)
+    out.start("t1", b"")
+    out.stream(OUT).write("too much\n")
+    assert out.finish("t1") is True
+    got = _records(pipe.read_all())
+    assert [kind for kind, _ in got] == [BEGIN, ERR, END]
+    assert b"wrote more than 0 bytes" in got[1][1]
+
+
 def test_the_stream_looks_like_a_text_file(pipe):
     out = TaskOutput(pipe.w, limit=1000)
     stream = out.stream(OUT)

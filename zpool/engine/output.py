@@ -125,6 +125,7 @@ class TaskOutput:
         if task_id is not None:
             if self.cut:
                 return
+            self.wrote = True
             if self.used + len(data) > self.limit:
                 self.cut = True
                 kept = data[: max(0, self.limit - self.used)]
@@ -132,12 +133,11 @@ class TaskOutput:
                     self._send_records(kind, kept, task_id)
                 self.used = self.limit
                 note = (
-                    f"\n[zpool: task {task_id} wrote more than {self.limit} bytes; the rest of its output is dropped]\n"
+                    f"[zpool: task {task_id} wrote more than {self.limit} bytes; the rest of its output was dropped]\n"
                 )
                 self._send_records(ERR, note.encode(), task_id)
                 return
             self.used += len(data)
-            self.wrote = True
         self._send_records(kind, data, task_id)
 
     def _send_records(self, kind: int, data: bytes, task_id: str | None) -> None:
