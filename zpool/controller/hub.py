@@ -528,7 +528,6 @@ class Hub:
     def _on_pushed_request(self, msg: Message, frames: list[Any]) -> None:
         """An engine passes on tasks a client pushed to it, before running them: they are placed there."""
         slot = self.scheduler.engines.get(_ident(msg))
-        self._read_output(_ident(msg))
         if slot is None or not msg.header.get("pushed"):
             raise ProtocolError("pushed tasks from an engine that is not ready, or not marked pushed")
         try:
@@ -547,8 +546,9 @@ class Hub:
     def _on_apply_reply(self, msg: Message, frames: list[Any]) -> None:
         ident = _ident(msg)
         slot = self.scheduler.engines.get(ident)
-        # The output of the tasks answered is in its pipe (END before the reply): it goes first.
-        self._read_output(ident)
+        if msg.header.get("printed"):
+            # Some of the tasks answered wrote output, which is in its pipe (END before the reply): it goes first.
+            self._read_output(ident)
         batch = Batch(msg.header, msg.buffers, REPLY_COLUMNS)
         # Replies to pushed tasks went to their client already: recorded here, not forwarded, and their
         # results' segments are the client's.

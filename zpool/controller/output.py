@@ -14,10 +14,13 @@ The engine's own output (outside tasks, or written below Python) goes to
 every client that connected, prefixed by the engine, under ``forward``;
 under ``capture``, or before any client connected, into the cluster's log.
 
-Before the hub handles an engine's replies it reads that engine's pipes
-(:meth:`EngineOutput.read_pid`), and it sends what it read first: the
-engine wrote a task's END before sending its reply, so on the controller's
-way a task's output always reaches its client before its result. Before
+Before the hub handles an engine's replies of which one says its task
+printed (the header's ``printed``), it reads that engine's records pipe
+(:meth:`EngineOutput.read_pid`) and sends what it read first: the engine
+wrote the task's END before sending its reply, so on the controller's way
+a task's output always reaches its client before its result. (Replies of
+tasks pushed to an engine go to the client directly, saying which tasks
+printed: the client waits for their END.) Before
 failing the tasks of an engine that died it reads the pipes to their end
 (:meth:`EngineOutput.closed`): nothing the engine wrote is lost, and the
 error quotes the engine's last lines on stderr.

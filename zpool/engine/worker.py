@@ -219,6 +219,7 @@ class Engine:
         self.aborted: set[str] = set()  # queued here, aborted by the client: answered, never run
         self.outbox = BatchWriter(REPLY_COLUMNS)
         self.outbox_since = 0.0
+        self.outbox_printed = False  # a task answered in the outbox wrote output (its END is in the pipe)
         self.held = 0  # replies held, for the controller (outbox) and for clients that pushed tasks
         # Clients may push tasks to this socket of its own (the direct path; zpool.engine.pushed).
         self.pushed = PushedTasks(self.ctx, direct, self.session) if direct else None
@@ -556,6 +557,8 @@ class Engine:
                 pushed = None
             if pushed is None or not pushed.add(task_id, frames, wrote, status, self.engine_id, started, completed):
                 self.outbox.add(task_id, frames, status, self.engine_id, started, completed)
+                if wrote:
+                    self.outbox_printed = True
 
     def holding(self) -> bool:
         """Whether replies, or notices of pushed tasks for the controller, are held."""
@@ -579,7 +582,11 @@ class Engine:
             pushed.send_notices(self._to_controller)
         if self.outbox:
             batch, self.outbox = self.outbox, BatchWriter(REPLY_COLUMNS)
-            send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, batch.fields(), buffers=batch.buffers()))
+            fields = batch.fields()
+            if self.outbox_printed:  # the controller sends the output on before these replies
+                self.outbox_printed = False
+                fields["printed"] = True
+            send_frames(self.sock, self.session.build(MsgType.APPLY_REPLY, fields, buffers=batch.buffers()))
 
     @staticmethod
     def flush_streams() -> None:
