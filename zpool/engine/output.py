@@ -142,10 +142,10 @@ class TaskOutput:
 
     def _send_records(self, kind: int, data: bytes, task_id: str | None) -> None:
         out = b""
-        if self.announced != task_id:
+        announce = self.announced != task_id
+        if announce:
             # (a BEGIN without a task: what follows is the engine's own)
             out = pack(BEGIN, begin_payload(task_id, self.route) if task_id is not None else b"")
-            self.announced = task_id
         for i in range(0, len(data), RECORD_MAX):
             record = pack(kind, data[i : i + RECORD_MAX])
             if len(out) + len(record) > WRITE_MAX:
@@ -153,6 +153,8 @@ class TaskOutput:
                 out = b""
             out += record
         self._write(out)
+        if announce:  # (only once written: a KeyboardInterrupt in between has the next write announce again)
+            self.announced = task_id
 
     def _write(self, data: bytes) -> None:
         if self.broken or not data:

@@ -63,6 +63,8 @@ needs more takes ``lock``::
                       (_send_held_replies: False)
     _beats.last_beat, heartbeat; main (configure,    heartbeat                    none: ``configured`` is set last
     interval, misses  once, registering)
+    output            main (start, finish of a       main; any thread that        its own lock (TaskOutput.lock)
+                      task); writes: any thread      prints
     context,          main                           main                         none: one thread
     engine_id,
     preloader, ...
