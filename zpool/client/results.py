@@ -219,7 +219,7 @@ class ResultTable:
                 if entry is None:
                     continue  # failed already here (terminate, abort): nobody will read it
                 slot = entry[1]
-            outcome, index = (slot, 0) if type(slot) is not tuple else slot
+            outcome, index = _unpack_slot(slot)
             outcome._add_output(index, kind, text)
         for args in settle:
             self._settle(*args)
@@ -231,25 +231,23 @@ class ResultTable:
         if not self._deferred:
             return
         now = time.monotonic()
-        with self._lock:
-            late = [task_id for task_id, entry in self._deferred.items() if entry[0] <= now]
-            entries = [(task_id, self._deferred.pop(task_id)) for task_id in late]
-        for task_id, entry in entries:
+        late = [task_id for task_id, entry in list(self._deferred.items()) if entry[0] <= now]
+        for task_id in self._settle_deferred(late):
             logger.warning(
                 "the output of task %s did not all arrive within %.0f s of its result; the result is given without it",
                 task_id,
                 OUTPUT_WAIT_S,
             )
-            self._settle(task_id, *entry[1:])
-        if entries:
+        if late:
             self._notify_if_empty()
 
-    def _settle_deferred(self, task_ids: Iterable[str]) -> None:
-        """Settle now, with what output has come, the replies among `task_ids` that wait for theirs."""
+    def _settle_deferred(self, task_ids: Iterable[str]) -> list[str]:
+        """Settle now, with what output has come, the replies among `task_ids` that wait for theirs; their ids."""
         with self._lock:
             entries = [(task_id, self._deferred.pop(task_id)) for task_id in task_ids if task_id in self._deferred]
         for task_id, entry in entries:
             self._settle(task_id, *entry[1:])
+        return [task_id for task_id, _ in entries]
 
     def fail(self, task_ids: Iterable[str], exc_for: Callable[[], BaseException]) -> None:
         """Fail the given tasks locally (they will never be answered); those answered already get their answers."""
