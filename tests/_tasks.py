@@ -472,3 +472,17 @@ def has_module(name):
     import sys
 
     return name in sys.modules
+
+
+def entered(marker_dir, func, *args):
+    """Leave a file in `marker_dir` saying this task's code has begun, then return ``func(*args)``.
+
+    For tests that interrupt a running task: the controller sees a task run
+    once its engine has it, which is before the engine has loaded it and
+    entered its code; an interrupt in between aborts it "before it ran".
+    ``tests._wait.wait_entered`` waits for these files.
+    """
+    path = os.path.join(marker_dir, f"{os.getpid()}-{time.monotonic_ns()}")
+    with open(path, "w"):
+        pass
+    return func(*args)

@@ -32,6 +32,7 @@ __all__ = [
     "engine_started",
     "running",
     "wait_empty",
+    "wait_entered",
     "wait_in_task",
     "wait_running",
     "wait_stable",
@@ -119,6 +120,11 @@ def wait_in_task(pool, n: int, timeout: float = T) -> None:
     """
     wait_running(pool, n, timeout)
     time.sleep(ENTER_TASK_S)
+
+
+def wait_entered(marker_dir: str, n: int, timeout: float = T) -> None:
+    """Wait until `n` tasks wrapped in ``tests._tasks.entered(marker_dir, ...)`` are inside their code."""
+    wait_until(lambda: len(os.listdir(marker_dir)) >= n, timeout, f"{n} task(s) inside their code")
 
 
 def engine_holding(pool, n: int = 1, timeout: float = T) -> tuple[int, int]:

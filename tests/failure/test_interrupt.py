@@ -8,6 +8,7 @@ answers within the test's bound proves the engines were freed.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ import pytest
 
 import zpool
 from tests import _tasks
-from tests._wait import ctrl_c_after, engine_gone, wait_in_task
+from tests._wait import ctrl_c_after, engine_gone, wait_entered, wait_in_task
 from zpool.error import EngineError, TaskAborted
 
 T = 60
@@ -42,12 +43,12 @@ def engine_pids(pool) -> dict[str, int]:
 
 
 @pytest.mark.timeout(120)
-def test_interrupt_stops_a_spinning_and_a_sleeping_task(fresh_pool):
+def test_interrupt_stops_a_spinning_and_a_sleeping_task(fresh_pool, tmp_path):
     pool = fresh_pool(2)
     pids = engine_pids(pool)
-    spinning = pool.engines[0].apply_async(spin_forever)
-    sleeping = pool.engines[1].apply_async(time.sleep, LONG)
-    wait_in_task(pool, 2)
+    spinning = pool.engines[0].apply_async(_tasks.entered, str(tmp_path), spin_forever)
+    sleeping = pool.engines[1].apply_async(_tasks.entered, str(tmp_path), time.sleep, LONG)
+    wait_entered(str(tmp_path), 2)
     pool.engines.interrupt()
     for ar, engine_id in ((spinning, 0), (sleeping, 1)):
         with pytest.raises(TaskAborted, match=f"interrupted while running on engine {engine_id}"):
@@ -60,11 +61,11 @@ def test_interrupt_stops_a_spinning_and_a_sleeping_task(fresh_pool):
 
 
 @pytest.mark.timeout(120)
-def test_interrupt_reaches_only_the_engines_of_the_view(fresh_pool):
+def test_interrupt_reaches_only_the_engines_of_the_view(fresh_pool, tmp_path):
     pool = fresh_pool(2)
-    stuck = pool.engines[0].apply_async(time.sleep, LONG)
-    busy = pool.engines[1].apply_async(_tasks.sleep_then, 1.5, "done")
-    wait_in_task(pool, 2)
+    stuck = pool.engines[0].apply_async(_tasks.entered, str(tmp_path), time.sleep, LONG)
+    busy = pool.engines[1].apply_async(_tasks.entered, str(tmp_path), _tasks.sleep_then, 1.5, "done")
+    wait_entered(str(tmp_path), 2)
     pool.engines[0].interrupt()
     with pytest.raises(TaskAborted):
         stuck.get(T)
@@ -72,10 +73,10 @@ def test_interrupt_reaches_only_the_engines_of_the_view(fresh_pool):
 
 
 @pytest.mark.timeout(120)
-def test_a_task_may_catch_the_interrupt(fresh_pool):
+def test_a_task_may_catch_the_interrupt(fresh_pool, tmp_path):
     pool = fresh_pool(1)
-    ar = pool.engines[0].apply_async(catch_interrupt, LONG)
-    wait_in_task(pool, 1)
+    ar = pool.engines[0].apply_async(_tasks.entered, str(tmp_path), catch_interrupt, LONG)
+    wait_entered(str(tmp_path), 1)
     pool.engines[0].interrupt()
     assert ar.get(T) == "caught"
 
@@ -94,11 +95,11 @@ def test_an_engine_between_tasks_ignores_interrupts_and_sigint(fresh_pool):
 
 
 @pytest.mark.timeout(120)
-def test_sigint_to_an_engine_interrupts_its_task(fresh_pool):
+def test_sigint_to_an_engine_interrupts_its_task(fresh_pool, tmp_path):
     pool = fresh_pool(1)
     pid = engine_pids(pool)["0"]
-    ar = pool.apply_async(time.sleep, (LONG,))
-    wait_in_task(pool, 1)
+    ar = pool.apply_async(_tasks.entered, (str(tmp_path), time.sleep, LONG))
+    wait_entered(str(tmp_path), 1)
     os.kill(pid, signal.SIGINT)
     with pytest.raises(zpool.RemoteError, match="KeyboardInterrupt"):
         ar.get(T)
@@ -117,10 +118,10 @@ def test_interrupt_of_an_engine_no_longer_up(fresh_pool):
 
 
 @pytest.mark.timeout(120)
-def test_abort_with_interrupt_stops_running_and_queued_tasks(fresh_pool):
+def test_abort_with_interrupt_stops_running_and_queued_tasks(fresh_pool, tmp_path):
     pool = fresh_pool(2)
-    ar = pool.map_async(time.sleep, [LONG] * 6, chunksize=1)
-    wait_in_task(pool, 2)
+    ar = pool.map_async(functools.partial(_tasks.entered, str(tmp_path), time.sleep), [LONG] * 6, chunksize=1)
+    wait_entered(str(tmp_path), 2)
     reply = pool.abort(ar, interrupt=True)
     assert reply["aborted"] + reply["sent_to_engines"] == 6
     with pytest.raises(TaskAborted):
@@ -135,11 +136,11 @@ def test_abort_with_interrupt_stops_running_and_queued_tasks(fresh_pool):
 
 
 @pytest.mark.timeout(120)
-def test_abort_without_interrupt_lets_running_tasks_finish(fresh_pool):
+def test_abort_without_interrupt_lets_running_tasks_finish(fresh_pool, tmp_path):
     pool = fresh_pool(1)
-    running = pool.apply_async(_tasks.sleep_then, (1.0, "finished"))
+    running = pool.apply_async(_tasks.entered, (str(tmp_path), _tasks.sleep_then, 1.0, "finished"))
     queued = pool.apply_async(_tasks.sleep_then, (1.0, "never"))
-    wait_in_task(pool, 1)
+    wait_entered(str(tmp_path), 1)
     pool.abort([running, queued])
     assert running.get(T) == "finished"
     with pytest.raises(TaskAborted):
@@ -206,11 +207,11 @@ def spin_forever_arg(_):
 
 
 @pytest.mark.timeout(120)
-def test_terminate_ends_a_task_that_never_returns(fresh_pool):
+def test_terminate_ends_a_task_that_never_returns(fresh_pool, tmp_path):
     pool = fresh_pool(2)
     tree = [psutil.Process(pid) for pid in engine_pids(pool).values()]
-    ar = pool.map_async(spin_forever_arg, range(2), chunksize=1)
-    wait_in_task(pool, 2)
+    ar = pool.map_async(functools.partial(_tasks.entered, str(tmp_path), spin_forever_arg), range(2), chunksize=1)
+    wait_entered(str(tmp_path), 2)
     started = time.monotonic()
     pool.terminate()
     pool.join()
