@@ -67,7 +67,7 @@ def exit_now(code=3):
 
 
 def frame_address_proof(arr):
-    """Report how `arr` arrived: a read-only view on the received ZeroMQ frame, or on a shared-memory mapping."""
+    """Report how `arr` arrived: a read-only view on the received frame, or on a shared-memory mapping."""
 
     return arr, received_via(arr), arr.flags.writeable
 
@@ -78,17 +78,20 @@ def in_received_frame(arr) -> bool:
 
 
 def received_via(arr) -> str | None:
-    """ "frame" if `arr`'s data lies inside a zmq.Frame, "shm" if inside a mapped segment, else None (a copy)."""
+    """How `arr`'s data arrived: "frame" if it lies inside a received frame (a zmq.Frame, or the direct
+    path's zpool._stream.Frame), "shm" if inside a mapped segment, else None (a copy)."""
     import mmap
 
     import numpy as np
     import zmq
 
+    from zpool._stream import Frame
+
     base = arr
     while isinstance(base, np.ndarray):
         base = base.base
     owner = getattr(base, "obj", None)
-    if isinstance(owner, zmq.Frame):
+    if isinstance(owner, (zmq.Frame, Frame)):
         kind, size = "frame", len(owner)
     elif isinstance(owner, mmap.mmap):
         kind, size = "shm", len(owner)

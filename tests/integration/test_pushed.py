@@ -21,6 +21,7 @@ import zmq
 import zpool
 from tests import _tasks
 from tests._wait import ctrl_c_after, engine_started, wait_empty, wait_stable, wait_until
+from zpool._stream import FramedSocket
 from zpool.error import BrokenPoolError, EngineError, TaskAborted
 from zpool.protocol import MsgType, Session, recv_frames, send_frames
 from zpool.serialize import dumps_call
@@ -165,6 +166,7 @@ def test_a_client_that_goes_away_with_pushed_tasks_leaves_the_engines_serving(fr
     info = pool._cluster.info
     before = wait_stable(lambda: known(pool), 0.3)
     ctx = zmq.Context()
+    push = None
     try:
         session = Session(info.key)
         route = b"c" + os.urandom(15)
@@ -176,10 +178,7 @@ def test_a_client_that_goes_away_with_pushed_tasks_leaves_the_engines_serving(fr
         assert own.poll(T * 1000)
         roster = session.unpack(recv_frames(own)).content["engines"]
         _, address = sorted(roster.items())[0]
-        push = ctx.socket(zmq.DEALER)
-        push.setsockopt(zmq.IDENTITY, route)
-        push.setsockopt(zmq.LINGER, 0)
-        push.connect(address)
+        push = FramedSocket.connect(address)
         from zpool.protocol import BatchWriter
 
         batch = BatchWriter()
@@ -187,10 +186,13 @@ def test_a_client_that_goes_away_with_pushed_tasks_leaves_the_engines_serving(fr
         batch.add("gone-client-2", list(dumps_call(time.sleep, (0.5,), {})))
         fields = batch.fields()
         fields.update(pushed=True, route=route.hex())
-        send_frames(push, session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers()))
+        assert push.send(session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers()))
+        assert not push.sending
         # The controller knows both (the second may be recalled for the idle engine, and run there).
         wait_until(lambda: known(pool) - before == 2, T, "the controller knows the pushed tasks")
     finally:
+        if push is not None:
+            push.close()
         ctx.destroy(linger=0)  # the client vanishes with its tasks on the engine
     # Its tasks run out; their replies go nowhere; the engines serve this pool all along.
     assert pool.map(_tasks.square, range(10)) == [x * x for x in range(10)]

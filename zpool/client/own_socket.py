@@ -11,7 +11,7 @@ sockets at the end. No other thread uses them.
 ::
 
     caller thread (holding the lock) ──▶ own DEALER ──▶ controller ──▶ engines   (four hops)
-                                     └─▶ Pusher: DEALER per engine ──▶ engine   (two hops: the direct path)
+                                     └─▶ Pusher: connection per engine ──▶ engine   (two hops: the direct path)
     caller thread ◀── replies, read and settled in this thread, on either socket
 
 A blocking ``apply`` or ``map`` whose tasks have no scheduling flags is
@@ -50,6 +50,7 @@ from typing import Any, Callable
 import zmq
 
 from zpool import _shm
+from zpool._stream import FramedSocket, FramingError
 from zpool.client.ctrlc import HoldCtrlC
 from zpool.client.pusher import Pusher, immediate_dealer
 from zpool.client.results import ResultTable
@@ -108,6 +109,7 @@ class OwnSocket:
         self.sent: collections.OrderedDict[bytes, tuple[list[str], list[str]]] = collections.OrderedDict()
         self._poller: zmq.Poller | None = None
         self._polled: tuple[int, int] = (0, -1)  # the sockets the poller watches (see poll)
+        self._conns: dict[int, FramedSocket] = {}  # the engines' connections it watches, by file descriptor
 
     def socket(self) -> zmq.Socket[Any] | None:
         """The socket to the controller if it is connected now; None: use the I/O thread's (holder of :attr:`lock`).
@@ -206,24 +208,31 @@ class OwnSocket:
             except zmq.Again:
                 self.pusher.asked = False
 
-    def sockets(self) -> list[zmq.Socket[Any]]:
-        """Every socket a reply to a call of this thread may come on."""
-        own = [self.sock] if self.sock is not None else []
+    def sockets(self) -> list[Any]:
+        """Every socket a reply to a call of this thread may come on: the controller's, and the engines'."""
+        own: list[Any] = [self.sock] if self.sock is not None else []
         return own + list(self.pusher.socks.values())
 
-    def poll(self, timeout_ms: int) -> list[zmq.Socket[Any]]:
-        """The sockets of :meth:`sockets` that have something to read, waiting up to `timeout_ms`."""
+    def poll(self, timeout_ms: int) -> list[Any]:
+        """The sockets of :meth:`sockets` ready to read (or to take a request), waiting up to `timeout_ms`."""
         key = (id(self.sock), self.pusher.version)
         if self._poller is None or self._polled != key:
             self._poller = zmq.Poller()
-            for sock in self.sockets():
-                self._poller.register(sock, zmq.POLLIN)
+            if self.sock is not None:
+                self._poller.register(self.sock, zmq.POLLIN)
+            self._conns = {}
+            for conn, events in self.pusher.poll_items():
+                self._poller.register(conn.fileno(), events)
+                self._conns[conn.fileno()] = conn
             self._polled = key
-        return [sock for sock, _ in self._poller.poll(timeout_ms)]
+        conns = self._conns
+        return [conns[sock] if type(sock) is int else sock for sock, _ in self._poller.poll(timeout_ms)]
 
-    def read(self, sock: zmq.Socket[Any], hold: HoldCtrlC | None = None) -> None:
+    def read(self, sock: Any, hold: HoldCtrlC | None = None) -> None:
         """Settle what arrived on `sock`, one of :meth:`sockets` (holder of :attr:`lock`)."""
-        pushed = sock is not self.sock
+        if isinstance(sock, FramedSocket):
+            self._read_pushed(sock, hold)
+            return
         while (
             not sock.closed and int(sock.get(_EVENTS)) & _POLLIN
         ):  # (closed: a roster notice just read)  # (looked at first: a Ctrl-C is held only while there is work)
@@ -238,8 +247,6 @@ class OwnSocket:
                         self.results.handle_reply(msg)
                         if self.pusher.where:
                             self.pusher.answered(msg.header.get("ids") or ())
-                    elif pushed:
-                        raise ProtocolError(f"unexpected {kind} from an engine's direct socket")
                     elif kind == MsgType.STREAM.value:
                         self.results.handle_stream(msg)
                     elif kind == MsgType.REJECT_NOTICE.value:
@@ -250,6 +257,32 @@ class OwnSocket:
                         raise ProtocolError(f"unexpected {kind} on the callers' own socket")
                 except ZPoolError as exc:
                     logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
+
+    def _read_pushed(self, conn: FramedSocket, hold: HoldCtrlC | None) -> None:
+        """Settle the replies an engine sent on its connection, and send on what waits for it to take."""
+        pusher = self.pusher
+        with hold or _NO_HOLD:  # what is read is settled whole
+            if conn.sending:
+                conn.flush()
+                if not conn.sending:
+                    pusher.version += 1  # (polled for POLLOUT no more)
+            try:
+                messages = conn.receive()
+            except FramingError as exc:
+                logger.error("closed the connection to an engine: %s", exc)
+                messages = []
+            for frames in messages:
+                try:
+                    msg = self.session.unpack(frames)
+                    if msg.msg_type != MsgType.APPLY_REPLY.value:
+                        raise ProtocolError(f"unexpected {msg.msg_type} from an engine's direct socket")
+                    self.results.handle_reply(msg)
+                    if pusher.where:
+                        pusher.answered(msg.header.get("ids") or ())
+                except ZPoolError as exc:
+                    logger.error("dropped a message of %d frames: %s: %s", len(frames), type(exc).__name__, exc)
+            if conn.closed:  # its engine left: the roster notice says what became of its tasks
+                pusher.drop(conn)
 
     def _on_rejected(self, msg: Message) -> None:
         try:

@@ -2,11 +2,13 @@
 
 ::
 
-    caller thread ──push()──▶ DEALER per engine ──▶ engine's "direct" socket ──▶ runs the tasks
-    caller thread ◀──────────── replies ◀──────────── (and tells the controller, before and after)
+    caller thread ──push()──▶ connection per engine ──▶ engine's "direct" socket ──▶ runs the tasks
+    caller thread ◀──────────── replies ◀────────────── (and tells the controller, before and after)
 
 A blocking ``apply`` or a small ``map`` without scheduling flags costs two
-ZeroMQ hops this way instead of four through the controller. The engine
+hops this way instead of four ZeroMQ hops through the controller, on plain
+Unix stream sockets (:mod:`zpool._stream`): the call wakes the engine's
+main thread, and its reply the caller, and no I/O thread on either side. The engine
 forwards each pushed request to the controller before running it and its
 replies after, so the controller still knows every task (records,
 ``queue_status``, abort, interrupt, recall, the engine's death); tasks it
@@ -33,15 +35,14 @@ from typing import Any, Iterable
 
 import zmq
 
-from zpool.protocol import BatchWriter, MsgType, Session, send_frames
+from zpool._stream import FramedSocket
+from zpool.protocol import BatchWriter, MsgType, Session
 
 __all__ = ["Pusher", "immediate_dealer"]
 
 logger = logging.getLogger(__name__)
 
-# How long the first push to an engine waits for its socket to connect, in ms.
-CONNECT_WAIT_MS = 100
-# Reconnect quickly: engines bind when they start.
+# Reconnect quickly: the controller binds when it starts.
 RECONNECT_IVL_MS = 10
 
 
@@ -65,11 +66,11 @@ class Pusher:
         self.route = route
         self.roster: dict[int, str] | None = None  # None: not received yet
         self.asked = False
-        self.socks: dict[int, zmq.Socket[Any]] = {}
-        self.up: set[int] = set()  # engines whose socket was seen connected
+        self.socks: dict[int, FramedSocket] = {}  # connections to engines' direct sockets
+        self.up: set[int] = set()  # engines connected to
         # Pushed task id -> (engine id, its call's frames, to send again if the engine dies first), until answered.
         self.where: dict[str, tuple[int, list[Any]]] = {}
-        self.version = 0  # bumped whenever a socket is made or closed
+        self.version = 0  # bumped whenever what to poll changes: a connection made or closed, or stalled
         self._turn = itertools.count()
 
     # -- the roster ------------------------------------------------------------
@@ -94,7 +95,7 @@ class Pusher:
             except (TypeError, ValueError):
                 continue
         for engine_id in [e for e in self.socks if roster.get(e) != (self.roster or {}).get(e)]:
-            self.socks.pop(engine_id).close(linger=0)
+            self.socks.pop(engine_id).close()
             self.up.discard(engine_id)
             self.version += 1
         self.roster = roster
@@ -134,7 +135,8 @@ class Pusher:
 
         Engines take turns across calls, so that successive ``apply`` calls
         spread over them. An engine whose socket is not connected (just
-        started, or gone) is skipped.
+        started, or gone) is skipped. Never waits: what an engine's socket
+        does not take at once goes as it takes it (:meth:`poll_items`).
         """
         engines = sorted(self.roster or ())
         if not engines:
@@ -150,8 +152,8 @@ class Pusher:
         return left
 
     def _send(self, engine_id: int, items: list[tuple[str, list[Any]]]) -> bool:
-        sock = self._socket(engine_id)
-        if sock is None:
+        conn = self._connection(engine_id)
+        if conn is None:
             return False
         batch = BatchWriter()
         for task_id, frames in items:
@@ -160,34 +162,44 @@ class Pusher:
         fields["pushed"] = True
         fields["route"] = self.route.hex()
         msg = self.session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
-        try:
-            send_frames(sock, msg, zmq.DONTWAIT)  # with ZMQ_IMMEDIATE: refused while not connected
-        except zmq.Again:
-            self.up.discard(engine_id)
+        if not conn.send(msg):  # the engine is gone (what it never took: the caller sends it another way)
+            self.drop(conn)
             return False
+        if conn.sending:  # the rest goes as the engine takes it (the caller polls for that)
+            self.version += 1
         for task_id, frames in items:
             self.where[task_id] = (engine_id, frames)
         return True
 
-    def _socket(self, engine_id: int) -> zmq.Socket[Any] | None:
-        sock = self.socks.get(engine_id)
-        if sock is not None and engine_id in self.up:
-            return sock
-        wait_ms = 0
-        if sock is None:
-            address = (self.roster or {}).get(engine_id)
-            if address is None:
-                return None
-            sock = immediate_dealer(self.ctx, self.route, address)
-            if sock is None:
-                return None  # EMFILE: the controller's way still works
-            self.socks[engine_id] = sock
-            self.version += 1
-            wait_ms = CONNECT_WAIT_MS
-        if sock.poll(wait_ms, zmq.POLLOUT):
-            self.up.add(engine_id)
-            return sock
-        return None
+    def _connection(self, engine_id: int) -> FramedSocket | None:
+        conn = self.socks.get(engine_id)
+        if conn is not None:
+            return conn
+        address = (self.roster or {}).get(engine_id)
+        if address is None:
+            return None
+        try:
+            conn = FramedSocket.connect(address)
+        except (OSError, ValueError) as exc:  # not listening (yet, or any more), or no fd left
+            logger.debug("no connection to engine %d at %s: %s", engine_id, address, exc)
+            return None
+        self.socks[engine_id] = conn
+        self.up.add(engine_id)
+        self.version += 1
+        return conn
+
+    def drop(self, conn: FramedSocket) -> None:
+        """A connection closed (its engine left): forget it; the roster says what became of its tasks."""
+        conn.close()
+        for engine_id, known in list(self.socks.items()):
+            if known is conn:
+                del self.socks[engine_id]
+                self.up.discard(engine_id)
+        self.version += 1
+
+    def poll_items(self) -> list[tuple[FramedSocket, int]]:
+        """The connections to poll, with POLLOUT for those whose request waits to be taken."""
+        return [(c, zmq.POLLIN | (zmq.POLLOUT if c.sending else 0)) for c in self.socks.values()]
 
     def answered(self, task_ids: Iterable[str]) -> None:
         """Replies came for these tasks: forget where they were pushed."""
@@ -197,8 +209,8 @@ class Pusher:
                 where.pop(task_id, None)
 
     def close(self) -> None:
-        for sock in self.socks.values():
-            sock.close(linger=0)
+        for conn in self.socks.values():
+            conn.close()
         self.socks.clear()
         self.version += 1
         self.up.clear()

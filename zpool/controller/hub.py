@@ -38,6 +38,7 @@ import zmq
 
 from zpool import _shm
 from zpool._settings import ControllerSettings
+from zpool._stream import SCHEME as DIRECT_SCHEME
 from zpool._wire import ErrorName, QueueStatus, Roster, error_reply
 from zpool.controller.engines import EngineKeeper
 from zpool.controller.flags import parse_flags
@@ -467,7 +468,7 @@ class Hub:
             ident,
             pid if isinstance(pid, int) else None,
             str(content.get("hostname", "")),
-            direct if isinstance(direct, str) and direct.startswith("ipc://") else None,
+            direct if isinstance(direct, str) and direct.startswith(DIRECT_SCHEME) else None,
         )
         if self.output is not None:
             self.output.registered(record.pid, record.engine_id)
@@ -530,12 +531,8 @@ class Hub:
         slot = self.scheduler.engines.get(_ident(msg))
         if slot is None or not msg.header.get("pushed"):
             raise ProtocolError("pushed tasks from an engine that is not ready, or not marked pushed")
-        try:
-            route = bytes.fromhex(str(msg.header.get("route")))
-        except ValueError:
-            raise ProtocolError("pushed tasks without their client's route") from None
         batch = Batch(msg.header, msg.buffers)
-        tasks = [Task(task_id, route, batch.payload(i)) for i, task_id in enumerate(batch.ids)]
+        tasks = [Task(task_id, route, batch.payload(i)) for i, task_id, route in _with_routes(msg.header, batch.ids)]
         self.scheduler.adopt(slot, tasks)
         live = self.scheduler.live
         aborted = [t.task_id for t in tasks if t.abort_asked and live.get(t.task_id) is t]
@@ -694,6 +691,32 @@ def _watch_pipes(poller: zmq.Poller, polled: set[int], fds: list[int]) -> set[in
     for fd in now - polled:
         poller.register(fd, zmq.POLLIN)
     return now
+
+
+def _with_routes(header: dict[str, Any], ids: list[str]) -> list[tuple[int, str, bytes]]:
+    """Each pushed task's index, id and client route: one request's ``route``, or a merged one's ``routes``.
+
+    An engine merges the requests it passes on (``zpool.engine.pushed``):
+    ``routes`` lists runs of ``[route (hex), number of tasks]``, in order.
+    """
+    try:
+        runs = header.get("routes")
+        if runs is None:
+            runs = [[header.get("route"), len(ids)]]
+        if not isinstance(runs, list):
+            raise ValueError
+        out: list[tuple[int, str, bytes]] = []
+        for run in runs:
+            hexed, count = run
+            route = bytes.fromhex(hexed)
+            if not route or type(count) is not int or count < 1:
+                raise ValueError
+            out += [(i, ids[i], route) for i in range(len(out), len(out) + count)]
+    except (ValueError, TypeError, IndexError):
+        raise ProtocolError("pushed tasks without their clients' routes") from None
+    if len(out) != len(ids):
+        raise ProtocolError(f"pushed tasks' routes cover {len(out)} of {len(ids)} tasks")
+    return out
 
 
 def _ident(msg: Message) -> bytes:

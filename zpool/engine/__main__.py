@@ -11,6 +11,7 @@ import sys
 from zpool._output import OUTPUT_LIMIT
 from zpool._preload import read_list
 from zpool._process import LOG_FORMAT
+from zpool._stream import SCHEME
 from zpool._wire import run_slot_path
 from zpool.engine.output import install
 from zpool.engine.worker import Engine
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         info = ConnectionInfo.read(args.connection_file)
         # Clients of a cluster on this host may push tasks to a socket of the engine's own (the direct path).
         here = os.path.dirname(os.path.abspath(args.connection_file))
-        direct = f"ipc://{here}/d{os.getpid()}" if info.engine.startswith("ipc://") else None
+        direct = f"{SCHEME}{here}/d{os.getpid()}" if info.engine.startswith("ipc://") else None
         Engine(info, parent_pid=args.parent_pid, run_slot=run_slot, preload=preload, direct=direct, output=output).run()
     except KeyboardInterrupt:
         return 1

@@ -120,11 +120,11 @@ class Heartbeat:
                 self._send_held_replies()
             if parent is not None and not parent.alive():
                 self._orphaned(cluster_gone=True)
-                _exit("its parent process ended", self.engine.shared)
+                _exit("its parent process ended", self.engine)
             # The controller stops beating when it dies: leave after twice the tolerance.
             if self.configured and time.monotonic() - self.last_beat > 2 * self.interval * self.misses:
                 self._orphaned(cluster_gone=parent is not None and not parent.alive())
-                _exit("the controller stopped sending heartbeats", self.engine.shared)
+                _exit("the controller stopped sending heartbeats", self.engine)
 
     def _orphaned(self, cluster_gone: bool) -> None:
         """Leaving without the controller's word: remove the shared-memory segments nobody else will.
@@ -179,15 +179,18 @@ class Heartbeat:
                 reply = encode({"ids": ids, "recalled": given})
                 send_frames(sock, self.session.build(MsgType.RECALL_REPLY, content=reply))
             elif msg.msg_type == MsgType.SHUTDOWN_REQUEST.value:
-                _exit("the controller asked it to shut down", self.engine.shared, level=logging.INFO)
+                _exit("the controller asked it to shut down", self.engine, level=logging.INFO)
             else:
                 logger.error("heartbeat: dropped a message of unexpected type %r", msg.msg_type)
         except Exception as exc:  # this thread must live: it keeps the engine alive
             logger.error("heartbeat: dropped a message (%s): %s: %s", msg.msg_type, type(exc).__name__, exc)
 
 
-def _exit(why: str, shared: _shm.Writer | None, level: int = logging.WARNING) -> None:
+def _exit(why: str, engine: Engine, level: int = logging.WARNING) -> None:
     logger.log(level, "engine exiting: %s", why)
+    if engine.pushed is not None:  # no client connects to it any more
+        engine.pushed.unlink()
+    shared = engine.shared
     if shared is not None:
         shared.close(timeout=1.0)  # its spare segments: nobody else would remove them before the cluster ends
     for stream in (sys.stdout, sys.stderr):

@@ -224,7 +224,12 @@ class Engine:
         self.outbox_printed = False  # a task answered in the outbox wrote output (its END is in the pipe)
         self.held = 0  # replies held, for the controller (outbox) and for clients that pushed tasks
         # Clients may push tasks to this socket of its own (the direct path; zpool.engine.pushed).
-        self.pushed = PushedTasks(self.ctx, direct, self.session) if direct else None
+        self.pushed: PushedTasks | None = None
+        if direct:
+            try:
+                self.pushed = PushedTasks(direct, self.session)
+            except OSError as exc:  # (a path too long, no fd left): clients use the controller's way
+                logger.warning("no direct socket at %s: %s", direct, exc)
         self.last_run_s = 0.0  # how long the last task took, loading and answering included
         self._drained_at = 0.0  # when the main thread last read the socket between tasks
         self.in_task = False
@@ -243,10 +248,8 @@ class Engine:
             signal.signal(signal.SIGINT, self._on_sigint)
         self._beats.start()
         self._register()
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        if self.pushed is not None:
-            poller.register(self.pushed.sock, zmq.POLLIN)
+        pushed = self.pushed
+        poller, polled = self._poller(), pushed.version if pushed is not None else 0
         lock = self.lock
         self.serving = True  # from now on the socket is used under the lock only (see give_back)
         while True:
@@ -259,8 +262,11 @@ class Engine:
                     self.flush()
                     if self.pending:  # the heartbeat thread drained the sockets meanwhile (give_back)
                         continue
-                    if self.pushed is not None and self.pushed.noting:  # wake when the notices are due
-                        wait_ms = min(wait_ms, math.ceil(self.pushed.notice_wait_s() * 1000))
+                    if pushed is not None:
+                        if pushed.noting:  # wake when the notices are due
+                            wait_ms = min(wait_ms, math.ceil(pushed.notice_wait_s() * 1000))
+                        if pushed.version != polled:  # a client came or went, or a reply waits to be taken
+                            poller, polled = self._poller(), pushed.version
                     arrived = poller.poll(wait_ms)
                     if arrived:
                         self._drain()
@@ -288,6 +294,15 @@ class Engine:
                     or time.monotonic() - self.outbox_since > REPLY_HOLD_S
                 ):
                     self.flush()
+
+    def _poller(self) -> zmq.Poller:
+        """What the main thread waits on: the controller's socket, and the direct socket's (zpool.engine.pushed)."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if self.pushed is not None:
+            for item, events in self.pushed.poll_items():
+                poller.register(item, events)
+        return poller
 
     def _register(self) -> None:
         fields: dict[str, Any] = {"pid": os.getpid(), "hostname": socket.gethostname()}
@@ -458,7 +473,7 @@ class Engine:
         output = self.output
         if output is not None:  # what it prints from now on is its own
             pushed = self.pushed
-            output.start(task_id, pushed.routes.get(task_id, b"") if pushed is not None else b"")
+            output.start(task_id, pushed.route_of(task_id) if pushed is not None else b"")
         slot = self.run_slot
         if slot is not None:  # from here on, the task counts as started should this engine die
             mark = encode_run_slot(task_id)
