@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import threading
 import time
 
@@ -23,7 +24,7 @@ from tests import _tasks
 from tests._wait import ctrl_c_after, engine_started, wait_empty, wait_stable, wait_until
 from zpool._stream import FramedSocket
 from zpool.error import BrokenPoolError, EngineError, TaskAborted
-from zpool.protocol import MsgType, Session, recv_frames, send_frames
+from zpool.protocol import BatchWriter, MsgType, Session, recv_frames, send_frames
 from zpool.serialize import dumps_call
 
 T = 60
@@ -179,8 +180,6 @@ def test_a_client_that_goes_away_with_pushed_tasks_leaves_the_engines_serving(fr
         roster = session.unpack(recv_frames(own)).content["engines"]
         _, address = sorted(roster.items())[0]
         push = FramedSocket.connect(address)
-        from zpool.protocol import BatchWriter
-
         batch = BatchWriter()
         batch.add("gone-client-1", list(dumps_call(time.sleep, (2.0,), {})))
         batch.add("gone-client-2", list(dumps_call(time.sleep, (0.5,), {})))
@@ -216,3 +215,28 @@ def test_a_call_pushed_to_an_engine_that_dies_before_reading_it_runs_on_another(
     # replacement.
     assert outcome and outcome[0] != engine.pid
     assert pool.apply(_tasks.square, (3,)) == 9
+
+
+def test_unsigned_or_malformed_input_on_a_direct_socket_is_dropped_and_the_engine_serves_on(fresh_pool):
+    pool = fresh_pool(1)
+    pushing_ready(pool)
+    (address,) = pool._conn._own.pusher.roster.values()
+    # A well-framed message signed with another key: verified, refused, never run.
+    forged = FramedSocket.connect(address)
+    batch = BatchWriter()
+    batch.add("forged-1", list(dumps_call(os._exit, (9,), {})))
+    fields = batch.fields()
+    fields.update(pushed=True, route=(b"c" + os.urandom(15)).hex())
+    assert forged.send(Session(b"not-the-cluster-key").build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers()))
+    # Frames that make no sense: the engine cuts that connection off.
+    garbage = FramedSocket.connect(address)
+    garbage.sock.sendall(struct.pack("<I", 0xFFFFFFFF) + os.urandom(64))
+    wait_until(lambda: garbage.receive() == [] and garbage.closed, T, "the engine closing the malformed connection")
+    forged.close()
+    garbage.close()
+    # The engine is the same one (the forged task, os._exit, never ran), and serves pushed calls.
+    (engine,) = pool._pool
+    assert pool.apply(_tasks.getpid) == engine.pid
+    assert pool.map(_tasks.square, range(6)) == [x * x for x in range(6)]
+    assert pool.apply(_tasks.getpid) == engine.pid
+    assert not pool._conn._own.sent  # all pushed
