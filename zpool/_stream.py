@@ -114,9 +114,15 @@ class FramedSocket:
 
     @classmethod
     def connect(cls, address: str) -> FramedSocket:
-        """Connect to a ``unix://`` address; raises OSError if nobody listens there (or no fd is left)."""
+        """Connect to a ``unix://`` address, without waiting.
+
+        Raises OSError if nobody listens there, no file descriptor is left,
+        or the listener's backlog is full (``BlockingIOError``: a blocking
+        connect would wait for a busy engine to accept).
+        """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            sock.setblocking(False)
             sock.connect(unix_path(address))
         except BaseException:
             sock.close()

@@ -197,6 +197,8 @@ class Roster(_RosterEngines, total=False):
     gone: dict[str, list[str]]
     # For an engine that left, when its run slot was read: the last task it started ("": none).
     started: dict[str, str]
+    # For an engine that left: what became of it, as the controller's errors say it ("(pid 12) died from SIGKILL").
+    why: dict[str, str]
 
 
 # -- the engine's run slot -----------------------------------------------------------------

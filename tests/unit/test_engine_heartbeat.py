@@ -46,6 +46,7 @@ class StandInEngine:
         self.lock = threading.Lock()
         self.in_task = False
         self.held = 0  # replies held
+        self.pushed = None  # no direct socket (its notices are looked at unwoken)
         self.outbox_since = 0.0
         self.flushed = threading.Event()
 
@@ -123,3 +124,36 @@ def test_replies_held_behind_a_slow_task_go_out_when_the_hold_ends(beats):
         engine.in_task = False
     # Within the hold (2 ms) and some scheduling; a swallowed wake-up waited for the 100 ms poll.
     assert min(delays) < 0.05, delays
+
+
+class HeldNotices:
+    """What the heartbeat thread reads of an engine's PushedTasks: notices held since `since`."""
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self.since = time.monotonic()
+        self.noting = True
+
+    def notice_wait_s(self) -> float:
+        return max(0.0, self.since + self.hold_s - time.monotonic())
+
+
+def test_notices_of_pushed_tasks_go_out_when_due_while_a_task_runs_without_a_wake_up(beats):
+    """The main thread does not wake the thread for notices alone (one wake-up per quick pushed call)."""
+    engine, _ = beats
+    hold_s = 0.05
+    engine.holding = lambda: engine.pushed is not None and engine.pushed.noting
+    engine.in_task = True  # a pushed task runs past its notices' hold
+    began = time.monotonic()
+    engine.pushed = HeldNotices(hold_s)
+    assert engine.flushed.wait(5)
+    waited = time.monotonic() - began
+    # Not before they were due; well before the thread's 100 ms idle poll would have looked.
+    assert hold_s - 0.002 <= waited < 0.5
+    # A task that ends first: nothing is sent for it by this thread (the main thread sends when due).
+    engine.flushed.clear()
+    engine.in_task = False
+    engine.pushed = HeldNotices(0.01)
+    time.sleep(0.2)
+    assert not engine.flushed.is_set()
+    engine.pushed.noting = False

@@ -192,3 +192,19 @@ def test_listen_connect_and_a_private_path(tmp_path):
         FramedSocket.connect("unix://" + str(tmp_path / "nobody"))
     with pytest.raises(ValueError, match="unix://"):
         unix_path("ipc:///tmp/x")
+
+
+def test_connecting_to_a_full_backlog_does_not_wait(tmp_path):
+    """An engine busy with a long task accepts nothing: connecting fails at once rather than blocking the caller."""
+    path = str(tmp_path / "d2")
+    listener = listen(path, backlog=1)
+    made = []
+    try:
+        with pytest.raises(OSError):
+            for _ in range(64):
+                made.append(FramedSocket.connect("unix://" + path))
+        assert made  # the backlog took some first
+    finally:
+        for conn in made:
+            conn.close()
+        listener.close()

@@ -300,8 +300,8 @@ class OwnSocket:
 
     def _on_roster(self, msg: Message) -> None:
         lost, again = self.pusher.on_roster(msg.content)
-        for ids, engine_id in lost:
-            self.results.fail(ids, functools.partial(_lost, engine_id, ids))
+        for ids, engine_id, why in lost:
+            self.results.fail(ids, functools.partial(_lost, engine_id, ids, why))
         if again:  # pushed to an engine that died before it passed them on, never started: the controller's way
             batch = BatchWriter()
             for task_id, frames in again:
@@ -337,10 +337,11 @@ class OwnSocket:
             self.pusher.close()
 
 
-def _lost(engine_id: int, ids: list[str]) -> EngineError:
+def _lost(engine_id: int, ids: list[str], why: str) -> EngineError:
+    hint = " SIGKILL usually means the machine ran out of memory." if "SIGKILL" in why else ""
     return EngineError(
-        f"engine {engine_id} left before it passed on task(s) {', '.join(ids[:5])} pushed to it"
-        " (its death is in the cluster's log); other engines carry on"
+        f"engine {engine_id} {why} while running task(s) {', '.join(ids[:5])} pushed to it, before it told the"
+        f" controller of them (its death is in the cluster's log); other engines carry on.{hint}"
     )
 
 

@@ -75,7 +75,9 @@ class Pusher:
 
     # -- the roster ------------------------------------------------------------
 
-    def on_roster(self, content: dict[str, Any]) -> tuple[list[tuple[list[str], int]], list[tuple[str, list[Any]]]]:
+    def on_roster(
+        self, content: dict[str, Any]
+    ) -> tuple[list[tuple[list[str], int, str]], list[tuple[str, list[Any]]]]:
         """Take a ``roster_notice``; return the pushed tasks the controller never heard of, of departed engines.
 
         Returned as (those that fail, per engine; those to send again the
@@ -99,11 +101,14 @@ class Pusher:
             self.up.discard(engine_id)
             self.version += 1
         self.roster = roster
-        lost: list[tuple[list[str], int]] = []
+        lost: list[tuple[list[str], int, str]] = []
         again: list[tuple[str, list[Any]]] = []
         started_by: dict[str, Any] = content.get("started") or {}
         if not isinstance(started_by, dict):
             started_by = {}
+        why_by: dict[str, Any] = content.get("why") or {}
+        if not isinstance(why_by, dict):
+            why_by = {}
         gone = content.get("gone")
         if isinstance(gone, dict):
             for key, known in gone.items():
@@ -125,7 +130,8 @@ class Pusher:
                     else:
                         ids.append(task_id)
                 if ids:
-                    lost.append((ids, engine_id))
+                    why = why_by.get(key)
+                    lost.append((ids, engine_id, why if isinstance(why, str) else "left"))
         return lost, again
 
     # -- pushing ---------------------------------------------------------------

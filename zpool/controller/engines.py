@@ -86,7 +86,11 @@ class HubLink(Protocol):
         """Send what engine `pid` printed so far (all of it if it `ended`); its last lines on stderr."""
 
     def roster_changed(
-        self, gone: int | None = None, known: dict[bytes, list[str]] | None = None, started: str | None = None
+        self,
+        gone: int | None = None,
+        known: dict[bytes, list[str]] | None = None,
+        started: str | None = None,
+        why: str | None = None,
     ) -> None:
         """Engines that clients may push to changed: engine `gone` left, holding `known` pushed tasks per client.
 
@@ -232,7 +236,8 @@ class EngineKeeper:
             self.scheduler.engine_lost(record.engine_id, how)
             stranded = []
         if record.direct and record.ready:
-            self.hub.roster_changed(record.engine_id, known, started if departure is Departure.GONE else None)
+            gone_started = started if departure is Departure.GONE else None
+            self.hub.roster_changed(record.engine_id, known, gone_started, f"(pid {record.pid}) {how}")
         if departure is not Departure.GONE:
             self.hub.signal(ident, self.session.build(MsgType.SHUTDOWN_REQUEST))  # (else it leaves when beats stop)
         if departure is Departure.RETIRED and self.launcher is not None and record.pid is not None:

@@ -510,12 +510,17 @@ class Hub:
             self.pushers.discard(route)  # gone
 
     def roster_changed(
-        self, gone: int | None = None, known: dict[bytes, list[str]] | None = None, started: str | None = None
+        self,
+        gone: int | None = None,
+        known: dict[bytes, list[str]] | None = None,
+        started: str | None = None,
+        why: str | None = None,
     ) -> None:
         """Tell the clients that push tasks which engines take them now; for engine `gone`, which of theirs it held.
 
         `started`: the last task it started ("": none; None: not known), so that a client can tell
         the tasks it pushed there that never started (and send them again) from the one that did.
+        `why`: what became of it, for the client's error about tasks that did start there.
         """
         engines = self._roster()
         for route in list(self.pushers):
@@ -524,6 +529,8 @@ class Hub:
                 content["gone"] = {str(gone): (known or {}).get(route, [])}
                 if started is not None:
                     content["started"] = {str(gone): started}
+                if why:
+                    content["why"] = {str(gone): why}
             self._send_roster(route, content)
 
     def _on_pushed_request(self, msg: Message, frames: list[Any]) -> None:

@@ -7,6 +7,7 @@
                  recall_request    ──▶ Engine.give_back: queued tasks taken back, recall_reply
                  shutdown_request  ──▶ exit
     main thread ──wake() (a task starts, replies held)──▶ at the hold's end: Engine.flush under the lock
+    notices of pushed tasks held, unwoken ──▶ when due, if a task still runs: Engine.flush under the lock
     parent gone, or no beat for 2 * interval * misses ──▶ remove this engine's segments, exit
 
 It owns its own socket, so a long task never looks like a dead engine. What
@@ -97,6 +98,9 @@ class Heartbeat:
             # woken), and replies held behind a slow task would wait for the next beat.
             left_s = self.reply_hold_s - (time.monotonic() - engine.outbox_since)
             timeout_ms = math.ceil(max(0.0, left_s) * 1000) if self._woken else 100
+            pushed = engine.pushed
+            if pushed is not None and pushed.noting:  # notices of pushed tasks held: look when they are due
+                timeout_ms = min(timeout_ms, math.ceil(max(pushed.notice_wait_s(), 0.001) * 1000))
             for ready, _ in poller.poll(timeout_ms):
                 if ready is sock:
                     self._on_message(sock, recv_frames(sock))
@@ -118,6 +122,8 @@ class Heartbeat:
             looked = now
             if self._woken and time.monotonic() - engine.outbox_since >= self.reply_hold_s:
                 self._send_held_replies()
+            elif pushed is not None and engine.in_task and pushed.noting and pushed.notice_wait_s() == 0:
+                self._send_held_replies()  # a pushed task runs past its notices' hold: the controller is told now
             if parent is not None and not parent.alive():
                 self._orphaned(cluster_gone=True)
                 _exit("its parent process ended", self.engine)

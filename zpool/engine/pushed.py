@@ -23,10 +23,11 @@ so that a loop of small calls wakes the controller once for dozens of tasks
 rather than twice per task (each wake-up costs the controller 100 µs or more
 of a core the caller and the engines need). They go out sooner when
 anything else goes to the controller from this engine (its own tasks'
-replies: one of them may answer a pushed task), and while a task runs longer
-than the reply hold, sent by the heartbeat thread, as held replies are; so
-the controller knows every pushed task that runs for more than a few
-milliseconds while it runs. See ``docs/performance.md`` ("the direct path").
+replies: one of them may answer a pushed task), and, when due while a task
+still runs, sent by the heartbeat thread, which looks at them when they are
+due (unwoken: waking it at each quick call cost more than the call); so the
+controller knows every pushed task that runs for more than
+:data:`NOTICE_HOLD_S` while it runs. See ``docs/performance.md`` ("the direct path").
 
 Owned by the engine's main thread, which reads the connections between
 tasks (as it reads the controller's socket); replies are sent by whoever

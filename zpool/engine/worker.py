@@ -481,10 +481,10 @@ class Engine:
         # Interruptible from here (loading its arguments may take a while) to the end of its call.
         self.task_id, self._interrupt_due = task_id, False
         self.in_task = True
-        if self.holding():  # have what is held sent if this task is slow (after in_task: see Heartbeat.run)
-            if not self.held:
-                self.outbox_since = time.monotonic()  # (notices only: the hold counts from now)
+        if self.held:  # have the replies held sent if this task is slow (after in_task: see Heartbeat.run)
             self._beats.wake()
+        # (Notices of pushed tasks only: the heartbeat thread looks at them every NOTICE_HOLD_S while
+        # they are held, unwoken; a wake-up per quick pushed call cost more than the call's own work.)
         try:
             func, args, kwargs = loads_call(frames)
         except BaseException as exc:
