@@ -521,8 +521,11 @@ def test_as_completed(executor):
 
 
 def test_as_completed_timeout(executor):
-    slow = executor.submit(sleep_and_return, 3)
+    # The quick one has finished before the slow one is sent: on a loaded machine a fresh
+    # ProcessPoolExecutor took longer than the 0.5 s budget just to start its workers.
     quick = executor.submit(mul, 2, 2)
+    assert quick.result(timeout=T) == 4
+    slow = executor.submit(sleep_and_return, 3)
     seen = []
     with pytest.raises(concurrent.futures.TimeoutError):
         for future in concurrent.futures.as_completed([slow, quick], timeout=0.5):
