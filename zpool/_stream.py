@@ -186,8 +186,13 @@ class FramedSocket:
         """The messages that arrived complete since the last call (each a list of frames); [] if none.
 
         Small frames are ``bytes``; a frame of :data:`BIG_FRAME` bytes or more
-        is a :class:`Frame` of its own. After the peer closes, :attr:`closed`
-        is true (messages complete before that are still returned).
+        is a :class:`Frame` of its own. Reads until the socket is empty, or
+        until a read returns less than it asked for (the common small message:
+        one system call, where asking again would fail with ``EAGAIN``);
+        pollers are level-triggered, so what came meanwhile is read at the
+        next call. Once a call reads the peer's close, :attr:`closed` is true
+        (messages complete before that are still returned, by that call or
+        an earlier one).
 
         Raises
         ------
@@ -195,32 +200,37 @@ class FramedSocket:
             If the peer's framing is malformed (the connection is closed).
         """
         messages: list[list[Any]] = []
+        short = False
         while not self.closed:
             if self._big is not None:
                 if not self._read_big():
                     break
                 continue
             if not self._parse(messages):
-                if not self._read():
+                if short:
                     break
+                got = self._read()
+                if not got:
+                    break
+                short = got < READ_SIZE
         return messages
 
-    def _read(self) -> bool:
-        """Read what is there into the buffer; False if nothing (or the peer closed)."""
+    def _read(self) -> int:
+        """Read what is there into the buffer; how many bytes (0 if nothing, or the peer closed)."""
         try:
             data = self.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return False
+            return 0
         except OSError as exc:
             if exc.errno in _GONE:
                 self.close()
-                return False
+                return 0
             raise
         if not data:
             self.close()
-            return False
+            return 0
         self._inbuf += data
-        return True
+        return len(data)
 
     def _read_big(self) -> bool:
         big = self._big

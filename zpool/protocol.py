@@ -75,7 +75,30 @@ INLINE_MAX_BYTES = 16 * 1024
 # Per-task fields of an apply_reply batch, in this order.
 REPLY_COLUMNS = ("status", "engine_id", "started", "completed")
 
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ENCODE = _ENCODER.encode
+
+
+def _c_encoder() -> Any:
+    """The C encoder under ``_ENCODER``, made once (JSONEncoder makes one per call), or None if there is none.
+
+    Without circular-reference markers: what is encoded here is built by
+    zpool, and a cycle would end in RecursionError all the same. Checked
+    against ``_ENCODER`` once, at import.
+    """
+    try:
+        from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+
+        if c_make_encoder is None:
+            return None
+        made = c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, True)
+        sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {"c": -1e300, "d": float("nan")}}
+        return made if "".join(made(sample, 0)) == _ENCODE(sample) else None
+    except Exception:  # (another Python's json): the encoder's own way
+        return None
+
+
+_C_ENCODE = _c_encoder()
 _LENGTHS = [n.to_bytes(8, "little") for n in range(256)]
 _DELIMITER_LEN = len(DELIMITER)
 # Messages with at most this many bytes of frames are signed with one update, over a joined copy.
@@ -192,6 +215,8 @@ def new_key() -> bytes:
 
 def encode(obj: Any) -> bytes:
     """Encode a JSON-able object as compact UTF-8 JSON."""
+    if _C_ENCODE is not None and type(obj) is dict:
+        return "".join(_C_ENCODE(obj, 0)).encode()
     return _ENCODE(obj).encode()
 
 

@@ -384,6 +384,30 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+class _ByValue:
+    """Stands in for a function sent by value in a payload otherwise plain: plain ``pickle.dumps`` takes it.
+
+    It reduces as :meth:`_Pickler.reducer_override` reduces the function, so
+    the payload's bytes are the same, without a :class:`_Pickler` and its
+    Python call per object.
+    """
+
+    __slots__ = ("func",)
+
+    def __init__(self, func: types.FunctionType) -> None:
+        self.func = func
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        try:
+            data, kept = _dumps_by_value(self.func)
+        except (KeyboardInterrupt, SerializationError):
+            raise
+        except BaseException as exc:  # (as dumps says why, for the full path)
+            why = str(exc) if isinstance(exc, Exception) and str(exc) else f"{type(exc).__name__}: {exc}"
+            raise serialization_error(f"cannot serialize {short_repr(self.func)}: {why}", exc) from exc
+        return (_loads_kept if kept else _loads_dill), (data,)
+
+
 class _LargeBytes:
     """Stands in for a large ``bytes``/``bytearray`` so that its data leaves the pickle.
 
@@ -669,9 +693,15 @@ def dumps_call(
     SerializationError
         Naming the function, argument or keyword argument that failed.
     """
-    if _is_plain(func) and all(map(_is_plain, args)) and (not kwargs or all(map(_is_plain, kwargs.values()))):
+    if all(map(_is_plain, args)) and (not kwargs or all(map(_is_plain, kwargs.values()))):
         # The common small call (apply_async(f, (1,))): what the full path would produce, faster.
-        return [pickle.dumps((func, tuple(args), dict(kwargs or {})), 5)]
+        if _is_plain(func):
+            return [pickle.dumps((func, tuple(args), dict(kwargs or {})), 5)]
+        if type(func) is types.FunctionType:  # (a function of __main__, a lambda: sent by value)
+            try:
+                return [pickle.dumps((_ByValue(func), tuple(args), dict(kwargs or {})), 5)]
+            except SerializationError:
+                pass  # the full path says what cannot be sent
     args = tuple(_lift(a) for a in args)
     kwargs = {k: _lift(v) for k, v in (kwargs or {}).items()}
     try:

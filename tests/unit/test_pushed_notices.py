@@ -25,7 +25,8 @@ def request(session: Session, route: bytes, tasks: list[tuple[str, list[bytes]]]
     fields = batch.fields()
     fields.update(pushed=True, route=route.hex())
     frames = session.build(MsgType.APPLY_REQUEST, fields, buffers=batch.buffers())
-    return frames, session.unpack(frames), route
+    msg = session.unpack(frames)
+    return frames, Batch(msg.header, msg.buffers), route
 
 
 @pytest.fixture

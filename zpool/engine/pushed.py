@@ -95,7 +95,7 @@ class PushedTasks:
         self.wrote: dict[FramedSocket, list[str]] = {}  # per connection, its tasks in those that wrote output
         # Notices: pushed requests not passed on to the controller yet, and replies sent to clients
         # but not yet to the controller; since when the oldest has waited.
-        self.requests: list[tuple[list[Any], Message, bytes]] = []  # (its frames, unpacked, its client's route)
+        self.requests: list[tuple[list[Any], Batch, bytes]] = []  # (its frames, its batch, its client's route)
         self.told = BatchWriter(REPLY_COLUMNS)
         self.since = 0.0
 
@@ -106,7 +106,7 @@ class PushedTasks:
             items.append((conn.fileno(), zmq.POLLIN | (zmq.POLLOUT if conn in self.stalled else 0)))
         return items
 
-    def drain(self, queue: Callable[[Message], None]) -> int:
+    def drain(self, queue: Callable[[Message, Batch], None]) -> int:
         """Take in what clients pushed: queue their tasks, and hold each request for the controller.
 
         Also accepts new connections and sends on what stalled replies the
@@ -139,12 +139,13 @@ class PushedTasks:
                 self._drop(conn)
         return taken
 
-    def _take(self, conn: FramedSocket, frames: list[Any], queue: Callable[[Message], None]) -> int:
+    def _take(self, conn: FramedSocket, frames: list[Any], queue: Callable[[Message, Batch], None]) -> int:
         try:
             msg = self.session.unpack(frames)
             if msg.msg_type != MsgType.APPLY_REQUEST.value:
                 raise ValueError(f"unexpected message type {msg.msg_type!r} on the direct socket")
-            ids = Batch(msg.header, msg.buffers).ids
+            batch = Batch(msg.header, msg.buffers)
+            ids = batch.ids
             if not msg.header.get("pushed") or not all(isinstance(i, str) for i in ids):
                 raise ValueError("a pushed request must say so and name its tasks")
             route = bytes.fromhex(str(msg.header.get("route", "")))
@@ -156,10 +157,10 @@ class PushedTasks:
         self.conns[conn] = route
         if not self.noting:
             self.since = time.monotonic()
-        self.requests.append((frames, msg, route))
+        self.requests.append((frames, batch, route))
         for task_id in ids:
             self.routes[task_id] = conn
-        queue(msg)
+        queue(msg, batch)
         return 1
 
     def _accept(self) -> None:
@@ -291,7 +292,7 @@ class PushedTasks:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
-    def _merged(self, requests: list[tuple[list[Any], Message, bytes]]) -> list[Any]:
+    def _merged(self, requests: list[tuple[list[Any], Batch, bytes]]) -> list[Any]:
         """Several pushed requests as one message for the controller, which then reads and verifies one.
 
         Their tasks in order, with ``routes``: runs of ``[client route (hex),
@@ -300,8 +301,7 @@ class PushedTasks:
         """
         merged = BatchWriter()
         routes: list[list[Any]] = []
-        for _, msg, route in requests:
-            batch = Batch(msg.header, msg.buffers)
+        for _, batch, route in requests:
             for i, task_id in enumerate(batch.ids):
                 merged.add(task_id, batch.payload(i))
             hexed = route.hex()

@@ -386,8 +386,9 @@ class Engine:
         """Send the controller a signed message: a request pushed here, or its replies (caller holds the lock)."""
         send_frames(self.sock, frames)
 
-    def _queue(self, msg: Message) -> None:
-        batch = Batch(msg.header, msg.buffers)
+    def _queue(self, msg: Message, batch: Batch | None = None) -> None:
+        if batch is None:
+            batch = Batch(msg.header, msg.buffers)
         self.pending.extend((task_id, batch.payload(i)) for i, task_id in enumerate(batch.ids))
 
     def give_back(self, ids: set[str]) -> list[str]:
