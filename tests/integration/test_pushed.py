@@ -33,10 +33,18 @@ LONG = 60.0
 
 
 def pushing_ready(pool) -> None:
-    """Until the pool's blocking calls are pushed to every engine (the first asks the controller where to)."""
+    """Until the pool's blocking calls are pushed to every engine (the first asks the controller where to).
+
+    (A map of one-item chunks: one-task calls keep to one engine.)
+    """
     pusher = pool._conn._own.pusher
+    n = pool._processes
     wait_until(
-        lambda: pool.apply(_tasks.square, (2,)) == 4 and pusher.roster and pusher.up == set(pusher.roster),
+        lambda: (
+            pool.map(_tasks.square, range(n), chunksize=1) == [x * x for x in range(n)]
+            and pusher.roster
+            and pusher.up == set(pusher.roster)
+        ),
         T,
         "sockets to every engine of the roster",
     )
@@ -56,15 +64,16 @@ def test_blocking_calls_are_pushed_and_the_controller_records_them(fresh_pool):
     pushing_ready(pool)
     before = wait_stable(lambda: completed(pool), 0.3)
     pids = {pool.apply(_tasks.getpid) for _ in range(10)}
-    assert len(pids) == 2  # spread over the engines
+    assert len(pids) == 1  # one after the other, on the engine still warm from the last
+    assert len(set(pool.map(_tasks.getpid, range(8), chunksize=1))) == 2  # a map's chunks: spread
     assert pool.map(_tasks.square, range(40)) == [x * x for x in range(40)]
     assert pool.starmap(_tasks.add, [(1, 2), (3, 4)]) == [3, 7]
     with pytest.raises(ValueError, match="pushed"):
         pool.apply(_tasks.raise_value_error, ("pushed",))
     assert not pool._conn._own.sent  # nothing went the controller's way
     assert not pool._conn._own.pusher.where  # every pushed task was answered
-    # The controller knows each (10 applies, 8 map chunks, 2 starmap chunks, the failure).
-    wait_until(lambda: completed(pool) - before == 21, T, "the controller recorded the pushed tasks")
+    # The controller knows each (10 applies, 8 + 8 map chunks, 2 starmap chunks, the failure).
+    wait_until(lambda: completed(pool) - before == 29, T, "the controller recorded the pushed tasks")
 
 
 def test_a_call_with_flags_or_shared_memory_is_not_pushed(fresh_pool):
@@ -195,8 +204,8 @@ def test_a_client_that_goes_away_with_pushed_tasks_leaves_the_engines_serving(fr
         ctx.destroy(linger=0)  # the client vanishes with its tasks on the engine
     # Its tasks run out; their replies go nowhere; the engines serve this pool all along.
     assert pool.map(_tasks.square, range(10)) == [x * x for x in range(10)]
-    # Its 2 tasks, the map's 5 chunks and the 10 applies below.
-    assert {pool.apply(_tasks.getpid) for _ in range(10)} == {p.pid for p in pool._pool}
+    # Its 2 tasks, the map's 5 chunks and the 10 below (on each engine).
+    assert set(pool.map(_tasks.getpid, range(10), chunksize=1)) == {p.pid for p in pool._pool}
     wait_until(lambda: completed(pool) - before >= 2 + 5 + 10, T, "the vanished client's tasks done")
 
 
