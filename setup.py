@@ -46,7 +46,7 @@ setup(
         # scipy and emcee: the real clients of figure 10 (loops of small maps), benchmarks/_clients.py.
         "bench": ["mpire", "loky", "ray", "dask[distributed]", "ipyparallel", "scipy", "emcee"],
     },
-    entry_points={},
+    entry_points={"console_scripts": ["zpool = zpool.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Operating System :: POSIX",

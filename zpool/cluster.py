@@ -42,7 +42,7 @@ from zpool._settings import ControllerSettings
 from zpool.error import BrokenPoolError, ZPoolError
 from zpool.protocol import ConnectionInfo, new_key, write_frames
 
-__all__ = ["ClusterSettings", "EngineProcess", "LocalCluster"]
+__all__ = ["ENDPOINTS", "ClusterSettings", "EngineProcess", "LocalCluster", "make_runtime_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class LocalCluster:
                 "this platform's ZeroMQ has no ipc:// transport, which zpool's hidden local cluster needs"
                 " (it keeps the cluster private to this user); zpool runs on Linux and macOS"
             )
-        self.workdir = _make_workdir()
+        self.workdir = make_runtime_dir()
         self.log_path = self.workdir + ".log"
         os.close(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         base = f"ipc://{self.workdir}"
@@ -272,7 +272,7 @@ def _fits(directory: str) -> bool:
     return len(os.fsencode(os.path.abspath(directory))) + len("/zpool-12345678/") + longest <= MAX_SOCKET_PATH
 
 
-def _make_workdir() -> str:
+def make_runtime_dir() -> str:
     """A new private directory (mode 0700) whose endpoints' paths fit in a Unix socket's.
 
     Raises

@@ -33,9 +33,10 @@ from zpool.client.output import Forwarder
 from zpool.client.results import ResultTable, rebuild_failure
 from zpool.client.submitter import STARTUP_TIMEOUT_S, PoolState, Submitter
 from zpool.cluster import ClusterSettings, EngineProcess, LocalCluster
-from zpool.error import BrokenPoolError, EngineError, TaskAborted, ZPoolError
+from zpool.error import BrokenPoolError, EngineError, TaskAborted, TimeoutError, ZPoolError
 from zpool.protocol import MsgType
 from zpool.serialize import callable_name, dumps_call
+from zpool.standalone import AttachedCluster, connection_path
 from zpool.view import EngineView, _NamespaceMethods
 
 __all__ = ["Pool"]
@@ -58,8 +59,37 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _shutdown(submitter: Submitter, cluster: LocalCluster, graceful: bool, owner: int) -> None:
-    """Stop the cluster and the client; called at most once per pool (weakref.finalize)."""
+def _wait_attached(conn: Connection, cluster: AttachedCluster, want: int) -> int:
+    """Wait until `want` engines of an attached cluster are up; return how many are.
+
+    Raises
+    ------
+    BrokenPoolError
+        If they are not within :data:`STARTUP_TIMEOUT_S`, or no engine can start.
+    """
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        status = conn.request(MsgType.QUEUE_REQUEST, {"brief": True}, timeout=STARTUP_TIMEOUT_S)
+        up = len(status["engines"])
+        if up >= want:
+            return up
+        if status.get("broken"):
+            raise BrokenPoolError(f"no engine of {cluster.path} can start: {status['broken']}")
+        if time.monotonic() > deadline:
+            raise BrokenPoolError(
+                f"{up} engine(s) of the cluster of {cluster.path} up after {STARTUP_TIMEOUT_S:.0f} s, {want} wanted:"
+                " start more (zpool engine), or ask for fewer (Pool(processes=...))"
+            )
+        time.sleep(0.05)
+
+
+def _shutdown(submitter: Submitter, cluster: LocalCluster | AttachedCluster, graceful: bool, owner: int) -> None:
+    """Stop the cluster (a hidden one) and the client; called at most once per pool (weakref.finalize).
+
+    A pool attached to a running cluster leaves it running: it only takes
+    back the tasks of its own still outstanding (terminate, or garbage
+    collection), aborting them on their engines.
+    """
     if os.getpid() != owner:
         return  # a forked child inherited the pool object: the cluster is its parent's
     conn, callbacks, shared = submitter.conn, submitter.callbacks, submitter.shared
@@ -69,9 +99,14 @@ def _shutdown(submitter: Submitter, cluster: LocalCluster, graceful: bool, owner
         threading.Thread(target=_shutdown, args=(submitter, cluster, graceful, owner), name="zpool-shutdown").start()
         return
     reason = "the pool was terminated before this task finished"
-    conn.results.close(lambda: TaskAborted(reason))
+    pending = conn.results.close(lambda: TaskAborted(reason))
     try:
-        if not conn.broken:
+        if conn.broken:
+            pass
+        elif isinstance(cluster, AttachedCluster):
+            if pending:  # the cluster's engines serve others: free them of this pool's work
+                conn.request(MsgType.ABORT_REQUEST, {"ids": pending, "interrupt": True}, timeout=2.0)
+        else:
             conn.request(MsgType.SHUTDOWN_REQUEST, timeout=SHUTDOWN_TIMEOUT_S if graceful else 2.0)
     except ZPoolError:
         pass
@@ -98,7 +133,9 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
     ----------
     processes : int, optional
         Number of engines to start; defaults to the number of CPUs this
-        process may use.
+        process may use. With `cluster` or `connection`: how many engines
+        to wait for (up to a minute; default: one), the pool's size being
+        the number of engines up then.
     initializer : callable, optional
         Called as ``initializer(*initargs)`` in every engine before its first
         task, replacement engines included, with the engine's namespace as
@@ -168,6 +205,17 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
     output_limit : int, keyword-only
         Bytes of output one task may send (default 1 MiB); the rest is
         dropped, and a line on the task's stderr says so.
+    cluster : str, keyword-only
+        Attach to the running standalone cluster of this name (started by
+        ``zpool cluster start --name NAME``) instead of starting a hidden
+        one. ``close()``, ``terminate()`` and ``with`` then end only this
+        pool's work, never the cluster (:meth:`shutdown_cluster` does);
+        the engines' settings are the cluster's, so `initializer`,
+        `maxtasksperchild`, `scheme`, `hwm`, the heartbeat and record
+        settings, `preload`, `log_level` and ``output="inherit"`` are
+        refused. See ``docs/standalone.md``.
+    connection : str or os.PathLike, keyword-only
+        As `cluster`, by the path of the cluster's connection file.
 
     Raises
     ------
@@ -183,7 +231,10 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
     BrokenPoolError
         If the hidden cluster fails to start. An initializer that raises in
         every engine breaks the pool too: tasks then fail with
-        :class:`BrokenPoolError` quoting the initializer's traceback.
+        :class:`BrokenPoolError` quoting the initializer's traceback. With
+        `cluster` or `connection`: if the cluster is not running (no
+        connection file, or a stale one), or `processes` engines are not up
+        within a minute.
 
     Examples
     --------
@@ -212,9 +263,40 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         log_level: str | int = "WARNING",
         output: str = "forward",
         output_limit: int = OUTPUT_LIMIT,
+        cluster: str | None = None,
+        connection: str | os.PathLike[str] | None = None,
     ) -> None:
+        attached: AttachedCluster | None = None
+        if cluster is not None or connection is not None:
+            if cluster is not None and connection is not None:
+                raise TypeError("pass cluster (a name) or connection (a connection file), not both")
+            chosen = {
+                "initializer": initializer is not None,
+                "maxtasksperchild": maxtasksperchild is not None,
+                "scheme": scheme != "leastload",
+                "hwm": hwm is not None,
+                "heartbeat_interval": heartbeat_interval != 1.0,
+                "heartbeat_misses": heartbeat_misses != 10,
+                "record_window": record_window != 100_000,
+                "record_age": record_age != 3600.0,
+                "preload": preload is not True,
+                "log_level": log_level != "WARNING",
+                'output="inherit"': output == "inherit",
+            }
+            refused = [name for name, given in chosen.items() if given]
+            if refused:
+                raise ValueError(
+                    f"{', '.join(refused)}: set by the cluster when it starts (zpool cluster start --help), not by a"
+                    " Pool that attaches to it"
+                )
+            if cluster is not None:
+                attached = AttachedCluster(connection_path(cluster), cluster)
+            else:
+                if not isinstance(connection, (str, os.PathLike)):
+                    raise TypeError(f"connection must be a path, not {type(connection).__name__}")
+                attached = AttachedCluster(os.fspath(connection))
         if processes is None:
-            processes = _usable_cpus()
+            processes = 1 if attached is not None else _usable_cpus()
         if not is_int(processes):
             raise TypeError(f"processes must be an int, not {type(processes).__name__}")
         if processes < 1:
@@ -246,7 +328,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         self._processes = processes
         self._initializer = initializer
         self._maxtasksperchild = maxtasksperchild
-        self._cluster = LocalCluster(
+        self._cluster: LocalCluster | AttachedCluster = attached or LocalCluster(
             ClusterSettings(
                 processes,
                 settings,
@@ -271,12 +353,15 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
             silence = max(2 * heartbeat_interval * heartbeat_misses, MIN_SILENCE_S)
             conn = Connection(info, self._results, watch=self._cluster.failure, silence=silence)
             conn.request(MsgType.CONNECT_REQUEST, timeout=STARTUP_TIMEOUT_S)
+            if attached is not None:
+                processes = self._processes = _wait_attached(conn, attached, processes)
         except BaseException as exc:  # Ctrl-C included: leave nothing running
             if conn is not None:
                 conn.close()
             self._cluster.stop(timeout=1.0)
             if isinstance(exc, ZPoolError) and not isinstance(exc, BrokenPoolError):
-                raise BrokenPoolError(f"the hidden cluster did not start: {exc}") from exc
+                what = "the hidden cluster did not start" if attached is None else "could not attach to the cluster"
+                raise BrokenPoolError(f"{what}: {exc}") from exc
             raise
         self._conn = conn
         self._submitter = Submitter(conn, self._results, self._shm, processes)
@@ -497,6 +582,43 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         for state in list(self._submitter.feeders):
             state.stop()
         self._finalizer()
+
+    def shutdown_cluster(self, timeout: float = 10.0) -> None:
+        """Stop the cluster this pool uses (its controller and engines), and this pool with it.
+
+        For a pool attached to a standalone cluster (`cluster` or
+        `connection`), the explicit way to stop the cluster; every other
+        pool attached to it breaks (their unfinished tasks fail with
+        :class:`BrokenPoolError`). For the hidden cluster, the same as
+        :meth:`terminate`. Unfinished tasks of this pool fail with
+        :class:`TaskAborted`.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the controller to exit.
+
+        Raises
+        ------
+        zpool.TimeoutError
+            If the controller of an attached cluster did not exit within
+            `timeout` (``zpool cluster stop`` ends it).
+        """
+        cluster = self._cluster
+        self.terminate()
+        if not isinstance(cluster, AttachedCluster) or cluster.info is None:
+            return
+        from zpool.standalone import ask, wait_gone
+
+        try:
+            ask(cluster.info, MsgType.SHUTDOWN_REQUEST, timeout=timeout)
+        except ZPoolError:
+            pass  # gone already, or stuck: said below
+        if not wait_gone(cluster.info.controller_pid, timeout):
+            raise TimeoutError(
+                f"the controller of {cluster.path} (pid {cluster.info.controller_pid}) did not exit within"
+                f" {timeout:g} s; end it with: zpool cluster stop{' --name ' + cluster.name if cluster.name else ''}"
+            )
 
     def join(self) -> None:
         """Wait for all submitted work, then for the cluster to exit.

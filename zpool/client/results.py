@@ -146,11 +146,13 @@ class ResultTable:
                 for index, task_id in enumerate(ids):
                     self._tasks[task_id] = (outcome, index)
 
-    def close(self, exc_for: Callable[[], BaseException]) -> None:
-        """Fail every pending task with ``exc_for()`` and accept no more."""
+    def close(self, exc_for: Callable[[], BaseException]) -> list[str]:
+        """Fail every pending task with ``exc_for()`` and accept no more; return their ids."""
         with self._lock:
             self._closed = True
-        self.fail_all(exc_for)
+            pending = [*self._tasks, *self._deferred]
+        self.fail(pending, exc_for)
+        return pending
 
     def handle_reply(self, msg: Message) -> None:
         """Settle every task an ``apply_reply`` carries (I/O thread)."""

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 
 from zpool._output import OUTPUT_LIMIT, OUTPUT_MODES
@@ -41,7 +42,13 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettin
     p.add_argument("--output-limit", type=int, default=OUTPUT_LIMIT, help="bytes of output one task may send")
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-level", default="WARNING")
-    p.add_argument("--remove-dir", default=None, help="directory to delete on exit (the hidden cluster's)")
+    p.add_argument("--remove-dir", default=None, help="directory to delete on exit (the cluster's sockets)")
+    p.add_argument(
+        "--remove-file",
+        action="append",
+        default=[],
+        help="file to delete on exit (a standalone cluster's connection file); may be repeated",
+    )
     args = p.parse_args(argv)
     try:
         settings = ControllerSettings.from_args(args).validate()
@@ -50,8 +57,13 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettin
     return args, settings
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # (the same clean exit as a Ctrl-C: engines stopped, files removed)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, settings = _parse(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     engines = None
     if args.engines:
         # Start the engines first: they import while the controller sets up.
@@ -104,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                 # We lead the hidden cluster's process group: take along whatever
                 # tasks started and left behind.
                 kill_process_group(os.getpid(), spare_self=True)
+        for path in args.remove_file:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         if args.remove_dir:
             shutil.rmtree(args.remove_dir, ignore_errors=True)
     return 0

@@ -43,9 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         run_slot = run_slot_path(args.connection_file, os.getpid()) if args.parent_pid else None
         preload = read_list(args.preload) if args.preload else []
         info = ConnectionInfo.read(args.connection_file)
-        # Clients of a cluster on this host may push tasks to a socket of the engine's own (the direct path).
-        here = os.path.dirname(os.path.abspath(args.connection_file))
-        direct = f"{SCHEME}{here}/d{os.getpid()}" if info.engine.startswith("ipc://") else None
+        # Clients of a cluster on this host may push tasks to a socket of the engine's own (the direct path),
+        # beside the cluster's own sockets (a short private directory: see zpool.cluster.make_runtime_dir).
+        direct = None
+        if info.engine.startswith("ipc://"):
+            here = os.path.dirname(info.engine[len("ipc://") :])
+            direct = f"{SCHEME}{here}/d{os.getpid()}"
         Engine(info, parent_pid=args.parent_pid, run_slot=run_slot, preload=preload, direct=direct, output=output).run()
     except KeyboardInterrupt:
         return 1

@@ -1,0 +1,223 @@
+"""The ``zpool`` command (also ``python -m zpool``): standalone clusters that outlive any script.
+
+::
+
+    zpool cluster start -n 4 --daemon      # a controller and 4 engines, in the background
+    python my_script.py                    # ... Pool(cluster="default") attaches to it
+    zpool cluster list                     # which clusters there are, and their state
+    zpool cluster stop                     # the controller and its engines exit; the folder goes
+
+    zpool controller --name lab            # a controller alone, in the foreground
+    zpool engine --name lab                # an engine joining it (from any terminal)
+
+Every verb takes ``--help``. Errors say what to do and exit with status 1
+(2 for bad arguments). See ``docs/standalone.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Sequence
+
+from zpool._settings import ControllerSettings
+
+DEFAULT_HELP = "the cluster's name (default: %(default)s); its folder is $ZPOOL_HOME/clusters/NAME (~/.zpool)"
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    from zpool.standalone import DEFAULT_NAME
+
+    p = argparse.ArgumentParser(
+        prog="zpool",
+        description="Standalone zpool clusters: start, list and stop them; run a controller or an engine.",
+        epilog="Attach from Python with Pool(cluster=NAME) or Pool(connection=PATH).",
+    )
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    cluster = verbs.add_parser(
+        "cluster", help="start, stop or list clusters (a controller and local engines)", description="Manage clusters."
+    )
+    actions = cluster.add_subparsers(dest="action", metavar="ACTION", required=True)
+    start = actions.add_parser(
+        "start",
+        help="start a controller and N local engines",
+        description="Start a controller and N local engines. Without --daemon, they run until Ctrl-C;"
+        " with it, this command returns once the engines are up and the cluster runs in the background"
+        " until `zpool cluster stop`.",
+    )
+    start.add_argument(
+        "-n",
+        "--engines",
+        type=int,
+        default=_usable_cpus(),
+        help="local engines (default: %(default)s, the usable CPUs)",
+    )
+    start.add_argument("--name", default=DEFAULT_NAME, help=DEFAULT_HELP)
+    start.add_argument("--daemon", action="store_true", help="run in the background; return once the engines are up")
+    start.add_argument("--log-level", default="WARNING", help="the cluster's log level (default: %(default)s)")
+    ControllerSettings.add_arguments(start)
+    stop = actions.add_parser(
+        "stop",
+        help="stop a cluster and remove its folder",
+        description="Ask the cluster's controller to shut down (its engines with it), end it if it does not,"
+        " and remove the cluster's folder; a stale folder (its controller gone) is only cleaned.",
+    )
+    stop.add_argument("--name", default=DEFAULT_NAME, help=DEFAULT_HELP)
+    actions.add_parser(
+        "list", help="list the clusters and their state", description="List the clusters and their state."
+    )
+
+    controller = verbs.add_parser(
+        "controller",
+        help="run a controller in the foreground (engines join with `zpool engine`)",
+        description="Run a controller in the foreground, until Ctrl-C or `zpool cluster stop`. Engines join it"
+        " with `zpool engine --name NAME`; --engines N also starts N local engines.",
+    )
+    controller.add_argument("--name", default=DEFAULT_NAME, help=DEFAULT_HELP)
+    controller.add_argument("--engines", type=int, default=0, help="local engines to start too (default: none)")
+    controller.add_argument("--log-level", default="WARNING", help="the cluster's log level (default: %(default)s)")
+    ControllerSettings.add_arguments(controller)
+
+    engine = verbs.add_parser(
+        "engine",
+        help="run one engine in the foreground, joining a running cluster",
+        description="Run one engine in the foreground, joining a running cluster; it takes tasks at once,"
+        " and exits when the controller shuts down or stops answering.",
+    )
+    where = engine.add_mutually_exclusive_group()
+    where.add_argument("--name", default=None, help=f"the cluster's name (default: {DEFAULT_NAME})")
+    where.add_argument("--connection-file", default=None, help="the cluster's connection file (instead of --name)")
+    engine.add_argument(
+        "--log-level", default="WARNING", help="log level of the engine's messages (default: %(default)s)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zpool`` command with `argv` (default: the process's arguments); return its exit status."""
+    from zpool.error import ZPoolError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.verb == "cluster":
+            if args.action == "start":
+                return _start(parser, args, foreground=not args.daemon)
+            if args.action == "stop":
+                return _stop(args)
+            return _list()
+        if args.verb == "controller":
+            return _start(parser, args, foreground=True)
+        return _engine(args)
+    except (ZPoolError, ValueError) as exc:
+        print(f"zpool: {exc}", file=sys.stderr)
+        return 1
+
+
+def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ControllerSettings:
+    try:
+        return ControllerSettings.from_args(args).validate()
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+        raise  # (parser.error exits)
+
+
+def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground: bool) -> int:
+    from zpool.standalone import start_cluster, stop_cluster
+
+    if args.engines < 0:
+        parser.error(f"the number of engines must be at least 0, not {args.engines}")
+    settings = _settings(parser, args)
+    state, proc = start_cluster(args.name, args.engines, settings, args.log_level, foreground=foreground)
+    print(
+        f"cluster {state.name!r}: controller pid {state.controller_pid}, {args.engines} engine(s);"
+        f" attach with Pool(cluster={state.name!r}) or Pool(connection={state.connection_file!r})",
+        flush=True,
+    )
+    if not foreground:
+        return 0
+    # In the foreground: until Ctrl-C (or SIGTERM, or `zpool cluster stop` from elsewhere).
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print(f"\nstopping cluster {state.name!r}", file=sys.stderr, flush=True)
+        stop_cluster(state.name)
+        return 0
+    if os.path.isdir(state.folder) and not os.path.exists(state.connection_file):
+        stop_cluster(state.name)  # (it shut down cleanly: its folder goes too)
+    return 0 if proc.returncode == 0 else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # (SIGTERM stops a foreground cluster as Ctrl-C does)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from zpool.standalone import stop_cluster
+
+    state = stop_cluster(args.name)
+    print(f"cluster {state.name!r} {'stopped' if state.running else 'was not running: its folder is removed'}")
+    return 0
+
+
+def _list() -> int:
+    from zpool.standalone import home, list_clusters
+
+    states = list_clusters()
+    if not states:
+        print(f"no clusters (in {os.path.join(home(), 'clusters')}); start one with: zpool cluster start -n N --daemon")
+        return 0
+    rows = [("NAME", "STATE", "CONTROLLER PID", "ENGINES", "CONNECTION FILE")]
+    for s in states:
+        state = "running" if s.running else ("stale" if s.stale else "stopped")
+        rows.append(
+            (
+                s.name,
+                state,
+                str(s.controller_pid or "-"),
+                "-" if s.engines is None else str(s.engines),
+                s.connection_file if s.running else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from zpool.engine.__main__ import main as engine_main
+    from zpool.error import ZPoolError
+    from zpool.standalone import DEFAULT_NAME, connection_path, state_of
+
+    path = args.connection_file
+    if path is None:
+        name = args.name or DEFAULT_NAME
+        state = state_of(name)
+        if not state.running:
+            why = "its controller is gone (a stale folder)" if state.stale else "it is not running"
+            raise ZPoolError(
+                f"cannot join cluster {name!r}: {why}; start it with: zpool cluster start --name {name} --daemon"
+                f" (or zpool controller --name {name})"
+            )
+        path = connection_path(name)
+    elif not os.path.exists(path):
+        raise ZPoolError(f"no connection file {path}: pass that of a running cluster, or --name NAME")
+    return engine_main(["--connection-file", path, "--log-level", args.log_level])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

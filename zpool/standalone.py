@@ -1,0 +1,477 @@
+"""Standalone clusters: a controller and engines that outlive any script, which Pools attach to by name.
+
+Started by the ``zpool`` command (:mod:`zpool.cli`), each cluster has a
+folder of its own, private to the user (mode 0700)::
+
+    $ZPOOL_HOME/clusters/NAME/        ($ZPOOL_HOME: ~/.zpool by default)
+        cluster.json      the connection file (mode 0600): addresses, key, controller pid
+        controller.log    what the controller and the engines it started logged
+
+The sockets themselves (``ipc://`` endpoints, the engines' direct sockets
+and run slots) live in a short private directory of their own, named in
+``cluster.json``'s addresses, because a Unix socket's path holds at most
+107 bytes (:func:`zpool.cluster.make_runtime_dir`); the controller removes
+it when it exits, and ``cluster.json`` with it, so a folder whose
+``cluster.json`` names a controller that is gone is *stale*: reported as
+such, and cleaned by ``zpool cluster stop``.
+
+:class:`AttachedCluster` is what a ``Pool(cluster=NAME)`` or
+``Pool(connection=PATH)`` holds in place of the hidden cluster: it reads the
+connection file and watches the controller, and never stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import zmq
+
+from zpool import _shm
+from zpool._process import caller_path, describe_exit, kill_process_group, python_command
+from zpool._settings import ControllerSettings
+from zpool.cluster import ENDPOINTS, EngineProcess, make_runtime_dir
+from zpool.error import BrokenPoolError, ZPoolError
+from zpool.protocol import ConnectionInfo, MsgType, Session, new_key, recv_frames, send_frames
+
+__all__ = [
+    "DEFAULT_NAME",
+    "AttachedCluster",
+    "ClusterState",
+    "ask",
+    "cluster_folder",
+    "connection_path",
+    "home",
+    "list_clusters",
+    "start_cluster",
+    "state_of",
+    "stop_cluster",
+    "wait_gone",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAME = "default"
+CONNECTION_FILE = "cluster.json"
+LOG_FILE = "controller.log"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# How long `zpool cluster start` waits for the controller to answer and its engines to be up, in seconds.
+READY_TIMEOUT_S = 120.0
+# How long `zpool cluster stop` waits for the controller to exit after asking it to, before ending it.
+STOP_TIMEOUT_S = 10.0
+
+
+def home() -> str:
+    """Where zpool keeps its standalone clusters' folders: ``$ZPOOL_HOME``, else ``~/.zpool``."""
+    return os.path.abspath(os.environ.get("ZPOOL_HOME") or os.path.join(os.path.expanduser("~"), ".zpool"))
+
+
+def cluster_folder(name: str) -> str:
+    """The folder of cluster `name` (not created here).
+
+    Raises
+    ------
+    ValueError
+        If `name` is not 1 to 64 letters, digits, ``_``, ``.`` or ``-``,
+        starting with a letter or digit.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"a cluster's name is 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit;"
+            f" not {name!r}"
+        )
+    return os.path.join(home(), "clusters", name)
+
+
+def connection_path(name: str) -> str:
+    """The connection file of cluster `name`."""
+    return os.path.join(cluster_folder(name), CONNECTION_FILE)
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """What is known of a standalone cluster's folder."""
+
+    name: str
+    folder: str
+    connection_file: str
+    controller_pid: int | None
+    running: bool
+    # Engines taking tasks (None: the controller did not answer, or is not running).
+    engines: int | None = None
+
+    @property
+    def stale(self) -> bool:
+        """A connection file whose controller is gone (killed, or its host restarted)."""
+        return not self.running and os.path.exists(self.connection_file)
+
+
+def _is_controller(pid: int | None) -> bool:
+    """Whether `pid` is a running zpool controller (not a zombie, nor another program that got its pid)."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return "zpool.controller" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def state_of(name: str, query: bool = False) -> ClusterState:
+    """The state of cluster `name`'s folder; with `query`, ask a running controller how many engines it has."""
+    folder = cluster_folder(name)
+    path = os.path.join(folder, CONNECTION_FILE)
+    pid: int | None = None
+    info: ConnectionInfo | None = None
+    try:
+        info = ConnectionInfo.read(path)
+        pid = info.controller_pid
+    except (OSError, ValueError):
+        pass
+    running = _is_controller(pid)
+    engines = None
+    if running and query and info is not None:
+        try:
+            engines = len(ask(info, MsgType.QUEUE_REQUEST, {"brief": True}, timeout=2.0)["engines"])
+        except ZPoolError:
+            engines = None
+    return ClusterState(name, folder, path, pid, running, engines)
+
+
+def list_clusters(query: bool = True) -> list[ClusterState]:
+    """Every cluster that has a folder, by name."""
+    root = os.path.join(home(), "clusters")
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    return [
+        state_of(name, query) for name in names if _NAME.fullmatch(name) and os.path.isdir(os.path.join(root, name))
+    ]
+
+
+def ask(info: ConnectionInfo, msg_type: MsgType, content: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
+    """Send the controller of `info` one signed request and return its reply's content.
+
+    Raises
+    ------
+    ZPoolError
+        If no valid reply comes within `timeout` seconds.
+    """
+    from zpool.protocol import encode
+
+    session = Session(info.key)
+    wanted = msg_type.value.replace("_request", "_reply")
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(info.client)
+        send_frames(sock, session.build(msg_type, content=encode(content or {})))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                raise ZPoolError(f"the controller at {info.client} did not answer within {timeout:g} s")
+            try:
+                msg = session.unpack(recv_frames(sock))
+            except ZPoolError:
+                continue
+            if msg.msg_type == wanted:
+                return msg.content
+    finally:
+        sock.close()
+
+
+def _controller_argv(
+    runtime: str, folder: str, n_engines: int, settings: ControllerSettings, log_level: str
+) -> list[str]:
+    return python_command(
+        "zpool.controller",
+        [
+            "--connection-file",
+            os.path.join(runtime, CONNECTION_FILE),
+            "--engines",
+            str(n_engines),
+            *settings.to_argv(),
+            "--log-file",
+            os.path.join(folder, LOG_FILE),
+            "--log-level",
+            log_level,
+            "--remove-dir",
+            runtime,
+            "--remove-file",
+            os.path.join(folder, CONNECTION_FILE),
+            "--engine-output",
+            "forward",
+        ],
+        caller_path(),
+    )
+
+
+def start_cluster(
+    name: str,
+    n_engines: int,
+    settings: ControllerSettings | None = None,
+    log_level: str = "WARNING",
+    foreground: bool = False,
+    ready_timeout: float = READY_TIMEOUT_S,
+) -> tuple[ClusterState, subprocess.Popen[bytes]]:
+    """Start cluster `name`: a controller with `n_engines` local engines, in a session of its own.
+
+    Returns once the controller answers and `n_engines` engines take
+    tasks. The controller's output goes to its log unless `foreground`.
+
+    Raises
+    ------
+    ZPoolError
+        If a cluster of that name is running, or the controller exits or
+        does not get its engines up within `ready_timeout` seconds (it is
+        stopped then; its log is kept and named).
+    """
+    settings = (settings or ControllerSettings()).validate()
+    if n_engines < 0:
+        raise ValueError(f"the number of engines must be at least 0, not {n_engines}")
+    state = state_of(name)
+    if state.running:
+        raise ZPoolError(
+            f"cluster {name!r} is running already (controller pid {state.controller_pid}); attach to it with"
+            f" Pool(cluster={name!r}), or stop it first: zpool cluster stop --name {name}"
+        )
+    if state.stale:
+        logger.warning(
+            "cluster %r: removing the stale connection file of controller pid %s", name, state.controller_pid
+        )
+        _remove(state.connection_file)
+    folder = state.folder
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    runtime = make_runtime_dir()
+    base = f"ipc://{runtime}"
+    client, engine, heartbeat = (f"{base}/{endpoint}" for endpoint in ENDPOINTS)
+    info = ConnectionInfo(
+        client,
+        engine,
+        heartbeat,
+        new_key(),
+        shm_prefix=f"zpool-{os.urandom(6).hex()}" if _shm.available() else None,
+    )
+    info.write(os.path.join(runtime, CONNECTION_FILE))
+    log_path = os.path.join(folder, LOG_FILE)
+    os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    out = None if foreground else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            _controller_argv(runtime, folder, n_engines, settings, log_level),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError:
+        shutil.rmtree(runtime, ignore_errors=True)
+        raise
+    info = info._replace(controller_pid=proc.pid)
+    info.write(os.path.join(folder, CONNECTION_FILE))
+    state = ClusterState(name, folder, os.path.join(folder, CONNECTION_FILE), proc.pid, True)
+    try:
+        _wait_ready(info, proc, n_engines, ready_timeout, log_path)
+    except BaseException:
+        stop_cluster(name, timeout=2.0)
+        raise
+    return ClusterState(name, folder, state.connection_file, proc.pid, True, n_engines), proc
+
+
+def _wait_ready(info: ConnectionInfo, proc: subprocess.Popen[bytes], n: int, timeout: float, log_path: str) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer from the controller"
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise ZPoolError(f"the controller exited with {describe_exit(code)} while starting; its log: {log_path}")
+        try:
+            status = ask(info, MsgType.QUEUE_REQUEST, {"brief": True}, timeout=1.0)
+        except ZPoolError:
+            continue
+        if status.get("broken"):
+            raise ZPoolError(f"no engine can start: {status['broken']}; the cluster's log: {log_path}")
+        up = len(status.get("engines", ()))
+        if up >= n:
+            return
+        last = f"{up} of {n} engines up"
+        time.sleep(0.05)
+    raise ZPoolError(f"the cluster did not get ready within {timeout:g} s ({last}); its log: {log_path}")
+
+
+def stop_cluster(name: str, timeout: float = STOP_TIMEOUT_S) -> ClusterState:
+    """Stop cluster `name` and remove its folder; a stale folder is only cleaned.
+
+    The controller is asked to shut down (it ends its engines); if it has
+    not exited within `timeout` seconds, its process group is killed.
+    Returns the state the cluster was in.
+
+    Raises
+    ------
+    ZPoolError
+        If there is no cluster of that name.
+    """
+    state = state_of(name)
+    if not os.path.isdir(state.folder):
+        raise ZPoolError(f"there is no cluster {name!r} (no folder {state.folder}); see: zpool cluster list")
+    info: ConnectionInfo | None = None
+    try:
+        info = ConnectionInfo.read(state.connection_file)
+    except (OSError, ValueError):
+        pass
+    if state.running and info is not None and state.controller_pid:
+        try:
+            ask(info, MsgType.SHUTDOWN_REQUEST, timeout=min(timeout, 5.0))
+        except ZPoolError as exc:
+            logger.warning("cluster %r: %s; ending the controller", name, exc)
+        _end(state.controller_pid, timeout)
+    if info is not None:
+        # What a controller killed with SIGKILL could not remove: its sockets' folder and segments.
+        endpoint = info.client
+        if endpoint.startswith("ipc://"):
+            runtime = os.path.dirname(endpoint[len("ipc://") :])
+            if os.path.basename(runtime).startswith("zpool-"):
+                shutil.rmtree(runtime, ignore_errors=True)
+        if info.shm_prefix:
+            _shm.remove_all(info.shm_prefix)
+    shutil.rmtree(state.folder, ignore_errors=True)
+    return state
+
+
+def wait_gone(pid: int | None, timeout: float) -> bool:
+    """Wait up to `timeout` s for controller `pid` of this host to exit; whether it did (True if unknown)."""
+    deadline = time.monotonic() + timeout
+    while pid and _is_controller(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _end(pid: int, timeout: float) -> None:
+    """Wait up to `timeout` s for controller `pid` to exit; then SIGTERM, then SIGKILL its process group."""
+    try:
+        proc = psutil.Process(pid)
+    except psutil.Error:
+        return
+    try:
+        proc.wait(timeout)
+        return
+    except psutil.TimeoutExpired:
+        logger.warning("controller pid %d did not exit within %g s; ending it", pid, timeout)
+    except psutil.Error:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        pass
+    try:
+        proc.wait(3.0)
+    except (psutil.TimeoutExpired, psutil.Error):
+        pass
+    kill_process_group(pid)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class AttachedCluster:
+    """A running cluster a Pool attached to: where it is, and whether it is still there; never stopped here.
+
+    Parameters
+    ----------
+    path : str
+        Its connection file.
+    name : str, optional
+        Its name, when attached to by name (for messages).
+    """
+
+    def __init__(self, path: str, name: str | None = None) -> None:
+        self.path = os.path.abspath(path)
+        self.name = name
+        self.info: ConnectionInfo | None = None
+        self.log_path = os.path.join(os.path.dirname(self.path), LOG_FILE)
+        self.keep_log = True
+
+    def _what(self) -> str:
+        return f"cluster {self.name!r}" if self.name else f"the cluster of {self.path}"
+
+    def _how_to_start(self) -> str:
+        if self.name:
+            return f"start it with: zpool cluster start --name {self.name} -n N --daemon"
+        return "start it (zpool cluster start), or pass the connection file of a running cluster"
+
+    def start(self) -> ConnectionInfo:
+        """Read the connection file; return where to connect.
+
+        Raises
+        ------
+        BrokenPoolError
+            If there is no connection file, it is malformed, or it names a
+            controller of this host that is gone (a stale file).
+        """
+        try:
+            info = ConnectionInfo.read(self.path)
+        except FileNotFoundError:
+            raise BrokenPoolError(f"{self._what()} is not running (no {self.path}); {self._how_to_start()}") from None
+        except (OSError, ValueError) as exc:
+            raise BrokenPoolError(f"cannot read the connection file of {self._what()}: {exc}") from None
+        if info.controller_pid is not None and not _is_controller(info.controller_pid):
+            raise BrokenPoolError(
+                f"{self._what()} is not running: its connection file {self.path} names controller pid"
+                f" {info.controller_pid}, which is gone (a stale file: the controller was killed, or the machine"
+                f" restarted); clean it with zpool cluster stop{' --name ' + self.name if self.name else ''},"
+                f" then {self._how_to_start()}"
+            )
+        self.info = info
+        return info
+
+    def failure(self) -> str | None:
+        """Why the controller is gone, or None while it runs (or cannot be watched from here)."""
+        info = self.info
+        if info is None or info.controller_pid is None or _is_controller(info.controller_pid):
+            return None
+        return f"the controller of {self._what()} (pid {info.controller_pid}) is gone; see its log: {self.log_path}"
+
+    def engine_processes(self) -> list[EngineProcess]:
+        """The engines the controller started on this host (its children), oldest first."""
+        info = self.info
+        if info is None or not info.controller_pid:
+            return []
+        try:
+            children = psutil.Process(info.controller_pid).children()
+        except psutil.Error:
+            return []
+        procs = []
+        for child in children:
+            try:
+                procs.append((child.create_time(), child.pid, EngineProcess(child)))
+            except psutil.Error:
+                continue
+        return [proc for _, _, proc in sorted(procs, key=lambda item: item[:2])]
+
+    def pids(self) -> list[int]:
+        """No process of an attached cluster belongs to the pool."""
+        return []
+
+    def stop(self, timeout: float = 0.0) -> None:
+        """Nothing: the cluster outlives the pools attached to it (see ``Pool.shutdown_cluster``)."""
