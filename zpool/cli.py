@@ -110,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.verb != "engine":
+        # SIGTERM stops a cluster running in the foreground as Ctrl-C does, at any moment (a cluster
+        # half started is stopped too).
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.verb == "cluster":
             if args.action == "start":
@@ -123,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ZPoolError, ValueError) as exc:
         print(f"zpool: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130  # (interrupted while starting: what was started is stopped)
 
 
 def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ControllerSettings:
@@ -139,7 +145,7 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
     if args.engines < 0:
         parser.error(f"the number of engines must be at least 0, not {args.engines}")
     settings = _settings(parser, args)
-    state, proc = start_cluster(args.name, args.engines, settings, args.log_level, foreground=foreground)
+    state, proc = start_cluster(args.name, args.engines, settings, args.log_level)
     print(
         f"cluster {state.name!r}: controller pid {state.controller_pid}, {args.engines} engine(s);"
         f" attach with Pool(cluster={state.name!r}) or Pool(connection={state.connection_file!r})",
@@ -148,7 +154,6 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
     if not foreground:
         return 0
     # In the foreground: until Ctrl-C (or SIGTERM, or `zpool cluster stop` from elsewhere).
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while proc.poll() is None:
             time.sleep(0.2)

@@ -224,13 +224,12 @@ def start_cluster(
     n_engines: int,
     settings: ControllerSettings | None = None,
     log_level: str = "WARNING",
-    foreground: bool = False,
     ready_timeout: float = READY_TIMEOUT_S,
 ) -> tuple[ClusterState, subprocess.Popen[bytes]]:
     """Start cluster `name`: a controller with `n_engines` local engines, in a session of its own.
 
     Returns once the controller answers and `n_engines` engines take
-    tasks. The controller's output goes to its log unless `foreground`.
+    tasks. The controller's own output goes to its log.
 
     Raises
     ------
@@ -269,28 +268,30 @@ def start_cluster(
     info.write(os.path.join(runtime, CONNECTION_FILE))
     log_path = os.path.join(folder, LOG_FILE)
     os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    out = None if foreground else subprocess.DEVNULL
+    # What the controller itself writes (a crash before its log is set up) goes to its log too: it
+    # outlives this command, whose terminal (or pipe) it must not hold.
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(
+                _controller_argv(runtime, folder, n_engines, settings, log_level),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError:
+            shutil.rmtree(runtime, ignore_errors=True)
+            raise
+    path = os.path.join(folder, CONNECTION_FILE)
     try:
-        proc = subprocess.Popen(
-            _controller_argv(runtime, folder, n_engines, settings, log_level),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError:
-        shutil.rmtree(runtime, ignore_errors=True)
-        raise
-    info = info._replace(controller_pid=proc.pid)
-    info.write(os.path.join(folder, CONNECTION_FILE))
-    state = ClusterState(name, folder, os.path.join(folder, CONNECTION_FILE), proc.pid, True)
-    try:
+        info = info._replace(controller_pid=proc.pid)
+        info.write(path)
         _wait_ready(info, proc, n_engines, ready_timeout, log_path)
-    except BaseException:
+    except BaseException:  # Ctrl-C included
         stop_cluster(name, timeout=2.0)
         raise
-    return ClusterState(name, folder, state.connection_file, proc.pid, True, n_engines), proc
+    return ClusterState(name, folder, path, proc.pid, True, n_engines), proc
 
 
 def _wait_ready(info: ConnectionInfo, proc: subprocess.Popen[bytes], n: int, timeout: float, log_path: str) -> None:
@@ -354,37 +355,39 @@ def stop_cluster(name: str, timeout: float = STOP_TIMEOUT_S) -> ClusterState:
 
 
 def wait_gone(pid: int | None, timeout: float) -> bool:
-    """Wait up to `timeout` s for controller `pid` of this host to exit; whether it did (True if unknown)."""
+    """Wait up to `timeout` s for controller `pid` of this host to exit; whether it did (True if unknown).
+
+    (Not by its command line, which a process that is exiting already has no more.)
+    """
+    if not pid or not _is_controller(pid):
+        return True
+    try:
+        proc = psutil.Process(pid)
+    except psutil.Error:
+        return True
     deadline = time.monotonic() + timeout
-    while pid and _is_controller(pid):
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-    return True
 
 
 def _end(pid: int, timeout: float) -> None:
     """Wait up to `timeout` s for controller `pid` to exit; then SIGTERM, then SIGKILL its process group."""
-    try:
-        proc = psutil.Process(pid)
-    except psutil.Error:
+    if wait_gone(pid, timeout):
         return
-    try:
-        proc.wait(timeout)
-        return
-    except psutil.TimeoutExpired:
-        logger.warning("controller pid %d did not exit within %g s; ending it", pid, timeout)
-    except psutil.Error:
-        return
+    logger.warning("controller pid %d did not exit within %g s; ending it", pid, timeout)
     try:
         os.killpg(pid, signal.SIGTERM)
     except OSError:
         pass
-    try:
-        proc.wait(3.0)
-    except (psutil.TimeoutExpired, psutil.Error):
-        pass
-    kill_process_group(pid)
+    if not wait_gone(pid, 3.0):
+        kill_process_group(pid)
 
 
 def _remove(path: str) -> None:

@@ -1,0 +1,285 @@
+"""Standalone clusters: the ``zpool`` command, and Pools that attach to a running cluster.
+
+Each test has a ``$ZPOOL_HOME`` of its own; the clusters it starts run in
+sessions of their own (not the test's descendants), so the fixture checks
+itself that their processes, sockets' folders and folders are gone at the
+end, and stops whatever a failing test left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import zpool
+from tests import _tasks
+from tests._wait import wait_until
+from zpool.error import BrokenPoolError, TaskAborted
+from zpool.standalone import list_clusters, state_of, stop_cluster
+
+T = 60
+CLI_TIMEOUT = 120
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A private $ZPOOL_HOME; at the end, every cluster of it stopped, and nothing of theirs left running."""
+    path = tmp_path / "zpool-home"
+    monkeypatch.setenv("ZPOOL_HOME", str(path))
+    seen: dict[int, psutil.Process] = {}
+
+    def track() -> None:
+        for state in list_clusters(query=False):
+            for proc in _cluster_processes(state.controller_pid):
+                seen.setdefault(proc.pid, proc)
+
+    home_tracker = _Home(str(path), track)
+    yield home_tracker
+    track()
+    for state in list_clusters(query=False):
+        stop_cluster(state.name, timeout=5.0)
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"processes of the test's clusters outlived it: {[p.pid for p in alive]}"
+
+
+class _Home:
+    def __init__(self, path: str, track) -> None:
+        self.path = path
+        self.track = track
+
+
+def _cluster_processes(pid: int | None) -> list[psutil.Process]:
+    if not pid:
+        return []
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def zpool_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m zpool ARGS`` (the ``zpool`` command) with this test's environment."""
+    done = subprocess.run(
+        [sys.executable, "-m", "zpool", *args],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"zpool {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def start(home: _Home, name: str, n: int = 2) -> int:
+    """Start cluster `name` in the background; the controller's pid."""
+    out = zpool_cli("cluster", "start", "-n", str(n), "--name", name, "--daemon").stdout
+    assert f"cluster {name!r}" in out and f"Pool(cluster={name!r})" in out
+    home.track()
+    state = state_of(name, query=True)
+    assert state.running and state.engines == n
+    return state.controller_pid
+
+
+def test_every_verb_has_help():
+    verbs = (["cluster"], ["cluster", "start"], ["cluster", "stop"], ["cluster", "list"], ["controller"], ["engine"])
+    for verb in verbs:
+        done = zpool_cli(*verb, "--help")
+        assert "usage: zpool" in done.stdout
+    assert "--daemon" in zpool_cli("cluster", "start", "--help").stdout
+    assert "--connection-file" in zpool_cli("engine", "--help").stdout
+    bad = zpool_cli("cluster", "start", "-n", "-1", check=False)
+    assert bad.returncode == 2 and "at least 0" in bad.stderr
+
+
+def test_the_zpool_command_is_installed():
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts.get("zpool") == "zpool.cli:main"
+
+
+def test_pools_of_two_processes_share_a_cluster_that_outlives_them(home, tmp_path):
+    controller = start(home, "lab", 2)
+    engines = {p.pid for p in _cluster_processes(controller)} - {controller}
+    assert len(engines) == 2
+    listed = zpool_cli("cluster", "list").stdout
+    assert "lab" in listed and "running" in listed
+    script = tmp_path / "attach.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import json, os
+            import zpool
+
+            def square(x):
+                return x * x
+
+            def pid(_):
+                return os.getpid()
+
+            if __name__ == "__main__":
+                with zpool.Pool(cluster="lab") as pool:
+                    assert pool.map(square, range(200)) == [x * x for x in range(200)]
+                    print(json.dumps(sorted(set(pool.map(pid, range(8), chunksize=1)))))
+            """
+        )
+    )
+    runs = [
+        subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=T)
+        assert run.returncode == 0, err
+        used = set(json.loads(out.strip().splitlines()[-1]))
+        assert used <= engines  # the cluster's own engines served both
+    # They detached: the cluster runs on, with the same engines.
+    state = state_of("lab", query=True)
+    assert state.running and state.controller_pid == controller and state.engines == 2
+    with zpool.Pool(cluster="lab") as pool:
+        assert pool.apply(_tasks.square, (7,)) == 49
+        assert {p.pid for p in pool._pool} == engines
+        assert pool._processes == 2  # its size: the engines up when it attached
+    with zpool.Pool(2, connection=state.connection_file) as pool:
+        assert pool._processes == 2
+        assert pool.map(_tasks.square, range(10)) == [x * x for x in range(10)]
+    assert state_of("lab").running
+    with open(state.connection_file) as f:
+        runtime = os.path.dirname(json.load(f)["client"][len("ipc://") :])
+    assert os.path.isdir(runtime)
+    stopped = zpool_cli("cluster", "stop", "--name", "lab").stdout
+    assert "stopped" in stopped
+    _, alive = psutil.wait_procs(_cluster_processes(controller), timeout=10)
+    assert not alive
+    assert not psutil.pid_exists(controller) or psutil.Process(controller).status() == psutil.STATUS_ZOMBIE
+    assert not any(psutil.pid_exists(pid) for pid in engines)
+    assert not os.path.exists(state.folder) and not os.path.exists(runtime)
+    assert "no clusters" in zpool_cli("cluster", "list").stdout
+
+
+def test_terminate_ends_only_the_pools_own_tasks(home):
+    start(home, "shared", 2)
+    mine = zpool.Pool(cluster="shared")
+    other = zpool.Pool(cluster="shared")
+    try:
+        ar = mine.map_async(_tasks.sleep_then, [30, 30], chunksize=1)
+        wait_until(lambda: sum(e["queue"] for e in mine.queue_status()["engines"].values()) == 2, T, "both run")
+        began = time.monotonic()
+        mine.terminate()
+        with pytest.raises(TaskAborted):
+            ar.get(T)
+        # Both engines were freed at once (interrupted), and serve the other pool.
+        assert other.map(_tasks.square, range(4), chunksize=1) == [0, 1, 4, 9]
+        assert time.monotonic() - began < 20
+        assert state_of("shared").running
+    finally:
+        mine.terminate()
+        other.terminate()
+
+
+def test_shutdown_cluster_stops_it_and_breaks_the_other_pools(home):
+    controller = start(home, "brief", 1)
+    first = zpool.Pool(cluster="brief")
+    second = zpool.Pool(cluster="brief")
+    try:
+        assert second.apply(_tasks.square, (3,)) == 9
+        first.shutdown_cluster()
+        assert not psutil.pid_exists(controller) or psutil.Process(controller).status() == psutil.STATUS_ZOMBIE
+        assert not os.path.exists(state_of("brief").connection_file)  # the controller removed it as it left
+        with pytest.raises(BrokenPoolError):
+            second.apply(_tasks.square, (3,))
+    finally:
+        first.terminate()
+        second.terminate()
+
+
+def test_a_stale_cluster_is_reported_and_cleaned(home):
+    controller = start(home, "crashed", 1)
+    engines = _cluster_processes(controller)[1:]
+    os.kill(controller, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(controller)], timeout=10)
+    _, alive = psutil.wait_procs(engines, timeout=T)  # engines leave when their controller is gone
+    assert not alive
+    assert "stale" in zpool_cli("cluster", "list").stdout
+    with pytest.raises(BrokenPoolError, match=r"stale.*zpool cluster stop --name crashed"):
+        zpool.Pool(cluster="crashed")
+    joined = zpool_cli("engine", "--name", "crashed", check=False)
+    assert joined.returncode == 1 and "stale" in joined.stderr
+    assert "was not running" in zpool_cli("cluster", "stop", "--name", "crashed").stdout
+    assert not os.path.exists(os.path.join(home.path, "clusters", "crashed"))
+
+
+def test_what_cannot_be_attached_says_what_to_do(home, tmp_path):
+    with pytest.raises(BrokenPoolError, match="zpool cluster start --name nowhere"):
+        zpool.Pool(cluster="nowhere")
+    with pytest.raises(BrokenPoolError, match="not running"):
+        zpool.Pool(connection=tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="initializer, hwm: set by the cluster"):
+        zpool.Pool(cluster="any", initializer=print, hwm=2)
+    with pytest.raises(ValueError, match="cluster's name"):
+        zpool.Pool(cluster="../escape")
+    with pytest.raises(TypeError, match="not both"):
+        zpool.Pool(cluster="a", connection="b.json")
+    stopped = zpool_cli("cluster", "stop", "--name", "nowhere", check=False)
+    assert stopped.returncode == 1 and "no cluster 'nowhere'" in stopped.stderr
+
+
+def test_starting_a_running_cluster_again_is_refused(home):
+    start(home, "once", 1)
+    again = zpool_cli("cluster", "start", "-n", "1", "--name", "once", "--daemon", check=False)
+    assert again.returncode == 1 and "running already" in again.stderr
+    assert state_of("once").running
+
+
+def test_a_controller_and_an_engine_started_by_hand(home):
+    env = dict(os.environ)
+    controller_cli = subprocess.Popen(
+        [sys.executable, "-m", "zpool", "controller", "--name", "hand"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    engine_cli = None
+    try:
+        # Ready once it says how to attach (its connection file exists a little earlier).
+        assert "Pool(cluster='hand')" in controller_cli.stdout.readline()
+        assert state_of("hand").running
+        home.track()
+        engine_cli = subprocess.Popen(
+            [sys.executable, "-m", "zpool", "engine", "--name", "hand"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        with zpool.Pool(cluster="hand") as pool:  # it waits for the engine to join
+            assert pool.apply(_tasks.getpid) == engine_cli.pid
+            assert pool.map(_tasks.square, range(5)) == [0, 1, 4, 9, 16]
+        # SIGTERM (as Ctrl-C in a terminal): the controller shuts down, the engine with it.
+        controller_cli.send_signal(signal.SIGTERM)
+        _, err = controller_cli.communicate(timeout=T)
+        assert controller_cli.returncode == 0, err
+        assert "stopping cluster 'hand'" in err
+        _, err = engine_cli.communicate(timeout=T)
+        assert engine_cli.returncode == 0, err
+        assert not os.path.exists(os.path.join(home.path, "clusters", "hand"))
+    finally:
+        for proc in (controller_cli, engine_cli):
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.communicate()
