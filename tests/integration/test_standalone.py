@@ -283,3 +283,22 @@ def test_a_controller_and_an_engine_started_by_hand(home):
                 if proc.poll() is None:
                     proc.kill()
                 proc.communicate()
+
+
+def test_a_pools_task_is_not_queued_behind_another_pools_backlog(home):
+    """The engines are shared between the pools in turn: a single task of one is placed next."""
+    start(home, "fair", 2)
+    bulk = zpool.Pool(cluster="fair")
+    small = zpool.Pool(cluster="fair")
+    try:
+        backlog = bulk.map_async(_tasks.sleep_then, [0.02] * 400, chunksize=1)  # about 4 s on two engines
+        wait_until(lambda: sum(e["queue"] for e in bulk.queue_status()["engines"].values()) >= 2, T, "it runs")
+        for _ in range(3):
+            # (apply_async: through the scheduler's queue, where the backlog waits; a blocking apply
+            # would go straight to an engine)
+            assert small.apply_async(_tasks.square, (3,)).get(T) == 9
+        assert not backlog.ready()  # served while the other pool's 400 tasks still ran
+        assert backlog.get(T) == [None] * 400
+    finally:
+        bulk.terminate()
+        small.terminate()

@@ -9,6 +9,7 @@ import pytest
 
 from zpool.controller.placement import ADAPTIVE_MAX, choose_engine
 from zpool.controller.scheduler import FAILED_UNPLACED, SCHEMES, EngineSlot, Scheduler, Task
+from zpool.controller.tasks import ReadyQueue
 
 UNKNOWN_SCHEME = r"^unknown scheme 'fastest'; choose one of leastload, lru, plainrandom, twobin, weighted$"
 
@@ -313,9 +314,8 @@ def _two_engines_one_loaded(n_tasks: int = 4) -> tuple[Scheduler, EngineSlot]:
     s = make_scheduler(2, hwm=0)
     busy = s.by_id[0]
     s.submit(tasks(n_tasks))
-    for task in list(s.queue):
-        s.queue.remove(task)
-        s._place(task, busy, {})
+    while s.queue:
+        s._place(s.queue.popleft(), busy, {})
     return s, busy
 
 
@@ -592,3 +592,44 @@ def test_a_pushed_task_reusing_a_live_id_fails():
     s.adopt(s.engines[b"engine-0"], tasks(1, "p"))
     (failure,) = s.take_failures()
     assert failure[1].value == "InvalidDependency" and "already in use" in failure[2]
+
+
+# -- sharing between clients -----------------------------------------------------------------
+
+
+def client_tasks(client: bytes, n: int) -> list[Task]:
+    return [Task(f"{client.decode()}{i}", client, [b"payload"]) for i in range(n)]
+
+
+def test_the_ready_queue_takes_the_clients_in_turn_each_in_its_order():
+    queue = ReadyQueue()
+    for task in client_tasks(b"a", 4) + client_tasks(b"b", 2) + client_tasks(b"c", 1):
+        queue.append(task)
+    # A client with nothing queued takes the next turn: the last to come is first.
+    assert len(queue) == 7 and [t.task_id for t in queue] == ["c0", "b0", "b1", "a0", "a1", "a2", "a3"]
+    taken = [queue.popleft().task_id for _ in range(7)]
+    assert taken == ["c0", "b0", "a0", "b1", "a1", "a2", "a3"]
+    assert not queue and len(queue) == 0
+    with pytest.raises(IndexError):
+        queue.popleft()
+
+
+def test_the_ready_queue_of_one_client_is_a_fifo_and_given_back_tasks_go_first():
+    queue = ReadyQueue()
+    for task in client_tasks(b"a", 3):
+        queue.append(task)
+    back = [Task("x0", b"x", []), Task("a9", b"a", [])]
+    queue.extendleft(reversed(back))  # as deque.extendleft: back's order, ahead of everything
+    assert [queue.popleft().task_id for _ in range(5)] == ["x0", "a9", "a0", "a1", "a2"]
+
+
+def test_a_clients_single_task_is_placed_before_another_clients_long_backlog():
+    s = make_scheduler(1, hwm=1)
+    s.submit(client_tasks(b"big", 1000))
+    assert ids(s.assign()) == {0: ["big0"]}
+    s.submit(client_tasks(b"small", 1))
+    engine = s.by_id[0]
+    s.finish(engine, "big0", True, 0.01)
+    assert ids(s.assign()) == {0: ["small0"]}  # not behind the 999 others
+    s.finish(engine, "small0", True, 0.01)
+    assert ids(s.assign()) == {0: ["big1"]}

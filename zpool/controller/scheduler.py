@@ -40,7 +40,10 @@ scheduler decides are collected for the hub to send
 (:meth:`Scheduler.take_failures`).
 
 Ready tasks that may run anywhere wait in one queue, the fast path (a
-retry there prefers engines it has not failed on). Tasks restricted to some
+retry there prefers engines it has not failed on), shared fairly between
+the clients of the cluster: each client's tasks in their order, the
+clients taking turns (:class:`~zpool.controller.tasks.ReadyQueue`), so that
+one client's long map does not starve another's ``apply``. Tasks restricted to some
 engines (``targets``, ``follow``, engines where a functional dependency was
 unmet) are queued on each engine that may run them, the first to take one
 winning (the other entries go stale, so nothing is ever searched or
@@ -84,7 +87,7 @@ from zpool.controller.graph import DepStatus, Graph
 from zpool.controller.placement import LOAD_AWARE, Pacing, choose_engine, choose_recalls, eligible, no_engine_text
 from zpool.controller.records import Records
 from zpool.controller.registry import DEPARTED_MAX, EngineRegistry
-from zpool.controller.tasks import EngineSlot, Task
+from zpool.controller.tasks import EngineSlot, ReadyQueue, Task
 
 __all__ = ["DEPARTED_MAX", "FAILED_UNPLACED", "SCHEMES", "EngineSlot", "Scheduler", "Task"]
 
@@ -145,7 +148,7 @@ class Scheduler:
         self.by_id = registry.slots_by_id
         self.starting = registry.starting  # registered, not ready yet (running the initializer)
         self.departed = registry.departed  # engine id -> how it left
-        self.queue: collections.deque[Task] = collections.deque()
+        self.queue = ReadyQueue()  # ready tasks that may run anywhere: shared fairly between clients
         self.parked: list[Task] = []  # ready, but no engine able to run them is up yet
         self.live: dict[str, Task] = {}  # every task submitted and not finished
         self.records = Records(settings.record_window, settings.record_age, self._clock)

@@ -12,13 +12,13 @@ readiness from stale ones.
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from zpool._wire import EngineQueue, TaskFlags
 from zpool.controller.flags import Flags
 from zpool.controller.graph import DepState
 
-__all__ = ["EngineSlot", "Task"]
+__all__ = ["EngineSlot", "ReadyQueue", "Task"]
 
 
 class Task:
@@ -195,3 +195,66 @@ class EngineSlot:
             "failed": self.failed,
             "pinned": pinned,
         }
+
+
+class ReadyQueue:
+    """The ready tasks that may run anywhere, shared fairly between the clients that sent them.
+
+    Each client's tasks wait in their order; :meth:`popleft` takes from
+    the clients in turn (round robin). A client that had no task waiting
+    takes the next turn when one comes, so a pool's single ``apply_async``
+    is placed next, however many tasks other pools have queued (a
+    100,000-task map does not starve it), and a client that keeps one task
+    at a time queued gets its fair share, not a place at the back. With one
+    client it is a plain FIFO. :meth:`extendleft` puts tasks first in line
+    (tasks an engine gave back), their clients' turns first.
+    """
+
+    __slots__ = ("_by_client", "_turns")
+
+    def __init__(self) -> None:
+        self._by_client: dict[bytes, collections.deque[Task]] = {}
+        self._turns: collections.deque[bytes] = collections.deque()  # clients with tasks, next first
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._by_client.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._turns)
+
+    def __iter__(self) -> Iterator[Task]:
+        for client in self._turns:
+            yield from self._by_client[client]
+
+    def append(self, task: Task) -> None:
+        """Queue `task` last among its client's."""
+        queue = self._by_client.get(task.client)
+        if queue is None:
+            queue = self._by_client[task.client] = collections.deque()
+            self._turns.appendleft(task.client)  # (its turn next: see the class's docstring)
+        queue.append(task)
+
+    def extendleft(self, tasks: Iterable[Task]) -> None:
+        """Put `tasks` first in line, each before the one put before it (as ``deque.extendleft``)."""
+        for task in tasks:
+            client = task.client
+            queue = self._by_client.get(client)
+            if queue is None:
+                queue = self._by_client[client] = collections.deque()
+            else:
+                self._turns.remove(client)
+            self._turns.appendleft(client)
+            queue.appendleft(task)
+
+    def popleft(self) -> Task:
+        """The next task: the first of the client whose turn it is (IndexError if none)."""
+        turns = self._turns
+        client = turns[0]
+        queue = self._by_client[client]
+        task = queue.popleft()
+        if queue:
+            turns.rotate(-1)
+        else:
+            del self._by_client[client]
+            turns.popleft()
+        return task
