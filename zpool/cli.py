@@ -140,6 +140,7 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Cont
 
 
 def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground: bool) -> int:
+    from zpool._process import describe_exit
     from zpool.standalone import start_cluster, stop_cluster
 
     if args.engines < 0:
@@ -159,11 +160,21 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
             time.sleep(0.2)
     except KeyboardInterrupt:
         print(f"\nstopping cluster {state.name!r}", file=sys.stderr, flush=True)
-        stop_cluster(state.name)
+        _, kept = stop_cluster(state.name)
+        if kept:
+            print(f"its log is kept in {kept}", file=sys.stderr)
         return 0
-    if os.path.isdir(state.folder) and not os.path.exists(state.connection_file):
-        stop_cluster(state.name)  # (it shut down cleanly: its folder goes too)
-    return 0 if proc.returncode == 0 else 1
+    if proc.returncode != 0:
+        print(
+            f"zpool: the controller of cluster {state.name!r} exited with {describe_exit(proc.returncode)};"
+            f" its log: {os.path.join(state.folder, 'controller.log')} (zpool cluster stop --name {state.name}"
+            " cleans the folder)",
+            file=sys.stderr,
+        )
+        return 1
+    if os.path.isdir(state.folder):
+        stop_cluster(state.name)  # (it was shut down, by a pool's shutdown_cluster: its folder goes too)
+    return 0
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -173,8 +184,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def _stop(args: argparse.Namespace) -> int:
     from zpool.standalone import stop_cluster
 
-    state = stop_cluster(args.name)
+    state, kept = stop_cluster(args.name)
     print(f"cluster {state.name!r} {'stopped' if state.running else 'was not running: its folder is removed'}")
+    if kept:
+        print(f"its log is kept in {kept}")
     return 0
 
 

@@ -288,8 +288,10 @@ def start_cluster(
         info = info._replace(controller_pid=proc.pid)
         info.write(path)
         _wait_ready(info, proc, n_engines, ready_timeout, log_path)
-    except BaseException:  # Ctrl-C included
-        stop_cluster(name, timeout=2.0)
+    except BaseException as exc:  # Ctrl-C included
+        _, kept = stop_cluster(name, timeout=2.0)
+        if isinstance(exc, ZPoolError) and kept:
+            raise ZPoolError(str(exc).replace(log_path, kept)) from None  # (where the log is now)
         raise
     return ClusterState(name, folder, path, proc.pid, True, n_engines), proc
 
@@ -315,12 +317,14 @@ def _wait_ready(info: ConnectionInfo, proc: subprocess.Popen[bytes], n: int, tim
     raise ZPoolError(f"the cluster did not get ready within {timeout:g} s ({last}); its log: {log_path}")
 
 
-def stop_cluster(name: str, timeout: float = STOP_TIMEOUT_S) -> ClusterState:
+def stop_cluster(name: str, timeout: float = STOP_TIMEOUT_S) -> tuple[ClusterState, str | None]:
     """Stop cluster `name` and remove its folder; a stale folder is only cleaned.
 
     The controller is asked to shut down (it ends its engines); if it has
     not exited within `timeout` seconds, its process group is killed.
-    Returns the state the cluster was in.
+    Returns the state the cluster was in, and where its log was kept (None:
+    removed with the folder). The log is kept, beside the folder, when the
+    controller had to be ended, was gone already (stale), or logged errors.
 
     Raises
     ------
@@ -335,12 +339,13 @@ def stop_cluster(name: str, timeout: float = STOP_TIMEOUT_S) -> ClusterState:
         info = ConnectionInfo.read(state.connection_file)
     except (OSError, ValueError):
         pass
+    clean = False
     if state.running and info is not None and state.controller_pid:
         try:
             ask(info, MsgType.SHUTDOWN_REQUEST, timeout=min(timeout, 5.0))
         except ZPoolError as exc:
             logger.warning("cluster %r: %s; ending the controller", name, exc)
-        _end(state.controller_pid, timeout)
+        clean = _end(state.controller_pid, timeout)
     if info is not None:
         # What a controller killed with SIGKILL could not remove: its sockets' folder and segments.
         endpoint = info.client
@@ -350,8 +355,24 @@ def stop_cluster(name: str, timeout: float = STOP_TIMEOUT_S) -> ClusterState:
                 shutil.rmtree(runtime, ignore_errors=True)
         if info.shm_prefix:
             _shm.remove_all(info.shm_prefix)
+    kept = None
+    log = os.path.join(state.folder, LOG_FILE)
+    if os.path.exists(log) and (not clean or _has_errors(log)):
+        kept = f"{state.folder}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        try:
+            os.replace(log, kept)
+        except OSError:
+            kept = None
     shutil.rmtree(state.folder, ignore_errors=True)
-    return state
+    return state, kept
+
+
+def _has_errors(log: str) -> bool:
+    try:
+        with open(log, errors="replace") as f:
+            return any(" ERROR " in line or " CRITICAL " in line or "Traceback" in line for line in f)
+    except OSError:
+        return False
 
 
 def wait_gone(pid: int | None, timeout: float) -> bool:
@@ -377,10 +398,10 @@ def wait_gone(pid: int | None, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-def _end(pid: int, timeout: float) -> None:
-    """Wait up to `timeout` s for controller `pid` to exit; then SIGTERM, then SIGKILL its process group."""
+def _end(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` s for controller `pid` to exit, then SIGTERM, then SIGKILL its group; whether it left."""
     if wait_gone(pid, timeout):
-        return
+        return True
     logger.warning("controller pid %d did not exit within %g s; ending it", pid, timeout)
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -388,6 +409,7 @@ def _end(pid: int, timeout: float) -> None:
         pass
     if not wait_gone(pid, 3.0):
         kill_process_group(pid)
+    return False
 
 
 def _remove(path: str) -> None:
