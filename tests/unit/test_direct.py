@@ -3,7 +3,6 @@ the engine-side namespace functions, sync_imports' bookkeeping and DirectResult.
 
 from __future__ import annotations
 
-import collections
 import math
 import os.path
 import sys
@@ -357,7 +356,7 @@ def test_direct_task_id_reuse_is_invalid():
 def test_direct_tasks_are_not_counted_as_queued_work():
     s = make_scheduler(1, hwm=1)
     s.submit([direct("d", 0)])
-    assert s.queue == collections.deque() and s.waiting == {} and s.queued() == 0
+    assert not s.queue and s.waiting == {} and s.queued() == 0
     assert ids(s.assign()) == {0: ["d"]}
 
 
