@@ -42,7 +42,7 @@ from zpool._settings import ControllerSettings
 from zpool.error import BrokenPoolError, ZPoolError
 from zpool.protocol import ConnectionInfo, new_key, write_frames
 
-__all__ = ["ENDPOINTS", "ClusterSettings", "EngineProcess", "LocalCluster", "make_runtime_dir"]
+__all__ = ["ENDPOINTS", "ClusterSettings", "EngineProcess", "LocalCluster", "engines_of", "make_runtime_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,21 @@ class EngineProcess:
 
     def __repr__(self) -> str:
         return f"<EngineProcess name={self.name!r} pid={self.pid} {'alive' if self.is_alive() else 'ended'}>"
+
+
+def engines_of(controller_pid: int) -> list[EngineProcess]:
+    """The engine processes controller `controller_pid` runs now (its children), oldest first."""
+    try:
+        children = psutil.Process(controller_pid).children()
+    except psutil.Error:
+        return []
+    procs = []
+    for child in children:
+        try:
+            procs.append((child.create_time(), child.pid, EngineProcess(child)))
+        except psutil.Error:
+            continue
+    return [proc for _, _, proc in sorted(procs, key=lambda item: item[:2])]
 
 
 class LocalCluster:
@@ -176,19 +191,7 @@ class LocalCluster:
 
     def engine_processes(self) -> list[EngineProcess]:
         """The engine processes running now (the controller's children), oldest first."""
-        if self.proc is None:
-            return []
-        try:
-            children = psutil.Process(self.proc.pid).children()
-        except psutil.Error:
-            return []
-        procs = []
-        for child in children:
-            try:
-                procs.append((child.create_time(), child.pid, EngineProcess(child)))
-            except psutil.Error:
-                continue
-        return [proc for _, _, proc in sorted(procs, key=lambda item: item[:2])]
+        return [] if self.proc is None else engines_of(self.proc.pid)
 
     def _tree(self) -> list[psutil.Process]:
         if self.proc is None:

@@ -38,7 +38,7 @@ import zmq
 from zpool import _shm
 from zpool._process import caller_path, describe_exit, kill_process_group, python_command
 from zpool._settings import ControllerSettings
-from zpool.cluster import ENDPOINTS, EngineProcess, make_runtime_dir
+from zpool.cluster import ENDPOINTS, EngineProcess, engines_of, make_runtime_dir
 from zpool.error import BrokenPoolError, ZPoolError
 from zpool.protocol import ConnectionInfo, MsgType, Session, new_key, recv_frames, send_frames
 
@@ -480,19 +480,7 @@ class AttachedCluster:
     def engine_processes(self) -> list[EngineProcess]:
         """The engines the controller started on this host (its children), oldest first."""
         info = self.info
-        if info is None or not info.controller_pid:
-            return []
-        try:
-            children = psutil.Process(info.controller_pid).children()
-        except psutil.Error:
-            return []
-        procs = []
-        for child in children:
-            try:
-                procs.append((child.create_time(), child.pid, EngineProcess(child)))
-            except psutil.Error:
-                continue
-        return [proc for _, _, proc in sorted(procs, key=lambda item: item[:2])]
+        return [] if info is None or not info.controller_pid else engines_of(info.controller_pid)
 
     def pids(self) -> list[int]:
         """No process of an attached cluster belongs to the pool."""
