@@ -55,6 +55,7 @@ _EXPORTS = {
     "RemoteError": "zpool.error",
     "RemoteTraceback": "zpool.error",
     "TaskAborted": "zpool.error",
+    "UnknownTaskError": "zpool.error",
     "UnmetDependency": "zpool.error",
     "ImpossibleDependency": "zpool.error",
     "DependencyTimeout": "zpool.error",
@@ -84,6 +85,7 @@ if TYPE_CHECKING:
         SerializationError,
         TaskAborted,
         TimeoutError,
+        UnknownTaskError,
         UnmetDependency,
         ZPoolError,
     )

@@ -4,7 +4,8 @@
 :class:`zpool.view._NamespaceMethods` is for the engines' namespaces:
 ``set_flags``/``temp_flags``/``flags`` (what every call gets: ``after``,
 ``follow``, ``timeout``, ``retries``, ``targets``, ``track``), ``abort``,
-``purge_results``, ``resubmit``, ``queue_status`` and ``wait_for_engines``.
+``purge_results``, ``resubmit``, ``get_result``, ``db_query``, ``queue_status`` and
+``wait_for_engines``.
 Everything goes through the pool's :class:`~zpool.client.submitter.Submitter`.
 """
 
@@ -17,6 +18,7 @@ from zpool._decorators import check_flag
 from zpool.asyncresult import AsyncResult
 from zpool.client.submitter import Submitter
 from zpool.dependency import task_ids
+from zpool.error import ZPoolError
 from zpool.protocol import MsgType
 
 __all__: list[str] = []
@@ -112,6 +114,10 @@ class _SchedulingMethods:
         :meth:`resubmit`, for the newest ``record_window`` tasks of the last
         ``record_age`` seconds. This forgets them at once.
 
+        On a standalone cluster with a task database, their records go too,
+        calls and results with them: ``"all"`` removes every finished
+        record, of every client of the cluster.
+
         Parameters
         ----------
         what : "all", AsyncResult, task id, or a list of them
@@ -144,8 +150,11 @@ class _SchedulingMethods:
         Notes
         -----
         The controller keeps the calls of finished tasks of up to 64 KiB
-        each, the newest 10,000 within 64 MiB in all. A task that is not finished, or
-        whose call is no longer kept, fails in the new result with
+        each, the newest 10,000 within 64 MiB in all; a standalone cluster's
+        task database keeps the others (up to 16 MiB each), so any client may
+        resubmit any recorded task, also after a restart of the controller.
+        A task that is not finished, or whose call is not kept (its arguments
+        went through shared memory), fails in the new result with
         :class:`InvalidDependency`, saying which.
         """
         sub = self._submitter
@@ -165,6 +174,140 @@ class _SchedulingMethods:
             sub.fail(new_ids, exc)
             raise
         return ar
+
+    @property
+    def client_id(self) -> str:
+        """This pool's name among the cluster's clients: what its task ids start with, and records say.
+
+        ``db_query(client=pool.client_id)`` finds this pool's records.
+        """
+        return self._submitter.conn.session.session[:12]
+
+    def get_result(self, what: Any) -> AsyncResult[Any]:
+        """A result for tasks given by id, this pool's or any other client's of the cluster.
+
+        On a standalone cluster with a task database (the default of ``zpool
+        cluster start``), finished tasks' results come from the database, even
+        those of pools that detached since or of a controller that was
+        restarted, and running tasks' as they finish. Use it to pick up work
+        submitted by another script, or by an earlier run of this one.
+
+        Parameters
+        ----------
+        what : task id, AsyncResult, or a list of them
+            The tasks (``ar.msg_ids`` names an AsyncResult's). An AsyncResult
+            gives one of the same kind (a ``MapResult`` a whole map's list).
+
+        Returns
+        -------
+        AsyncResult
+            Its ``get()`` gives the values, or raises the task's exception;
+            :class:`~zpool.UnknownTaskError` for a task the cluster has no
+            result of: never submitted, purged, pending when its controller
+            stopped, larger than the database keeps, or on a cluster that keeps
+            no task database (a ``Pool``'s own).
+
+        Raises
+        ------
+        ValueError
+            If a task is this pool's own and still pending (wait on its
+            AsyncResult), or is named twice.
+        """
+        sub = self._submitter
+        sub.check_running()
+        ids = task_ids(what)
+        if len(set(ids)) != len(ids):
+            raise ValueError("get_result: a task id is named twice; name each once")
+        waiting = sub.results.waiting(ids)
+        if waiting:
+            raise ValueError(
+                f"task {waiting[0]} is this pool's own and has not finished: wait on the AsyncResult it returned"
+            )
+        if isinstance(what, AsyncResult):
+            ar: AsyncResult[Any] = what._renewed(ids, owner=self, runner=sub.callbacks)
+        else:
+            ar = AsyncResult(ids, owner=self, runner=sub.callbacks)
+        if not ids:
+            return ar
+        sub.results.add(ar)
+        try:
+            sub.request(MsgType.RESULT_REQUEST, {"ids": ids})
+        except BaseException as exc:
+            sub.fail(ids, exc)
+            raise
+        return ar
+
+    def db_query(
+        self,
+        status: str | list[str] | None = None,
+        *,
+        client: str | None = None,
+        engine: int | None = None,
+        ids: Any = None,
+        submitted_after: float | None = None,
+        submitted_before: float | None = None,
+        completed_after: float | None = None,
+        completed_before: float | None = None,
+        limit: int = 10_000,
+        timeout: float | None = 30.0,
+    ) -> list[dict[str, Any]]:
+        """The records of the cluster's tasks that meet every criterion given, oldest first.
+
+        Needs a standalone cluster with a task database (``zpool cluster
+        start``). Times are seconds since the epoch (``time.time()``).
+
+        Parameters
+        ----------
+        status : str or list of str
+            ``"pending"`` (not finished: queued or running), ``"ok"``,
+            ``"error"`` (aborted tasks too), or ``"lost"`` (pending when its
+            controller stopped).
+        client : str
+            A client's :attr:`client_id`.
+        engine : int
+            The engine that ran it (or, for a pending task, holds it).
+        ids : task id, AsyncResult, or a list of them
+        submitted_after, submitted_before, completed_after, completed_before : float
+            Bounds of when it was submitted or completed (after: inclusive).
+        limit : int
+            Most records returned (1 to 10,000).
+
+        Returns
+        -------
+        list of dict
+            One per task: ``id``, ``client``, ``status``, ``engine``,
+            ``submitted``, ``started``, ``completed``, ``flags`` (its
+            scheduling flags, or None), ``call_bytes`` and ``result_bytes``,
+            and whether the call and the result are kept (``call_kept``,
+            ``result_kept``). Fetch results with :meth:`get_result`.
+
+        Raises
+        ------
+        ValueError
+            If a criterion is malformed.
+        ZPoolError
+            If the cluster keeps no task database, or it failed.
+        """
+        query: dict[str, Any] = {"limit": limit}
+        for key, value in (
+            ("status", status),
+            ("client", client),
+            ("engine", engine),
+            ("submitted_after", submitted_after),
+            ("submitted_before", submitted_before),
+            ("completed_after", completed_after),
+            ("completed_before", completed_before),
+        ):
+            if value is not None:
+                query[key] = value
+        if ids is not None:
+            query["ids"] = task_ids(ids)
+        self._submitter.check_connected()
+        reply = self._submitter.request(MsgType.DB_REQUEST, {"op": "query", "query": query}, timeout=timeout)
+        error = reply.get("error")
+        if error:
+            raise (ZPoolError if "task database" in error else ValueError)(f"db_query: {error}")
+        return list(reply["records"])
 
     def queue_status(self, timeout: float | None = 10.0) -> dict[str, Any]:
         """Ask the controller for per-engine queue lengths and counters.

@@ -119,6 +119,7 @@ class ErrorName(str, enum.Enum):
     IMPOSSIBLE_DEPENDENCY = "ImpossibleDependency"
     INVALID_DEPENDENCY = "InvalidDependency"
     TASK_ABORTED = "TaskAborted"
+    UNKNOWN_TASK = "UnknownTaskError"
 
 
 class _ErrorReplyBase(TypedDict):

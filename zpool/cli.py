@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--name", default=DEFAULT_NAME, help=DEFAULT_HELP)
     start.add_argument("--daemon", action="store_true", help="run in the background; return once the engines are up")
     start.add_argument("--log-level", default="WARNING", help="the cluster's log level (default: %(default)s)")
+    _add_db_arguments(start)
     ControllerSettings.add_arguments(start)
     stop = actions.add_parser(
         "stop",
@@ -74,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         " and remove the cluster's folder; a stale folder (its controller gone) is only cleaned.",
     )
     stop.add_argument("--name", default=DEFAULT_NAME, help=DEFAULT_HELP)
+    stop.add_argument(
+        "--keep-db",
+        action="store_true",
+        help="keep the task database (tasks.db) in the folder: the next start with this name uses it again",
+    )
     actions.add_parser(
         "list", help="list the clusters and their state", description="List the clusters and their state."
     )
@@ -87,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--name", default=DEFAULT_NAME, help=DEFAULT_HELP)
     controller.add_argument("--engines", type=int, default=0, help="local engines to start too (default: none)")
     controller.add_argument("--log-level", default="WARNING", help="the cluster's log level (default: %(default)s)")
+    _add_db_arguments(controller)
     ControllerSettings.add_arguments(controller)
 
     engine = verbs.add_parser(
@@ -102,6 +109,26 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="WARNING", help="log level of the engine's messages (default: %(default)s)"
     )
     return p
+
+
+def _add_db_arguments(p: argparse.ArgumentParser) -> None:
+    db = p.add_mutually_exclusive_group()
+    db.add_argument(
+        "--db",
+        default="",
+        metavar="PATH",
+        help="the task database, an SQLite file (default: tasks.db in the cluster's folder)",
+    )
+    db.add_argument(
+        "--no-db", action="store_true", help="keep no task database (results go only to the pool that submitted them)"
+    )
+    p.add_argument(
+        "--db-max-mb",
+        type=int,
+        default=None,
+        help="megabytes of calls and results the task database keeps; the oldest finished records are removed"
+        " beyond (default: 1024)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,7 +173,10 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
     if args.engines < 0:
         parser.error(f"the number of engines must be at least 0, not {args.engines}")
     settings = _settings(parser, args)
-    state, proc = start_cluster(args.name, args.engines, settings, args.log_level)
+    if args.db_max_mb is not None and args.db_max_mb < 1:
+        parser.error(f"--db-max-mb must be at least 1, not {args.db_max_mb}")
+    db = None if args.no_db else (os.path.abspath(args.db) if args.db else "")
+    state, proc = start_cluster(args.name, args.engines, settings, args.log_level, db=db, db_max_mb=args.db_max_mb)
     print(
         f"cluster {state.name!r}: controller pid {state.controller_pid}, {args.engines} engine(s);"
         f" attach with Pool(cluster={state.name!r}) or Pool(connection={state.connection_file!r})",
@@ -184,8 +214,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def _stop(args: argparse.Namespace) -> int:
     from zpool.standalone import stop_cluster
 
-    state, kept = stop_cluster(args.name)
-    print(f"cluster {state.name!r} {'stopped' if state.running else 'was not running: its folder is removed'}")
+    state, kept = stop_cluster(args.name, keep_db=args.keep_db)
+    done = "stopped" if state.running else "was not running"
+    print(f"cluster {state.name!r} {done}: its folder is removed{' but for its task database' if args.keep_db else ''}")
     if kept:
         print(f"its log is kept in {kept}")
     return 0

@@ -16,6 +16,7 @@ working after ``from zpool import Pool``::
     ├─ ProtocolError                          a malformed message (never reaches users' calls)
     ├─ RemoteError                            the task failed; its exception could not be rebuilt
     ├─ TaskAborted                            aborted before it ran
+    ├─ UnknownTaskError(LookupError)          get_result: no such task, or its result is not kept
     └─ UnmetDependency
        └─ ImpossibleDependency
           ├─ DependencyTimeout
@@ -53,6 +54,7 @@ __all__ = [
     "SerializationError",
     "TaskAborted",
     "TimeoutError",
+    "UnknownTaskError",
     "UnmetDependency",
     "ZPoolError",
 ]
@@ -179,6 +181,10 @@ class ProtocolError(ZPoolError):
 
 class TaskAborted(ZPoolError):
     """The task was aborted before it ran."""
+
+
+class UnknownTaskError(ZPoolError, LookupError):
+    """``Pool.get_result`` asked for a task the cluster has no result of: never seen, purged, or not kept."""
 
 
 class UnmetDependency(ZPoolError):

@@ -135,6 +135,10 @@ class MsgType(str, enum.Enum):
     RECALL_REPLY = "recall_reply"
     ROSTER_REQUEST = "roster_request"
     ROSTER_NOTICE = "roster_notice"
+    RESULT_REQUEST = "result_request"  # send me the replies of these tasks, any client's (Pool.get_result)
+    RESULT_REPLY = "result_reply"
+    DB_REQUEST = "db_request"  # a question for the task database (Pool.db_query)
+    DB_REPLY = "db_reply"
 
 
 class TaskStatus(str, enum.Enum):

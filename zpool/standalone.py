@@ -6,6 +6,7 @@ folder of its own, private to the user (mode 0700)::
     $ZPOOL_HOME/clusters/NAME/        ($ZPOOL_HOME: ~/.zpool by default)
         cluster.json      the connection file (mode 0600): addresses, key, controller pid
         controller.log    what the controller and the engines it started logged
+        tasks.db          the task database (zpool.controller.taskdb; unless --db names another file or --no-db)
 
 The sockets themselves (``ipc://`` endpoints, the engines' direct sockets
 and run slots) live in a short private directory of their own, named in
@@ -62,6 +63,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_NAME = "default"
 CONNECTION_FILE = "cluster.json"
 LOG_FILE = "controller.log"
+DB_FILE = "tasks.db"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # How long `zpool cluster start` waits for the controller to answer and its engines to be up, in seconds.
 READY_TIMEOUT_S = 120.0
@@ -194,8 +196,17 @@ def ask(info: ConnectionInfo, msg_type: MsgType, content: dict[str, Any] | None 
 
 
 def _controller_argv(
-    runtime: str, folder: str, n_engines: int, settings: ControllerSettings, log_level: str
+    runtime: str,
+    folder: str,
+    n_engines: int,
+    settings: ControllerSettings,
+    log_level: str,
+    db: str | None,
+    db_max_mb: int | None,
 ) -> list[str]:
+    db_args = [] if db is None else ["--db", db]
+    if db is not None and db_max_mb is not None:
+        db_args += ["--db-max-mb", str(db_max_mb)]
     return python_command(
         "zpool.controller",
         [
@@ -214,6 +225,7 @@ def _controller_argv(
             os.path.join(folder, CONNECTION_FILE),
             "--engine-output",
             "forward",
+            *db_args,
         ],
         caller_path(),
     )
@@ -225,11 +237,19 @@ def start_cluster(
     settings: ControllerSettings | None = None,
     log_level: str = "WARNING",
     ready_timeout: float = READY_TIMEOUT_S,
+    db: str | None = "",
+    db_max_mb: int | None = None,
 ) -> tuple[ClusterState, subprocess.Popen[bytes]]:
     """Start cluster `name`: a controller with `n_engines` local engines, in a session of its own.
 
     Returns once the controller answers and `n_engines` engines take
-    tasks. The controller's own output goes to its log.
+    tasks. The controller's own output goes to its log. `db`: its task
+    database ("": ``tasks.db`` in the cluster's folder; None: none).
+
+    A cluster whose controller is gone (*stale*: it was killed) starts
+    again at the same addresses with the same key, so that engines started
+    by hand (``zpool engine``) join the new controller, and with the same
+    task database, whose records survive.
 
     Raises
     ------
@@ -247,25 +267,30 @@ def start_cluster(
             f"cluster {name!r} is running already (controller pid {state.controller_pid}); attach to it with"
             f" Pool(cluster={name!r}), or stop it first: zpool cluster stop --name {name}"
         )
-    if state.stale:
-        logger.warning(
-            "cluster %r: removing the stale connection file of controller pid %s", name, state.controller_pid
-        )
-        _remove(state.connection_file)
     folder = state.folder
     os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
-    runtime = make_runtime_dir()
-    base = f"ipc://{runtime}"
-    client, engine, heartbeat = (f"{base}/{endpoint}" for endpoint in ENDPOINTS)
-    info = ConnectionInfo(
-        client,
-        engine,
-        heartbeat,
-        new_key(),
-        shm_prefix=f"zpool-{os.urandom(6).hex()}" if _shm.available() else None,
-    )
+    info = _restarted(state) if state.stale else None
+    if info is not None:
+        runtime = os.path.dirname(info.client[len("ipc://") :])
+        logger.warning("cluster %r: its controller (pid %s) is gone; starting it again", name, state.controller_pid)
+    else:
+        if state.stale:
+            logger.warning("cluster %r: removing the stale connection file of pid %s", name, state.controller_pid)
+        _remove(state.connection_file)
+        runtime = make_runtime_dir()
+        base = f"ipc://{runtime}"
+        client, engine, heartbeat = (f"{base}/{endpoint}" for endpoint in ENDPOINTS)
+        info = ConnectionInfo(
+            client,
+            engine,
+            heartbeat,
+            new_key(),
+            shm_prefix=f"zpool-{os.urandom(6).hex()}" if _shm.available() else None,
+        )
+    info = info._replace(controller_pid=None)
     info.write(os.path.join(runtime, CONNECTION_FILE))
+    db_path = os.path.join(folder, DB_FILE) if db == "" else db
     log_path = os.path.join(folder, LOG_FILE)
     os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     # What the controller itself writes (a crash before its log is set up) goes to its log too: it
@@ -273,7 +298,7 @@ def start_cluster(
     with open(log_path, "ab") as log:
         try:
             proc = subprocess.Popen(
-                _controller_argv(runtime, folder, n_engines, settings, log_level),
+                _controller_argv(runtime, folder, n_engines, settings, log_level, db_path, db_max_mb),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -294,6 +319,29 @@ def start_cluster(
             raise ZPoolError(str(exc).replace(log_path, kept)) from None  # (where the log is now)
         raise
     return ClusterState(name, folder, path, proc.pid, True, n_engines), proc
+
+
+def _restarted(state: ClusterState) -> ConnectionInfo | None:
+    """The connection of a stale cluster, to start its controller again where it was; None if it cannot be."""
+    try:
+        info = ConnectionInfo.read(state.connection_file)
+    except (OSError, ValueError):
+        return None
+    if not info.client.startswith("ipc://"):
+        return None
+    runtime = os.path.dirname(info.client[len("ipc://") :])
+    if not os.path.basename(runtime).startswith("zpool-"):
+        return None
+    try:
+        os.makedirs(runtime, mode=0o700, exist_ok=True)
+        os.chmod(runtime, 0o700)
+        for entry in (*ENDPOINTS, CONNECTION_FILE):  # the dead controller's sockets, bound again
+            _remove(os.path.join(runtime, entry))
+    except OSError:
+        return None
+    if info.shm_prefix:
+        _shm.remove_all(info.shm_prefix)
+    return info
 
 
 def _wait_ready(info: ConnectionInfo, proc: subprocess.Popen[bytes], n: int, timeout: float, log_path: str) -> None:
@@ -317,8 +365,8 @@ def _wait_ready(info: ConnectionInfo, proc: subprocess.Popen[bytes], n: int, tim
     raise ZPoolError(f"the cluster did not get ready within {timeout:g} s ({last}); its log: {log_path}")
 
 
-def stop_cluster(name: str, timeout: float = STOP_TIMEOUT_S) -> tuple[ClusterState, str | None]:
-    """Stop cluster `name` and remove its folder; a stale folder is only cleaned.
+def stop_cluster(name: str, timeout: float = STOP_TIMEOUT_S, keep_db: bool = False) -> tuple[ClusterState, str | None]:
+    """Stop cluster `name` and remove its folder (`keep_db`: all but its task database); a stale folder is only cleaned.
 
     The controller is asked to shut down (it ends its engines); if it has
     not exited within `timeout` seconds, its process group is killed.
@@ -363,7 +411,14 @@ def stop_cluster(name: str, timeout: float = STOP_TIMEOUT_S) -> tuple[ClusterSta
             os.replace(log, kept)
         except OSError:
             kept = None
-    shutil.rmtree(state.folder, ignore_errors=True)
+    if keep_db and os.path.exists(os.path.join(state.folder, DB_FILE)):
+        # (tasks.db, and its -wal and -shm files after a controller killed mid-write)
+        for entry in os.listdir(state.folder):
+            if not entry.startswith(DB_FILE):
+                path = os.path.join(state.folder, entry)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _remove(path)
+    else:
+        shutil.rmtree(state.folder, ignore_errors=True)
     return state, kept
 
 

@@ -127,6 +127,11 @@ class ResultTable:
     def __len__(self) -> int:
         return len(self._tasks) + len(self._deferred)
 
+    def waiting(self, task_ids: Iterable[str]) -> list[str]:
+        """Which of `task_ids` this table waits for."""
+        with self._lock:
+            return [i for i in task_ids if i in self._tasks or i in self._deferred]
+
     def add(self, outcome: _Outcome) -> None:
         """Start tracking `outcome`'s tasks.
 

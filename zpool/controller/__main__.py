@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from zpool._output import OUTPUT_LIMIT, OUTPUT_MODES
 
@@ -22,6 +23,9 @@ from zpool._process import LOG_FORMAT, kill_process_group, python_command
 from zpool._settings import ControllerSettings
 from zpool.controller.launcher import LocalEngines
 from zpool.controller.output import EngineOutput
+
+if TYPE_CHECKING:
+    from zpool.controller.taskdb import TaskDB
 
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettings]:
@@ -40,6 +44,10 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettin
         " or written to this process's stdout and stderr (inherit)",
     )
     p.add_argument("--output-limit", type=int, default=OUTPUT_LIMIT, help="bytes of output one task may send")
+    p.add_argument("--db", default=None, help="the task database (SQLite file) of a standalone cluster")
+    p.add_argument(
+        "--db-max-mb", type=int, default=None, help="payload megabytes the task database keeps (oldest removed first)"
+    )
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--remove-dir", default=None, help="directory to delete on exit (the cluster's sockets)")
@@ -50,11 +58,31 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettin
         help="file to delete on exit (a standalone cluster's connection file); may be repeated",
     )
     args = p.parse_args(argv)
+    if args.db_max_mb is not None and args.db_max_mb < 1:
+        p.error(f"--db-max-mb must be at least 1, not {args.db_max_mb}")
     try:
         settings = ControllerSettings.from_args(args).validate()
     except (TypeError, ValueError) as exc:
         p.error(str(exc))
     return args, settings
+
+
+def _open_db(path: str, max_mb: int | None) -> TaskDB:
+    """Open the task database, or exit saying why it cannot be."""
+    import sqlite3
+
+    from zpool.controller.taskdb import DEFAULT_MAX_BYTES, TaskDB
+
+    try:
+        db = TaskDB(path, DEFAULT_MAX_BYTES if max_mb is None else max_mb << 20)
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        logging.getLogger("zpool.controller").critical("cannot open the task database %s: %s", path, exc)
+        raise SystemExit(f"zpool controller: cannot open the task database {path}: {exc}") from None
+    if db.lost:
+        logging.getLogger("zpool.controller").warning(
+            "task database %s: %d task(s) were pending when the last controller stopped: marked lost", path, db.lost
+        )
+    return db
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -99,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
         info = ConnectionInfo.read(args.connection_file)
         setup = tuple(read_frames(args.engine_setup)) if args.engine_setup else ()
+        db = _open_db(args.db, args.db_max_mb) if args.db else None
         Hub(
             info,
             settings,
@@ -106,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             parent_pid=args.parent_pid,
             engine_setup=setup,
             connection_file=args.connection_file,
+            db=db,
         ).run()
     except KeyboardInterrupt:
         pass

@@ -44,6 +44,23 @@ class Flags:
     def __repr__(self) -> str:
         return f"Flags({', '.join(f'{name}={getattr(self, name)!r}' for name in self.__slots__)})"
 
+    def to_wire(self) -> TaskFlags:
+        """The flags as a client sends them (what :meth:`check` reads back): kept in the task database."""
+        out: TaskFlags = {}
+        if self.after is not None:
+            out["after"] = self.after
+        if self.follow is not None:
+            out["follow"] = self.follow
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        if self.retries:
+            out["retries"] = self.retries
+        if self.targets is not None:
+            out["targets"] = sorted(self.targets)
+        if self.direct:
+            out["direct"] = True
+        return out
+
     @classmethod
     def trusted(cls, flags: TaskFlags) -> Flags:
         """Convert `flags` as they are, unchecked (tests, and the scheduler's own)."""

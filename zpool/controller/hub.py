@@ -29,6 +29,7 @@ Shared-memory segments are counted in :mod:`zpool.controller.segments`.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import time
@@ -41,11 +42,12 @@ from zpool._settings import ControllerSettings
 from zpool._stream import SCHEME as DIRECT_SCHEME
 from zpool._wire import ErrorName, QueueStatus, Roster, error_reply
 from zpool.controller.engines import EngineKeeper
-from zpool.controller.flags import parse_flags
+from zpool.controller.flags import Flags, parse_flags
 from zpool.controller.launcher import LocalEngines
 from zpool.controller.registry import EngineRegistry
 from zpool.controller.scheduler import EngineSlot, Scheduler, Task
 from zpool.controller.segments import SegmentLedger
+from zpool.controller.taskdb import MAX_RESULT_BYTES, Query, TaskDB
 from zpool.error import ProtocolError, ZPoolError
 from zpool.protocol import (
     DELIMITER,
@@ -112,8 +114,13 @@ class Hub:
         parent_pid: int | None = None,
         engine_setup: tuple[bytes, ...] = (),
         connection_file: str | None = None,
+        db: TaskDB | None = None,
     ) -> None:
         self.info = info
+        # The task database of a standalone cluster (zpool.controller.taskdb); None: no record kept.
+        self.db = db
+        # Tasks whose reply other clients asked for while they ran (Pool.get_result): task id -> routes.
+        self._watchers: dict[str, list[bytes]] = {}
         self.settings = settings
         # A serialized call every engine runs before its first task (the initializer).
         self.engine_setup = engine_setup
@@ -162,6 +169,8 @@ class Hub:
                 MsgType.HEARTBEAT_REQUEST.value: self._on_client_ping,
                 MsgType.PURGE_REQUEST.value: self._on_purge_request,
                 MsgType.ROSTER_REQUEST.value: self._on_roster_request,
+                MsgType.RESULT_REQUEST.value: self._on_result_request,
+                MsgType.DB_REQUEST.value: self._on_db_request,
             },
             self.engine_sock: {
                 MsgType.REGISTER_REQUEST.value: self._on_register_request,
@@ -190,6 +199,10 @@ class Hub:
         poller = zmq.Poller()
         for sock in self._handlers:
             poller.register(sock, zmq.POLLIN)
+        db_fd = -1
+        if self.db is not None:
+            db_fd = self.db.wake_fd
+            poller.register(db_fd, zmq.POLLIN)
         output = self.output
         polled: set[int] = set()  # the engines' output pipes watched
         interval = self.settings.heartbeat_interval
@@ -206,7 +219,9 @@ class Hub:
                 if output is not None and output.changed:
                     polled = _watch_pipes(poller, polled, output.fds())
                 for sock, _ in poller.poll(timeout_ms):
-                    if type(sock) is int:
+                    if sock == db_fd:
+                        self._db_answered()
+                    elif type(sock) is int:
                         output.read(sock)  # type: ignore[union-attr]
                     else:
                         self._drain(sock)
@@ -348,6 +363,8 @@ class Hub:
         source = _Source(frames[len(msg.idents) :], len(tasks), time.monotonic())
         for task in tasks:
             task.source = source
+        if self.db is not None:
+            self._record_submitted(tasks)
         self.scheduler.submit(tasks)
         self.send_failures()
 
@@ -377,7 +394,11 @@ class Hub:
         if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
             raise ProtocolError("purge_request with ids that are not a list of task ids")
         forgotten, live = self.scheduler.purge(ids)
-        self._reply(msg, MsgType.PURGE_REPLY, {"purged": forgotten, "not_finished": live})
+        content = {"purged": forgotten, "not_finished": live}
+        if self.db is None:
+            self._reply(msg, MsgType.PURGE_REPLY, content)
+        else:  # the records too (answered by _db_answered)
+            self.db.ask((MsgType.PURGE_REPLY, msg, content), "purge", ids)
 
     def _on_client_ping(self, msg: Message, frames: list[Any]) -> None:
         """A client waiting for work checks that this controller still answers."""
@@ -412,8 +433,195 @@ class Hub:
             and all(isinstance(i, str) for i in old + new)
         ):
             raise ProtocolError("resubmit_request needs lists ids and new_ids of the same length")
-        refused = self.scheduler.resubmit(old, new, _ident(msg))
-        self._reply(msg, MsgType.RESUBMIT_REPLY, {"resubmitted": len(old) - len(refused)})
+        client = _ident(msg)
+        if self.db is not None:
+            # Calls the scheduler no longer keeps come from the task database (answered by _db_answered).
+            recorded = [(o, n) for o, n in zip(old, new) if self.scheduler.records.call(o) is None]
+            if recorded:
+                self.db.ask(("resubmit", client, recorded), "calls", [o for o, _ in recorded])
+                from_db = {n for _, n in recorded}
+                old, new = [o for o, n in zip(old, new) if n not in from_db], [n for n in new if n not in from_db]
+        fresh = self.scheduler.resubmit(old, new, client, accept=self._record_submitted if self.db else None)
+        self._reply(msg, MsgType.RESUBMIT_REPLY, {"resubmitted": fresh})
+
+    # -- the task database (standalone clusters) -------------------------------
+
+    def _record_submitted(self, tasks: list[Task]) -> None:
+        """Record new tasks in the task database (their calls too, unless they refer to shared memory)."""
+        now = time.time()
+        encoded: dict[int, str] = {}  # a run of tasks shares one Flags
+        rows = []
+        for task in tasks:
+            flags = task.flags
+            text = None
+            if flags is not None:
+                text = encoded.get(id(flags))
+                if text is None:
+                    text = encoded[id(flags)] = json.dumps(flags.to_wire())
+            frames = task.frames
+            rows.append((task.task_id, now, text, None if frames and _shm.is_manifest(frames[0]) else frames))
+        self.db.submitted(rows)  # type: ignore[union-attr]
+
+    def _send_watched(self, batch: Batch, watched: list[int]) -> None:
+        """Send the replies at `watched` of `batch` to the clients that asked for them (get_result) too."""
+        statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
+        per_route: dict[bytes, BatchWriter] = {}
+        for i in watched:
+            task_id = batch.ids[i]
+            for route in self._watchers.pop(task_id, ()):
+                out = per_route.get(route)
+                if out is None:
+                    out = per_route[route] = BatchWriter(REPLY_COLUMNS)
+                out.add(task_id, batch.payload(i), statuses[i], engine_ids[i], starts[i], completions[i])
+        for route, out in per_route.items():
+            self._send_reply(route, out)
+
+    def _on_result_request(self, msg: Message, frames: list[Any]) -> None:
+        """A client asks for tasks' replies by id (its own or another client's): sent as they are known."""
+        ids = msg.content.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ProtocolError("result_request without a list of task ids")
+        route = _ident(msg)
+        if self.db is None:
+            self._answer_unknown(
+                route,
+                ids,
+                "this cluster keeps no task database: a Pool's own cluster gives each result only to the pool"
+                " that submitted it. Start a standalone cluster (zpool cluster start) to fetch results by id",
+            )
+            self._reply(msg, MsgType.RESULT_REPLY, {"running": 0, "recorded": 0})
+            return
+        live = self.scheduler.live
+        running = [i for i in ids if i in live]
+        for task_id in running:
+            self._watchers.setdefault(task_id, []).append(route)
+        recorded = [i for i in ids if i not in live]
+        if recorded:  # asked after the writes queued before: a task finished by now is recorded
+            self.db.ask(("fetch", route, recorded), "fetch", recorded)
+        self._reply(msg, MsgType.RESULT_REPLY, {"running": len(running), "recorded": len(recorded)})
+
+    def _answer_unknown(self, route: bytes, ids: list[str], why: str) -> None:
+        now = time.time()
+        out = BatchWriter(REPLY_COLUMNS)
+        for task_id in ids:
+            error = encode(error_reply(ErrorName.UNKNOWN_TASK, why))
+            out.add(task_id, [error], TaskStatus.ERROR.value, None, now, now)
+        self._send_reply(route, out)
+
+    def _on_db_request(self, msg: Message, frames: list[Any]) -> None:
+        """A question for the task database: ``query`` (records) or ``stats`` (counts)."""
+        op = msg.content.get("op")
+        if self.db is None:
+            self._reply(
+                msg,
+                MsgType.DB_REPLY,
+                {"error": "this cluster keeps no task database (start a standalone cluster: zpool cluster start)"},
+            )
+            return
+        if op == "query":
+            try:
+                question: Any = Query(msg.content.get("query"))
+            except ValueError as exc:
+                self._reply(msg, MsgType.DB_REPLY, {"error": str(exc)})
+                return
+        elif op == "stats":
+            question = None
+        else:
+            raise ProtocolError(f"db_request with an unknown op {op!r}")
+        self.db.ask((MsgType.DB_REPLY, msg, {}), op, question)
+
+    def _db_answered(self) -> None:
+        """Send on what the task database answered."""
+        for token, answer in self.db.answers():  # type: ignore[union-attr]
+            kind = token[0]
+            if kind == "fetch":
+                self._send_fetched(token[1], token[2], answer)
+            elif kind == "resubmit":
+                self._resubmit_recorded(token[1], token[2], answer)
+            else:
+                msg_type, msg, content = token
+                if isinstance(answer, Exception):
+                    content = {"error": f"the task database failed: {type(answer).__name__}: {answer}"}
+                elif msg_type is MsgType.PURGE_REPLY:
+                    content = {**content, "purged": max(content["purged"], answer)}
+                elif isinstance(answer, list):  # query: records of tasks still live say where they are
+                    live = self.scheduler.live
+                    for record in answer:
+                        task = live.get(record["id"]) if record["status"] == "pending" else None
+                        if task is not None and task.engine is not None:
+                            record["engine"] = task.engine.engine_id
+                    content = {"records": answer}
+                else:
+                    content = {"stats": answer}
+                self._reply(msg, msg_type, content)
+
+    def _send_fetched(self, route: bytes, ids: list[str], found: Any) -> None:
+        """Send a client the recorded replies it asked for (get_result); an error for those there are not."""
+        failed = ""
+        if isinstance(found, Exception):
+            failed = f"the task database failed: {type(found).__name__}: {found}"
+            logger.error("%s", failed)
+            found = {}
+        now = time.time()
+        out = BatchWriter(REPLY_COLUMNS)
+        for task_id in ids:
+            record = found.get(task_id)
+            engine = None
+            if record is None:
+                why = failed or (
+                    f"there is no task {task_id} in this cluster's task database: never submitted, or purged"
+                )
+            else:
+                status, engine, started, completed, frames, size = record
+                if frames is not None and status not in ("pending", "lost"):
+                    out.add(task_id, frames, status, engine, started, completed)
+                    continue
+                if status == "lost":
+                    why = f"task {task_id}'s controller stopped before the task finished: its result is lost"
+                elif status == "pending":  # (not live here: its end was not recorded)
+                    why = f"task {task_id} has no recorded result"
+                else:
+                    why = (
+                        f"the result of task {task_id} was {size} bytes, more than the task database keeps"
+                        f" ({MAX_RESULT_BYTES >> 20} MiB)"
+                    )
+            error = encode(error_reply(ErrorName.UNKNOWN_TASK, why, engine_id=engine))
+            out.add(task_id, [error], TaskStatus.ERROR.value, engine, now, now)
+        if out:
+            self._send_reply(route, out)
+
+    def _resubmit_recorded(self, client: bytes, pairs: list[tuple[str, str]], found: Any) -> None:
+        """Run again the recorded calls of finished tasks, under their new ids (or fail them, saying why)."""
+        if isinstance(found, Exception):
+            logger.error("the task database failed: %s: %s", type(found).__name__, found)
+            found = {}
+        fresh: list[Task] = []
+        failed: list[tuple[Task, ErrorName, str, int | None]] = []
+        for old, new in pairs:
+            record = found.get(old)
+            why = None
+            if record is None:
+                why = f"there is no task {old} in this cluster's task database: never submitted, or purged"
+            else:
+                status, call, flags, size = record
+                if status in ("pending", "lost") and old in self.scheduler.live:
+                    why = f"task {old} has not finished yet; resubmit runs finished tasks again"
+                elif call is None:
+                    why = (
+                        f"the call of task {old} ({size} bytes) is not kept: its arguments went through shared"
+                        " memory, or it was larger than the task database keeps; submit it anew"
+                    )
+            if why is not None:
+                failed.append((Task(new, client, []), ErrorName.INVALID_DEPENDENCY, why, None))
+                continue
+            parsed = Flags.check(json.loads(flags)) if flags else None
+            fresh.append(Task(new, client, call, parsed))
+        if failed:
+            self._answer_errors(failed)
+        if fresh:
+            self._record_submitted(fresh)
+            self.scheduler.submit(fresh)
+            self.send_failures()
 
     def send_failures(self) -> None:
         """Answer the tasks the scheduler failed (impossible dependencies, timeouts, aborts)."""
@@ -482,6 +690,8 @@ class Hub:
                     "heartbeat_interval": self.settings.heartbeat_interval,
                     "heartbeat_misses": self.settings.heartbeat_misses,
                     "setup": bool(setup),
+                    # Results stay in the reply (not shared memory) where the task database keeps them.
+                    "inline_results": self.db is not None,
                 }
             ),
             buffers=setup,
@@ -540,6 +750,8 @@ class Hub:
             raise ProtocolError("pushed tasks from an engine that is not ready, or not marked pushed")
         batch = Batch(msg.header, msg.buffers)
         tasks = [Task(task_id, route, batch.payload(i)) for i, task_id, route in _with_routes(msg.header, batch.ids)]
+        if self.db is not None:
+            self._record_submitted(tasks)
         self.scheduler.adopt(slot, tasks)
         live = self.scheduler.live
         aborted = [t.task_id for t in tasks if t.abort_asked and live.get(t.task_id) is t]
@@ -565,6 +777,10 @@ class Hub:
         statuses, engine_ids, starts, completions = (batch.columns[name] for name in REPLY_COLUMNS)
         per_client: dict[bytes, list[int]] = {}
         finish = self.scheduler.finish
+        # What the task database records, and what clients other than the owner asked for (get_result).
+        records: list[tuple[str, str, int | None, float, float, list[Any]]] | None = [] if self.db else None
+        watchers = self._watchers
+        watched: list[int] = []
         for i, task_id in enumerate(ids):
             status = statuses[i]
             task = finish(
@@ -580,6 +796,11 @@ class Hub:
                 if not pushed:
                     self.segments.discard(batch, (i,))
                 continue
+            if task.final:
+                if records is not None:
+                    records.append((task_id, status, engine_ids[i], starts[i], completions[i], batch.payload(i)))
+                if watchers and task_id in watchers:
+                    watched.append(i)
             if pushed:
                 continue  # answered by its engine
             if not task.final:
@@ -588,6 +809,10 @@ class Hub:
             per_client.setdefault(task.client, []).append(i)
         if slot.budget == 0 and not slot.outstanding:
             self.keeper.retire(slot)
+        if records:
+            self.db.finished(records)  # type: ignore[union-attr]
+        if watched:
+            self._send_watched(batch, watched)
         if len(per_client) == 1:  # forwarded whole now, as received (see FORWARD_MAX_AGE_S)
             client, answered = next(iter(per_client.items()))
             if len(answered) == len(ids):
@@ -619,12 +844,24 @@ class Hub:
         """Answer each ``(task, ename, evalue, engine_id)`` with an error reply: one message per client."""
         now = time.time()
         per_client: dict[bytes, BatchWriter] = {}
+        records: list[tuple[str, str, int | None, float, float, list[Any]]] = []
+        watchers = self._watchers
         for task, ename, evalue, engine_id in failures:
             out = per_client.get(task.client)
             if out is None:
                 out = per_client[task.client] = BatchWriter(REPLY_COLUMNS)
             error = encode(error_reply(ename, evalue, engine_id=engine_id))
             out.add(task.task_id, [error], TaskStatus.ERROR.value, engine_id, now, now)
+            if self.db is not None:
+                records.append((task.task_id, TaskStatus.ERROR.value, engine_id, now, now, [error]))
+            if watchers and task.task_id in watchers:
+                for route in watchers.pop(task.task_id):
+                    watcher = per_client.get(route)
+                    if watcher is None:
+                        watcher = per_client[route] = BatchWriter(REPLY_COLUMNS)
+                    watcher.add(task.task_id, [error], TaskStatus.ERROR.value, engine_id, now, now)
+        if records:
+            self.db.finished(records)  # type: ignore[union-attr]
         for client, out in per_client.items():
             self._send_reply(client, out)
 
@@ -677,6 +914,8 @@ class Hub:
 
     def _close(self) -> None:
         self.keeper.close()
+        if self.db is not None:
+            self.db.close()
         if self.output is not None:
             self.output.close()  # what the engines wrote last, to whoever still listens
         for msg in self._shutdown_requests:

@@ -561,8 +561,17 @@ class Scheduler:
         """
         return self.records.purge(task_ids, self.live.__contains__)
 
-    def resubmit(self, old_ids: Sequence[str], new_ids: Sequence[str], client: bytes) -> list[Task]:
-        """Run finished tasks again under new ids; return the new tasks that cannot be (they are failed)."""
+    def resubmit(
+        self,
+        old_ids: Sequence[str],
+        new_ids: Sequence[str],
+        client: bytes,
+        accept: Callable[[list[Task]], None] | None = None,
+    ) -> int:
+        """Run finished tasks again under new ids; return how many run (the others are failed, saying why).
+
+        `accept` sees the new tasks before they are submitted (the task database records them).
+        """
         refused: list[Task] = []
         fresh: list[Task] = []
         for old, new in zip(old_ids, new_ids):
@@ -575,8 +584,10 @@ class Scheduler:
                 continue
             frames, flags = call
             fresh.append(Task(new, client, list(frames), flags))
+        if accept is not None and fresh:
+            accept(fresh)
         self.submit(fresh)
-        return refused
+        return len(fresh)
 
     def _fail(
         self, task: Task, ename: ErrorName, evalue: str, engine_id: int | None = None, record: bool = True

@@ -326,6 +326,8 @@ class Engine:
                 self.engine_id = int(content_in["engine_id"])
                 self._beats.configure(float(content_in["heartbeat_interval"]), int(content_in["heartbeat_misses"]))
                 logger.info("registered as engine %d", self.engine_id)
+                if content_in.get("inline_results"):
+                    self.shared = None  # the controller keeps results (its task database): never in shared memory
                 self.context.registered(self.engine_id)
                 if content_in.get("setup"):
                     self._setup(msg.buffers)
