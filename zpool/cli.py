@@ -25,6 +25,8 @@ from typing import Sequence
 
 from zpool._settings import ControllerSettings
 
+# How long `zpool engine` waits for its controller to come back when it stops answering, in seconds.
+ENGINE_RECONNECT_S = 600.0
 DEFAULT_HELP = "the cluster's name (default: %(default)s); its folder is $ZPOOL_HOME/clusters/NAME (~/.zpool)"
 
 
@@ -84,6 +86,23 @@ def _parser() -> argparse.ArgumentParser:
         "list", help="list the clusters and their state", description="List the clusters and their state."
     )
 
+    status = verbs.add_parser(
+        "status",
+        help="show a running cluster's engines, clients and task database",
+        description="Show a running cluster's engines (pid, host, uptime, tasks running, queued and done,"
+        " CPU use), its clients' tasks (queued, running, completed, failed) and its task database.",
+    )
+    status.add_argument("--name", default=DEFAULT_NAME, help=DEFAULT_HELP)
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="show it again every SECONDS (default 2) until Ctrl-C",
+    )
+
     controller = verbs.add_parser(
         "controller",
         help="run a controller in the foreground (engines join with `zpool engine`)",
@@ -107,6 +126,15 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--connection-file", default=None, help="the cluster's connection file (instead of --name)")
     engine.add_argument(
         "--log-level", default="WARNING", help="log level of the engine's messages (default: %(default)s)"
+    )
+    engine.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=ENGINE_RECONNECT_S,
+        metavar="SECONDS",
+        help="how long to wait for a controller that stopped answering to come back (it is started again"
+        " with `zpool cluster start` at the same addresses), registering again; 0: exit at once"
+        " (default: %(default)s)",
     )
     return p
 
@@ -150,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list()
         if args.verb == "controller":
             return _start(parser, args, foreground=True)
+        if args.verb == "status":
+            return _status(parser, args)
         return _engine(args)
     except (ZPoolError, ValueError) as exc:
         print(f"zpool: {exc}", file=sys.stderr)
@@ -205,6 +235,31 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
     if os.path.isdir(state.folder):
         stop_cluster(state.name)  # (it was shut down, by a pool's shutdown_cluster: its folder goes too)
     return 0
+
+
+def _status(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from zpool.standalone import CpuMeter, cluster_status, format_status
+
+    if args.watch is not None and not args.watch > 0:
+        parser.error(f"--watch takes a positive number of seconds, not {args.watch}")
+    meter = CpuMeter()
+    meter.look(cluster_status(args.name))  # (CPU use is measured between two looks)
+    time.sleep(0.2 if args.watch is None else 0.0)
+    clear = sys.stdout.isatty()
+    try:
+        while True:
+            status = cluster_status(args.name)
+            text = format_status(args.name, status, meter.look(status))
+            if args.watch is None:
+                print(text)
+                return 0
+            print(("\x1b[H\x1b[2J" if clear else "") + time.strftime("%H:%M:%S ") + text + "\n", flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # (zpool status --watch | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python exits
+        return 0
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -265,7 +320,11 @@ def _engine(args: argparse.Namespace) -> int:
         path = connection_path(name)
     elif not os.path.exists(path):
         raise ZPoolError(f"no connection file {path}: pass that of a running cluster, or --name NAME")
-    return engine_main(["--connection-file", path, "--log-level", args.log_level])
+    if args.reconnect_timeout < 0:
+        raise ValueError(f"--reconnect-timeout must be at least 0, not {args.reconnect_timeout}")
+    return engine_main(
+        ["--connection-file", path, "--log-level", args.log_level, "--reconnect-timeout", str(args.reconnect_timeout)]
+    )
 
 
 if __name__ == "__main__":

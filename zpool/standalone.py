@@ -28,10 +28,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import psutil
 import zmq
@@ -47,9 +48,12 @@ __all__ = [
     "DEFAULT_NAME",
     "AttachedCluster",
     "ClusterState",
+    "CpuMeter",
     "ask",
     "cluster_folder",
+    "cluster_status",
     "connection_path",
+    "format_status",
     "home",
     "list_clusters",
     "start_cluster",
@@ -543,3 +547,141 @@ class AttachedCluster:
 
     def stop(self, timeout: float = 0.0) -> None:
         """Nothing: the cluster outlives the pools attached to it (see ``Pool.shutdown_cluster``)."""
+
+
+# -- zpool status -------------------------------------------------------------
+
+
+def cluster_status(name: str, timeout: float = 5.0) -> dict[str, Any]:
+    """What the controller of running cluster `name` says of its engines, clients and task database.
+
+    Raises
+    ------
+    ZPoolError
+        If the cluster is not running, or its controller does not answer.
+    """
+    state = state_of(name)
+    if not state.running:
+        why = f"its controller (pid {state.controller_pid}) is gone" if state.stale else "it is not running"
+        raise ZPoolError(f"cluster {name!r}: {why}; start it with: zpool cluster start --name {name} --daemon")
+    info = ConnectionInfo.read(state.connection_file)
+    status: dict[str, Any] = ask(info, MsgType.QUEUE_REQUEST, {"detail": True}, timeout=timeout)
+    status["controller_pid"] = state.controller_pid
+    return status
+
+
+class CpuMeter:
+    """CPU use of this host's engine processes, between two looks (``psutil``'s ``cpu_percent``)."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+        self.host = socket.gethostname()
+
+    def look(self, status: dict[str, Any]) -> dict[int, float]:
+        """Percent of one CPU each engine of this host used since the last look (none the first time)."""
+        out: dict[int, float] = {}
+        seen = set()
+        for engine in status.get("engine_detail", []):
+            pid = engine.get("pid")
+            if not isinstance(pid, int) or engine.get("host") != self.host:
+                continue
+            seen.add(pid)
+            proc = self._procs.get(pid)
+            try:
+                if proc is None:
+                    self._procs[pid] = proc = psutil.Process(pid)
+                    proc.cpu_percent(None)  # (the first call starts the count)
+                else:
+                    out[pid] = proc.cpu_percent(None)
+            except psutil.Error:
+                self._procs.pop(pid, None)
+        for pid in set(self._procs) - seen:
+            del self._procs[pid]
+        return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def format_status(name: str, status: dict[str, Any], cpu: dict[int, float] | None = None) -> str:
+    """``zpool status``'s text: the cluster, a line per engine, a line per client, the task database."""
+    now = float(status.get("time") or time.time())
+    engines = status.get("engine_detail", [])
+    queues = status.get("engines", {})
+    lines = [
+        f"cluster {name!r}: controller pid {status.get('controller_pid')}, up"
+        f" {_duration(now - float(status.get('controller_started') or now))}, scheme {status.get('scheme')},"
+        f" {sum(1 for e in engines if e.get('ready'))} engine(s) taking tasks"
+        + (f", {status['starting']} starting" if status.get("starting") else "")
+    ]
+    if engines:
+        rows: list[tuple[str, ...]] = [
+            ("ENGINE", "PID", "HOST", "UPTIME", "RUNNING", "QUEUED", "COMPLETED", "FAILED", "CPU%")
+        ]
+        for e in engines:
+            queue = queues.get(str(e["id"]), {})
+            pid = e.get("pid")
+            load = (cpu or {}).get(pid) if isinstance(pid, int) else None
+            rows.append(
+                (
+                    str(e["id"]),
+                    str(pid or "-"),
+                    str(e.get("host") or "-"),
+                    _duration(now - float(e.get("registered") or now)),
+                    str(queue.get("running", 0)) if e.get("ready") else "starting",
+                    str(queue.get("queued", 0)),
+                    str(queue.get("completed", 0)),
+                    str(queue.get("failed", 0)),
+                    "-" if load is None else f"{load:.0f}",
+                )
+            )
+        lines += ["", *_table(rows)]
+    else:
+        lines += ["", f"no engines: start some with `zpool engine --name {name}`"]
+    clients = status.get("clients", {})
+    db = status.get("db")
+    recorded = (db or {}).get("clients", {})
+    if clients or recorded:
+        header: tuple[str, ...] = ("CLIENT", "QUEUED", "RUNNING", "COMPLETED", "FAILED")
+        if db:
+            header += ("RECORDS",)
+        rows = [header]  # (the same type as the engines')
+        for client in sorted(set(clients) | set(recorded)):
+            counts = clients.get(client, {})
+            row: tuple[str, ...] = (
+                client,
+                str(counts.get("queued", 0)),
+                str(counts.get("running", 0)),
+                str(counts.get("completed", 0)),
+                str(counts.get("failed", 0)),
+            )
+            if db:
+                row += (str(sum(recorded.get(client, {}).values())),)
+            rows.append(row)
+        lines += ["", *_table(rows), "(completed and failed: since the controller started; records: all kept)"]
+    waiting = status.get("waiting", 0)
+    lines += ["", f"tasks not placed yet: {status.get('unassigned', 0)} ready, {waiting} waiting for dependencies"]
+    if db:
+        lines.append(
+            f"task database: {db['path']}, {db['records']} records, {db['payload_bytes'] / 2**20:.1f} MiB of"
+            f" {db['max_bytes'] / 2**20:.0f} MiB" + (f"; last write failed: {db['failed']}" if db.get("failed") else "")
+        )
+    else:
+        lines.append("task database: none (--no-db)")
+    return "\n".join(lines)

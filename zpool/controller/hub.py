@@ -47,7 +47,7 @@ from zpool.controller.launcher import LocalEngines
 from zpool.controller.registry import EngineRegistry
 from zpool.controller.scheduler import EngineSlot, Scheduler, Task
 from zpool.controller.segments import SegmentLedger
-from zpool.controller.taskdb import MAX_RESULT_BYTES, Query, TaskDB
+from zpool.controller.taskdb import MAX_RESULT_BYTES, Query, TaskDB, client_of
 from zpool.error import ProtocolError, ZPoolError
 from zpool.protocol import (
     DELIMITER,
@@ -83,6 +83,8 @@ WATCH_INTERVAL_S = 0.05
 # replies need no such bound: they are forwarded in the pass that receives
 # them, in the order received.
 FORWARD_MAX_AGE_S = 1.0
+# Clients whose finished tasks are counted (zpool status): the newest so many.
+CLIENTS_COUNTED = 10_000
 
 
 class HubState(enum.Enum):
@@ -121,6 +123,9 @@ class Hub:
         self.db = db
         # Tasks whose reply other clients asked for while they ran (Pool.get_result): task id -> routes.
         self._watchers: dict[str, list[bytes]] = {}
+        # Tasks finished since this controller started, per client (zpool status): [completed, failed].
+        self.finished_by_client: dict[str, list[int]] = {}
+        self.started = time.time()
         self.settings = settings
         # A serialized call every engine runs before its first task (the initializer).
         self.engine_setup = engine_setup
@@ -544,6 +549,8 @@ class Hub:
                     content = {"error": f"the task database failed: {type(answer).__name__}: {answer}"}
                 elif msg_type is MsgType.PURGE_REPLY:
                     content = {**content, "purged": max(content["purged"], answer)}
+                elif msg_type is MsgType.QUEUE_REPLY:
+                    content = {**content, "db": answer}
                 elif isinstance(answer, list):  # query: records of tasks still live say where they are
                     live = self.scheduler.live
                     for record in answer:
@@ -639,7 +646,45 @@ class Hub:
             # Which engines are up (what views are made of): no queue is counted.
             self._reply(msg, MsgType.QUEUE_REPLY, self._engines_up())
             return
-        self._reply(msg, MsgType.QUEUE_REPLY, self._describe())
+        status: dict[str, Any] = dict(self._describe())
+        if msg.content.get("detail"):  # zpool status
+            status.update(self._detail())
+            if self.db is not None:  # the task database's counts too (answered by _db_answered)
+                self.db.ask((MsgType.QUEUE_REPLY, msg, status), "stats", None)
+                return
+        self._reply(msg, MsgType.QUEUE_REPLY, status)
+
+    def _count_client(self, task_id: str) -> list[int]:
+        """The counters of a client not counted yet (the newest :data:`CLIENTS_COUNTED` are kept)."""
+        counted = self.finished_by_client
+        if len(counted) >= CLIENTS_COUNTED:
+            del counted[next(iter(counted))]
+        counts = counted[client_of(task_id)] = [0, 0]
+        return counts
+
+    def _detail(self) -> dict[str, Any]:
+        """What ``zpool status`` shows beyond the queues: each engine, and each client's tasks."""
+        engines = [
+            {
+                "id": r.engine_id,
+                "pid": r.pid,
+                "host": r.hostname,
+                "registered": r.registered,
+                "ready": r.ready,
+                "direct": bool(r.direct),
+            }
+            for r in sorted(self.keeper.registry, key=lambda r: r.engine_id)
+        ]
+        clients: dict[str, dict[str, int]] = {}
+        for task_id, task in self.scheduler.live.items():
+            counts = clients.get(client_of(task_id))
+            if counts is None:
+                counts = clients[client_of(task_id)] = {"queued": 0, "running": 0, "completed": 0, "failed": 0}
+            counts["running" if task.engine is not None else "queued"] += 1
+        for client, (completed, failed) in self.finished_by_client.items():
+            counts = clients.setdefault(client, {"queued": 0, "running": 0, "completed": 0, "failed": 0})
+            counts["completed"], counts["failed"] = completed, failed
+        return {"engine_detail": engines, "clients": clients, "controller_started": self.started, "time": time.time()}
 
     def _engines_up(self) -> dict[str, Any]:
         return {
@@ -672,6 +717,7 @@ class Hub:
         ident = _ident(msg)
         content = msg.content
         pid, direct = content.get("pid"), content.get("direct")
+        known = self.keeper.registry.get(ident) is not None  # (an engine asking again, after a silence)
         record = self.keeper.register(
             ident,
             pid if isinstance(pid, int) else None,
@@ -692,6 +738,7 @@ class Hub:
                     "setup": bool(setup),
                     # Results stay in the reply (not shared memory) where the task database keeps them.
                     "inline_results": self.db is not None,
+                    "known": known,
                 }
             ),
             buffers=setup,
@@ -781,6 +828,7 @@ class Hub:
         records: list[tuple[str, str, int | None, float, float, list[Any]]] | None = [] if self.db else None
         watchers = self._watchers
         watched: list[int] = []
+        finished_by_client = self.finished_by_client
         for i, task_id in enumerate(ids):
             status = statuses[i]
             task = finish(
@@ -797,6 +845,10 @@ class Hub:
                     self.segments.discard(batch, (i,))
                 continue
             if task.final:
+                counts = finished_by_client.get(task_id.partition("-")[0])
+                if counts is None:
+                    counts = self._count_client(task_id)
+                counts[status != "ok"] += 1
                 if records is not None:
                     records.append((task_id, status, engine_ids[i], starts[i], completions[i], batch.payload(i)))
                 if watchers and task_id in watchers:
@@ -852,6 +904,7 @@ class Hub:
                 out = per_client[task.client] = BatchWriter(REPLY_COLUMNS)
             error = encode(error_reply(ename, evalue, engine_id=engine_id))
             out.add(task.task_id, [error], TaskStatus.ERROR.value, engine_id, now, now)
+            (self.finished_by_client.get(client_of(task.task_id)) or self._count_client(task.task_id))[1] += 1
             if self.db is not None:
                 records.append((task.task_id, TaskStatus.ERROR.value, engine_id, now, now, [error]))
             if watchers and task.task_id in watchers:

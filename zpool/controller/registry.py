@@ -21,6 +21,7 @@ scheduler and the launcher, in that order.
 from __future__ import annotations
 
 import collections
+import time
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
@@ -35,13 +36,14 @@ DEPARTED_MAX = 1024
 class EngineRecord:
     """One registered engine."""
 
-    __slots__ = ("direct", "engine_id", "hostname", "ident", "pid", "ready", "slot")
+    __slots__ = ("direct", "engine_id", "hostname", "ident", "pid", "ready", "registered", "slot")
 
     def __init__(self, engine_id: int, ident: bytes, pid: int | None, hostname: str) -> None:
         self.engine_id = engine_id
         self.ident = ident  # its ZeroMQ routing identity
         self.pid = pid
         self.hostname = hostname
+        self.registered = time.time()  # (wall clock: shown as an uptime, and to other hosts)
         self.ready = False  # taking tasks: registered, and its setup (initializer) done
         self.slot: EngineSlot | None = None  # the scheduler's view of it, once ready
         self.direct: str | None = None  # where clients may push tasks to it (zpool.engine.pushed)

@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preload", default=None, help="file naming modules to import while idle, one per line")
     p.add_argument("--output-fd", type=int, default=None, help="pipe to send what tasks print to, task by task")
     p.add_argument("--output-limit", type=int, default=OUTPUT_LIMIT, help="bytes of output one task may send")
+    p.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=0.0,
+        help="seconds to wait for a controller that stopped answering to come back (0: exit at once)",
+    )
     args = p.parse_args(argv)
     # A crash (SIGSEGV, SIGABRT...) leaves the Python stack on the real stderr, where the controller reads it.
     faulthandler.enable(file=sys.__stderr__ or sys.stderr)
@@ -49,7 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         if info.engine.startswith("ipc://"):
             here = os.path.dirname(info.engine[len("ipc://") :])
             direct = f"{SCHEME}{here}/d{os.getpid()}"
-        Engine(info, parent_pid=args.parent_pid, run_slot=run_slot, preload=preload, direct=direct, output=output).run()
+        Engine(
+            info,
+            parent_pid=args.parent_pid,
+            run_slot=run_slot,
+            preload=preload,
+            direct=direct,
+            output=output,
+            reconnect_s=args.reconnect_timeout if args.parent_pid is None else 0.0,
+        ).run()
     except KeyboardInterrupt:
         return 1
     return 0

@@ -9,6 +9,7 @@
     main thread ──wake() (a task starts, replies held)──▶ at the hold's end: Engine.flush under the lock
     notices of pushed tasks held, unwoken ──▶ when due, if a task still runs: Engine.flush under the lock
     parent gone, or no beat for 2 * interval * misses ──▶ remove this engine's segments, exit
+    (an engine that may reconnect: register again, every REGISTER_AGAIN_S, until it is back or time is up)
 
 It owns its own socket, so a long task never looks like a dead engine. What
 it may read and write of the :class:`~zpool.engine.worker.Engine` it serves,
@@ -41,6 +42,9 @@ __all__ = ["Heartbeat"]
 
 logger = logging.getLogger(__name__)
 
+# An engine that may reconnect asks to register again this often while its controller is silent, in seconds.
+REGISTER_AGAIN_S = 5.0
+
 
 class Heartbeat:
     """The engine's second thread: answers beats, obeys shutdown, ends the process when orphaned.
@@ -58,6 +62,9 @@ class Heartbeat:
         self.misses = _DEFAULTS.heartbeat_misses
         self.configured = False
         self.last_beat = time.monotonic()
+        # Since when the controller is silent, for an engine that waits for it to come back (None: it is not).
+        self.lost_since: float | None = None
+        self._asked_again = 0.0
         self._woken = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -78,6 +85,9 @@ class Heartbeat:
     def configure(self, interval: float, misses: int) -> None:
         self.interval, self.misses = interval, misses
         self.last_beat = time.monotonic()
+        if self.lost_since is not None:
+            logger.warning("the controller is back after %.1f s", self.last_beat - self.lost_since)
+            self.lost_since = None
         self.configured = True
 
     def run(self) -> None:
@@ -129,8 +139,33 @@ class Heartbeat:
                 _exit("its parent process ended", self.engine)
             # The controller stops beating when it dies: leave after twice the tolerance.
             if self.configured and time.monotonic() - self.last_beat > 2 * self.interval * self.misses:
-                self._orphaned(cluster_gone=parent is not None and not parent.alive())
-                _exit("the controller stopped sending heartbeats", self.engine)
+                if parent is None and engine.reconnect_s > 0:
+                    self._wait_for_controller()
+                else:
+                    self._orphaned(cluster_gone=parent is not None and not parent.alive())
+                    _exit("the controller stopped sending heartbeats", self.engine)
+
+    def _wait_for_controller(self) -> None:
+        """The controller is silent: register again now and then, and exit if it is not back in time."""
+        engine = self.engine
+        now = time.monotonic()
+        if self.lost_since is None:
+            self.lost_since = now
+            logger.warning(
+                "the controller stopped sending heartbeats; waiting up to %.0f s for it to return", engine.reconnect_s
+            )
+        elif now - self.lost_since > engine.reconnect_s:
+            self._orphaned(cluster_gone=False)
+            _exit(f"the controller did not come back within {engine.reconnect_s:.0f} s", engine)
+        if now - self._asked_again >= REGISTER_AGAIN_S:
+            self._asked_again = now
+            if engine.lock.acquire(blocking=False):  # free: a task runs
+                try:
+                    engine.register_again()
+                finally:
+                    engine.lock.release()
+            else:  # the main thread waits for work, holding the lock: it sends it when its wait ends (<= 1 s)
+                engine.register_due = True
 
     def _orphaned(self, cluster_gone: bool) -> None:
         """Leaving without the controller's word: remove the shared-memory segments nobody else will.

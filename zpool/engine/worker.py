@@ -183,8 +183,13 @@ class Engine:
         preload: Sequence[str] = (),
         direct: str | None = None,
         output: TaskOutput | None = None,
+        reconnect_s: float = 0.0,
     ) -> None:
         self.info = info
+        # How long it waits for a controller that stopped answering to come back (a standalone cluster's
+        # controller started again at the same addresses), registering again; 0: it exits at once.
+        self.reconnect_s = reconnect_s
+        self.register_due = False  # the heartbeat thread asks the main thread to register again
         # Where sys.stdout and sys.stderr write, task by task, when the cluster collects output.
         self.output = output
         # Modules to import while no task waits (Pool(preload=...), zpool._preload).
@@ -259,6 +264,9 @@ class Engine:
                 if preloader is not None:  # preload once idle for PRELOAD_IDLE_S: not in a loop's gaps
                     wait_ms = max(0, math.ceil((self.busy_at + PRELOAD_IDLE_S - time.monotonic()) * 1000))
                 with lock:
+                    if self.register_due:  # (see Heartbeat._wait_for_controller)
+                        self.register_due = False
+                        self.register_again()
                     self.flush()
                     if self.pending:  # the heartbeat thread drained the sockets meanwhile (give_back)
                         continue
@@ -304,13 +312,48 @@ class Engine:
                 poller.register(item, events)
         return poller
 
-    def _register(self) -> None:
+    def _register_request(self) -> list[Any]:
         fields: dict[str, Any] = {"pid": os.getpid(), "hostname": socket.gethostname()}
         if self.pushed is not None:
             fields["direct"] = self.pushed.address
-        content = encode(fields)
-        request = self.session.build(MsgType.REGISTER_REQUEST, content=content)
-        send_frames(self.sock, request)
+        return self.session.build(MsgType.REGISTER_REQUEST, content=encode(fields))
+
+    def register_again(self) -> None:
+        """Ask the controller to register this engine again (heartbeat thread, holding the lock).
+
+        Sent when the controller stopped answering: the socket reconnects by
+        itself to a controller started again at the same address, which
+        receives the request then; its reply is read by the main thread
+        (:meth:`_registered`). A controller that knows this engine answers
+        with the same engine id.
+        """
+        send_frames(self.sock, self._register_request())
+
+    def _registered(self, msg: Message) -> None:
+        """The reply to :meth:`register_again` (main thread, holding the lock)."""
+        content = msg.content
+        engine_id = int(content["engine_id"])
+        if not content.get("known"):
+            # A new controller: the tasks queued here, and the replies held, were its predecessor's.
+            logger.warning(
+                "registered again, as engine %d (was %s); %d task(s) queued for the previous controller dropped",
+                engine_id,
+                self.engine_id,
+                len(self.pending),
+            )
+            self.pending.clear()
+            self.outbox = BatchWriter(REPLY_COLUMNS)
+            self.held = 0
+            self.engine_id = engine_id
+            self.context.registered(engine_id)
+        self._beats.configure(float(content["heartbeat_interval"]), int(content["heartbeat_misses"]))
+        if content.get("inline_results"):
+            self.shared = None
+        if content.get("setup"):
+            self._setup(msg.buffers)
+
+    def _register(self) -> None:
+        send_frames(self.sock, self._register_request())
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
         while time.monotonic() < deadline:
             if not self.sock.poll(100):
@@ -371,6 +414,9 @@ class Engine:
                 return
             try:
                 msg = self.session.unpack(frames)
+                if msg.msg_type == MsgType.REGISTER_REPLY.value:
+                    self._registered(msg)
+                    continue
                 if msg.msg_type == MsgType.ABORT_REQUEST.value:
                     ids = msg.header.get("ids")
                     if isinstance(ids, list):
