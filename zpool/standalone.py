@@ -606,11 +606,11 @@ def _duration(seconds: float) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     if days:
-        return f"{days}d {hours}h"
+        return f"{days}d{hours}h"
     if hours:
-        return f"{hours}h {minutes:02d}m"
+        return f"{hours}h{minutes:02d}m"
     if minutes:
-        return f"{minutes}m {secs:02d}s"
+        return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
 
 

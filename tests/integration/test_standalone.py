@@ -1,9 +1,9 @@
 """Standalone clusters: the ``zpool`` command, and Pools that attach to a running cluster.
 
-Each test has a ``$ZPOOL_HOME`` of its own; the clusters it starts run in
-sessions of their own (not the test's descendants), so the fixture checks
-itself that their processes, sockets' folders and folders are gone at the
-end, and stops whatever a failing test left.
+Each test has a ``$ZPOOL_HOME`` of its own (:func:`tests._clusters.home`),
+which checks that the processes of its clusters are gone at the end. The
+task database, restarts and ``zpool status`` are tested in
+``test_task_db.py``.
 """
 
 from __future__ import annotations
@@ -21,76 +21,12 @@ import pytest
 
 import zpool
 from tests import _tasks
+from tests._clusters import T, cluster_processes, home, start, zpool_cli
 from tests._wait import wait_until
 from zpool.error import BrokenPoolError, TaskAborted
-from zpool.standalone import list_clusters, state_of, stop_cluster
+from zpool.standalone import state_of
 
-T = 60
-CLI_TIMEOUT = 120
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """A private $ZPOOL_HOME; at the end, every cluster of it stopped, and nothing of theirs left running."""
-    path = tmp_path / "zpool-home"
-    monkeypatch.setenv("ZPOOL_HOME", str(path))
-    seen: dict[int, psutil.Process] = {}
-
-    def track() -> None:
-        for state in list_clusters(query=False):
-            for proc in _cluster_processes(state.controller_pid):
-                seen.setdefault(proc.pid, proc)
-
-    home_tracker = _Home(str(path), track)
-    yield home_tracker
-    track()
-    for state in list_clusters(query=False):
-        stop_cluster(state.name, timeout=5.0)
-    _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
-    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for proc in alive:
-        proc.kill()
-    assert not alive, f"processes of the test's clusters outlived it: {[p.pid for p in alive]}"
-
-
-class _Home:
-    def __init__(self, path: str, track) -> None:
-        self.path = path
-        self.track = track
-
-
-def _cluster_processes(pid: int | None) -> list[psutil.Process]:
-    if not pid:
-        return []
-    try:
-        proc = psutil.Process(pid)
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def zpool_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m zpool ARGS`` (the ``zpool`` command) with this test's environment."""
-    done = subprocess.run(
-        [sys.executable, "-m", "zpool", *args],
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"zpool {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def start(home: _Home, name: str, n: int = 2) -> int:
-    """Start cluster `name` in the background; the controller's pid."""
-    out = zpool_cli("cluster", "start", "-n", str(n), "--name", name, "--daemon").stdout
-    assert f"cluster {name!r}" in out and f"Pool(cluster={name!r})" in out
-    home.track()
-    state = state_of(name, query=True)
-    assert state.running and state.engines == n
-    return state.controller_pid
+__all__ = ["home"]  # (the fixture)
 
 
 def test_every_verb_has_help():
@@ -113,7 +49,7 @@ def test_the_zpool_command_is_installed():
 
 def test_pools_of_two_processes_share_a_cluster_that_outlives_them(home, tmp_path):
     controller = start(home, "lab", 2)
-    engines = {p.pid for p in _cluster_processes(controller)} - {controller}
+    engines = {p.pid for p in cluster_processes(controller)} - {controller}
     assert len(engines) == 2
     listed = zpool_cli("cluster", "list").stdout
     assert "lab" in listed and "running" in listed
@@ -162,7 +98,7 @@ def test_pools_of_two_processes_share_a_cluster_that_outlives_them(home, tmp_pat
     assert os.path.isdir(runtime)
     stopped = zpool_cli("cluster", "stop", "--name", "lab").stdout
     assert "stopped" in stopped
-    _, alive = psutil.wait_procs(_cluster_processes(controller), timeout=10)
+    _, alive = psutil.wait_procs(cluster_processes(controller), timeout=10)
     assert not alive
     assert not psutil.pid_exists(controller) or psutil.Process(controller).status() == psutil.STATUS_ZOMBIE
     assert not any(psutil.pid_exists(pid) for pid in engines)
@@ -208,7 +144,7 @@ def test_shutdown_cluster_stops_it_and_breaks_the_other_pools(home):
 
 def test_a_stale_cluster_is_reported_and_cleaned(home):
     controller = start(home, "crashed", 1)
-    engines = _cluster_processes(controller)[1:]
+    engines = cluster_processes(controller)[1:]
     os.kill(controller, signal.SIGKILL)
     psutil.wait_procs([psutil.Process(controller)], timeout=10)
     _, alive = psutil.wait_procs(engines, timeout=T)  # engines leave when their controller is gone

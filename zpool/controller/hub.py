@@ -676,11 +676,13 @@ class Hub:
             for r in sorted(self.keeper.registry, key=lambda r: r.engine_id)
         ]
         clients: dict[str, dict[str, int]] = {}
-        for task_id, task in self.scheduler.live.items():
+        # An engine runs its tasks in the order given: the first it holds runs (as its queue status says).
+        running = {next(iter(slot.outstanding)) for slot in self.scheduler.engines.values() if slot.outstanding}
+        for task_id in self.scheduler.live:
             counts = clients.get(client_of(task_id))
             if counts is None:
                 counts = clients[client_of(task_id)] = {"queued": 0, "running": 0, "completed": 0, "failed": 0}
-            counts["running" if task.engine is not None else "queued"] += 1
+            counts["running" if task_id in running else "queued"] += 1
         for client, (completed, failed) in self.finished_by_client.items():
             counts = clients.setdefault(client, {"queued": 0, "running": 0, "completed": 0, "failed": 0})
             counts["completed"], counts["failed"] = completed, failed

@@ -365,6 +365,8 @@ class TaskDB:
                         self._write_submitted(arg)
                     elif op == "finished":
                         self._write_finished(arg)
+                        if self.payload_bytes > self.max_bytes:  # (before any question that follows)
+                            self._shrink()
                     else:
                         token, question = arg
                         try:
@@ -372,7 +374,7 @@ class TaskDB:
                         except (sqlite3.Error, ValueError) as exc:
                             answers.append((token, exc))
                 if self.payload_bytes > self.max_bytes:
-                    self._shrink()
+                    self._shrink()  # (calls alone)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self.failed = f"{type(exc).__name__}: {exc}"
