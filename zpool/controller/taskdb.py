@@ -39,6 +39,7 @@ the oldest finished records are removed until they take 90% of it.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ import queue
 import sqlite3
 import struct
 import threading
+import time
 from typing import Any, Iterable, Sequence
 
 __all__ = [
@@ -88,6 +90,8 @@ QUERY_KEYS = (
     "call_kept",
     "result_kept",
 )
+# A new task's record waits this long, in seconds, for the task to finish, to be written once, whole.
+PENDING_HOLD_S = 0.1
 # Items the writer takes off its queue for one transaction, at most.
 BATCH_ITEMS = 4096
 
@@ -107,14 +111,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     call_bytes INTEGER NOT NULL DEFAULT 0,
     result_bytes INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
 CREATE INDEX IF NOT EXISTS tasks_client ON tasks (client, submitted);
-CREATE INDEX IF NOT EXISTS tasks_submitted ON tasks (submitted);
-CREATE INDEX IF NOT EXISTS tasks_completed ON tasks (completed);
-CREATE INDEX IF NOT EXISTS tasks_engine ON tasks (engine);
 """
 
 _COUNT = struct.Struct("<I")
+INSERT_SQL = (
+    "INSERT OR IGNORE INTO tasks (id, client, status, engine, submitted, started, completed, flags, call, result,"
+    " call_bytes, result_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def client_of(task_id: str) -> str:
@@ -347,34 +351,40 @@ class TaskDB:
     # -- the writer thread --------------------------------------------------
 
     def _run(self) -> None:
+        # Records of new tasks wait here up to PENDING_HOLD_S (oldest first): most tasks finish by then,
+        # and are written once, whole, rather than inserted and then updated.
+        staged: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         stop = False
         while not stop:
-            items = [self._queue.get()]
+            try:
+                items = [self._queue.get(timeout=PENDING_HOLD_S if staged else None)]
+            except queue.Empty:
+                items = []
             while len(items) < BATCH_ITEMS:
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             answers: list[tuple[Any, Any]] = []
+            finished: list[list[Any]] = []  # staged records that finished: written now
+            updates: list[tuple[Any, ...]] = []  # tasks written as pending already
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 for op, arg in items:
                     if op == "stop":
                         stop = True
                     elif op == "submitted":
-                        self._write_submitted(arg)
+                        self._stage_submitted(arg, staged)
                     elif op == "finished":
-                        self._write_finished(arg)
-                        if self.payload_bytes > self.max_bytes:  # (before any question that follows)
-                            self._shrink()
+                        self._stage_finished(arg, staged, finished, updates)
                     else:
+                        self._write(staged, finished, updates, every=True)  # it sees every write asked before it
                         token, question = arg
                         try:
                             answers.append((token, self._answer(op, question)))
                         except (sqlite3.Error, ValueError) as exc:
                             answers.append((token, exc))
-                if self.payload_bytes > self.max_bytes:
-                    self._shrink()  # (calls alone)
+                self._write(staged, finished, updates, every=stop)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self.failed = f"{type(exc).__name__}: {exc}"
@@ -393,33 +403,73 @@ class TaskDB:
                 except (BlockingIOError, OSError):
                     pass  # a byte is there already, or the hub is gone
 
-    def _write_submitted(self, rows: list[tuple[str, float, str | None, list[Any] | None]]) -> None:
-        values = []
+    def _stage_submitted(
+        self, rows: list[tuple[str, float, str | None, list[Any] | None]], staged: dict[str, list[Any]]
+    ) -> None:
+        now = time.monotonic()
         for task_id, when, flags, frames in rows:
+            if task_id in staged:
+                continue  # (a pushed task the engine passed on again keeps its first record)
             size = sum(_nbytes(f) for f in frames) if frames else 0
             call = pack_frames(frames) if frames and size <= MAX_CALL_BYTES else None
             if call is not None:
                 self.payload_bytes += len(call)
-            values.append((task_id, client_of(task_id), when, flags, call, size))
-        # A task id seen again (a pushed task the engine passed on, recorded already) keeps its first record.
-        self._conn.executemany(
-            "INSERT OR IGNORE INTO tasks (id, client, status, submitted, flags, call, call_bytes)"
-            " VALUES (?, ?, 'pending', ?, ?, ?, ?)",
-            values,
-        )
+            # The columns of INSERT_SQL, and when it was staged.
+            row = [task_id, client_of(task_id), "pending", None, when, None, None, flags, call, None, size, 0, now]
+            staged[task_id] = row
 
-    def _write_finished(self, rows: list[tuple[str, str, int | None, float, float, list[Any]]]) -> None:
-        values = []
+    def _stage_finished(
+        self,
+        rows: list[tuple[str, str, int | None, float, float, list[Any]]],
+        staged: dict[str, list[Any]],
+        finished: list[list[Any]],
+        updates: list[tuple[Any, ...]],
+    ) -> None:
         for task_id, status, engine, started, completed, frames in rows:
             size = sum(_nbytes(f) for f in frames)
             result = pack_frames(frames) if size <= MAX_RESULT_BYTES else None
             if result is not None:
                 self.payload_bytes += len(result)
-            values.append((status, engine, started, completed, result, size, task_id))
-        self._conn.executemany(
-            "UPDATE tasks SET status=?, engine=?, started=?, completed=?, result=?, result_bytes=? WHERE id=?",
-            values,
-        )
+            row = staged.pop(task_id, None)
+            if row is not None:
+                row[2:4] = status, engine
+                row[5:7] = started, completed
+                row[9] = result
+                row[11] = size
+                finished.append(row)
+            else:
+                updates.append((status, engine, started, completed, result, size, task_id))
+
+    def _write(
+        self,
+        staged: collections.OrderedDict[str, list[Any]],
+        finished: list[list[Any]],
+        updates: list[tuple[Any, ...]],
+        every: bool,
+    ) -> None:
+        """Write the finished records, and the pending ones staged long enough (`every`: all of them).
+
+        Then keep within ``max_bytes``. The lists are emptied.
+        """
+        rows = finished[:]
+        finished.clear()
+        horizon = time.monotonic() - PENDING_HOLD_S
+        while staged:
+            first = next(iter(staged.values()))
+            if not every and first[-1] > horizon:
+                break
+            rows.append(staged.popitem(last=False)[1])
+        if rows:
+            # A task id recorded already (a pushed task the engine passed on) keeps its first record.
+            self._conn.executemany(INSERT_SQL, [row[:-1] for row in rows])
+        if updates:
+            self._conn.executemany(
+                "UPDATE tasks SET status=?, engine=?, started=?, completed=?, result=?, result_bytes=? WHERE id=?",
+                updates,
+            )
+            updates.clear()
+        if self.payload_bytes > self.max_bytes:
+            self._shrink()
 
     def _shrink(self) -> None:
         """Remove the oldest finished records until the payloads take 90% of ``max_bytes``."""
