@@ -33,7 +33,7 @@ from zpool.client.output import Forwarder
 from zpool.client.results import ResultTable, rebuild_failure
 from zpool.client.submitter import STARTUP_TIMEOUT_S, PoolState, Submitter
 from zpool.cluster import ClusterSettings, EngineProcess, LocalCluster
-from zpool.error import BrokenPoolError, EngineError, TaskAborted, TimeoutError, ZPoolError
+from zpool.error import BrokenPoolError, EngineError, PoolClosedError, TaskAborted, TimeoutError, ZPoolError
 from zpool.protocol import MsgType
 from zpool.serialize import callable_name, dumps_call
 from zpool.standalone import AttachedCluster, connection_path
@@ -582,6 +582,54 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         for state in list(self._submitter.feeders):
             state.stop()
         self._finalizer()
+
+    def detach(self) -> list[str]:
+        """Leave a standalone cluster without ending this pool's tasks: they run on, recorded; return their ids.
+
+        For a script that submits work and does not wait for it: a later
+        script fetches the results with :meth:`get_result` (any pool of the
+        cluster may). ``close()``, ``terminate()`` and ``with`` instead end
+        this pool's work. This pool is then stopped; its results not come
+        yet fail here with :class:`PoolClosedError`, and ``imap`` input not
+        yet sent is dropped.
+
+        Returns
+        -------
+        list of str
+            The ids of the tasks left running or queued.
+
+        Raises
+        ------
+        ValueError
+            If this pool is not attached to a standalone cluster (a Pool's
+            own cluster ends with it: ``close()`` and ``join()`` wait for
+            its work).
+        ZPoolError
+            If the cluster keeps no task database (``--no-db``): the results
+            would be lost; nothing is changed then.
+        """
+        cluster = self._cluster
+        if not isinstance(cluster, AttachedCluster):
+            raise ValueError(
+                "detach() is for a pool attached to a standalone cluster (Pool(cluster=...)); a Pool's own cluster"
+                " ends with it: close() and join() wait for its work"
+            )
+        sub = self._submitter
+        sub.check_connected()
+        reply = sub.request(MsgType.DB_REQUEST, {"op": "stats"})
+        if reply.get("error"):
+            raise ZPoolError(
+                f"cannot detach: {reply['error']}; the results of the tasks left behind would be lost (close() and"
+                " join() wait for them)"
+            )
+        sub.state = PoolState.TERMINATE
+        for state in list(sub.feeders):
+            state.stop()
+        where = f"Pool(cluster={cluster.name!r})" if cluster.name else f"Pool(connection={cluster.path!r})"
+        reason = f"the pool detached from its cluster, where this task runs on: get its result with {where}.get_result"
+        left = self._conn.results.close(lambda: PoolClosedError(reason))
+        self._finalizer()  # (nothing is pending any more: nothing is aborted)
+        return left
 
     def shutdown_cluster(self, timeout: float = 10.0) -> None:
         """Stop the cluster this pool uses (its controller and engines), and this pool with it.

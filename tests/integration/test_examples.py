@@ -137,5 +137,26 @@ def test_every_example_is_covered(name):
         "executor_drop_in.py",
         "progress_and_timeline.py",
         "worker_output.py",
+        "standalone_cluster.py",
     }
     assert name in covered, f"add a test that runs examples/{name}"
+
+
+def test_standalone_cluster():
+    done = run_example("standalone_cluster.py", "--walks", "16")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    client = next(line.split()[-1] for line in lines if line.startswith("submitted 16 walks as client"))
+    assert any(line.startswith("detached, leaving") for line in lines)
+    failed = [line for line in lines if line.startswith("task ") and "failed" in line]
+    assert len(failed) == 1 and failed[0].endswith("failed: ValueError: seed 13 is unlucky")
+    failed_id = failed[0].split()[1]
+    assert failed_id.startswith(f"{client}-")
+    assert any(line.startswith("fetched 15 results by id") for line in lines)
+    assert f"records of failed tasks: ['{failed_id}']" in lines
+    walks = eval(next(line for line in lines if line.startswith("walks per engine:")).split(":", 1)[1])
+    assert sum(walks.values()) == 15 and set(walks) <= {0, 1}
+    row = next(line.split() for line in lines if line.startswith(f"{client} "))  # zpool status: its client row
+    assert row[1:] == ["0", "0", "15", "1", "16"]
+    assert lines[-1] == "cluster 'default' stopped: its folder is removed"
+    assert done.stderr == ""

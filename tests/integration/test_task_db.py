@@ -133,6 +133,29 @@ def test_a_pools_own_cluster_keeps_no_results_and_says_so():
             pool.get_result(ar).get(T)
         with pytest.raises(ZPoolError, match="no task database"):
             pool.db_query()
+        with pytest.raises(ValueError, match="close\\(\\) and join\\(\\) wait"):
+            pool.detach()
+        assert pool.apply(_tasks.square, (4,)) == 16  # (unchanged)
+
+
+def test_a_detached_pools_tasks_run_on_and_are_fetched_later(home):
+    start(home, "later", 2)
+    pool = zpool.Pool(cluster="later")
+    ars = [pool.apply_async(_tasks.sleep_then, (0.5, i)) for i in range(6)]
+    left = pool.detach()
+    assert set(left) <= {ar.msg_ids[0] for ar in ars} and left
+    with pytest.raises(zpool.PoolClosedError, match=r"detached.*Pool\(cluster='later'\)\.get_result"):
+        ars[-1].get(T)
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.apply_async(_tasks.square, (1,))
+    with zpool.Pool(cluster="later") as other:
+        assert other.get_result([ar.msg_ids[0] for ar in ars]).get(T) == list(range(6))  # none was aborted
+    start(home, "unrecorded", 1, "--no-db")
+    with zpool.Pool(cluster="unrecorded") as pool:
+        ar = pool.apply_async(_tasks.sleep_then, (0.2, "kept"))
+        with pytest.raises(ZPoolError, match="cannot detach.*no task database"):
+            pool.detach()
+        assert ar.get(T) == "kept"  # nothing changed
 
 
 def test_the_controller_starts_again_engines_join_it_and_records_survive(home, tmp_path):

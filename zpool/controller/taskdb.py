@@ -109,7 +109,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     call BLOB,
     result BLOB,
     call_bytes INTEGER NOT NULL DEFAULT 0,
-    result_bytes INTEGER NOT NULL DEFAULT 0
+    result_bytes INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_client ON tasks (client, submitted);
 """
@@ -117,7 +118,7 @@ CREATE INDEX IF NOT EXISTS tasks_client ON tasks (client, submitted);
 _COUNT = struct.Struct("<I")
 INSERT_SQL = (
     "INSERT OR IGNORE INTO tasks (id, client, status, engine, submitted, started, completed, flags, call, result,"
-    " call_bytes, result_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " call_bytes, result_bytes, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -227,7 +228,7 @@ class Query:
             "SELECT id, client, status, engine, submitted, started, completed, flags, call_bytes, result_bytes,"
             " call IS NOT NULL, result IS NOT NULL FROM tasks"
             + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY submitted, rowid LIMIT ?"
+            + " ORDER BY submitted, seq LIMIT ?"
         )
         self.args = [*args, limit]
 
@@ -259,6 +260,7 @@ class TaskDB:
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             self.lost, self.payload_bytes = self._prepare(self._conn)
+            self._seq = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]
         except BaseException:
             self._conn.close()
             raise
@@ -414,8 +416,24 @@ class TaskDB:
             call = pack_frames(frames) if frames and size <= MAX_CALL_BYTES else None
             if call is not None:
                 self.payload_bytes += len(call)
-            # The columns of INSERT_SQL, and when it was staged.
-            row = [task_id, client_of(task_id), "pending", None, when, None, None, flags, call, None, size, 0, now]
+            # The columns of INSERT_SQL (seq: the order the controller received them in), and when it was staged.
+            self._seq += 1
+            row = [
+                task_id,
+                client_of(task_id),
+                "pending",
+                None,
+                when,
+                None,
+                None,
+                flags,
+                call,
+                None,
+                size,
+                0,
+                self._seq,
+                now,
+            ]
             staged[task_id] = row
 
     def _stage_finished(
