@@ -490,7 +490,11 @@ class TaskDB:
             self._shrink()
 
     def _shrink(self) -> None:
-        """Remove the oldest finished records until the payloads take 90% of ``max_bytes``."""
+        """Remove the oldest finished records until the payloads take 90% of ``max_bytes``.
+
+        Oldest in the order written (the table's own order: no sort), which
+        is the order they finished, but for tasks written while pending.
+        """
         goal = self.max_bytes * 9 // 10
         # (The running count may overstate: a record written twice, an update of no record.)
         self.payload_bytes = self._conn.execute(
@@ -502,7 +506,7 @@ class TaskDB:
         while self.payload_bytes > goal:
             rows = self._conn.execute(
                 "SELECT id, COALESCE(LENGTH(call), 0) + COALESCE(LENGTH(result), 0) FROM tasks"
-                " WHERE status != 'pending' ORDER BY completed LIMIT 1000"
+                " WHERE status != 'pending' ORDER BY rowid LIMIT 1000"
             ).fetchall()
             if not rows:
                 break
