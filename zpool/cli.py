@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--daemon", action="store_true", help="run in the background; return once the engines are up")
     start.add_argument("--log-level", default="WARNING", help="the cluster's log level (default: %(default)s)")
     _add_db_arguments(start)
+    _add_network_arguments(start)
     ControllerSettings.add_arguments(start)
     stop = actions.add_parser(
         "stop",
@@ -113,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--engines", type=int, default=0, help="local engines to start too (default: none)")
     controller.add_argument("--log-level", default="WARNING", help="the cluster's log level (default: %(default)s)")
     _add_db_arguments(controller)
+    _add_network_arguments(controller)
     ControllerSettings.add_arguments(controller)
 
     engine = verbs.add_parser(
@@ -137,6 +139,40 @@ def _parser() -> argparse.ArgumentParser:
         " (default: %(default)s)",
     )
     return p
+
+
+def _ports(text: str) -> list[int]:
+    try:
+        ports = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ports takes three ports, as 5801,5802,5803, not {text!r}") from None
+    if len(ports) != 3:
+        raise argparse.ArgumentTypeError(f"--ports takes three ports (client, engine, heartbeat), not {text!r}")
+    return ports
+
+
+def _add_network_arguments(p: argparse.ArgumentParser) -> None:
+    net = p.add_argument_group(
+        "network", "By default a cluster listens on private Unix sockets, for this machine only."
+    )
+    net.add_argument(
+        "--ip",
+        default=None,
+        help="listen on TCP at this address instead, for engines and clients on other machines",
+    )
+    net.add_argument(
+        "--ports", type=_ports, default=None, help="with --ip: the client, engine and heartbeat ports (default: free)"
+    )
+    net.add_argument(
+        "--location",
+        default=None,
+        help="with --ip: the address or name the others reach this machine at, if not --ip (NAT, 0.0.0.0)",
+    )
+    net.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with --ip: do NOT encrypt (CURVE is on for every address but loopback); for trusted networks only",
+    )
 
 
 def _add_db_arguments(p: argparse.ArgumentParser) -> None:
@@ -206,7 +242,24 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
     if args.db_max_mb is not None and args.db_max_mb < 1:
         parser.error(f"--db-max-mb must be at least 1, not {args.db_max_mb}")
     db = None if args.no_db else (os.path.abspath(args.db) if args.db else "")
-    state, proc = start_cluster(args.name, args.engines, settings, args.log_level, db=db, db_max_mb=args.db_max_mb)
+    if args.insecure:
+        print(
+            "zpool: WARNING: --insecure: the cluster's traffic is not encrypted; anyone on the network can read"
+            " it. Use it on a trusted network only.",
+            file=sys.stderr,
+        )
+    state, proc = start_cluster(
+        args.name,
+        args.engines,
+        settings,
+        args.log_level,
+        db=db,
+        db_max_mb=args.db_max_mb,
+        ip=args.ip,
+        ports=args.ports,
+        location=args.location,
+        insecure=args.insecure,
+    )
     print(
         f"cluster {state.name!r}: controller pid {state.controller_pid}, {args.engines} engine(s);"
         f" attach with Pool(cluster={state.name!r}) or Pool(connection={state.connection_file!r})",

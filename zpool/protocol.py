@@ -44,6 +44,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import zmq
 
 from zpool._settings import SCHEMES  # (re-exported: defined with the controller's settings)
+from zpool._transport import CurveKeys
 from zpool.error import AuthenticationError, ProtocolError
 
 __all__ = [
@@ -648,6 +649,12 @@ class Session:
         return Message(list(frames[:i]), header, body[1:])
 
 
+def _curve_keys(data: Any) -> CurveKeys:
+    if not isinstance(data, dict):
+        raise ValueError("curve is not an object of keys")
+    return CurveKeys(data["server_public"], data["public"], data["secret"])
+
+
 class ConnectionInfo(NamedTuple):
     """Where a cluster's controller listens, and its key.
 
@@ -670,9 +677,11 @@ class ConnectionInfo(NamedTuple):
     controller_pid: int | None = None
     mp_authkey: bytes | None = None
     shm_prefix: str | None = None
+    # CURVE keys of a cluster on TCP (zpool._transport): the server's public key and the members' pair.
+    curve: CurveKeys | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "client": self.client,
             "engine": self.engine,
             "heartbeat": self.heartbeat,
@@ -684,6 +693,9 @@ class ConnectionInfo(NamedTuple):
             data["mp_authkey"] = self.mp_authkey.hex()
         if self.shm_prefix is not None:
             data["shm_prefix"] = self.shm_prefix
+        if self.curve is not None:
+            curve = self.curve
+            data["curve"] = {"server_public": curve.server_public, "public": curve.public, "secret": curve.secret}
         return data
 
     def write(self, path: str) -> None:
@@ -707,6 +719,7 @@ class ConnectionInfo(NamedTuple):
                 controller_pid=data.get("controller_pid"),
                 mp_authkey=bytes.fromhex(data["mp_authkey"]) if data.get("mp_authkey") else None,
                 shm_prefix=str(data["shm_prefix"]) if data.get("shm_prefix") else None,
+                curve=_curve_keys(data["curve"]) if data.get("curve") else None,
             )
         except (KeyError, AttributeError, TypeError, ValueError) as exc:
             raise ProtocolError(f"connection file {path} is incomplete or malformed: {exc!r}") from exc

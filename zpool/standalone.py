@@ -23,6 +23,7 @@ connection file and watches the controller, and never stops it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -40,6 +41,7 @@ import zmq
 from zpool import _shm
 from zpool._process import caller_path, describe_exit, kill_process_group, python_command
 from zpool._settings import ControllerSettings
+from zpool._transport import free_ports, is_loopback, is_tcp, member_socket, new_curve_keys, tcp_address
 from zpool.cluster import ENDPOINTS, EngineProcess, engines_of, make_runtime_dir
 from zpool.error import BrokenPoolError, ZPoolError
 from zpool.protocol import ConnectionInfo, MsgType, Session, new_key, recv_frames, send_frames
@@ -67,6 +69,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_NAME = "default"
 CONNECTION_FILE = "cluster.json"
 LOG_FILE = "controller.log"
+CURVE_KEY_FILE = "controller.key"
 DB_FILE = "tasks.db"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # How long `zpool cluster start` waits for the controller to answer and its engines to be up, in seconds.
@@ -181,6 +184,7 @@ def ask(info: ConnectionInfo, msg_type: MsgType, content: dict[str, Any] | None 
     ctx: zmq.Context[Any] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    member_socket(sock, info.client, info.curve)
     try:
         sock.connect(info.client)
         send_frames(sock, session.build(msg_type, content=encode(content or {})))
@@ -243,6 +247,10 @@ def start_cluster(
     ready_timeout: float = READY_TIMEOUT_S,
     db: str | None = "",
     db_max_mb: int | None = None,
+    ip: str | None = None,
+    ports: Sequence[int] | None = None,
+    location: str | None = None,
+    insecure: bool = False,
 ) -> tuple[ClusterState, subprocess.Popen[bytes]]:
     """Start cluster `name`: a controller with `n_engines` local engines, in a session of its own.
 
@@ -255,6 +263,14 @@ def start_cluster(
     by hand (``zpool engine``) join the new controller, and with the same
     task database, whose records survive.
 
+    With `ip`, the controller listens on TCP at that address (for engines
+    on other machines), at `ports` (client, engine, heartbeat; default:
+    free ones), and the connection file names `location` (default: `ip`)
+    as the address to reach it at. Unless the address is a loopback one or
+    `insecure` is given, connections are encrypted and authenticated with
+    CURVE (:mod:`zpool._transport`); the controller's secret key is kept in
+    ``controller.key`` (mode 0600) in the cluster's folder.
+
     Raises
     ------
     ZPoolError
@@ -263,6 +279,7 @@ def start_cluster(
         stopped then; its log is kept and named).
     """
     settings = (settings or ControllerSettings()).validate()
+    _check_tcp(ip, ports, location)
     if n_engines < 0:
         raise ValueError(f"the number of engines must be at least 0, not {n_engines}")
     state = state_of(name)
@@ -275,23 +292,32 @@ def start_cluster(
     os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
     info = _restarted(state) if state.stale else None
+    key_file = os.path.join(folder, CURVE_KEY_FILE)
     if info is not None:
-        runtime = os.path.dirname(info.client[len("ipc://") :])
+        if is_tcp(info.client):
+            runtime = _tcp_runtime(folder)
+            ip = ip or info.client[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+        else:
+            runtime = os.path.dirname(info.client[len("ipc://") :])
         logger.warning("cluster %r: its controller (pid %s) is gone; starting it again", name, state.controller_pid)
     else:
         if state.stale:
             logger.warning("cluster %r: removing the stale connection file of pid %s", name, state.controller_pid)
         _remove(state.connection_file)
-        runtime = make_runtime_dir()
-        base = f"ipc://{runtime}"
-        client, engine, heartbeat = (f"{base}/{endpoint}" for endpoint in ENDPOINTS)
-        info = ConnectionInfo(
-            client,
-            engine,
-            heartbeat,
-            new_key(),
-            shm_prefix=f"zpool-{os.urandom(6).hex()}" if _shm.available() else None,
-        )
+        _remove(key_file)
+        runtime = make_runtime_dir() if ip is None else _tcp_runtime(folder)
+        if ip is None:
+            base = f"ipc://{runtime}"
+            client, engine, heartbeat = (f"{base}/{endpoint}" for endpoint in ENDPOINTS)
+            info = ConnectionInfo(
+                client,
+                engine,
+                heartbeat,
+                new_key(),
+                shm_prefix=f"zpool-{os.urandom(6).hex()}" if _shm.available() else None,
+            )
+        else:
+            info = _tcp_info(ip, ports, location, insecure, key_file)
     info = info._replace(controller_pid=None)
     info.write(os.path.join(runtime, CONNECTION_FILE))
     db_path = os.path.join(folder, DB_FILE) if db == "" else db
@@ -302,7 +328,9 @@ def start_cluster(
     with open(log_path, "ab") as log:
         try:
             proc = subprocess.Popen(
-                _controller_argv(runtime, folder, n_engines, settings, log_level, db_path, db_max_mb),
+                _controller_argv(runtime, folder, n_engines, settings, log_level, db_path, db_max_mb)
+                + (["--ip", ip] if ip else [])
+                + (["--curve-secret-file", key_file] if info.curve is not None else []),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -325,12 +353,59 @@ def start_cluster(
     return ClusterState(name, folder, path, proc.pid, True, n_engines), proc
 
 
+def _tcp_runtime(folder: str) -> str:
+    """The controller's own folder of a cluster on TCP (no Unix sockets: in the cluster's folder; mode 0700)."""
+    runtime = os.path.join(folder, "run")
+    os.makedirs(runtime, mode=0o700, exist_ok=True)
+    os.chmod(runtime, 0o700)
+    return runtime
+
+
+def _check_tcp(ip: str | None, ports: Sequence[int] | None, location: str | None) -> None:
+    if ip is None:
+        if ports or location:
+            raise ValueError("--ports and --location go with --ip (the address to listen on)")
+        return
+    if ip in ("0.0.0.0", "::", "*") and not location:
+        raise ValueError(
+            f"--ip {ip} listens on every interface: name the address other machines reach this one at with --location"
+        )
+    if ports is not None and (len(ports) != 3 or len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports)):
+        raise ValueError(f"--ports takes three different ports (client, engine, heartbeat), not {list(ports)}")
+
+
+def _tcp_info(
+    ip: str, ports: Sequence[int] | None, location: str | None, insecure: bool, key_file: str
+) -> ConnectionInfo:
+    """The connection of a new cluster on TCP; its controller's CURVE keys written to `key_file`."""
+    bind = "0.0.0.0" if ip == "*" else ip
+    chosen = list(ports) if ports else free_ports(bind, 3)
+    client, engine, heartbeat = (tcp_address(location or bind, port) for port in chosen)
+    curve = None
+    if not insecure and not is_loopback(client):
+        server, curve = new_curve_keys()
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"public": server.public, "secret": server.secret}, f)
+    elif insecure and not is_loopback(client):
+        logger.warning(
+            "cluster on %s WITHOUT encryption (--insecure): anyone on the network can read the tasks and results,"
+            " and, knowing the key, run code on the engines",
+            client,
+        )
+    # No shared memory: its engines may be on other machines (zpool._transport.host_id).
+    return ConnectionInfo(client, engine, heartbeat, new_key(), curve=curve)
+
+
 def _restarted(state: ClusterState) -> ConnectionInfo | None:
     """The connection of a stale cluster, to start its controller again where it was; None if it cannot be."""
     try:
         info = ConnectionInfo.read(state.connection_file)
     except (OSError, ValueError):
         return None
+    if is_tcp(info.client):  # (its keys: controller.key beside it, if it uses CURVE)
+        has_key = os.path.exists(os.path.join(state.folder, CURVE_KEY_FILE))
+        return info if has_key or info.curve is None else None
     if not info.client.startswith("ipc://"):
         return None
     runtime = os.path.dirname(info.client[len("ipc://") :])

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import zmq
 
 from zpool import _shm
+from zpool._transport import member_socket
 from zpool.client.ctrlc import HoldCtrlC, default_int_handler, sigint_handler
 from zpool.client.own_socket import OWN_POLL_MS, OwnSocket
 from zpool.client.results import ResultTable
@@ -203,6 +204,7 @@ class Connection:
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        member_socket(self._sock, info.client, info.curve)
         self._sock.connect(info.client)
         self._requests: dict[str, _Request] = {}
         self._sent: collections.OrderedDict[bytes, list[str] | str] = collections.OrderedDict()
@@ -214,7 +216,7 @@ class Connection:
         self._sending = False  # the I/O thread took queued items and is sending them
         # The calling thread's own sockets for blocking calls (see call_now), made on first
         # use; whoever holds their lock may use them (the I/O thread only reads leftovers).
-        self._own = OwnSocket(self._ctx, self.session, info.client, results)
+        self._own = OwnSocket(self._ctx, self.session, info.client, results, info.curve)
         # Whether blocking calls may push their tasks straight to the engines (set by the pool).
         self.pushing = False
         # Whether the last blocking call came back within SPIN_WORTH_S (the next one then spins: see call_now).

@@ -51,6 +51,7 @@ import zmq
 
 from zpool import _shm
 from zpool._stream import FramedSocket, FramingError
+from zpool._transport import CurveKeys
 from zpool.client.ctrlc import HoldCtrlC
 from zpool.client.pusher import Pusher, immediate_dealer
 from zpool.client.results import ResultTable
@@ -95,8 +96,16 @@ class OwnSocket:
         Where replies are settled.
     """
 
-    def __init__(self, ctx: zmq.Context[Any], session: Session, address: str, results: ResultTable) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        session: Session,
+        address: str,
+        results: ResultTable,
+        curve: CurveKeys | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.curve = curve
         self.session = session
         self.address = address
         self.results = results
@@ -123,7 +132,7 @@ class OwnSocket:
             return sock
         wait_ms = 0
         if sock is None:
-            sock = immediate_dealer(self.ctx, self.route, self.address)
+            sock = immediate_dealer(self.ctx, self.route, self.address, self.curve)
             if sock is None:
                 return None  # EMFILE: the I/O thread's socket is connected already
             self.sock = sock

@@ -47,6 +47,7 @@ from typing import Any, Iterable
 import zmq
 
 from zpool._stream import FramedSocket
+from zpool._transport import CurveKeys, member_socket
 from zpool.protocol import BatchWriter, MsgType, Session
 
 __all__ = ["Pusher", "immediate_dealer"]
@@ -244,7 +245,9 @@ class Pusher:
         self.up.clear()
 
 
-def immediate_dealer(ctx: zmq.Context[Any], identity: bytes, address: str) -> zmq.Socket[Any] | None:
+def immediate_dealer(
+    ctx: zmq.Context[Any], identity: bytes, address: str, curve: CurveKeys | None = None
+) -> zmq.Socket[Any] | None:
     """A DEALER named `identity`, connecting to `address`, that queues nothing while not connected.
 
     ``ZMQ_IMMEDIATE``: libzmq connects in the background and retries quietly
@@ -263,5 +266,6 @@ def immediate_dealer(ctx: zmq.Context[Any], identity: bytes, address: str) -> zm
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    member_socket(sock, address, curve)
     sock.connect(address)
     return sock

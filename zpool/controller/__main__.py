@@ -25,6 +25,7 @@ from zpool.controller.launcher import LocalEngines
 from zpool.controller.output import EngineOutput
 
 if TYPE_CHECKING:
+    from zpool._transport import CurveKeys
     from zpool.controller.taskdb import TaskDB
 
 
@@ -45,6 +46,12 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettin
     )
     p.add_argument("--output-limit", type=int, default=OUTPUT_LIMIT, help="bytes of output one task may send")
     p.add_argument("--db", default=None, help="the task database (SQLite file) of a standalone cluster")
+    p.add_argument(
+        "--ip", default=None, help="bind TCP endpoints to this address (default: the one the connection file names)"
+    )
+    p.add_argument(
+        "--curve-secret-file", default=None, help="JSON file (mode 0600) of the controller's CURVE keys (TCP)"
+    )
     p.add_argument(
         "--db-max-mb", type=int, default=None, help="payload megabytes the task database keeps (oldest removed first)"
     )
@@ -83,6 +90,17 @@ def _open_db(path: str, max_mb: int | None) -> TaskDB:
             "task database %s: %d task(s) were pending when the last controller stopped: marked lost", path, db.lost
         )
     return db
+
+
+def _server_keys(path: str) -> CurveKeys:
+    """The controller's CURVE keys, from the file the cluster's starter wrote."""
+    import json
+
+    from zpool._transport import CurveKeys
+
+    with open(path) as f:
+        data = json.load(f)
+    return CurveKeys(data["public"], data["public"], data["secret"])
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -128,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         info = ConnectionInfo.read(args.connection_file)
         setup = tuple(read_frames(args.engine_setup)) if args.engine_setup else ()
         db = _open_db(args.db, args.db_max_mb) if args.db else None
+        server_curve = _server_keys(args.curve_secret_file) if args.curve_secret_file else None
         Hub(
             info,
             settings,
@@ -136,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             engine_setup=setup,
             connection_file=args.connection_file,
             db=db,
+            server_curve=server_curve,
+            bind_ip=args.ip,
         ).run()
     except KeyboardInterrupt:
         pass

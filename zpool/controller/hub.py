@@ -40,7 +40,9 @@ import zmq
 from zpool import _shm
 from zpool._settings import ControllerSettings
 from zpool._stream import SCHEME as DIRECT_SCHEME
+from zpool._transport import CurveKeys, is_tcp, server_socket, tcp_address
 from zpool._wire import ErrorName, QueueStatus, Roster, error_reply
+from zpool.controller.curve import CurveGuard
 from zpool.controller.engines import EngineKeeper
 from zpool.controller.flags import Flags, parse_flags
 from zpool.controller.launcher import LocalEngines
@@ -117,8 +119,12 @@ class Hub:
         engine_setup: tuple[bytes, ...] = (),
         connection_file: str | None = None,
         db: TaskDB | None = None,
+        server_curve: CurveKeys | None = None,
+        bind_ip: str | None = None,
     ) -> None:
         self.info = info
+        # Where TCP endpoints are bound, when not at the address the connection file names (--ip).
+        self.bind_ip = bind_ip
         # The task database of a standalone cluster (zpool.controller.taskdb); None: no record kept.
         self.db = db
         # Tasks whose reply other clients asked for while they ran (Pool.get_result): task id -> routes.
@@ -159,6 +165,14 @@ class Hub:
             self.output.send = self._send_stream
 
         self.ctx = zmq.Context()
+        # CURVE on TCP (zpool._transport): the server's keys, a ZAP handler admitting the cluster's
+        # member key only, and monitors that log failed handshakes (a wrong key shows nowhere else).
+        self.server_curve = server_curve
+        self.guard: CurveGuard | None = None
+        if server_curve is not None:
+            if info.curve is None:
+                raise ValueError("the controller has CURVE keys but the connection file names no member key")
+            self.guard = CurveGuard(self.ctx, info.curve.public)
         self.client_sock = self._bind(zmq.ROUTER, info.client)
         self.engine_sock = self._bind(zmq.ROUTER, info.engine)
         self.heartbeat_sock = self._bind(zmq.ROUTER, info.heartbeat)
@@ -194,6 +208,11 @@ class Hub:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        server_socket(sock, address, self.server_curve)
+        if self.bind_ip and is_tcp(address):
+            address = tcp_address(self.bind_ip, address.rsplit(":", 1)[1])
+        if self.guard is not None:
+            self.guard.watch(sock, address)
         sock.bind(address)
         return sock
 
@@ -208,6 +227,10 @@ class Hub:
         if self.db is not None:
             db_fd = self.db.wake_fd
             poller.register(db_fd, zmq.POLLIN)
+        guard = self.guard
+        if guard is not None:
+            for monitor in guard.monitors:
+                poller.register(monitor, zmq.POLLIN)
         output = self.output
         polled: set[int] = set()  # the engines' output pipes watched
         interval = self.settings.heartbeat_interval
@@ -226,6 +249,8 @@ class Hub:
                 for sock, _ in poller.poll(timeout_ms):
                     if sock == db_fd:
                         self._db_answered()
+                    elif guard is not None and sock in guard.monitors:
+                        guard.read(sock)
                     elif type(sock) is int:
                         output.read(sock)  # type: ignore[union-attr]
                     else:
@@ -979,6 +1004,8 @@ class Hub:
         self.client_sock.close(linger=500)
         self.engine_sock.close(linger=0)
         self.heartbeat_sock.close(linger=1000)
+        if self.guard is not None:
+            self.guard.close()
         self.ctx.term()
         if self.info.shm_prefix:
             _shm.remove_all(self.info.shm_prefix)

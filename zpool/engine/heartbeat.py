@@ -30,6 +30,7 @@ import zmq
 
 from zpool import _shm
 from zpool._settings import ControllerSettings
+from zpool._transport import member_socket
 from zpool.error import ProtocolError
 from zpool.protocol import MsgType, Session, encode, recv_frames, send_frames
 
@@ -95,6 +96,7 @@ class Heartbeat:
         sock.setsockopt(zmq.IDENTITY, self.engine.ident)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, self.reconnect_ivl_ms)
+        member_socket(sock, self.engine.info.heartbeat, self.engine.info.curve)
         sock.connect(self.engine.info.heartbeat)
         parent = self.engine.parent
         engine = self.engine

@@ -111,6 +111,7 @@ from zpool._engine_context import MAX_TRACEBACK_CHARS, describe_exception, set_m
 from zpool._partition import ItemFailure, run_each
 from zpool._preload import Preloader
 from zpool._process import ParentWatch
+from zpool._transport import member_socket
 from zpool._wire import RUN_SLOT_BYTES, encode_run_slot
 from zpool.engine.heartbeat import Heartbeat
 from zpool.engine.output import TaskOutput
@@ -221,6 +222,7 @@ class Engine:
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        member_socket(self.sock, info.engine, info.curve)
         self.sock.connect(info.engine)
         self.pending: collections.deque[tuple[str, list[Any]]] = collections.deque()
         self.aborted: set[str] = set()  # queued here, aborted by the client: answered, never run

@@ -1,0 +1,175 @@
+"""Fake hosts for the multi-host tests: network namespaces on a bridge, each with its own name and ``/dev/shm``.
+
+:class:`FakeHosts` makes hosts ``h1``, ``h2``, ... as network namespaces
+``zpt-h1``, ... whose ``eth0`` sits on a bridge in a namespace of its own
+(``zpt-sw``), at ``10.211.0.1``, ``10.211.0.2``, ... (a /24 used by
+nothing else). A process runs "on" a host through :meth:`FakeHosts.popen`:
+in the host's network namespace, with its own host name (a UTS namespace)
+and its own ``/dev/shm`` (a mount namespace binding a private folder over
+it), so that shared memory is per host as on real machines. The file
+system is otherwise shared (the checkout, the virtual environment,
+``/tmp``).
+
+**Network safety.** The namespaces have no route out of the machine, and
+the root namespace gets an ``unreachable`` route for the test subnet, so a
+test that sends to a test address from the root namespace fails at once
+instead of sending it out. Tests send only to the hosts' addresses, from
+inside the hosts.
+
+Learned from the recipes in ``../shared/testbed`` (``netns-up.sh``,
+``hostexec.sh``), written anew for the tests. Needs root and iproute2's
+``ip``, ``nsenter`` and ``unshare``; :func:`unavailable` says why they
+cannot be made, and the tests skip with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from typing import Any, Sequence
+
+__all__ = ["NET", "FakeHosts", "unavailable"]
+
+NET = "10.211.0"
+PREFIX = "zpt-"
+SWITCH = PREFIX + "sw"
+GUARD = f"unreachable {NET}.0/24 metric 4243"
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+
+
+def unavailable() -> str | None:
+    """Why fake hosts cannot be made here (None: they can)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "nsenter", "unshare", "mount"):
+        if shutil.which(tool) is None:
+            return f"no {tool} command"
+    probe = PREFIX + "probe"
+    made = _ip("netns", "add", probe, check=False)
+    if made.returncode != 0:
+        return f"cannot make a network namespace: {made.stderr.strip()}"
+    _ip("netns", "del", probe, check=False)
+    return None
+
+
+class FakeHosts:
+    """Hosts ``h1``..``hN`` as network namespaces on one bridge (see the module docstring)."""
+
+    def __init__(self, n: int, workdir: str) -> None:
+        self.names = [f"h{i}" for i in range(1, n + 1)]
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[Any]] = []
+        teardown()  # (whatever a killed run left)
+        _ip("route", "add", *GUARD.split())
+        _ip("netns", "add", SWITCH)
+        _ip("-n", SWITCH, "link", "set", "lo", "up")
+        _ip("-n", SWITCH, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        _ip("-n", SWITCH, "link", "set", "br0", "up")
+        for i, name in enumerate(self.names, 1):
+            ns = PREFIX + name
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", SWITCH, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("-n", SWITCH, "link", "set", name, "master", "br0", "up")
+            _ip("-n", ns, "addr", "add", f"{NET}.{i}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            os.makedirs(self.shm_dir(name), mode=0o1777, exist_ok=True)
+            os.chmod(self.shm_dir(name), 0o1777)
+        self._wait_reachable()
+
+    def address(self, name: str) -> str:
+        return f"{NET}.{self.names.index(name) + 1}"
+
+    def shm_dir(self, name: str) -> str:
+        return os.path.join(self.workdir, f"shm-{name}")
+
+    def command(self, name: str, argv: Sequence[str]) -> list[str]:
+        """`argv` run on host `name`: its network, its host name, its own /dev/shm."""
+        script = 'hostname "$1"; mount --bind "$2" /dev/shm; shift 2; exec "$@"'
+        return [
+            "nsenter",
+            f"--net=/run/netns/{PREFIX}{name}",
+            "--",
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "slave",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            name,
+            self.shm_dir(name),
+            *argv,
+        ]
+
+    def popen(self, name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        proc = subprocess.Popen(self.command(name, argv), **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def run(
+        self, name: str, argv: Sequence[str], timeout: float = 120, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(name, argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )
+
+    def cut(self, name: str) -> None:
+        """Cut host `name`'s cable at the switch (its processes live on, unreachable)."""
+        _ip("-n", SWITCH, "link", "set", name, "down")
+
+    def mend(self, name: str) -> None:
+        _ip("-n", SWITCH, "link", "set", name, "up")
+
+    def _wait_reachable(self) -> None:
+        # (no ping here: a connection refused by a closed port means the address answers)
+        first = self.names[0]
+        for other in self.names[1:]:
+            probe = ["python3", "-c", f"import socket; socket.create_connection(('{self.address(other)}', 9), 1)"]
+            deadline = time.monotonic() + 10
+            while True:
+                done = subprocess.run(
+                    ["ip", "netns", "exec", PREFIX + first, *probe], capture_output=True, text=True, timeout=30
+                )
+                if "refused" in done.stderr:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{first} cannot reach {other}: {done.stderr.strip()[-300:]}")
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        teardown()
+
+
+def teardown() -> None:
+    """Remove the fake hosts, ending what runs in them, and the guard route."""
+    listed = _ip("netns", "list", check=False).stdout.split()
+    for ns in listed:
+        if not ns.startswith(PREFIX):
+            continue
+        pids = _ip("netns", "pids", ns, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        _ip("netns", "del", ns, check=False)
+    _ip("route", "del", *GUARD.split(), check=False)

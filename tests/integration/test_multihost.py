@@ -1,0 +1,244 @@
+"""Engines on other hosts, over TCP with CURVE: fake hosts made of network namespaces (``tests._hosts``).
+
+The controller runs on h1 (``zpool cluster start --ip``), an engine on each
+of h2 and h3 (``zpool engine --connection-file``), and the client on h1.
+Each host has its own host name and ``/dev/shm``. Skipped, with the reason,
+where network namespaces cannot be made (not root, no iproute2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import zmq
+
+from tests._hosts import FakeHosts, unavailable
+
+WHY_NOT = unavailable()
+pytestmark = [pytest.mark.skipif(WHY_NOT is not None, reason=f"no fake hosts: {WHY_NOT}"), pytest.mark.timeout(300)]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = sys.executable
+
+CLIENT = textwrap.dedent(
+    """
+    import json, socket, sys
+    import numpy as np
+    import zpool
+    from tests import _tasks
+
+    def where(_):
+        import os, socket
+        return socket.gethostname(), os.getpid()
+
+    with zpool.Pool(connection=sys.argv[1], processes=2) as pool:
+        hosts = sorted({h for h, _ in pool.map(where, range(16), chunksize=1)})
+        arrays = [np.random.default_rng(i).random(300_000) for i in range(4)]  # 2.4 MB each
+        digests = pool.map(_tasks.digest, arrays, chunksize=1)
+        paths = pool.map(_tasks.received_via, arrays, chunksize=1)
+        back = pool.apply(np.multiply, (arrays[0], 2.0))
+        pool.scatter("part", list(range(10)))
+        gathered = sorted(pool.gather("part"))
+
+        @pool.parallel(block=True)
+        def double(xs):
+            return [2 * x for x in xs]
+
+        doubled = double(list(range(12)))
+        print(json.dumps({
+            "client_host": socket.gethostname(),
+            "hosts": hosts,
+            "digests_match": digests == [_tasks.digest(a) for a in arrays],
+            "paths": paths,
+            "back_ok": bool(np.array_equal(back, arrays[0] * 2.0)),
+            "gathered": gathered,
+            "doubled": doubled,
+        }))
+    """
+)
+
+LINK_CUT = textwrap.dedent(
+    """
+    import json, sys, time
+    import zpool
+    from tests import _tasks
+
+    def where_after(seconds):
+        import socket, time
+        time.sleep(seconds)
+        return socket.gethostname()
+
+    with zpool.Pool(connection=sys.argv[1], processes=2) as pool:
+        results = [pool.apply_async(where_after, (0.5,)) for _ in range(24)]
+        print("started", flush=True)
+        sys.stdin.readline()  # the test cuts h3's link, then says go on
+        began = time.monotonic()
+        outcomes = []
+        for r in results:
+            try:
+                outcomes.append(r.get(120))
+            except zpool.EngineError as exc:
+                outcomes.append("EngineError")
+        print(json.dumps({"outcomes": outcomes, "seconds": time.monotonic() - began}), flush=True)
+    """
+)
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    made = FakeHosts(3, str(tmp_path))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _env(home: str) -> dict[str, str]:
+    return {**os.environ, "ZPOOL_HOME": home, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _start(hosts: FakeHosts, home: str, *options: str) -> str:
+    """Start cluster "net" on h1, listening on TCP at its address; its connection file."""
+    done = hosts.run(
+        "h1",
+        [
+            PY,
+            "-m",
+            "zpool",
+            "cluster",
+            "start",
+            "-n",
+            "0",
+            "--daemon",
+            "--name",
+            "net",
+            "--ip",
+            hosts.address("h1"),
+            *options,
+        ],
+        env=_env(home),
+    )
+    assert done.returncode == 0, done.stderr
+    return os.path.join(home, "clusters", "net", "cluster.json")
+
+
+def _engine(hosts: FakeHosts, name: str, connection: str, home: str, log: str) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:  # (the engine holds its own copy)
+        return hosts.popen(
+            name,
+            [PY, "-m", "zpool", "engine", "--connection-file", connection, "--reconnect-timeout", "0"],
+            env=_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _engines_up(hosts: FakeHosts, home: str) -> int:
+    done = hosts.run("h1", [PY, "-m", "zpool", "status", "--name", "net"], env=_env(home))
+    first = done.stdout.splitlines()[0] if done.stdout else ""
+    return int(first.split(" engine(s)")[0].rsplit(" ", 1)[1]) if " engine(s)" in first else -1
+
+
+def _wait_engines(hosts: FakeHosts, home: str, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _engines_up(hosts, home) != n:
+        assert time.monotonic() < deadline, f"{n} engines did not register"
+        time.sleep(0.3)
+
+
+def test_engines_on_two_hosts_over_curve(hosts, tmp_path):
+    home = str(tmp_path / "home")
+    connection = _start(hosts, home)
+    with open(connection) as f:
+        info = json.load(f)
+    assert info["client"].startswith(f"tcp://{hosts.address('h1')}:")
+    assert set(info["curve"]) == {"server_public", "public", "secret"}  # CURVE by default off loopback
+    assert "shm_prefix" not in info  # engines may be on other machines: no shared memory
+    folder = os.path.dirname(connection)
+    assert os.stat(os.path.join(folder, "controller.key")).st_mode & 0o777 == 0o600
+    with open(os.path.join(folder, "controller.key")) as f:
+        assert json.load(f)["secret"] not in _read(connection)  # the server's secret stays with it
+    engines = [_engine(hosts, h, connection, home, str(tmp_path / f"{h}.log")) for h in ("h2", "h3")]
+    _wait_engines(hosts, home, 2)
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    done = hosts.run("h1", [PY, str(script), connection], env=_env(home), cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["client_host"] == "h1"
+    assert out["hosts"] == ["h2", "h3"]  # both remote engines served
+    assert out["digests_match"] and out["back_ok"]
+    assert "shm" not in out["paths"]  # arrays crossed the network as frames, not shared memory
+    assert out["gathered"] == list(range(10))
+    assert out["doubled"] == [2 * x for x in range(12)]
+
+    # An engine holding another cluster's keys never gets a message through, and the controller says why.
+    with open(connection) as f:
+        forged = json.load(f)
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    forged["curve"]["public"], forged["curve"]["secret"] = public, secret
+    bad_path = tmp_path / "forged.json"
+    bad_path.write_text(json.dumps(forged))
+    os.chmod(bad_path, 0o600)
+    intruder = _engine(hosts, "h3", str(bad_path), home, str(tmp_path / "intruder.log"))
+    log = os.path.join(folder, "controller.log")
+    deadline = time.monotonic() + 30
+    while "a key that is not the cluster's was refused" not in _read(log):
+        assert time.monotonic() < deadline, _read(log)[-2000:]
+        time.sleep(0.3)
+    assert _engines_up(hosts, home) == 2
+    intruder.kill()
+    intruder.wait()
+
+    stopped = hosts.run("h1", [PY, "-m", "zpool", "cluster", "stop", "--name", "net"], env=_env(home))
+    assert stopped.returncode == 0, stopped.stderr
+    for engine in engines:  # told to shut down over the network
+        assert engine.wait(30) == 0
+    assert not os.path.exists(folder)
+
+
+def test_a_host_cut_off_mid_map_fails_its_tasks_and_the_rest_finish(hosts, tmp_path):
+    home = str(tmp_path / "home")
+    connection = _start(hosts, home, "--heartbeat-interval", "0.5", "--heartbeat-misses", "4")
+    engines = [_engine(hosts, h, connection, home, str(tmp_path / f"{h}.log")) for h in ("h2", "h3")]
+    _wait_engines(hosts, home, 2)
+    script = tmp_path / "cut.py"
+    script.write_text(LINK_CUT)
+    client = hosts.popen(
+        "h1",
+        [PY, str(script), connection],
+        env=_env(home),
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout.readline().strip() == "started"
+    time.sleep(1.0)  # both hosts run tasks
+    hosts.cut("h3")
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    out, _ = client.communicate(timeout=180)
+    assert client.returncode == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    outcomes = result["outcomes"]
+    # h3's tasks failed once its silence passed the heartbeat bound (0.5 s x 4); the others ran on h2.
+    assert "EngineError" in outcomes
+    assert set(outcomes) <= {"h2", "h3", "EngineError"} and outcomes.count("h2") >= 12
+    assert result["seconds"] < 60
+    hosts.mend("h3")
+    hosts.run("h1", [PY, "-m", "zpool", "cluster", "stop", "--name", "net"], env=_env(home))
+    for engine in engines:
+        engine.kill()
+        engine.wait()
