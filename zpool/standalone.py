@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import zmq
 from zpool import _shm
 from zpool._process import caller_path, describe_exit, kill_process_group, python_command
 from zpool._settings import ControllerSettings
-from zpool._transport import free_ports, is_loopback, is_tcp, member_socket, new_curve_keys, tcp_address
+from zpool._transport import free_ports, host_id, is_loopback, is_tcp, member_socket, new_curve_keys, tcp_address
 from zpool.cluster import ENDPOINTS, EngineProcess, engines_of, make_runtime_dir
 from zpool.error import BrokenPoolError, ZPoolError
 from zpool.protocol import ConnectionInfo, MsgType, Session, new_key, recv_frames, send_frames
@@ -650,7 +649,7 @@ class CpuMeter:
 
     def __init__(self) -> None:
         self._procs: dict[int, psutil.Process] = {}
-        self.host = socket.gethostname()
+        self.host = host_id()
 
     def look(self, status: dict[str, Any]) -> dict[int, float]:
         """Percent of one CPU each engine of this host used since the last look (none the first time)."""
@@ -658,7 +657,7 @@ class CpuMeter:
         seen = set()
         for engine in status.get("engine_detail", []):
             pid = engine.get("pid")
-            if not isinstance(pid, int) or engine.get("host") != self.host:
+            if not isinstance(pid, int) or engine.get("host_id") != self.host:  # (a pid of another machine)
                 continue
             seen.add(pid)
             proc = self._procs.get(pid)

@@ -694,6 +694,7 @@ class Hub:
                 "id": r.engine_id,
                 "pid": r.pid,
                 "host": r.hostname,
+                "host_id": r.host_id,
                 "registered": r.registered,
                 "ready": r.ready,
                 "direct": bool(r.direct),
@@ -751,6 +752,7 @@ class Hub:
             str(content.get("hostname", "")),
             direct if isinstance(direct, str) and direct.startswith(DIRECT_SCHEME) else None,
         )
+        record.host_id = str(content.get("host_id", ""))[:64]
         if self.output is not None:
             self.output.registered(record.pid, record.engine_id)
         setup = self.engine_setup
