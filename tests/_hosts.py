@@ -31,7 +31,7 @@ import subprocess
 import time
 from typing import Any, Sequence
 
-__all__ = ["NET", "FakeHosts", "unavailable"]
+__all__ = ["NET", "FakeHosts", "no_sshd", "unavailable"]
 
 NET = "10.211.0"
 PREFIX = "zpt-"
@@ -41,6 +41,15 @@ GUARD = f"unreachable {NET}.0/24 metric 4243"
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+
+
+def no_sshd() -> str | None:
+    """Why an sshd cannot run on the fake hosts (None: it can)."""
+    if not os.access("/usr/sbin/sshd", os.X_OK):
+        return "no /usr/sbin/sshd (Debian's openssh-server; .ci/run installs it)"
+    if shutil.which("ssh-keygen") is None or shutil.which("ssh") is None:
+        return "no ssh client"
+    return None
 
 
 def unavailable() -> str | None:
@@ -127,6 +136,50 @@ class FakeHosts:
             stdin=subprocess.DEVNULL,
             **kwargs,
         )
+
+    def start_sshd(self, names: Sequence[str]) -> list[str]:
+        """An sshd on each host (port 22 of its address, throwaway keys); the ssh command that reaches them.
+
+        Root logs in with a key of the test's own; no system configuration
+        is read or changed (``-F`` configs in the test's folder).
+        """
+        folder = os.path.join(self.workdir, "ssh")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        host_key, client_key = os.path.join(folder, "host_key"), os.path.join(folder, "id_ed25519")
+        for key in (host_key, client_key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True, timeout=30)
+        shutil.copy(client_key + ".pub", os.path.join(folder, "authorized_keys"))
+        sshd_config = os.path.join(folder, "sshd_config")
+        with open(sshd_config, "w") as f:
+            f.write(
+                f"HostKey {host_key}\nAuthorizedKeysFile {folder}/authorized_keys\nPasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+                "UseDNS no\nPrintMotd no\n"
+            )
+        ssh_config = os.path.join(folder, "ssh_config")
+        with open(ssh_config, "w") as f:
+            f.write(
+                f"Host *\n  User root\n  IdentityFile {client_key}\n  IdentitiesOnly yes\n"
+                "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n"
+                "  ConnectTimeout 5\n"
+            )
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # (its privilege separation folder)
+        for name in names:
+            sshd = [
+                "/usr/sbin/sshd",
+                "-f",
+                sshd_config,
+                "-o",
+                f"ListenAddress={self.address(name)}",
+                "-o",
+                f"PidFile={folder}/sshd-{name}.pid",
+                "-E",
+                f"{folder}/sshd-{name}.log",
+            ]
+            done = self.run(name, sshd, timeout=30)
+            if done.returncode != 0:
+                raise RuntimeError(f"sshd on {name} did not start: {done.stderr.strip()}")
+        return ["ssh", "-F", ssh_config]
 
     def cut(self, name: str) -> None:
         """Cut host `name`'s cable at the switch (its processes live on, unreachable)."""

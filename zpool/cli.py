@@ -62,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
         "-n",
         "--engines",
         type=int,
-        default=_usable_cpus(),
-        help="local engines (default: %(default)s, the usable CPUs)",
+        default=None,
+        help=f"local engines (default: {_usable_cpus()}, the usable CPUs; none with --launcher ssh)",
     )
     start.add_argument("--name", default=DEFAULT_NAME, help=DEFAULT_HELP)
     start.add_argument("--daemon", action="store_true", help="run in the background; return once the engines are up")
@@ -169,10 +169,33 @@ def _add_network_arguments(p: argparse.ArgumentParser) -> None:
         help="with --ip: the address or name the others reach this machine at, if not --ip (NAT, 0.0.0.0)",
     )
     net.add_argument(
+        "--launcher",
+        choices=("local", "ssh"),
+        default="local",
+        help="where engines run: local (this machine, -n of them) or ssh (on --hosts, through ssh; needs --ip)",
+    )
+    net.add_argument("--hosts", default=None, help="with --launcher ssh: HOST:N,HOST:N (N engines on each)")
+    net.add_argument("--ssh", default="ssh", help="with --launcher ssh: the ssh command and options (default: ssh)")
+    net.add_argument(
+        "--remote-python", default="python3", help="with --launcher ssh: the Python on the hosts, with zpool installed"
+    )
+    net.add_argument(
         "--insecure",
         action="store_true",
         help="with --ip: do NOT encrypt (CURVE is on for every address but loopback); for trusted networks only",
     )
+
+
+def _ssh_hosts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    if args.launcher != "ssh":
+        if args.hosts:
+            parser.error("--hosts goes with --launcher ssh")
+        return None
+    if not args.hosts:
+        parser.error("--launcher ssh needs --hosts HOST:N,HOST:N")
+    if not args.ip:
+        parser.error("--launcher ssh needs --ip: this machine's address, which the engines connect to")
+    return str(args.hosts)
 
 
 def _add_db_arguments(p: argparse.ArgumentParser) -> None:
@@ -236,6 +259,8 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
     from zpool._process import describe_exit
     from zpool.standalone import start_cluster, stop_cluster
 
+    if args.engines is None:
+        args.engines = 0 if args.launcher == "ssh" else _usable_cpus()
     if args.engines < 0:
         parser.error(f"the number of engines must be at least 0, not {args.engines}")
     settings = _settings(parser, args)
@@ -259,9 +284,12 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
         ports=args.ports,
         location=args.location,
         insecure=args.insecure,
+        ssh_hosts=_ssh_hosts(parser, args),
+        ssh=args.ssh,
+        remote_python=args.remote_python,
     )
     print(
-        f"cluster {state.name!r}: controller pid {state.controller_pid}, {args.engines} engine(s);"
+        f"cluster {state.name!r}: controller pid {state.controller_pid}, {state.engines} engine(s);"
         f" attach with Pool(cluster={state.name!r}) or Pool(connection={state.connection_file!r})",
         flush=True,
     )

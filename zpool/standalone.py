@@ -250,6 +250,9 @@ def start_cluster(
     ports: Sequence[int] | None = None,
     location: str | None = None,
     insecure: bool = False,
+    ssh_hosts: str | None = None,
+    ssh: str = "ssh",
+    remote_python: str = "python3",
 ) -> tuple[ClusterState, subprocess.Popen[bytes]]:
     """Start cluster `name`: a controller with `n_engines` local engines, in a session of its own.
 
@@ -270,6 +273,11 @@ def start_cluster(
     CURVE (:mod:`zpool._transport`); the controller's secret key is kept in
     ``controller.key`` (mode 0600) in the cluster's folder.
 
+    With `ssh_hosts` (``HOST:N,...``, needs `ip`), the controller also
+    starts N engines on each host through ``ssh`` (the command and its
+    options: `ssh`), with `remote_python` there
+    (:mod:`zpool.controller.remote`); it returns once they too take tasks.
+
     Raises
     ------
     ZPoolError
@@ -279,6 +287,13 @@ def start_cluster(
     """
     settings = (settings or ControllerSettings()).validate()
     _check_tcp(ip, ports, location)
+    remote_engines = 0
+    if ssh_hosts is not None:
+        from zpool.controller.remote import parse_hosts
+
+        remote_engines = sum(n for _, n in parse_hosts(ssh_hosts))
+        if ip is None:
+            raise ValueError("engines on other machines need a cluster on TCP: add --ip ADDRESS (this machine's)")
     if n_engines < 0:
         raise ValueError(f"the number of engines must be at least 0, not {n_engines}")
     state = state_of(name)
@@ -329,7 +344,8 @@ def start_cluster(
             proc = subprocess.Popen(
                 _controller_argv(runtime, folder, n_engines, settings, log_level, db_path, db_max_mb)
                 + (["--ip", ip] if ip else [])
-                + (["--curve-secret-file", key_file] if info.curve is not None else []),
+                + (["--curve-secret-file", key_file] if info.curve is not None else [])
+                + (["--ssh-hosts", ssh_hosts, "--ssh", ssh, "--remote-python", remote_python] if ssh_hosts else []),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -343,13 +359,13 @@ def start_cluster(
     try:
         info = info._replace(controller_pid=proc.pid)
         info.write(path)
-        _wait_ready(info, proc, n_engines, ready_timeout, log_path)
+        _wait_ready(info, proc, n_engines + remote_engines, ready_timeout, log_path)
     except BaseException as exc:  # Ctrl-C included
         _, kept = stop_cluster(name, timeout=2.0)
         if isinstance(exc, ZPoolError) and kept:
             raise ZPoolError(str(exc).replace(log_path, kept)) from None  # (where the log is now)
         raise
-    return ClusterState(name, folder, path, proc.pid, True, n_engines), proc
+    return ClusterState(name, folder, path, proc.pid, True, n_engines + remote_engines), proc
 
 
 def _tcp_runtime(folder: str) -> str:

@@ -15,10 +15,11 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 import zmq
 
-from tests._hosts import FakeHosts, unavailable
+from tests._hosts import FakeHosts, no_sshd, unavailable
 
 WHY_NOT = unavailable()
 pytestmark = [pytest.mark.skipif(WHY_NOT is not None, reason=f"no fake hosts: {WHY_NOT}"), pytest.mark.timeout(300)]
@@ -242,3 +243,67 @@ def test_a_host_cut_off_mid_map_fails_its_tasks_and_the_rest_finish(hosts, tmp_p
     for engine in engines:
         engine.kill()
         engine.wait()
+
+
+@pytest.mark.skipif(no_sshd() is not None, reason=f"no sshd: {no_sshd()}")
+def test_the_ssh_launcher_starts_uses_and_ends_engines_on_other_hosts(hosts, tmp_path):
+    home = str(tmp_path / "home")
+    ssh = hosts.start_sshd(["h2", "h3"])
+    h2, h3 = hosts.address("h2"), hosts.address("h3")
+    argv = [PY, "-m", "zpool", "cluster", "start", "--daemon", "--name", "net", "--ip", hosts.address("h1")]
+    argv += ["--launcher", "ssh", "--hosts", f"{h2}:2,{h3}:1", "--ssh", " ".join(ssh), "--remote-python", PY]
+    started = hosts.run("h1", argv, env=_env(home))
+    assert started.returncode == 0, started.stderr
+    assert "3 engine(s)" in started.stdout  # it returned once all three took tasks
+    connection = os.path.join(home, "clusters", "net", "cluster.json")
+    script = tmp_path / "where.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import json, sys, zpool
+
+            def where(_):
+                import os, socket
+                return socket.gethostname(), os.getpid()
+
+            with zpool.Pool(connection=sys.argv[1], processes=3) as pool:
+                print(json.dumps(sorted(set(map(tuple, pool.map(where, range(30), chunksize=1))))))
+            """
+        )
+    )
+    done = hosts.run("h1", [PY, str(script), connection], env=_env(home))
+    assert done.returncode == 0, done.stderr
+    engines = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(h for h, _ in engines) == ["h2", "h2", "h3"]
+    pids = [pid for _, pid in engines]
+    assert all(_alive(pid) for pid in pids)
+    # The ssh sessions drop (killed here): the engines run on, and stopping the cluster still ends them.
+    for proc in psutil_ssh_sessions():
+        proc.kill()
+    time.sleep(1.0)
+    stopped = hosts.run("h1", [PY, "-m", "zpool", "cluster", "stop", "--name", "net"], env=_env(home))
+    assert stopped.returncode == 0, stopped.stderr
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "engines outlived their cluster"
+        time.sleep(0.2)
+    assert not os.path.exists(os.path.expanduser("~/.zpool/remote")) or not os.listdir(
+        os.path.expanduser("~/.zpool/remote")
+    )  # (the hosts share this file system: the copies of the connection file are gone)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def psutil_ssh_sessions() -> list[psutil.Process]:
+    """The ssh clients holding the launcher's engine sessions (on h1; processes are visible from everywhere)."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["name"] == "ssh" and "zpool.engine --connection-file .zpool/remote/" in cmdline:
+            found.append(proc)
+    return found

@@ -26,6 +26,7 @@ from zpool.controller.output import EngineOutput
 
 if TYPE_CHECKING:
     from zpool._transport import CurveKeys
+    from zpool.controller.remote import SSHEngines
     from zpool.controller.taskdb import TaskDB
 
 
@@ -52,6 +53,9 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettin
     p.add_argument(
         "--curve-secret-file", default=None, help="JSON file (mode 0600) of the controller's CURVE keys (TCP)"
     )
+    p.add_argument("--ssh-hosts", default=None, help="start engines on these hosts through ssh: HOST:N,HOST:N")
+    p.add_argument("--ssh", default="ssh", help="the ssh command and options for --ssh-hosts (default: ssh)")
+    p.add_argument("--remote-python", default="python3", help="the Python on the --ssh-hosts (with zpool)")
     p.add_argument(
         "--db-max-mb", type=int, default=None, help="payload megabytes the task database keeps (oldest removed first)"
     )
@@ -92,6 +96,35 @@ def _open_db(path: str, max_mb: int | None) -> TaskDB:
     return db
 
 
+def _start_remote(args: argparse.Namespace, key: bytes) -> SSHEngines:
+    """Start the engines of --ssh-hosts (see zpool.controller.remote), and a thread that logs their sessions' ends."""
+    import hashlib
+    import shlex
+    import threading
+    import time
+
+    from zpool.controller.remote import SSHEngines, parse_hosts
+
+    remote = SSHEngines(
+        parse_hosts(args.ssh_hosts),
+        args.connection_file,
+        hashlib.sha256(key).hexdigest()[:16],
+        ssh=shlex.split(args.ssh),
+        python=args.remote_python,
+        log_level=args.log_level,
+    )
+    remote.start()
+
+    def watch() -> None:
+        while remote.running():
+            remote.tick()
+            time.sleep(1.0)
+        remote.tick()
+
+    threading.Thread(target=watch, name="zpool-ssh-sessions", daemon=True).start()
+    return remote
+
+
 def _server_keys(path: str) -> CurveKeys:
     """The controller's CURVE keys, from the file the cluster's starter wrote."""
     import json
@@ -111,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args, settings = _parse(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     engines = None
+    remote: SSHEngines | None = None
     if args.engines:
         # Start the engines first: they import while the controller sets up.
         engine_args = [
@@ -147,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         setup = tuple(read_frames(args.engine_setup)) if args.engine_setup else ()
         db = _open_db(args.db, args.db_max_mb) if args.db else None
         server_curve = _server_keys(args.curve_secret_file) if args.curve_secret_file else None
+        if args.ssh_hosts:
+            remote = _start_remote(args, info.key)
         Hub(
             info,
             settings,
@@ -161,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if remote is not None:
+            remote.stop()
         if engines is not None:
             engines.stop(timeout=2.0)
             if os.getpgid(0) == os.getpid():
