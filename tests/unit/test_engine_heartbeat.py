@@ -37,7 +37,9 @@ class StandInEngine:
     """What the heartbeat thread reads of an Engine, and a flush that records itself."""
 
     def __init__(self, ctx: Sockets) -> None:
-        self.info = types.SimpleNamespace(key=new_key(), heartbeat="inproc://zpool-test-heartbeat", shm_prefix=None)
+        self.info = types.SimpleNamespace(
+            key=new_key(), heartbeat="inproc://zpool-test-heartbeat", shm_prefix=None, curve=None
+        )
         self.ctx = ctx
         self.ident = b"engine-test"
         self.parent = self
