@@ -74,7 +74,15 @@ class FakeHosts:
         self.names = [f"h{i}" for i in range(1, n + 1)]
         self.workdir = workdir
         self.procs: list[subprocess.Popen[Any]] = []
+        self.made_run_sshd = False
         teardown()  # (whatever a killed run left)
+        try:
+            self._make()
+        except BaseException:
+            teardown()  # (nothing half made is left)
+            raise
+
+    def _make(self) -> None:
         _ip("route", "add", *GUARD.split())
         _ip("netns", "add", SWITCH)
         _ip("-n", SWITCH, "link", "set", "lo", "up")
@@ -163,7 +171,9 @@ class FakeHosts:
                 "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n"
                 "  ConnectTimeout 5\n"
             )
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # (its privilege separation folder)
+        if not os.path.isdir("/run/sshd"):  # its privilege separation folder (removed again at close)
+            os.makedirs("/run/sshd", mode=0o755)
+            self.made_run_sshd = True
         for name in names:
             sshd = [
                 "/usr/sbin/sshd",
@@ -209,7 +219,9 @@ class FakeHosts:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-        teardown()
+        teardown()  # (the sshds too: they run in the namespaces)
+        if self.made_run_sshd:
+            shutil.rmtree("/run/sshd", ignore_errors=True)
 
 
 def teardown() -> None:
