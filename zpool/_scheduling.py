@@ -161,19 +161,7 @@ class _SchedulingMethods:
         sub.check_running()
         ids = task_ids(what)  # in order, repeats kept: the new result lines up with `what`
         new_ids = [sub.new_id() for _ in ids]
-        if isinstance(what, AsyncResult):
-            ar: AsyncResult[Any] = what._renewed(new_ids, owner=self, runner=sub.callbacks)
-        else:
-            ar = AsyncResult(new_ids, owner=self, runner=sub.callbacks)
-        if not new_ids:
-            return ar
-        sub.results.add(ar)
-        try:
-            sub.request(MsgType.RESUBMIT_REQUEST, {"ids": ids, "new_ids": new_ids})
-        except BaseException as exc:
-            sub.fail(new_ids, exc)
-            raise
-        return ar
+        return self._awaiting(what, new_ids, MsgType.RESUBMIT_REQUEST, {"ids": ids, "new_ids": new_ids})
 
     @property
     def client_id(self) -> str:
@@ -223,6 +211,15 @@ class _SchedulingMethods:
             raise ValueError(
                 f"task {waiting[0]} is this pool's own and has not finished: wait on the AsyncResult it returned"
             )
+        return self._awaiting(what, ids, MsgType.RESULT_REQUEST, {"ids": ids})
+
+    def _awaiting(self, what: Any, ids: list[str], msg_type: MsgType, content: dict[str, Any]) -> AsyncResult[Any]:
+        """A result for the tasks `ids`, whose replies the controller sends when asked by `msg_type`.
+
+        Of the same kind as `what` when it is an AsyncResult (a ``MapResult``
+        a whole map's); the request failing fails it.
+        """
+        sub = self._submitter
         if isinstance(what, AsyncResult):
             ar: AsyncResult[Any] = what._renewed(ids, owner=self, runner=sub.callbacks)
         else:
@@ -231,7 +228,7 @@ class _SchedulingMethods:
             return ar
         sub.results.add(ar)
         try:
-            sub.request(MsgType.RESULT_REQUEST, {"ids": ids})
+            sub.request(msg_type, content)
         except BaseException as exc:
             sub.fail(ids, exc)
             raise

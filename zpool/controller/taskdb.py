@@ -469,17 +469,16 @@ class TaskDB:
 
         Then keep within ``max_bytes``. The lists are emptied.
         """
-        rows = finished[:]
-        finished.clear()
         horizon = time.monotonic() - PENDING_HOLD_S
         while staged:
             first = next(iter(staged.values()))
             if not every and first[-1] > horizon:
                 break
-            rows.append(staged.popitem(last=False)[1])
-        if rows:
+            finished.append(staged.popitem(last=False)[1])
+        if finished:
             # A task id recorded already (a pushed task the engine passed on) keeps its first record.
-            self._conn.executemany(INSERT_SQL, [row[:-1] for row in rows])
+            self._conn.executemany(INSERT_SQL, [row[:-1] for row in finished])
+            finished.clear()
         if updates:
             self._conn.executemany(
                 "UPDATE tasks SET status=?, engine=?, started=?, completed=?, result=?, result_bytes=? WHERE id=?",
