@@ -332,10 +332,12 @@ class Engine:
         send_frames(self.sock, self._register_request())
 
     def _registered(self, msg: Message) -> None:
-        """The reply to :meth:`register_again` (main thread, holding the lock)."""
+        """The controller's reply to :meth:`_register`, or to :meth:`register_again` (main thread, holding the lock)."""
         content = msg.content
         engine_id = int(content["engine_id"])
-        if not content.get("known"):
+        if self.engine_id is None:
+            logger.info("registered as engine %d", engine_id)
+        elif not content.get("known"):
             # A new controller: the tasks queued here, and the replies held, were its predecessor's.
             logger.warning(
                 "registered again, as engine %d (was %s); %d task(s) queued for the previous controller dropped",
@@ -346,11 +348,12 @@ class Engine:
             self.pending.clear()
             self.outbox = BatchWriter(REPLY_COLUMNS)
             self.held = 0
+        if engine_id != self.engine_id:
             self.engine_id = engine_id
             self.context.registered(engine_id)
         self._beats.configure(float(content["heartbeat_interval"]), int(content["heartbeat_misses"]))
         if content.get("inline_results"):
-            self.shared = None
+            self.shared = None  # the controller keeps results (its task database): never in shared memory
         if content.get("setup"):
             self._setup(msg.buffers)
 
@@ -367,15 +370,7 @@ class Engine:
                 logger.error("dropped a message while registering: %s", exc)
                 continue
             if msg.msg_type == MsgType.REGISTER_REPLY.value:
-                content_in = msg.content
-                self.engine_id = int(content_in["engine_id"])
-                self._beats.configure(float(content_in["heartbeat_interval"]), int(content_in["heartbeat_misses"]))
-                logger.info("registered as engine %d", self.engine_id)
-                if content_in.get("inline_results"):
-                    self.shared = None  # the controller keeps results (its task database): never in shared memory
-                self.context.registered(self.engine_id)
-                if content_in.get("setup"):
-                    self._setup(msg.buffers)
+                self._registered(msg)
                 return
             if msg.msg_type == MsgType.APPLY_REQUEST.value:
                 self._queue(msg)
