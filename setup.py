@@ -25,6 +25,7 @@ setup(
         # networkx: examples/dag_dependencies.py, which a test runs, builds its graph with it.
         # hypothesis: tests/failure/test_fuzz.py generates the messages it throws at the sockets.
         # tqdm, matplotlib: the progress bars' and timelines' tests (the "progress" and "timeline" extras).
+        # mpi4py: tasks of engines started by the mpi launcher talk MPI (tests/integration/test_launchers.py).
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.1",
@@ -34,6 +35,7 @@ setup(
             "hypothesis>=6.50",
             "tqdm>=4.60",
             "matplotlib>=3.5",
+            "mpi4py>=3.1",
         ],
         # Progress bars: map(..., progress=True), AsyncResult.wait_interactive().
         "progress": ["tqdm>=4.60"],

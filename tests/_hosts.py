@@ -24,14 +24,18 @@ cannot be made, and the tests skip with that reason.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from typing import Any, Sequence
 
-__all__ = ["NET", "FakeHosts", "no_sshd", "unavailable"]
+import psutil
+
+__all__ = ["NET", "FakeHosts", "HostCluster", "alive", "no_mpi", "no_slurm", "no_sshd", "unavailable"]
 
 NET = "10.211.0"
 PREFIX = "zpt-"
@@ -49,6 +53,21 @@ def no_sshd() -> str | None:
         return "no /usr/sbin/sshd (Debian's openssh-server; .ci/run installs it)"
     if shutil.which("ssh-keygen") is None or shutil.which("ssh") is None:
         return "no ssh client"
+    return None
+
+
+def no_slurm() -> str | None:
+    """Why Slurm daemons cannot run on the fake hosts (None: they can)."""
+    for tool in ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "munged", "mungekey"):
+        if shutil.which(tool) is None and not os.access(f"/usr/sbin/{tool}", os.X_OK):
+            return f"no {tool} (Debian's slurm-wlm; .ci/run installs it)"
+    return None
+
+
+def no_mpi() -> str | None:
+    """Why engines cannot be started with Open MPI's mpiexec here (None: they can)."""
+    if shutil.which("mpiexec") is None:
+        return "no mpiexec (Debian's openmpi-bin; .ci/run installs it)"
     return None
 
 
@@ -191,6 +210,93 @@ class FakeHosts:
                 raise RuntimeError(f"sshd on {name} did not start: {done.stderr.strip()}")
         return ["ssh", "-F", ssh_config]
 
+    def start_slurm(self, head: str, nodes: Sequence[str], cpus: int = 4) -> dict[str, str]:
+        """A real Slurm cluster: munged and slurmctld on `head`, a slurmd on each of `nodes`; its client environment.
+
+        Everything it reads and writes is in the test's folder (its own
+        munge key and socket, ``slurm.conf``, state, logs): the system's
+        ``/etc/slurm`` and ``/etc/munge`` are not used. The daemons run as
+        root inside the hosts, so closing the hosts ends them. Client
+        commands (``sbatch``, ``squeue``) work on any host, with the
+        returned environment (``SLURM_CONF``).
+        """
+        folder = os.path.join(self.workdir, "slurm")
+        os.makedirs(os.path.join(folder, "log"), exist_ok=True)
+        os.chmod(self.workdir, 0o755)  # (the job's steps read slurm.conf; root does, but keep it plain)
+        key, sock = os.path.join(folder, "munge.key"), os.path.join(folder, "munge.sock")
+        subprocess.run(["mungekey", "--create", f"--keyfile={key}", "--bits=1024"], check=True, timeout=30)
+        os.chmod(key, 0o400)
+        munged = [
+            "munged",
+            "--force",  # (its folder is under a tmp dir whose parents it would otherwise refuse)
+            f"--socket={sock}",
+            f"--key-file={key}",
+            f"--pid-file={folder}/munged.pid",
+            f"--log-file={folder}/log/munged.log",
+            f"--seed-file={folder}/munged.seed",
+        ]
+        done = self.run(head, munged, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"munged did not start: {done.stderr.strip()}")
+        lines = [
+            "ClusterName=zpooltest",
+            f"SlurmctldHost={head}({self.address(head)})",
+            "SlurmctldPort=6817",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={sock}",
+            f"StateSaveLocation={folder}/state",
+            f"SlurmdSpoolDir={folder}/spool-%n",
+            f"SlurmctldPidFile={folder}/slurmctld.pid",
+            f"SlurmdPidFile={folder}/slurmd-%n.pid",
+            f"SlurmctldLogFile={folder}/log/slurmctld.log",
+            f"SlurmdLogFile={folder}/log/slurmd-%n.log",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "MailProg=/bin/true",
+            "MpiDefault=none",
+            "SchedulerType=sched/backfill",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "SlurmdParameters=config_overrides",  # (each fake node claims `cpus`, whatever the machine has)
+            "ReturnToService=2",
+            "MinJobAge=300",
+            "KillWait=2",
+            "InactiveLimit=0",
+            *(
+                f"NodeName={n} NodeAddr={self.address(n)} Port=6818 CPUs={cpus} RealMemory=1000 State=UNKNOWN"
+                for n in nodes
+            ),
+            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO",
+        ]
+        conf = os.path.join(folder, "slurm.conf")
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.makedirs(os.path.join(folder, "state"), exist_ok=True)
+        env = {**os.environ, "SLURM_CONF": conf}
+        daemons = [(head, ["slurmctld", "-f", conf])]
+        for n in nodes:
+            os.makedirs(os.path.join(folder, f"spool-{n}"), exist_ok=True)
+            daemons.append((n, ["slurmd", "-f", conf, "-N", n]))
+        for host, argv in daemons:
+            done = self.run(host, argv, timeout=30, env=env)
+            if done.returncode != 0:
+                raise RuntimeError(f"{argv[0]} on {host} did not start: {done.stderr.strip()}")
+        deadline = time.monotonic() + 30
+        while True:  # every node idle
+            done = self.run(head, ["sinfo", "-h", "-N", "-t", "idle", "-o", "%N"], timeout=30, env=env)
+            if len(set(done.stdout.split())) >= len(nodes):
+                return {"SLURM_CONF": conf}
+            if time.monotonic() > deadline:
+                logs = "".join(open(os.path.join(folder, "log", f)).read()[-800:] for f in os.listdir(f"{folder}/log"))
+                raise RuntimeError(f"the Slurm nodes are not idle: {done.stdout} {done.stderr}\n{logs}")
+            time.sleep(0.2)
+
     def cut(self, name: str) -> None:
         """Cut host `name`'s cable at the switch (its processes live on, unreachable)."""
         _ip("-n", SWITCH, "link", "set", name, "down")
@@ -238,3 +344,66 @@ def teardown() -> None:
                 pass
         _ip("netns", "del", ns, check=False)
     _ip("route", "del", *GUARD.split(), check=False)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class HostCluster:
+    """Cluster ``net`` of the ``zpool`` command, run on fake host `head` with its own ``ZPOOL_HOME``.
+
+    `env`: more environment for every command (``SLURM_CONF``).
+    """
+
+    NAME = "net"
+
+    def __init__(self, hosts: FakeHosts, home: str, head: str = "h1", env: dict[str, str] | None = None) -> None:
+        self.hosts = hosts
+        self.home = home
+        self.head = head
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = repo + os.pathsep + os.environ.get("PYTHONPATH", "")
+        self.env = {**os.environ, "ZPOOL_HOME": home, "PYTHONPATH": path, **(env or {})}
+        self.repo = repo
+        self.connection = os.path.join(home, "clusters", self.NAME, "cluster.json")
+        self.log = os.path.join(home, "clusters", self.NAME, "controller.log")
+
+    def zpool(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``zpool ARGS`` on the head host."""
+        return self.hosts.run(self.head, [sys.executable, "-m", "zpool", *args], timeout=timeout, env=self.env)
+
+    def start(self, *options: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``zpool cluster start --daemon --name net --ip <head's address> OPTIONS``."""
+        argv = ["cluster", "start", "--daemon", "--name", self.NAME, "--ip", self.hosts.address(self.head)]
+        return self.zpool(*argv, *options, timeout=timeout)
+
+    def stop(self) -> subprocess.CompletedProcess[str]:
+        return self.zpool("cluster", "stop", "--name", self.NAME)
+
+    def status(self) -> str:
+        return self.zpool("status", "--name", self.NAME).stdout
+
+    def engines_up(self) -> int:
+        first = self.status().splitlines()[:1]
+        text = first[0] if first else ""
+        return int(text.split(" engine(s)")[0].rsplit(" ", 1)[1]) if " engine(s)" in text else -1
+
+    def wait_engines(self, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.engines_up() != n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{n} engines did not register: {self.status()}")
+            time.sleep(0.3)
+
+    def script(self, path: str, text: str, *args: str) -> Any:
+        """Run script `text` (at `path`) on the head, given the connection file and `args`: its last line, as JSON."""
+        with open(path, "w") as f:
+            f.write(text)
+        done = self.hosts.run(self.head, [sys.executable, path, self.connection, *args], env=self.env, cwd=self.repo)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])

@@ -33,7 +33,7 @@ import functools
 import hashlib
 import ipaddress
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import zmq
 
@@ -47,6 +47,7 @@ __all__ = [
     "host_id",
     "is_loopback",
     "is_tcp",
+    "launcher_rank",
     "member_socket",
     "new_curve_keys",
     "server_socket",
@@ -179,3 +180,17 @@ def host_id() -> str:
     except OSError:
         parts.append("no-shm")
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
+
+
+# Where launchers put a process's rank: Open MPI's mpiexec, PMIx (srun --mpi=pmix too), MPICH and Intel MPI, Slurm.
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
+
+
+def launcher_rank(environ: Mapping[str, str] | None = None) -> int | None:
+    """This process's rank among those its launcher started (MPI, Slurm), or None outside them."""
+    environ = os.environ if environ is None else environ
+    for name in RANK_VARIABLES:
+        value = environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None

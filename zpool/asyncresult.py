@@ -36,7 +36,9 @@ T = TypeVar("T")
 
 class Metadata(dict):  # type: ignore[type-arg]
     """Per-task facts: ``engine_id``, ``status``, ``submitted``, ``started``,
-    ``completed``, ``received``; readable as keys or attributes
+    ``completed``, ``received``, and where it ran: ``engine_host`` (the
+    engine's host name) and ``engine_rank`` (its rank under an MPI or Slurm
+    launcher, else None); readable as keys or attributes
     (``md["engine_id"]`` or ``md.engine_id``)."""
 
     def __getattr__(self, name: str) -> Any:
@@ -112,6 +114,11 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         # The pool (or view) that made it, kept alive while this result is pending (as the
         # stdlib does), and where callbacks run (never on the client's I/O thread).
         self._owner = owner
+        # Where an engine ran (host, rank), for the metadata: asked of the pool's submitter (kept after _owner).
+        submitter = getattr(owner, "_submitter", None)
+        self._where: Callable[[int], tuple[str, int | None] | None] | None = (
+            submitter.engine_where if submitter is not None else None
+        )
         self._runner = runner
         # multiprocessing's callback and error_callback: they run (in the
         # runner's thread) before the result becomes ready, as in the stdlib.
@@ -267,8 +274,11 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         if raw is None or isinstance(raw, Metadata):
             return raw
         engine_id, status, started, completed, received = raw
+        where = self._where(engine_id) if self._where is not None and isinstance(engine_id, int) else None
         return Metadata(
             engine_id=engine_id,
+            engine_host=where[0] if where else None,
+            engine_rank=where[1] if where else None,
             status=status,
             submitted=_stamp(self.submitted),
             started=_stamp(started),

@@ -21,9 +21,12 @@ import os
 import signal
 import sys
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from zpool._settings import ControllerSettings
+
+if TYPE_CHECKING:
+    from zpool.launchers import Launcher
 
 # How long `zpool engine` waits for its controller to come back when it stops answering, in seconds.
 ENGINE_RECONNECT_S = 600.0
@@ -63,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         "--engines",
         type=int,
         default=None,
-        help=f"local engines (default: {_usable_cpus()}, the usable CPUs; none with --launcher ssh)",
+        help=f"engines (default: {_usable_cpus()}, the usable CPUs): local ones, or with --launcher mpi or slurm,"
+        " those it starts (with --launcher ssh, local ones besides: default none)",
     )
     start.add_argument("--name", default=DEFAULT_NAME, help=DEFAULT_HELP)
     start.add_argument("--daemon", action="store_true", help="run in the background; return once the engines are up")
@@ -169,33 +173,78 @@ def _add_network_arguments(p: argparse.ArgumentParser) -> None:
         help="with --ip: the address or name the others reach this machine at, if not --ip (NAT, 0.0.0.0)",
     )
     net.add_argument(
-        "--launcher",
-        choices=("local", "ssh"),
-        default="local",
-        help="where engines run: local (this machine, -n of them) or ssh (on --hosts, through ssh; needs --ip)",
-    )
-    net.add_argument("--hosts", default=None, help="with --launcher ssh: HOST:N,HOST:N (N engines on each)")
-    net.add_argument("--ssh", default="ssh", help="with --launcher ssh: the ssh command and options (default: ssh)")
-    net.add_argument(
-        "--remote-python", default="python3", help="with --launcher ssh: the Python on the hosts, with zpool installed"
-    )
-    net.add_argument(
         "--insecure",
         action="store_true",
         help="with --ip: do NOT encrypt (CURVE is on for every address but loopback); for trusted networks only",
     )
+    launch = p.add_argument_group(
+        "launchers",
+        "Engines on other machines, started through ssh, MPI or Slurm; they connect back to --ip (docs/launchers.md).",
+    )
+    launch.add_argument(
+        "--launcher",
+        choices=("local", "ssh", "mpi", "slurm"),
+        default="local",
+        help="where engines run: local (this machine), ssh (on --hosts), mpi (one mpiexec of -n ranks)"
+        " or slurm (one sbatch job of -n tasks); all but local need --ip",
+    )
+    launch.add_argument("--hosts", default=None, help="ssh: HOST:N,HOST:N (N engines on each)")
+    launch.add_argument("--ssh", default="ssh", help="ssh: the ssh command and its options (default: ssh)")
+    launch.add_argument(
+        "--mpiexec", default="mpiexec", help="mpi: the mpiexec command and its options (-n is added; default: mpiexec)"
+    )
+    launch.add_argument("--account", default=None, help="slurm: sbatch --account")
+    launch.add_argument("--partition", default=None, help="slurm: sbatch --partition")
+    launch.add_argument("--time", default=None, help="slurm: sbatch --time (the job's time limit, as 1:00:00)")
+    launch.add_argument("--extra", default="", help="slurm: more sbatch options, as they are: --extra='--nodes=2 --mem=4G'")
+    launch.add_argument(
+        "--pending-timeout",
+        type=float,
+        default=None,
+        help="slurm: seconds the job may wait in the queue before it is cancelled and reported (default: 600)",
+    )
+    launch.add_argument("--sbatch", default="sbatch", help="slurm: the sbatch command (squeue, scancel beside it)")
+    launch.add_argument(
+        "--remote-python",
+        default="python3",
+        help="ssh, mpi, slurm: the Python on the hosts, with zpool installed (default: python3)",
+    )
 
 
-def _ssh_hosts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
-    if args.launcher != "ssh":
-        if args.hosts:
-            parser.error("--hosts goes with --launcher ssh")
+def _launcher(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Launcher | None:
+    """The launcher the options describe (None: local engines only); exits with a usage error if they are wrong."""
+    from zpool.launchers import MPI, SLURM_PENDING_TIMEOUT_S, SSH, Slurm
+
+    kind = args.launcher
+    if args.hosts and kind != "ssh":
+        parser.error("--hosts goes with --launcher ssh (for mpi, pass hosts in --mpiexec, e.g. '--host a:4,b:4')")
+    if kind == "local":
         return None
-    if not args.hosts:
-        parser.error("--launcher ssh needs --hosts HOST:N,HOST:N")
     if not args.ip:
-        parser.error("--launcher ssh needs --ip: this machine's address, which the engines connect to")
-    return str(args.hosts)
+        parser.error(f"--launcher {kind} needs --ip: this machine's address, which the engines connect to")
+    try:
+        if kind == "ssh":
+            if not args.hosts:
+                parser.error("--launcher ssh needs --hosts HOST:N,HOST:N")
+            return SSH(args.hosts, ssh=args.ssh, python=args.remote_python)
+        n = _usable_cpus() if args.engines is None else args.engines
+        args.engines = 0  # (the engines are the launcher's, none local)
+        if kind == "mpi":
+            return MPI(n, mpiexec=args.mpiexec, python=args.remote_python)
+        pending = SLURM_PENDING_TIMEOUT_S if args.pending_timeout is None else args.pending_timeout
+        return Slurm(
+            n,
+            account=args.account,
+            partition=args.partition,
+            time=args.time,
+            extra=args.extra,
+            pending_timeout=pending,
+            python=args.remote_python,
+            sbatch=args.sbatch,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # (parser.error exits)
 
 
 def _add_db_arguments(p: argparse.ArgumentParser) -> None:
@@ -259,6 +308,7 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
     from zpool._process import describe_exit
     from zpool.standalone import start_cluster, stop_cluster
 
+    launcher = _launcher(parser, args)
     if args.engines is None:
         args.engines = 0 if args.launcher == "ssh" else _usable_cpus()
     if args.engines < 0:
@@ -284,9 +334,7 @@ def _start(parser: argparse.ArgumentParser, args: argparse.Namespace, foreground
         ports=args.ports,
         location=args.location,
         insecure=args.insecure,
-        ssh_hosts=_ssh_hosts(parser, args),
-        ssh=args.ssh,
-        remote_python=args.remote_python,
+        launcher=launcher,
     )
     print(
         f"cluster {state.name!r}: controller pid {state.controller_pid}, {state.engines} engine(s);"

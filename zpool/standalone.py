@@ -43,6 +43,7 @@ from zpool._settings import ControllerSettings
 from zpool._transport import free_ports, host_id, is_loopback, is_tcp, member_socket, new_curve_keys, tcp_address
 from zpool.cluster import ENDPOINTS, EngineProcess, engines_of, make_runtime_dir
 from zpool.error import BrokenPoolError, ZPoolError
+from zpool.launchers import Launcher, Slurm
 from zpool.protocol import ConnectionInfo, MsgType, Session, new_key, recv_frames, send_frames
 
 __all__ = [
@@ -250,9 +251,7 @@ def start_cluster(
     ports: Sequence[int] | None = None,
     location: str | None = None,
     insecure: bool = False,
-    ssh_hosts: str | None = None,
-    ssh: str = "ssh",
-    remote_python: str = "python3",
+    launcher: Launcher | None = None,
 ) -> tuple[ClusterState, subprocess.Popen[bytes]]:
     """Start cluster `name`: a controller with `n_engines` local engines, in a session of its own.
 
@@ -273,10 +272,11 @@ def start_cluster(
     CURVE (:mod:`zpool._transport`); the controller's secret key is kept in
     ``controller.key`` (mode 0600) in the cluster's folder.
 
-    With `ssh_hosts` (``HOST:N,...``, needs `ip`), the controller also
-    starts N engines on each host through ``ssh`` (the command and its
-    options: `ssh`), with `remote_python` there
-    (:mod:`zpool.controller.remote`); it returns once they too take tasks.
+    With a `launcher` (:mod:`zpool.launchers`: ssh, MPI, Slurm; needs
+    `ip`), the controller also starts the launcher's engines elsewhere
+    (:mod:`zpool.controller.remote`); this returns once they too take
+    tasks, or raises as soon as the launcher says none will come (a
+    refused Slurm job, say).
 
     Raises
     ------
@@ -288,12 +288,12 @@ def start_cluster(
     settings = (settings or ControllerSettings()).validate()
     _check_tcp(ip, ports, location)
     remote_engines = 0
-    if ssh_hosts is not None:
-        from zpool.controller.remote import parse_hosts
-
-        remote_engines = sum(n for _, n in parse_hosts(ssh_hosts))
+    if launcher is not None:
+        remote_engines = launcher.engines
         if ip is None:
             raise ValueError("engines on other machines need a cluster on TCP: add --ip ADDRESS (this machine's)")
+        if isinstance(launcher, Slurm):  # (a job may wait in the queue: the launcher's own bound applies)
+            ready_timeout = max(ready_timeout, launcher.pending_timeout + ready_timeout)
     if n_engines < 0:
         raise ValueError(f"the number of engines must be at least 0, not {n_engines}")
     state = state_of(name)
@@ -345,7 +345,7 @@ def start_cluster(
                 _controller_argv(runtime, folder, n_engines, settings, log_level, db_path, db_max_mb)
                 + (["--ip", ip] if ip else [])
                 + (["--curve-secret-file", key_file] if info.curve is not None else [])
-                + (["--ssh-hosts", ssh_hosts, "--ssh", ssh, "--remote-python", remote_python] if ssh_hosts else []),
+                + (["--launcher", json.dumps(launcher.to_spec())] if launcher is not None else []),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -720,9 +720,15 @@ def format_status(name: str, status: dict[str, Any], cpu: dict[int, float] | Non
         f" {sum(1 for e in engines if e.get('ready'))} engine(s) taking tasks"
         + (f", {status['starting']} starting" if status.get("starting") else "")
     ]
+    if status.get("launcher"):
+        lines.append(f"launcher: {status['launcher']}")
+    if status.get("broken"):
+        lines.append(f"no engine can start: {status['broken']}")
+    ranked = any(e.get("rank") is not None for e in engines)
     if engines:
+        rank = ("RANK",) if ranked else ()
         rows: list[tuple[str, ...]] = [
-            ("ENGINE", "PID", "HOST", "UPTIME", "RUNNING", "QUEUED", "COMPLETED", "FAILED", "CPU%")
+            ("ENGINE", "PID", "HOST", *rank, "UPTIME", "RUNNING", "QUEUED", "COMPLETED", "FAILED", "CPU%")
         ]
         for e in engines:
             queue = queues.get(str(e["id"]), {})
@@ -733,6 +739,7 @@ def format_status(name: str, status: dict[str, Any], cpu: dict[int, float] | Non
                     str(e["id"]),
                     str(pid or "-"),
                     str(e.get("host") or "-"),
+                    *((str(e.get("rank", "-")),) if ranked else ()),
                     _duration(now - float(e.get("registered") or now)),
                     str(queue.get("running", 0)) if e.get("ready") else "starting",
                     str(queue.get("queued", 0)),

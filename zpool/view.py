@@ -330,6 +330,29 @@ class EngineView(_NamespaceMethods):
 
     targets = ids
 
+    def _where(self, index: int) -> tuple[str, int | None]:
+        return self._submitter.engine_where(self._ids[index]) or ("", None)
+
+    @property
+    def hosts(self) -> Any:
+        """The host name of each engine of the view (of the engine, for a view of one)."""
+        names = [self._where(i)[0] for i in range(len(self._ids))]
+        return names[0] if self._single else names
+
+    @property
+    def ranks(self) -> Any:
+        """Each engine's rank among those its launcher started (MPI, Slurm; None elsewhere); one for a view of one.
+
+        The rank comes from the launcher's environment
+        (``OMPI_COMM_WORLD_RANK``, ``PMIX_RANK``, ``PMI_RANK`` or
+        ``SLURM_PROCID``): the engine of rank r is the one mpi4py's
+        ``MPI.COMM_WORLD.rank`` calls r.
+        """
+        ranks = [self._where(i)[1] for i in range(len(self._ids))]
+        return ranks[0] if self._single else ranks
+
+    rank = ranks
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -358,7 +381,11 @@ class EngineView(_NamespaceMethods):
 
     def __repr__(self) -> str:
         if self._single:
-            return f"<EngineView engine {self._ids[0]}>"
+            where = self._submitter.engine_where(self._ids[0], ask=False)
+            if where is None or (not where[0] and where[1] is None):
+                return f"<EngineView engine {self._ids[0]}>"
+            host, rank = where
+            return f"<EngineView engine {self._ids[0]} on {host}" + (f", rank {rank}>" if rank is not None else ">")
         return f"<EngineView engines {list(self._ids)}>"
 
     # -- calls ---------------------------------------------------------------

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import zmq
 
-from tests._hosts import FakeHosts, no_sshd, unavailable
+from tests._hosts import FakeHosts, HostCluster, alive, no_sshd, unavailable
 
 WHY_NOT = unavailable()
 pytestmark = [pytest.mark.skipif(WHY_NOT is not None, reason=f"no fake hosts: {WHY_NOT}"), pytest.mark.timeout(300)]
@@ -105,28 +105,11 @@ def _env(home: str) -> dict[str, str]:
 
 
 def _start(hosts: FakeHosts, home: str, *options: str) -> str:
-    """Start cluster "net" on h1, listening on TCP at its address; its connection file."""
-    done = hosts.run(
-        "h1",
-        [
-            PY,
-            "-m",
-            "zpool",
-            "cluster",
-            "start",
-            "-n",
-            "0",
-            "--daemon",
-            "--name",
-            "net",
-            "--ip",
-            hosts.address("h1"),
-            *options,
-        ],
-        env=_env(home),
-    )
+    """Start cluster "net" on h1, listening on TCP at its address, with no engines; its connection file."""
+    cluster = HostCluster(hosts, home)
+    done = cluster.start("-n", "0", *options)
     assert done.returncode == 0, done.stderr
-    return os.path.join(home, "clusters", "net", "cluster.json")
+    return cluster.connection
 
 
 def _engine(hosts: FakeHosts, name: str, connection: str, home: str, log: str) -> subprocess.Popen[bytes]:
@@ -146,16 +129,11 @@ def _read(path: str) -> str:
 
 
 def _engines_up(hosts: FakeHosts, home: str) -> int:
-    done = hosts.run("h1", [PY, "-m", "zpool", "status", "--name", "net"], env=_env(home))
-    first = done.stdout.splitlines()[0] if done.stdout else ""
-    return int(first.split(" engine(s)")[0].rsplit(" ", 1)[1]) if " engine(s)" in first else -1
+    return HostCluster(hosts, home).engines_up()
 
 
 def _wait_engines(hosts: FakeHosts, home: str, n: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while _engines_up(hosts, home) != n:
-        assert time.monotonic() < deadline, f"{n} engines did not register"
-        time.sleep(0.3)
+    HostCluster(hosts, home).wait_engines(n, timeout)
 
 
 def test_engines_on_two_hosts_over_curve(hosts, tmp_path):
@@ -276,7 +254,7 @@ def test_the_ssh_launcher_starts_uses_and_ends_engines_on_other_hosts(hosts, tmp
     engines = json.loads(done.stdout.strip().splitlines()[-1])
     assert sorted(h for h, _ in engines) == ["h2", "h2", "h3"]
     pids = [pid for _, pid in engines]
-    assert all(_alive(pid) for pid in pids)
+    assert all(alive(pid) for pid in pids)
     # The ssh sessions drop (killed here): the engines run on, and stopping the cluster still ends them.
     for proc in psutil_ssh_sessions():
         proc.kill()
@@ -284,19 +262,12 @@ def test_the_ssh_launcher_starts_uses_and_ends_engines_on_other_hosts(hosts, tmp
     stopped = hosts.run("h1", [PY, "-m", "zpool", "cluster", "stop", "--name", "net"], env=_env(home))
     assert stopped.returncode == 0, stopped.stderr
     deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in pids):
+    while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, "engines outlived their cluster"
         time.sleep(0.2)
     assert not os.path.exists(os.path.expanduser("~/.zpool/remote")) or not os.listdir(
         os.path.expanduser("~/.zpool/remote")
     )  # (the hosts share this file system: the copies of the connection file are gone)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def psutil_ssh_sessions() -> list[psutil.Process]:

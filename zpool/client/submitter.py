@@ -125,6 +125,8 @@ class Submitter:
         # Live imap feeders (zpool._imap.IMapState): join() lets them read ahead without bound.
         self.feeders: weakref.WeakSet[Any] = weakref.WeakSet()
         self._all_engines_seen = False  # engine_ids waits for the first full complement
+        # Where each engine runs, as the controller said: id -> (host name, launcher rank or None).
+        self.where: dict[int, tuple[str, int | None]] = {}
         # Whether maps without a chunksize are cut by their items' measured cost (not with maxtasksperchild,
         # where chunks count as tasks, as in the standard library): engine seconds per item, per function.
         self.measured_chunks = True
@@ -495,6 +497,21 @@ class Submitter:
         """A request to the controller and its reply (see :meth:`Connection.request`)."""
         return self.conn.request(msg_type, content, timeout=timeout)
 
+    def _note_where(self, status: Mapping[str, Any]) -> None:
+        for key, (host, rank) in (status.get("where") or {}).items():
+            self.where[int(key)] = (host, rank)
+
+    def engine_where(self, engine_id: int, ask: bool = True) -> tuple[str, int | None] | None:
+        """Engine `engine_id`'s (host name, launcher rank); asks the controller if it is not known yet (`ask`)."""
+        found = self.where.get(engine_id)
+        if found is None and ask and not self.conn.broken:
+            try:
+                self._note_where(self.request(MsgType.QUEUE_REQUEST, {"brief": True}, timeout=5.0))
+            except ZPoolError:
+                return None
+            found = self.where.get(engine_id)
+        return found
+
     def engine_ids(self, wait_for: int | None = None, timeout: float = STARTUP_TIMEOUT_S) -> list[int]:
         """Ids of the engines taking tasks.
 
@@ -514,6 +531,7 @@ class Submitter:
         while True:
             left = max(0.1, deadline - time.monotonic())
             status = self.request(MsgType.QUEUE_REQUEST, {"brief": True}, timeout=left)
+            self._note_where(status)
             ids = sorted(int(e) for e in status["engines"])
             if len(ids) >= (wait_for or self.processes):
                 if wait_for is None:

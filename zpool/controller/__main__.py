@@ -26,7 +26,7 @@ from zpool.controller.output import EngineOutput
 
 if TYPE_CHECKING:
     from zpool._transport import CurveKeys
-    from zpool.controller.remote import SSHEngines
+    from zpool.controller.remote import RemoteEngines
     from zpool.controller.taskdb import TaskDB
 
 
@@ -53,9 +53,11 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, ControllerSettin
     p.add_argument(
         "--curve-secret-file", default=None, help="JSON file (mode 0600) of the controller's CURVE keys (TCP)"
     )
-    p.add_argument("--ssh-hosts", default=None, help="start engines on these hosts through ssh: HOST:N,HOST:N")
-    p.add_argument("--ssh", default="ssh", help="the ssh command and options for --ssh-hosts (default: ssh)")
-    p.add_argument("--remote-python", default="python3", help="the Python on the --ssh-hosts (with zpool)")
+    p.add_argument(
+        "--launcher",
+        default=None,
+        help="JSON of a zpool.launchers launcher (Launcher.to_spec()): engines to start elsewhere",
+    )
     p.add_argument(
         "--db-max-mb", type=int, default=None, help="payload megabytes the task database keeps (oldest removed first)"
     )
@@ -96,33 +98,21 @@ def _open_db(path: str, max_mb: int | None) -> TaskDB:
     return db
 
 
-def _start_remote(args: argparse.Namespace, key: bytes) -> SSHEngines:
-    """Start the engines of --ssh-hosts (see zpool.controller.remote), and a thread that logs their sessions' ends."""
+def _start_remote(args: argparse.Namespace, key: bytes) -> RemoteEngines:
+    """Start the engines of --launcher (see zpool.controller.remote), watched by a thread of their own."""
     import hashlib
-    import shlex
-    import threading
-    import time
+    import json
 
-    from zpool.controller.remote import SSHEngines, parse_hosts
+    from zpool.controller.remote import start_remote
+    from zpool.launchers import from_spec
 
-    remote = SSHEngines(
-        parse_hosts(args.ssh_hosts),
+    return start_remote(
+        from_spec(json.loads(args.launcher)),
         args.connection_file,
         hashlib.sha256(key).hexdigest()[:16],
-        ssh=shlex.split(args.ssh),
-        python=args.remote_python,
+        os.path.dirname(os.path.abspath(args.connection_file)),
         log_level=args.log_level,
     )
-    remote.start()
-
-    def watch() -> None:
-        while remote.running():
-            remote.tick()
-            time.sleep(1.0)
-        remote.tick()
-
-    threading.Thread(target=watch, name="zpool-ssh-sessions", daemon=True).start()
-    return remote
 
 
 def _server_keys(path: str) -> CurveKeys:
@@ -144,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args, settings = _parse(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     engines = None
-    remote: SSHEngines | None = None
+    remote: RemoteEngines | None = None
     if args.engines:
         # Start the engines first: they import while the controller sets up.
         engine_args = [
@@ -181,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = tuple(read_frames(args.engine_setup)) if args.engine_setup else ()
         db = _open_db(args.db, args.db_max_mb) if args.db else None
         server_curve = _server_keys(args.curve_secret_file) if args.curve_secret_file else None
-        if args.ssh_hosts:
+        if args.launcher:
             remote = _start_remote(args, info.key)
         Hub(
             info,
@@ -193,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             db=db,
             server_curve=server_curve,
             bind_ip=args.ip,
+            remote=remote,
         ).run()
     except KeyboardInterrupt:
         pass

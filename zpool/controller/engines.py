@@ -38,6 +38,7 @@ from zpool._wire import ErrorName, read_run_slot, run_slot_path
 from zpool.controller.heartbeat import HeartMonitor
 from zpool.controller.launcher import LocalEngines
 from zpool.controller.registry import EngineRecord, EngineRegistry
+from zpool.controller.remote import RemoteEngines
 from zpool.controller.scheduler import EngineSlot, Scheduler, Task
 from zpool.error import ProtocolError
 from zpool.protocol import MsgType, Session
@@ -134,6 +135,7 @@ class EngineKeeper:
         session: Session,
         launcher: LocalEngines | None = None,
         *,
+        remote: RemoteEngines | None = None,
         parent_pid: int | None = None,
         setup: bool = False,
         connection_file: str | None = None,
@@ -145,6 +147,8 @@ class EngineKeeper:
         self.settings = settings
         self.session = session
         self.launcher = launcher
+        # Engines started elsewhere (ssh, MPI, Slurm), watched by a thread of their own.
+        self.remote = remote
         self.monitor = HeartMonitor(settings.heartbeat_misses)
         self.parent = ParentWatch(parent_pid) if parent_pid else None
         self.setup = setup
@@ -156,8 +160,13 @@ class EngineKeeper:
 
     @property
     def gave_up(self) -> str | None:
-        """Why no engine can start (the launcher gave up), or None."""
-        return self.launcher.gave_up if self.launcher else None
+        """Why no engine can start (a launcher gave up, and no engine serves), or None."""
+        if self.launcher is not None and self.launcher.gave_up:
+            return self.launcher.gave_up
+        remote = self.remote
+        if remote is not None and remote.failure and not self.scheduler.engines and not self.registry.starting:
+            return remote.failure
+        return None
 
     def starting(self) -> int:
         """Engines launched or registered that take no tasks yet (starting, or running the initializer)."""
@@ -295,6 +304,7 @@ class EngineKeeper:
             self.hub.stop()
             return
         if self.launcher is None:
+            self._fail_stranded()
             return
         self.launcher.tick()
         self.scheduler.set_more_coming(self.launcher.starting() > 0)
@@ -315,9 +325,14 @@ class EngineKeeper:
                 logger.error("engine process %d ended (%s) before it was ready%s", pid, how, _quoted(tail))
             if self.hub.running:
                 self.launcher.start(1)
-        if self.launcher.gave_up and not self.scheduler.engines and self.scheduler.queued():
+        self._fail_stranded()
+
+    def _fail_stranded(self) -> None:
+        """Fail the queued tasks no engine will ever run (a launcher gave up, and none is up)."""
+        why = self.gave_up
+        if why and not self.scheduler.engines and self.scheduler.queued():
             stranded = self.scheduler.drop_where(lambda task: True)
-            self.hub.fail_tasks(stranded, ErrorName.BROKEN_POOL, f"no engine can start: {self.launcher.gave_up}")
+            self.hub.fail_tasks(stranded, ErrorName.BROKEN_POOL, f"no engine can start: {why}")
             self.hub.send_failures()
 
     def _engine_gone(self, ident: bytes, how: str, tail: str | None = None) -> None:

@@ -47,6 +47,7 @@ from zpool.controller.engines import EngineKeeper
 from zpool.controller.flags import Flags, parse_flags
 from zpool.controller.launcher import LocalEngines
 from zpool.controller.registry import EngineRegistry
+from zpool.controller.remote import RemoteEngines
 from zpool.controller.scheduler import EngineSlot, Scheduler, Task
 from zpool.controller.segments import SegmentLedger
 from zpool.controller.taskdb import MAX_RESULT_BYTES, Query, TaskDB, client_of
@@ -121,6 +122,7 @@ class Hub:
         db: TaskDB | None = None,
         server_curve: CurveKeys | None = None,
         bind_ip: str | None = None,
+        remote: RemoteEngines | None = None,
     ) -> None:
         self.info = info
         # Where TCP endpoints are bound, when not at the address the connection file names (--ip).
@@ -148,6 +150,7 @@ class Hub:
             settings,
             self.session,
             engines,
+            remote=remote,
             parent_pid=parent_pid,
             setup=bool(engine_setup),
             connection_file=connection_file,
@@ -385,7 +388,7 @@ class Hub:
         tasks = [Task(task_id, client, batch.payload(i), flags.get(i)) for i, task_id in enumerate(batch.ids)]
         if msg.header.get("shm"):  # (the client says when any payload refers to segments)
             self.segments.claim(tasks)
-        if self.keeper.gave_up and not self.scheduler.engines:
+        if not self.scheduler.engines and self.keeper.gave_up:
             self.fail_tasks(tasks, ErrorName.BROKEN_POOL, f"no engine can start: {self.keeper.gave_up}")
             for task in tasks:
                 self.segments.release(task)
@@ -695,6 +698,7 @@ class Hub:
                 "pid": r.pid,
                 "host": r.hostname,
                 "host_id": r.host_id,
+                "rank": r.rank,
                 "registered": r.registered,
                 "ready": r.ready,
                 "direct": bool(r.direct),
@@ -712,11 +716,21 @@ class Hub:
         for client, (completed, failed) in self.finished_by_client.items():
             counts = clients.setdefault(client, {"queued": 0, "running": 0, "completed": 0, "failed": 0})
             counts["completed"], counts["failed"] = completed, failed
-        return {"engine_detail": engines, "clients": clients, "controller_started": self.started, "time": time.time()}
+        remote = self.keeper.remote
+        return {
+            "engine_detail": engines,
+            "clients": clients,
+            "controller_started": self.started,
+            "time": time.time(),
+            "launcher": remote.describe() if remote is not None else None,
+        }
 
     def _engines_up(self) -> dict[str, Any]:
+        registry = self.keeper.registry
         return {
             "engines": sorted(self.scheduler.by_id),
+            # Where each runs: host name and launcher rank (MPI, Slurm; None elsewhere), for views and metadata.
+            "where": {str(r.engine_id): [r.hostname, r.rank] for r in registry if r.ready},
             "starting": self.keeper.starting(),
             "broken": self.keeper.gave_up,
         }
@@ -753,6 +767,8 @@ class Hub:
             direct if isinstance(direct, str) and direct.startswith(DIRECT_SCHEME) else None,
         )
         record.host_id = str(content.get("host_id", ""))[:64]
+        rank = content.get("rank")
+        record.rank = rank if isinstance(rank, int) and not isinstance(rank, bool) else None
         if self.output is not None:
             self.output.registered(record.pid, record.engine_id)
         setup = self.engine_setup

@@ -36,7 +36,7 @@ DEPARTED_MAX = 1024
 class EngineRecord:
     """One registered engine."""
 
-    __slots__ = ("direct", "engine_id", "host_id", "hostname", "ident", "pid", "ready", "registered", "slot")
+    __slots__ = ("direct", "engine_id", "host_id", "hostname", "ident", "pid", "rank", "ready", "registered", "slot")
 
     def __init__(self, engine_id: int, ident: bytes, pid: int | None, hostname: str) -> None:
         self.engine_id = engine_id
@@ -45,6 +45,7 @@ class EngineRecord:
         self.hostname = hostname
         # Which machine's memory it shares (zpool._transport.host_id): host names may repeat across containers.
         self.host_id = ""
+        self.rank: int | None = None  # its rank under MPI or Slurm (zpool._transport.launcher_rank)
         self.registered = time.time()  # (wall clock: shown as an uptime, and to other hosts)
         self.ready = False  # taking tasks: registered, and its setup (initializer) done
         self.slot: EngineSlot | None = None  # the scheduler's view of it, once ready

@@ -111,7 +111,7 @@ from zpool._engine_context import MAX_TRACEBACK_CHARS, describe_exception, set_m
 from zpool._partition import ItemFailure, run_each
 from zpool._preload import Preloader
 from zpool._process import ParentWatch
-from zpool._transport import host_id, member_socket
+from zpool._transport import host_id, launcher_rank, member_socket
 from zpool._wire import RUN_SLOT_BYTES, encode_run_slot
 from zpool.engine.heartbeat import Heartbeat
 from zpool.engine.output import TaskOutput
@@ -315,7 +315,12 @@ class Engine:
         return poller
 
     def _register_request(self) -> list[Any]:
-        fields: dict[str, Any] = {"pid": os.getpid(), "hostname": socket.gethostname(), "host_id": host_id()}
+        fields: dict[str, Any] = {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "host_id": host_id(),
+            "rank": launcher_rank(),
+        }
         if self.pushed is not None:
             fields["direct"] = self.pushed.address
         return self.session.build(MsgType.REGISTER_REQUEST, content=encode(fields))
