@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -94,6 +95,7 @@ class FakeHosts:
         self.workdir = workdir
         self.procs: list[subprocess.Popen[Any]] = []
         self.made_run_sshd = False
+        self.slurm_dir: str | None = None
         teardown()  # (whatever a killed run left)
         try:
             self._make()
@@ -220,9 +222,10 @@ class FakeHosts:
         commands (``sbatch``, ``squeue``) work on any host, with the
         returned environment (``SLURM_CONF``).
         """
-        folder = os.path.join(self.workdir, "slurm")
+        # A short folder of its own: slurmstepd makes Unix sockets in the spool folders, whose paths a test's
+        # tmp_path makes too long (108 bytes at most). Removed at close.
+        folder = self.slurm_dir = tempfile.mkdtemp(prefix="zpt-slurm-")
         os.makedirs(os.path.join(folder, "log"), exist_ok=True)
-        os.chmod(self.workdir, 0o755)  # (the job's steps read slurm.conf; root does, but keep it plain)
         key, sock = os.path.join(folder, "munge.key"), os.path.join(folder, "munge.sock")
         subprocess.run(["mungekey", "--create", f"--keyfile={key}", "--bits=1024"], check=True, timeout=30)
         os.chmod(key, 0o400)
@@ -325,7 +328,9 @@ class FakeHosts:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-        teardown()  # (the sshds too: they run in the namespaces)
+        teardown()  # (the sshds and the Slurm daemons too: they run in the namespaces)
+        if self.slurm_dir:
+            shutil.rmtree(self.slurm_dir, ignore_errors=True)
         if self.made_run_sshd:
             shutil.rmtree("/run/sshd", ignore_errors=True)
 

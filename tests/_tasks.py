@@ -489,3 +489,11 @@ def entered(marker_dir, func, *args):
     with open(path, "w"):
         pass
     return func(*args)
+
+
+def mpi_allreduce() -> tuple[int, int, int]:
+    """On an engine started by the mpi launcher: its MPI rank, the world's size, and a sum over all ranks."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return comm.rank, comm.size, comm.allreduce(comm.rank + 1)

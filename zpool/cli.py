@@ -196,7 +196,9 @@ def _add_network_arguments(p: argparse.ArgumentParser) -> None:
     launch.add_argument("--account", default=None, help="slurm: sbatch --account")
     launch.add_argument("--partition", default=None, help="slurm: sbatch --partition")
     launch.add_argument("--time", default=None, help="slurm: sbatch --time (the job's time limit, as 1:00:00)")
-    launch.add_argument("--extra", default="", help="slurm: more sbatch options, as they are: --extra='--nodes=2 --mem=4G'")
+    launch.add_argument(
+        "--extra", default="", help="slurm: more sbatch options, as they are: --extra='--nodes=2 --mem=4G'"
+    )
     launch.add_argument(
         "--pending-timeout",
         type=float,

@@ -22,6 +22,7 @@ the cluster's directory goes in the first short one of ``$XDG_RUNTIME_DIR``,
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import psutil
 import zmq
@@ -39,16 +41,29 @@ from zpool._output import OUTPUT_LIMIT
 from zpool._preload import write_list
 from zpool._process import caller_path, describe_exit, kill_process_group, kill_process_tree, python_command
 from zpool._settings import ControllerSettings
+from zpool._transport import free_ports, is_loopback, new_curve_keys, tcp_address
 from zpool.error import BrokenPoolError, ZPoolError
+from zpool.launchers import Launcher
 from zpool.protocol import ConnectionInfo, new_key, write_frames
 
-__all__ = ["ENDPOINTS", "ClusterSettings", "EngineProcess", "LocalCluster", "engines_of", "make_runtime_dir"]
+__all__ = [
+    "ENDPOINTS",
+    "ClusterSettings",
+    "EngineProcess",
+    "LocalCluster",
+    "check_tcp",
+    "engines_of",
+    "make_runtime_dir",
+    "tcp_connection",
+]
 
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_CHARS = 2000
 # Bytes a Unix socket's path may hold (sun_path less its terminating NUL): 107 on Linux, 103 on macOS.
 MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
+# The controller's CURVE keys (a cluster on TCP), in the cluster's private directory.
+CURVE_KEY_FILE = "controller.key"
 # The endpoints' names in the cluster's directory; the longest decides whether a directory is short enough.
 ENDPOINTS = ("client", "engine", "heartbeat")
 # Where the cluster's directory goes when the temporary directory's path is too long, in order.
@@ -71,6 +86,12 @@ class ClusterSettings:
     # What becomes of what the engines print (zpool._output.OUTPUT_MODES), and how much of it per task.
     output: str = "inherit"
     output_limit: int = OUTPUT_LIMIT
+    # Engines started elsewhere (zpool.launchers), instead of local ones: the cluster listens on TCP at `ip`
+    # (the others reach it at `location`, if not `ip`), with CURVE unless `insecure` or a loopback address.
+    launcher: Launcher | None = None
+    ip: str | None = None
+    location: str | None = None
+    insecure: bool = False
 
 
 class EngineProcess:
@@ -133,16 +154,29 @@ class LocalCluster:
         self.workdir = make_runtime_dir()
         self.log_path = self.workdir + ".log"
         os.close(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        base = f"ipc://{self.workdir}"
-        client, engine, heartbeat = (f"{base}/{name}" for name in ENDPOINTS)
-        info = ConnectionInfo(
-            client,
-            engine,
-            heartbeat,
-            new_key(),
-            mp_authkey=bytes(multiprocessing.current_process().authkey),
-            shm_prefix=f"zpool-{os.urandom(6).hex()}" if self.settings.shared_memory and _shm.available() else None,
-        )
+        authkey = bytes(multiprocessing.current_process().authkey)
+        if self.settings.launcher is not None:
+            s = self.settings
+            assert s.ip is not None
+            try:
+                info = tcp_connection(s.ip, None, s.location, s.insecure, os.path.join(self.workdir, CURVE_KEY_FILE))
+            except BaseException:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                _remove(self.log_path)
+                raise
+            info = info._replace(mp_authkey=authkey)
+        else:
+            base = f"ipc://{self.workdir}"
+            client, engine, heartbeat = (f"{base}/{name}" for name in ENDPOINTS)
+            shm = self.settings.shared_memory and _shm.available()
+            info = ConnectionInfo(
+                client,
+                engine,
+                heartbeat,
+                new_key(),
+                mp_authkey=authkey,
+                shm_prefix=f"zpool-{os.urandom(6).hex()}" if shm else None,
+            )
         path = os.path.join(self.workdir, "cluster.json")
         info.write(path)
         if self.settings.engine_setup:
@@ -183,6 +217,10 @@ class LocalCluster:
             args += ["--engine-preload", os.path.join(self.workdir, "engine-preload.txt")]
         if s.output != "inherit":
             args += ["--engine-output", s.output, "--output-limit", str(s.output_limit)]
+        if s.launcher is not None:
+            args += ["--launcher", json.dumps(s.launcher.to_spec()), "--ip", "0.0.0.0" if s.ip == "*" else str(s.ip)]
+            if os.path.exists(os.path.join(self.workdir, CURVE_KEY_FILE)):
+                args += ["--curve-secret-file", os.path.join(self.workdir, CURVE_KEY_FILE)]
         return python_command("zpool.controller", args, caller_path())
 
     def pids(self) -> list[int]:
@@ -259,6 +297,46 @@ class LocalCluster:
                 _remove(self.log_path)
         if self.info is not None and self.info.shm_prefix:
             _shm.remove_all(self.info.shm_prefix)  # what processes killed mid-send left behind
+
+
+def check_tcp(ip: str | None, ports: Sequence[int] | None, location: str | None) -> None:
+    """Refuse TCP options that do not go together (ValueError, saying which)."""
+    if ip is None:
+        if ports or location:
+            raise ValueError("--ports and --location go with --ip (the address to listen on)")
+        return
+    if ip in ("0.0.0.0", "::", "*") and not location:
+        raise ValueError(
+            f"--ip {ip} listens on every interface: name the address other machines reach this one at with --location"
+        )
+    if ports is not None and (len(ports) != 3 or len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports)):
+        raise ValueError(f"--ports takes three different ports (client, engine, heartbeat), not {list(ports)}")
+
+
+def tcp_connection(
+    ip: str, ports: Sequence[int] | None, location: str | None, insecure: bool, key_file: str
+) -> ConnectionInfo:
+    """The connection of a new cluster on TCP; its controller's CURVE keys written to `key_file` (mode 0600).
+
+    CURVE is on unless the address is a loopback one or `insecure` is given.
+    """
+    bind = "0.0.0.0" if ip == "*" else ip
+    chosen = list(ports) if ports else free_ports(bind, 3)
+    client, engine, heartbeat = (tcp_address(location or bind, port) for port in chosen)
+    curve = None
+    if not insecure and not is_loopback(client):
+        server, curve = new_curve_keys()
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"public": server.public, "secret": server.secret}, f)
+    elif insecure and not is_loopback(client):
+        logger.warning(
+            "cluster on %s WITHOUT encryption (--insecure): anyone on the network can read the tasks and results,"
+            " and, knowing the key, run code on the engines",
+            client,
+        )
+    # No shared memory: its engines may be on other machines (zpool._transport.host_id).
+    return ConnectionInfo(client, engine, heartbeat, new_key(), curve=curve)
 
 
 def _remove(path: str) -> None:

@@ -32,8 +32,9 @@ from zpool.client.connection import Connection
 from zpool.client.output import Forwarder
 from zpool.client.results import ResultTable, rebuild_failure
 from zpool.client.submitter import STARTUP_TIMEOUT_S, PoolState, Submitter
-from zpool.cluster import ClusterSettings, EngineProcess, LocalCluster
+from zpool.cluster import ClusterSettings, EngineProcess, LocalCluster, check_tcp
 from zpool.error import BrokenPoolError, EngineError, PoolClosedError, TaskAborted, TimeoutError, ZPoolError
+from zpool.launchers import Launcher
 from zpool.protocol import MsgType
 from zpool.serialize import callable_name, dumps_call
 from zpool.standalone import AttachedCluster, connection_path
@@ -57,6 +58,32 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _check_launcher(launcher: Any, processes: Any, ip: Any, location: Any, insecure: Any, attached: Any) -> Any:
+    """Refuse a launcher and its options that do not go together; the pool's number of processes."""
+    if launcher is None:
+        if ip is not None or location is not None or insecure:
+            raise ValueError(
+                "ip, location and insecure go with launcher= (engines on other machines); the hidden cluster"
+                " otherwise listens on private Unix sockets only"
+            )
+        return processes
+    if not isinstance(launcher, Launcher):
+        raise TypeError(f"launcher must be a zpool.launchers launcher (SSH, MPI, Slurm), not {type(launcher).__name__}")
+    if attached is not None:
+        raise ValueError("launcher= starts engines for a hidden cluster; an attached cluster has its own")
+    if not isinstance(ip, str) or not ip:
+        raise ValueError(f"launcher={launcher!r} needs ip=: the address of this machine the engines connect to")
+    if not isinstance(insecure, bool):
+        raise TypeError(f"insecure must be True or False, not {insecure!r}")
+    check_tcp(ip, None, location)
+    if processes is not None and processes != launcher.engines:
+        raise ValueError(
+            f"processes={processes!r}, but the launcher starts {launcher.engines} engine(s): the pool's processes"
+            " are the launcher's engines (leave processes out)"
+        )
+    return launcher.engines
 
 
 def _wait_attached(conn: Connection, cluster: AttachedCluster, want: int) -> int:
@@ -216,16 +243,38 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         refused. See ``docs/standalone.md``.
     connection : str or os.PathLike, keyword-only
         As `cluster`, by the path of the cluster's connection file.
+    launcher : zpool.launchers.Launcher, keyword-only
+        Run the hidden cluster's engines elsewhere instead of here:
+        :class:`~zpool.launchers.SSH` (on listed hosts),
+        :class:`~zpool.launchers.MPI` (the ranks of one ``mpiexec``) or
+        :class:`~zpool.launchers.Slurm` (the tasks of one batch job). The
+        pool has as many processes as the launcher starts engines (leave
+        `processes` out, or give that number); the controller stays here,
+        and ends them as the pool ends. Needs `ip`. See
+        ``docs/launchers.md``.
+    ip : str, keyword-only
+        With `launcher`: this machine's address, where the hidden cluster
+        listens on TCP for the engines (``"*"`` for every interface, then
+        with `location`). Encrypted and authenticated with CURVE unless it
+        is a loopback address or `insecure` is given (``docs/security.md``).
+    location : str, keyword-only
+        With `launcher`: the address or name the engines reach this machine
+        at, if not `ip` (NAT, ``"*"``).
+    insecure : bool, keyword-only
+        With `launcher`: do not encrypt (trusted networks only; logged as a
+        warning).
 
     Raises
     ------
     ValueError
         If `processes` is less than 1, `maxtasksperchild` is not a positive
         int, or `scheme`, `hwm`, `log_level`, `output` or `output_limit`
-        is invalid.
+        is invalid; or `launcher` comes without `ip`, with `cluster`, or
+        with another number of `processes`.
     TypeError
-        If `initializer` is not callable, or `preload` is not a bool or a
-        list of module names.
+        If `initializer` is not callable, `preload` is not a bool or a
+        list of module names, or `launcher` is not a
+        :class:`zpool.launchers.Launcher`.
     SerializationError
         If `initializer` or `initargs` cannot be serialized.
     BrokenPoolError
@@ -265,8 +314,13 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         output_limit: int = OUTPUT_LIMIT,
         cluster: str | None = None,
         connection: str | os.PathLike[str] | None = None,
+        launcher: Launcher | None = None,
+        ip: str | None = None,
+        location: str | None = None,
+        insecure: bool = False,
     ) -> None:
         attached: AttachedCluster | None = None
+        processes = _check_launcher(launcher, processes, ip, location, insecure, cluster or connection)
         if cluster is not None or connection is not None:
             if cluster is not None and connection is not None:
                 raise TypeError("pass cluster (a name) or connection (a connection file), not both")
@@ -330,7 +384,7 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
         self._maxtasksperchild = maxtasksperchild
         self._cluster: LocalCluster | AttachedCluster = attached or LocalCluster(
             ClusterSettings(
-                processes,
+                0 if launcher is not None else processes,  # (no local engine: the launcher's instead)
                 settings,
                 log_level=level,
                 engine_setup=setup,
@@ -338,6 +392,10 @@ class Pool(_SchedulingMethods, _DecoratorMethods, _NamespaceMethods):
                 preload=preloaded,
                 output=output,
                 output_limit=output_limit,
+                launcher=launcher,
+                ip=ip,
+                location=location,
+                insecure=insecure,
             )
         )
         info = self._cluster.start()

@@ -40,8 +40,16 @@ import zmq
 from zpool import _shm
 from zpool._process import caller_path, describe_exit, kill_process_group, python_command
 from zpool._settings import ControllerSettings
-from zpool._transport import free_ports, host_id, is_loopback, is_tcp, member_socket, new_curve_keys, tcp_address
-from zpool.cluster import ENDPOINTS, EngineProcess, engines_of, make_runtime_dir
+from zpool._transport import host_id, is_tcp, member_socket
+from zpool.cluster import (
+    CURVE_KEY_FILE,
+    ENDPOINTS,
+    EngineProcess,
+    check_tcp,
+    engines_of,
+    make_runtime_dir,
+    tcp_connection,
+)
 from zpool.error import BrokenPoolError, ZPoolError
 from zpool.launchers import Launcher, Slurm
 from zpool.protocol import ConnectionInfo, MsgType, Session, new_key, recv_frames, send_frames
@@ -69,7 +77,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_NAME = "default"
 CONNECTION_FILE = "cluster.json"
 LOG_FILE = "controller.log"
-CURVE_KEY_FILE = "controller.key"
 DB_FILE = "tasks.db"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # How long `zpool cluster start` waits for the controller to answer and its engines to be up, in seconds.
@@ -286,7 +293,7 @@ def start_cluster(
         stopped then; its log is kept and named).
     """
     settings = (settings or ControllerSettings()).validate()
-    _check_tcp(ip, ports, location)
+    check_tcp(ip, ports, location)
     remote_engines = 0
     if launcher is not None:
         remote_engines = launcher.engines
@@ -331,7 +338,7 @@ def start_cluster(
                 shm_prefix=f"zpool-{os.urandom(6).hex()}" if _shm.available() else None,
             )
         else:
-            info = _tcp_info(ip, ports, location, insecure, key_file)
+            info = tcp_connection(ip, ports, location, insecure, key_file)
     info = info._replace(controller_pid=None)
     info.write(os.path.join(runtime, CONNECTION_FILE))
     db_path = os.path.join(folder, DB_FILE) if db == "" else db
@@ -374,42 +381,6 @@ def _tcp_runtime(folder: str) -> str:
     os.makedirs(runtime, mode=0o700, exist_ok=True)
     os.chmod(runtime, 0o700)
     return runtime
-
-
-def _check_tcp(ip: str | None, ports: Sequence[int] | None, location: str | None) -> None:
-    if ip is None:
-        if ports or location:
-            raise ValueError("--ports and --location go with --ip (the address to listen on)")
-        return
-    if ip in ("0.0.0.0", "::", "*") and not location:
-        raise ValueError(
-            f"--ip {ip} listens on every interface: name the address other machines reach this one at with --location"
-        )
-    if ports is not None and (len(ports) != 3 or len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports)):
-        raise ValueError(f"--ports takes three different ports (client, engine, heartbeat), not {list(ports)}")
-
-
-def _tcp_info(
-    ip: str, ports: Sequence[int] | None, location: str | None, insecure: bool, key_file: str
-) -> ConnectionInfo:
-    """The connection of a new cluster on TCP; its controller's CURVE keys written to `key_file`."""
-    bind = "0.0.0.0" if ip == "*" else ip
-    chosen = list(ports) if ports else free_ports(bind, 3)
-    client, engine, heartbeat = (tcp_address(location or bind, port) for port in chosen)
-    curve = None
-    if not insecure and not is_loopback(client):
-        server, curve = new_curve_keys()
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"public": server.public, "secret": server.secret}, f)
-    elif insecure and not is_loopback(client):
-        logger.warning(
-            "cluster on %s WITHOUT encryption (--insecure): anyone on the network can read the tasks and results,"
-            " and, knowing the key, run code on the engines",
-            client,
-        )
-    # No shared memory: its engines may be on other machines (zpool._transport.host_id).
-    return ConnectionInfo(client, engine, heartbeat, new_key(), curve=curve)
 
 
 def _restarted(state: ClusterState) -> ConnectionInfo | None:

@@ -15,12 +15,21 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
+import zpool
+from tests import _tasks
 from tests._hosts import FakeHosts, HostCluster, alive, no_mpi, no_slurm, no_sshd, unavailable
+from zpool.launchers import MPI
 
 WHY_NOT = unavailable()
-pytestmark = [pytest.mark.skipif(WHY_NOT is not None, reason=f"no fake hosts: {WHY_NOT}"), pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
+needs_hosts = pytest.mark.skipif(WHY_NOT is not None, reason=f"no fake hosts: {WHY_NOT}")
+needs_mpi = pytest.mark.skipif(
+    no_mpi() is not None or importlib.util.find_spec("mpi4py") is None,
+    reason=f"{no_mpi() or 'no mpi4py (the test extra installs it)'}",
+)
 
 # Where each engine runs, and what the pool says of them (ranks, hosts, metadata).
 WHERE = textwrap.dedent(
@@ -28,7 +37,8 @@ WHERE = textwrap.dedent(
     import json, sys, zpool
 
     def where(_):
-        import os, socket
+        import os, socket, time
+        time.sleep(0.02)  # (long enough for every engine to get some)
         return socket.gethostname(), os.getpid()
 
     with zpool.Pool(connection=sys.argv[1], processes=int(sys.argv[2])) as pool:
@@ -50,10 +60,9 @@ ALLREDUCE = textwrap.dedent(
     import json, sys, zpool
 
     def allreduce():
-        import socket
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
-        return comm.rank, comm.size, comm.allreduce(comm.rank + 1), socket.gethostname()
+        return comm.rank, comm.size, comm.allreduce(comm.rank + 1)
 
     with zpool.Pool(connection=sys.argv[1], processes=3) as pool:
         view = pool.engines
@@ -116,6 +125,7 @@ def _squeue(cluster: HostCluster) -> str:
     return cluster.hosts.run("h1", ["squeue", "-h", "-o", "%i %T"], env=cluster.env).stdout.strip()
 
 
+@needs_hosts
 def test_slurm_starts_uses_and_cancels_a_job_of_engines(slurm, tmp_path):
     started = slurm.start(
         "--launcher",
@@ -153,6 +163,7 @@ def test_slurm_starts_uses_and_cancels_a_job_of_engines(slurm, tmp_path):
         time.sleep(0.2)
 
 
+@needs_hosts
 def test_slurm_refusing_the_job_fails_the_start_saying_why(slurm):
     began = time.monotonic()
     started = slurm.start("--launcher", "slurm", "-n", "2", "--partition", "nosuch", "--remote-python", "python3")
@@ -162,6 +173,7 @@ def test_slurm_refusing_the_job_fails_the_start_saying_why(slurm):
     assert _squeue(slurm) == ""
 
 
+@needs_hosts
 def test_a_job_pending_too_long_is_cancelled_and_reported(slurm):
     began = time.monotonic()
     started = slurm.start("--launcher", "slurm", "-n", "2", "--extra=--begin=now+1hour", "--pending-timeout", "3")
@@ -172,6 +184,7 @@ def test_a_job_pending_too_long_is_cancelled_and_reported(slurm):
     assert _squeue(slurm) == ""
 
 
+@needs_hosts
 def test_a_job_killed_by_slurm_fails_its_tasks_and_is_reported(slurm, tmp_path):
     started = slurm.start(
         "--launcher",
@@ -195,11 +208,10 @@ def test_a_job_killed_by_slurm_fails_its_tasks_and_is_reported(slurm, tmp_path):
     assert slurm.stop().returncode == 0
 
 
-@pytest.mark.skipif(no_mpi() is not None or no_sshd() is not None, reason=f"{no_mpi() or no_sshd()}")
+@needs_hosts
+@needs_mpi
+@pytest.mark.skipif(no_sshd() is not None, reason=f"no sshd: {no_sshd()}")
 def test_mpi_starts_ranks_on_two_hosts_that_use_mpi4py_among_them(hosts, tmp_path):
-    # (only looked for: importing mpi4py.MPI here would make this process an MPI singleton, with helpers of its own)
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip("no mpi4py (the test extra installs it)")
     ssh = hosts.start_sshd(["h2", "h3"])
     cluster = HostCluster(hosts, str(tmp_path / "home"))
     h2, h3 = hosts.address("h2"), hosts.address("h3")
@@ -215,7 +227,7 @@ def test_mpi_starts_ranks_on_two_hosts_that_use_mpi4py_among_them(hosts, tmp_pat
     assert sorted(out["hosts"]) == ["h2", "h2", "h3"]
     pids = [pid for _, pid in out["seen"]]
     mpi = cluster.script(str(tmp_path / "allreduce.py"), ALLREDUCE)
-    for rank, (comm_rank, size, total, _host) in zip(mpi["ranks"], mpi["each"]):
+    for rank, (comm_rank, size, total) in zip(mpi["ranks"], mpi["each"]):
         assert (comm_rank, size, total) == (rank, 3, 6)  # the engine's rank is its MPI rank; a real collective ran
     stopped = cluster.stop()
     assert stopped.returncode == 0, stopped.stderr
@@ -225,6 +237,7 @@ def test_mpi_starts_ranks_on_two_hosts_that_use_mpi4py_among_them(hosts, tmp_pat
         time.sleep(0.2)
 
 
+@needs_hosts
 def test_mpiexec_that_cannot_start_fails_the_start_saying_why(hosts, tmp_path):
     if no_mpi():
         pytest.skip(no_mpi())
@@ -238,3 +251,55 @@ def test_mpiexec_that_cannot_start_fails_the_start_saying_why(hosts, tmp_path):
     assert started.returncode != 0
     assert "mpiexec" in started.stderr and "exited with status" in started.stderr, started.stderr
     assert time.monotonic() - began < 90
+
+
+# (mpi4py is only looked for here: importing mpi4py.MPI in the test process would make it an MPI singleton.)
+@needs_mpi
+def test_a_pool_runs_its_engines_as_mpi_ranks_and_ends_them():
+    mpiexec = "mpiexec --allow-run-as-root --oversubscribe"
+    with zpool.Pool(launcher=MPI(3, mpiexec=mpiexec, python=sys.executable), ip="127.0.0.1") as pool:
+        assert pool._processes == 3
+        assert pool.map(abs, range(-20, 0)) == list(range(20, 0, -1))
+        view = pool.engines
+        assert sorted(view.ranks) == [0, 1, 2]
+        for rank, (comm_rank, size, total) in zip(view.ranks, view.apply(_tasks.mpi_allreduce)):
+            assert (comm_rank, size, total) == (rank, 3, 6)
+        result = pool.apply_async(abs, (-1,))
+        result.get(30)
+        assert result.metadata.engine_rank == view.ranks[view.ids.index(result.metadata.engine_id)]
+        started = psutil.Process().children(recursive=True)  # the controller, mpiexec and the engines
+        assert sum(p.name() == "mpiexec" for p in started) == 1
+        assert sum("zpool.engine" in " ".join(p.cmdline()) and p.name() != "mpiexec" for p in started) == 3
+    _, alive_ = psutil.wait_procs(started, timeout=30)
+    assert not alive_  # the pool ended its controller, its engines and mpiexec
+
+
+@needs_hosts
+@pytest.mark.skipif(no_sshd() is not None, reason=f"no sshd: {no_sshd()}")
+def test_a_pool_runs_its_engines_on_other_hosts_through_ssh(hosts, tmp_path):
+    ssh = hosts.start_sshd(["h2", "h3"])
+    cluster = HostCluster(hosts, str(tmp_path / "home"))
+    h1, h2, h3 = (hosts.address(h) for h in ("h1", "h2", "h3"))
+    script = textwrap.dedent(
+        f"""
+        import json, sys, zpool
+        from zpool.launchers import SSH
+
+        def where(_):
+            import os, socket, time
+            time.sleep(0.05)
+            return socket.gethostname(), os.getpid()
+
+        launcher = SSH("{h2}:2,{h3}:1", ssh={ssh!r}, python=sys.executable)
+        with zpool.Pool(launcher=launcher, ip="{h1}") as pool:
+            seen = sorted(set(map(tuple, pool.map(where, range(40), chunksize=1))))
+            print(json.dumps({{"seen": seen, "hosts": pool.engines.hosts}}))
+        """
+    )
+    out = cluster.script(str(tmp_path / "pool.py"), script)
+    assert sorted(out["hosts"]) == ["h2", "h2", "h3"]
+    assert sorted({h for h, _ in out["seen"]}) == ["h2", "h3"]
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for _, pid in out["seen"]):
+        assert time.monotonic() < deadline, "the pool's remote engines outlived it"
+        time.sleep(0.2)

@@ -149,6 +149,7 @@ class EngineKeeper:
         self.launcher = launcher
         # Engines started elsewhere (ssh, MPI, Slurm), watched by a thread of their own.
         self.remote = remote
+        self.registered_ever = 0  # engines that registered with this controller, for the remote ones awaited
         self.monitor = HeartMonitor(settings.heartbeat_misses)
         self.parent = ParentWatch(parent_pid) if parent_pid else None
         self.setup = setup
@@ -156,7 +157,7 @@ class EngineKeeper:
         self.shm_prefix = shm_prefix
         self._reading_engines = False  # (see _engine_gone)
         # Engines launched but not registered yet will get the next ids: tasks may wait for them.
-        scheduler.set_more_coming(launcher is not None and launcher.starting() > 0)
+        scheduler.set_more_coming(self.starting() > 0)
 
     @property
     def gave_up(self) -> str | None:
@@ -170,7 +171,14 @@ class EngineKeeper:
 
     def starting(self) -> int:
         """Engines launched or registered that take no tasks yet (starting, or running the initializer)."""
-        return len(self.registry.starting) + (self.launcher.starting() if self.launcher else 0)
+        return len(self.registry.starting) + (self.launcher.starting() if self.launcher else 0) + self.remote_awaited()
+
+    def remote_awaited(self) -> int:
+        """Engines a remote launcher started that have not registered yet (none once it failed)."""
+        remote = self.remote
+        if remote is None or remote.failure is not None:
+            return 0
+        return max(0, remote.launcher.engines - self.registered_ever)
 
     # -- arrivals ---------------------------------------------------------
 
@@ -182,6 +190,7 @@ class EngineKeeper:
         record = self.registry.get(ident)
         if record is None:
             record = self.registry.register(ident, pid, hostname)
+            self.registered_ever += 1
             record.direct = direct
             self.monitor.add(ident)
             logger.info("engine %d registered (pid %s)", record.engine_id, record.pid)
@@ -304,6 +313,8 @@ class EngineKeeper:
             self.hub.stop()
             return
         if self.launcher is None:
+            if self.remote is not None:
+                self.scheduler.set_more_coming(self.remote_awaited() > 0)
             self._fail_stranded()
             return
         self.launcher.tick()

@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 COMMAND_TIMEOUT_S = 30.0
 # How often the launcher's state is looked at, in seconds.
 POLL_INTERVAL_S = 1.0
+# Why a pending Slurm job is held: it will not start without an administrator (scontrol release).
+SLURM_HELD = frozenset(("launch failed requeued held", "JobHeldAdmin", "JobHeldUser"))
 # Slurm job states after which its engines are gone.
 SLURM_ENDED = frozenset(
     "BOOT_FAIL CANCELLED COMPLETED DEADLINE FAILED NODE_FAIL OUT_OF_MEMORY PREEMPTED REVOKED TIMEOUT".split()
@@ -362,7 +364,13 @@ class SlurmEngines(RemoteEngines):
             why = f" ({reason})" if reason and reason != "None" else ""
             logger.info("slurm launcher: job %s is %s%s%s", self.job, state or "gone", where, why)
         self.state, self.reason, self.nodes = state, reason, nodes
-        if state == "PENDING":
+        if state == "PENDING" and reason in SLURM_HELD:
+            self._cancel()
+            self.fail(
+                f"Slurm holds job {self.job} (reason: {reason}): it would not start by itself, so it was cancelled;"
+                f" the nodes' slurmd logs say why (a launch that failed puts the job on hold)"
+            )
+        elif state == "PENDING":
             waited = time.monotonic() - self.submitted
             if waited > self.launcher.pending_timeout:
                 self._cancel()

@@ -229,6 +229,10 @@ class Heartbeat:
             logger.error("heartbeat: dropped a message (%s): %s: %s", msg.msg_type, type(exc).__name__, exc)
 
 
+# How long an exiting engine waits for MPI_Finalize (see _finalize_mpi), in seconds.
+MPI_FINALIZE_S = 2.0
+
+
 def _exit(why: str, engine: Engine, level: int = logging.WARNING) -> None:
     logger.log(level, "engine exiting: %s", why)
     if engine.pushed is not None:  # no client connects to it any more
@@ -241,4 +245,25 @@ def _exit(why: str, engine: Engine, level: int = logging.WARNING) -> None:
             stream.flush()
         except Exception:
             pass
+    _finalize_mpi()
     os._exit(0)
+
+
+def _finalize_mpi() -> None:
+    """Finalize MPI if a task initialized it (mpi4py), so that ``mpiexec`` sees a clean exit, not an abort.
+
+    Bounded: if finalizing does not return within 2 s (a collective left
+    half done), the engine exits all the same.
+    """
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None:
+        return
+    try:
+        if not mpi.Is_initialized() or mpi.Is_finalized():
+            return
+        watchdog = threading.Timer(MPI_FINALIZE_S, os._exit, (0,))
+        watchdog.daemon = True
+        watchdog.start()
+        mpi.Finalize()
+    except Exception as exc:  # (exiting anyway)
+        logger.warning("engine exiting: MPI_Finalize failed: %s", exc)
