@@ -62,3 +62,27 @@ def test_unknown_backend_is_refused():
     done = run_bench("--only", "zpool,nope")
     assert done.returncode == 2
     assert "unknown back-end nope" in done.stderr
+
+
+@pytest.mark.timeout(180)
+def test_scale_benchmark_measures_a_small_cluster(tmp_path):
+    """benchmarks/bench_scale.py at 8 engines on Unix sockets: every figure measured, its cluster gone after."""
+    out = tmp_path / "scale.json"
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    script = os.path.join(REPO, "benchmarks", "bench_scale.py")
+    argv = ["--max", "8", "--transports", "ipc", "--tasks", "200", "--rounds", "1", "--idle-s", "0.5"]
+    done = subprocess.run(
+        [sys.executable, script, *argv, "--no-restart", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=150,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "projected ceiling of one controller" in done.stdout
+    (ipc,) = json.loads(out.read_text())
+    (grown,) = ipc["grow"]
+    assert grown["n"] == 8 and grown["ctrl_rss_mib"] > 0 and grown["idle_per_s"] > 0
+    (tasks,) = ipc["tasks"]
+    assert tasks["apply_per_s"] > 0 and tasks["apply_us"] > 0 and tasks["map_per_s"] > 0
