@@ -173,7 +173,8 @@ def test_engines_on_two_hosts_over_curve(hosts, tmp_path):
     intruder = _engine(hosts, "h3", str(bad_path), home, str(tmp_path / "intruder.log"))
     log = os.path.join(folder, "controller.log")
     deadline = time.monotonic() + 30
-    while "a key that is not the cluster's was refused" not in _read(log):
+    refused = f"a peer at {hosts.address('h3')} could not connect: a key that is not the cluster's was refused"
+    while refused not in _read(log):
         assert time.monotonic() < deadline, _read(log)[-2000:]
         time.sleep(0.3)
     assert _engines_up(hosts, home) == 2
