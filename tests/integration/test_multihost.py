@@ -91,6 +91,21 @@ LINK_CUT = textwrap.dedent(
 )
 
 
+AFTER_MEND = textwrap.dedent(
+    """
+    import json, sys, zpool
+
+    def where(_):
+        import socket, time
+        time.sleep(0.05)
+        return socket.gethostname()
+
+    with zpool.Pool(connection=sys.argv[1], processes=2) as pool:
+        print(json.dumps(sorted(set(pool.map(where, range(20), chunksize=1)))))
+    """
+)
+
+
 @pytest.fixture
 def hosts(tmp_path):
     made = FakeHosts(3, str(tmp_path))
@@ -112,11 +127,13 @@ def _start(hosts: FakeHosts, home: str, *options: str) -> str:
     return cluster.connection
 
 
-def _engine(hosts: FakeHosts, name: str, connection: str, home: str, log: str) -> subprocess.Popen[bytes]:
+def _engine(
+    hosts: FakeHosts, name: str, connection: str, home: str, log: str, reconnect: str = "0"
+) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:  # (the engine holds its own copy)
         return hosts.popen(
             name,
-            [PY, "-m", "zpool", "engine", "--connection-file", connection, "--reconnect-timeout", "0"],
+            [PY, "-m", "zpool", "engine", "--connection-file", connection, "--reconnect-timeout", reconnect],
             env=_env(home),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -191,7 +208,10 @@ def test_engines_on_two_hosts_over_curve(hosts, tmp_path):
 def test_a_host_cut_off_mid_map_fails_its_tasks_and_the_rest_finish(hosts, tmp_path):
     home = str(tmp_path / "home")
     connection = _start(hosts, home, "--heartbeat-interval", "0.5", "--heartbeat-misses", "4")
-    engines = [_engine(hosts, h, connection, home, str(tmp_path / f"{h}.log")) for h in ("h2", "h3")]
+    # h3's engine waits for its controller to come back, as `zpool engine` does by default.
+    engines = [
+        _engine(hosts, h, connection, home, str(tmp_path / f"{h}.log"), r) for h, r in (("h2", "0"), ("h3", "600"))
+    ]
     _wait_engines(hosts, home, 2)
     script = tmp_path / "cut.py"
     script.write_text(LINK_CUT)
@@ -217,11 +237,23 @@ def test_a_host_cut_off_mid_map_fails_its_tasks_and_the_rest_finish(hosts, tmp_p
     assert "EngineError" in outcomes
     assert set(outcomes) <= {"h2", "h3", "EngineError"} and outcomes.count("h2") >= 12
     assert result["seconds"] < 60
+    assert _engines_up(hosts, home) == 1  # h3's engine is not counted while cut off
     hosts.mend("h3")
+    # The link comes back: h3's engine, which waited, registers again as a new engine (its old tasks
+    # failed already, and what it held of them is dropped), counted once, not twice.
+    cluster = HostCluster(hosts, home)
+    cluster.wait_engines(2, timeout=60)
+    status = cluster.status()
+    lines = status.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("ENGINE")) + 1 :]
+    rows = [line.split() for line in table[: table.index("")]]
+    assert sorted(row[2] for row in rows) == ["h2", "h3"], status
+    assert {row[0] for row in rows if row[2] == "h3"} == {"2"}, status  # a new id: the stale record is gone
+    done = cluster.script(str(tmp_path / "after.py"), AFTER_MEND)
+    assert sorted(done) == ["h2", "h3"]
     hosts.run("h1", [PY, "-m", "zpool", "cluster", "stop", "--name", "net"], env=_env(home))
     for engine in engines:
-        engine.kill()
-        engine.wait()
+        assert engine.wait(30) == 0  # told to shut down, over the mended link too
 
 
 @pytest.mark.skipif(no_sshd() is not None, reason=f"no sshd: {no_sshd()}")

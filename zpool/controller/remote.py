@@ -186,13 +186,21 @@ class SSHEngines(RemoteEngines):
             self.fail("no host could be reached: " + "; ".join(self.unreachable))
 
     def poll(self) -> None:
-        """Log the sessions that ended while the cluster runs (once each)."""
+        """Log the sessions that ended while the cluster runs (once each); all ended is a failure."""
+        codes = []
         for host, proc in self.sessions:
             code = proc.poll()
+            codes.append(code)
             if code is not None and proc.pid not in self.reported:
                 self.reported.add(proc.pid)
                 level = logging.INFO if code == 0 or self.stopping else logging.WARNING
                 logger.log(level, "ssh launcher: an engine's session on %s ended (exit status %d)", host, code)
+        if codes and None not in codes and not self.stopping:
+            statuses = ", ".join(sorted({str(c) for c in codes}))
+            self.fail(
+                f"every ssh session ended (exit status {statuses}), and its engine with it; what ssh printed"
+                " (an unknown host, a refused key, no zpool for the remote Python) is in the controller's log"
+            )
 
     def running(self) -> int:
         """Sessions still up."""
