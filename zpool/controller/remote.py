@@ -198,8 +198,9 @@ class SSHEngines(RemoteEngines):
         if codes and None not in codes and not self.stopping:
             statuses = ", ".join(sorted({str(c) for c in codes}))
             self.fail(
-                f"every ssh session ended (exit status {statuses}), and its engine with it; what ssh printed"
-                " (an unknown host, a refused key, no zpool for the remote Python) is in the controller's log"
+                f"every ssh session ended (exit status {statuses}): no more engines will come through them (those"
+                " registered work on if only the connections dropped); what ssh printed (an unknown host, a refused"
+                " key, no zpool for the remote Python) is in the controller's log"
             )
 
     def running(self) -> int:
