@@ -633,3 +633,43 @@ def test_a_clients_single_task_is_placed_before_another_clients_long_backlog():
     assert ids(s.assign()) == {0: ["small0"]}  # not behind the 999 others
     s.finish(engine, "small0", True, 0.01)
     assert ids(s.assign()) == {0: ["big1"]}
+
+
+# -- leastload through a heap, from HEAP_MIN_ENGINES engines --------------------------------
+
+
+def _run_leastload(n_engines: int, seed: int, **settings) -> list[dict[int, list[str]]]:
+    """A random run (submissions, replies, failures with retries, a clock): what each assign() placed."""
+    rng = random.Random(seed)
+    now = [0.0]
+    s = Scheduler("leastload", seed=0, clock=lambda: now[0], **settings)
+    for i in range(n_engines):
+        s.add_engine(i, b"engine-%d" % i)
+    placed = []
+    count = 0
+    for _ in range(60):
+        batch = []
+        for _ in range(rng.randrange(0, 3 * n_engines)):
+            batch.append(_task(f"t{count}", retries=1) if rng.random() < 0.2 else _task(f"t{count}"))
+            count += 1
+        s.submit(batch)
+        placed.append(ids(s.assign()))
+        for slot in list(s.engines.values()):
+            for task_id in list(slot.outstanding):
+                if rng.random() < 0.4:
+                    s.finish(slot, task_id, ok=rng.random() < 0.9, run_s=rng.random() * 0.01)
+        now[0] += 0.01
+        placed.append(ids(s.assign()))
+    return placed
+
+
+@pytest.mark.parametrize("settings", [{"hwm": 1}, {"hwm": 3}, {"hwm": 0}, {}, {"max_tasks_per_engine": 7}])
+def test_leastload_through_the_heap_places_as_the_scan_does(settings, monkeypatch):
+    from zpool.controller import scheduler
+
+    assert scheduler.HEAP_MIN_ENGINES <= 40
+    with_heap = _run_leastload(40, seed=7, **settings)
+    monkeypatch.setattr(scheduler, "HEAP_MIN_ENGINES", 10**9)  # the scan of choose_engine for every task
+    scanned = _run_leastload(40, seed=7, **settings)
+    assert with_heap == scanned
+    assert sum(len(t) for step in with_heap for t in step.values()) > 1000  # (a real run, not an empty one)

@@ -75,6 +75,7 @@ A direct task for an engine that is not up fails at once with
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import logging
 import random
@@ -96,6 +97,9 @@ logger = logging.getLogger("zpool.scheduler")
 
 # A failure the scheduler decided: (task, error name, message, engine id or None).
 Failure = tuple[Task, ErrorName, str, "int | None"]
+
+# From this many engines, leastload places through a heap (Scheduler._fill_least_loaded), not a scan per task.
+HEAP_MIN_ENGINES = 16
 
 
 class Scheduler:
@@ -401,6 +405,9 @@ class Scheduler:
         if not queue:
             return batches
         engines = [e for e in engines if e.budget != 0]
+        if self.scheme == "leastload" and len(engines) >= HEAP_MIN_ENGINES:
+            self._fill_least_loaded(engines, limit, batches)
+            return batches
         choose = choose_engine
         while queue and engines:
             candidates = engines if not limit else [e for e in engines if len(e.outstanding) < limit]
@@ -419,6 +426,39 @@ class Scheduler:
             if slot.budget == 0:
                 engines.remove(slot)
         return batches
+
+    def _fill_least_loaded(self, engines: list[EngineSlot], limit: int, batches: dict[EngineSlot, list[Task]]) -> None:
+        """The queue's tasks to the least loaded engines, as :func:`choose_engine` would, in O(log engines) each.
+
+        The engines with room wait in a heap keyed as leastload chooses:
+        (tasks held, last use), then their order in `engines` (as ``min``
+        takes the first of equals). Only the engine given a task changes,
+        so it alone goes back in, with its new key, while it has room and
+        budget. A retry, which avoids the engines it failed on, is chosen
+        among the heap's entries directly (rare).
+        """
+        queue, live = self.queue, self.live
+        heap = [
+            (len(e.outstanding), e.last_used, i, e)
+            for i, e in enumerate(engines)
+            if not limit or len(e.outstanding) < limit
+        ]
+        heapq.heapify(heap)
+        while queue and heap:
+            task = queue.popleft()
+            if live.get(task.task_id) is not task or task.engine is not None:
+                continue  # aborted or failed while queued
+            if task.failed_on:
+                others = [entry for entry in heap if entry[3].engine_id not in task.failed_on]
+                entry = min(others or heap)
+                heap.remove(entry)
+                heapq.heapify(heap)
+            else:
+                entry = heapq.heappop(heap)
+            slot = entry[3]
+            self._place(task, slot, batches)
+            if slot.budget != 0 and (not limit or len(slot.outstanding) < limit):
+                heapq.heappush(heap, (len(slot.outstanding), slot.last_used, entry[2], slot))
 
     def _place(self, task: Task, slot: EngineSlot, batches: dict[EngineSlot, list[Task]], counts: bool = True) -> None:
         """Give `task` to `slot`; unless `counts` is False (direct tasks), it uses the engine's budget."""
