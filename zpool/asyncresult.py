@@ -114,11 +114,8 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         # The pool (or view) that made it, kept alive while this result is pending (as the
         # stdlib does), and where callbacks run (never on the client's I/O thread).
         self._owner = owner
-        # Where an engine ran (host, rank), for the metadata: asked of the pool's submitter (kept after _owner).
-        submitter = getattr(owner, "_submitter", None)
-        self._where: Callable[[int], tuple[str, int | None] | None] | None = (
-            submitter.engine_where if submitter is not None else None
-        )
+        # Where an engine ran (host, rank), for the metadata: the pool's submitter knows (kept after _owner).
+        self._where_from: Any = getattr(owner, "_submitter", None)
         self._runner = runner
         # multiprocessing's callback and error_callback: they run (in the
         # runner's thread) before the result becomes ready, as in the stdlib.
@@ -274,7 +271,8 @@ class AsyncResult(concurrent.futures.Future, Generic[T]):  # type: ignore[type-a
         if raw is None or isinstance(raw, Metadata):
             return raw
         engine_id, status, started, completed, received = raw
-        where = self._where(engine_id) if self._where is not None and isinstance(engine_id, int) else None
+        source = self._where_from
+        where = source.engine_where(engine_id) if source is not None and isinstance(engine_id, int) else None
         return Metadata(
             engine_id=engine_id,
             engine_host=where[0] if where else None,
