@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,3 +239,35 @@ def test_a_pools_task_is_not_queued_behind_another_pools_backlog(home):
     finally:
         bulk.terminate()
         small.terminate()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_an_engine_without_the_controllers_dev_shm_is_refused_saying_why(home, tmp_path):
+    """A cluster on Unix sockets passes data through /dev/shm: an engine that sees another one cannot join it.
+
+    The engine runs in a mount namespace of its own with a private folder
+    over /dev/shm, as in a container that shares the socket folder but not
+    the memory: its host identity differs from the controller's.
+    """
+    start(home, "shm", 1)
+    private = tmp_path / "shm"
+    private.mkdir()
+    engine = [sys.executable, "-m", "zpool", "engine", "--name", "shm"]
+    script = 'mount --bind "$1" /dev/shm && shift && exec "$@"'
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "slave", "sh", "-c", script, "sh", str(private), *engine],
+        capture_output=True,
+        text=True,
+        timeout=T,
+    )
+    assert done.returncode != 0
+    assert (
+        "the controller refused this engine" in done.stderr
+        and "does not share the controller's /dev/shm" in done.stderr
+    )
+    assert "zpool cluster start --ip ADDRESS" in done.stderr  # what to do instead
+    assert state_of("shm", query=True).engines == 1  # not counted
+    log = os.path.join(home.path, "clusters", "shm", "controller.log")
+    with open(log) as f:
+        assert "refused an engine" in f.read()
+    zpool_cli("cluster", "stop", "--name", "shm")

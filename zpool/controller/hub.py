@@ -40,7 +40,7 @@ import zmq
 from zpool import _shm
 from zpool._settings import ControllerSettings
 from zpool._stream import SCHEME as DIRECT_SCHEME
-from zpool._transport import CurveKeys, is_tcp, server_socket, tcp_address
+from zpool._transport import CurveKeys, host_id, is_tcp, server_socket, tcp_address
 from zpool._wire import ErrorName, QueueStatus, Roster, error_reply
 from zpool.controller.curve import CurveGuard
 from zpool.controller.engines import EngineKeeper
@@ -134,6 +134,8 @@ class Hub:
         # Tasks finished since this controller started, per client (zpool status): [completed, failed].
         self.finished_by_client: dict[str, list[int]] = {}
         self.started = time.time()
+        # This machine, as far as shared memory goes (zpool._transport.host_id): engines elsewhere get no segments.
+        self.host_id = host_id()
         self.settings = settings
         # A serialized call every engine runs before its first task (the initializer).
         self.engine_setup = engine_setup
@@ -735,6 +737,18 @@ class Hub:
             "broken": self.keeper.gave_up,
         }
 
+    def _refuse_engine(self, msg: Message, pid: Any, hostname: str) -> None:
+        """An engine that does not share this machine's ``/dev/shm`` asked to join a cluster that uses it: refused."""
+        why = (
+            f"engine pid {pid} on {hostname or 'an unnamed host'} does not share the controller's /dev/shm (another"
+            " host identity: another machine, container or mount namespace); this cluster passes data through"
+            " shared memory and Unix sockets, so it takes engines of its own machine only. Start the cluster on"
+            " TCP (zpool cluster start --ip ADDRESS) for engines elsewhere"
+        )
+        logger.error("refused an engine: %s", why)
+        reply = self.session.build(MsgType.REGISTER_REPLY, parent=encode(msg.header), content=encode({"refused": why}))
+        self._send(self.engine_sock, _ident(msg), reply)
+
     def _on_shutdown_request(self, msg: Message, frames: list[Any]) -> None:
         logger.info("shutdown requested by a client")
         self._shutdown_requests.append(msg)
@@ -759,6 +773,10 @@ class Hub:
         ident = _ident(msg)
         content = msg.content
         pid, direct = content.get("pid"), content.get("direct")
+        engine_host = str(content.get("host_id", ""))[:64]
+        if self.info.shm_prefix and engine_host and engine_host != self.host_id:
+            self._refuse_engine(msg, pid, str(content.get("hostname", "")))
+            return
         known = self.keeper.registry.get(ident) is not None  # (an engine asking again, after a silence)
         record = self.keeper.register(
             ident,
@@ -766,7 +784,7 @@ class Hub:
             str(content.get("hostname", "")),
             direct if isinstance(direct, str) and direct.startswith(DIRECT_SCHEME) else None,
         )
-        record.host_id = str(content.get("host_id", ""))[:64]
+        record.host_id = engine_host
         rank = content.get("rank")
         record.rank = rank if isinstance(rank, int) and not isinstance(rank, bool) else None
         if self.output is not None:

@@ -339,6 +339,9 @@ class Engine:
     def _registered(self, msg: Message) -> None:
         """The controller's reply to :meth:`_register`, or to :meth:`register_again` (main thread, holding the lock)."""
         content = msg.content
+        if content.get("refused"):
+            logger.critical("the controller refused this engine: %s", content["refused"])
+            raise SystemExit(f"zpool engine: the controller refused this engine: {content['refused']}")
         engine_id = int(content["engine_id"])
         if self.engine_id is None:
             logger.info("registered as engine %d", engine_id)
