@@ -382,10 +382,10 @@ class EngineView(_NamespaceMethods):
     def __repr__(self) -> str:
         if self._single:
             where = self._submitter.engine_where(self._ids[0], ask=False)
-            if where is None or (not where[0] and where[1] is None):
+            if where is None or where[1] is None:
                 return f"<EngineView engine {self._ids[0]}>"
-            host, rank = where
-            return f"<EngineView engine {self._ids[0]} on {host}" + (f", rank {rank}>" if rank is not None else ">")
+            host, rank = where  # (an engine an MPI or Slurm launcher started)
+            return f"<EngineView engine {self._ids[0]}, rank {rank} on {host}>"
         return f"<EngineView engines {list(self._ids)}>"
 
     # -- calls ---------------------------------------------------------------

@@ -152,7 +152,7 @@ def test_slurm_starts_uses_and_cancels_a_job_of_engines(slurm, tmp_path):
     engine_id, host, rank = out["md"]
     index = out["ids"].index(engine_id)
     assert (host, rank) == (out["hosts"][index], out["ranks"][index])
-    assert f"rank {out['ranks'][0]}>" in out["first"]
+    assert out["first"] == f"<EngineView engine {out['ids'][0]}, rank {out['ranks'][0]} on {out['hosts'][0]}>"
     pids = [pid for _, pid in out["seen"]]
     stopped = slurm.stop()
     assert stopped.returncode == 0, stopped.stderr
