@@ -180,3 +180,26 @@ def test_zpool_cluster_start_help_lists_the_launchers():
     assert done.returncode == 0
     for option in ("--launcher {local,ssh,mpi,slurm}", "--mpiexec", "--partition", "--pending-timeout"):
         assert option in done.stdout
+
+
+def test_slurm_not_answering_is_not_the_job_ending(tmp_path):
+    answers = iter(
+        [
+            _Done(err="slurm_load_jobs error: Unable to contact slurm controller", code=1),  # squeue
+            _Done("RUNNING|None|n1"),
+            _Done(err="slurm_load_jobs error: Invalid job id specified", code=1),  # squeue: it left the queue
+            _Done(err="slurm_load_jobs error: Invalid job id specified", code=1),  # scontrol: forgotten too
+        ]
+    )
+
+    def answer(argv):
+        return _Done("9\n") if os.path.basename(argv[0]) == "sbatch" else next(answers)
+
+    runner, _ = _slurm(tmp_path, answer)
+    runner.start()
+    runner.poll()  # Slurm's controller did not answer: the state is unknown, not ended
+    assert runner.failure is None and runner.state == "SUBMITTED"
+    runner.poll()
+    assert runner.state == "RUNNING" and runner.failure is None
+    runner.poll()
+    assert runner.failure is not None and runner.failure.startswith("Slurm job 9 ended: gone from the queue")

@@ -309,6 +309,7 @@ class SlurmEngines(RemoteEngines):
         self.state = "not submitted"
         self.reason = ""
         self.nodes = ""
+        self._unanswered_logged = -60.0  # (monotonic time of the last warning that Slurm did not answer)
 
     def _tool(self, name: str) -> str:
         """``squeue``, ``scancel``...: beside the launcher's ``sbatch`` if that is a path."""
@@ -349,25 +350,47 @@ class SlurmEngines(RemoteEngines):
         self.state = "SUBMITTED"
         logger.info("slurm launcher: job %s submitted: %s", self.job, shlex.join(argv))
 
-    def _look(self) -> tuple[str, str, str]:
-        """The job's (state, reason, nodes); ("", "", "") if Slurm no longer knows it."""
+    def _look(self) -> tuple[str, str, str] | None:
+        """The job's (state, reason, nodes); ("", "", "") if Slurm no longer knows it; None if Slurm did not answer."""
         assert self.job is not None
         done = self._run([self._tool("squeue"), "-h", "-j", self.job, "-o", "%T|%r|%N"])
+        if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
+            self._unanswered("squeue", done)
+            return None
         line = done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
         if line:
             state, reason, nodes = [*line.split("|"), "", ""][:3]
             return state, reason, nodes
         # Left the queue: scontrol still knows how it ended (for MinJobAge seconds).
         done = self._run([self._tool("scontrol"), "-o", "show", "job", self.job])
-        fields = dict(w.split("=", 1) for w in done.stdout.split() if "=" in w) if done.returncode == 0 else {}
+        if done.returncode != 0:
+            if "invalid job id" in done.stderr.lower():
+                return "", "", ""
+            self._unanswered("scontrol", done)
+            return None
+        fields = dict(w.split("=", 1) for w in done.stdout.split() if "=" in w)
         return fields.get("JobState", ""), fields.get("Reason", ""), fields.get("NodeList", "")
+
+    def _unanswered(self, tool: str, done: subprocess.CompletedProcess[str]) -> None:
+        """Slurm did not answer (its controller restarting, say): the job's state is unknown, not ended."""
+        now = time.monotonic()
+        if now - self._unanswered_logged > 60.0:
+            self._unanswered_logged = now
+            logger.warning(
+                "slurm launcher: %s about job %s failed (exit %d): %s; asking again",
+                tool,
+                self.job,
+                done.returncode,
+                _tail(done.stderr),
+            )
 
     def poll(self) -> None:
         if self.job is None or self.stopping or self.failure is not None:
             return
-        state, reason, nodes = self._look()
-        if self.stopping:
+        looked = self._look()
+        if looked is None or self.stopping:
             return
+        state, reason, nodes = looked
         if (state, reason) != (self.state, self.reason):
             where = f" on {nodes}" if state == "RUNNING" and nodes else ""
             why = f" ({reason})" if reason and reason != "None" else ""
@@ -423,9 +446,13 @@ class SlurmEngines(RemoteEngines):
         state = self.state
         while time.monotonic() < deadline:
             try:
-                state, _, _ = self._look()
+                looked = self._look()
             except (OSError, subprocess.TimeoutExpired):
                 return
+            if looked is None:
+                time.sleep(0.2)
+                continue
+            state = looked[0]
             if not state or state in SLURM_ENDED:
                 logger.info("slurm launcher: job %s ended (%s)", self.job, state or "gone")
                 return
