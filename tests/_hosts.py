@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -243,6 +244,8 @@ class FakeHosts:
             raise RuntimeError(f"munged did not start: {done.stderr.strip()}")
         lines = [
             "ClusterName=zpooltest",
+            # (job ids name per-step folders in /tmp, srun --mpi=pmix's among them: none left by an earlier run clash)
+            f"FirstJobId={random.randrange(10_000, 1_000_000)}",
             f"SlurmctldHost={head}({self.address(head)})",
             "SlurmctldPort=6817",
             "SlurmUser=root",

@@ -200,6 +200,9 @@ def _add_network_arguments(p: argparse.ArgumentParser) -> None:
         "--extra", default="", help="slurm: more sbatch options, as they are: --extra='--nodes=2 --mem=4G'"
     )
     launch.add_argument(
+        "--srun", default="", help="slurm: options of the srun that runs the engines: --srun=--mpi=pmix (for mpi4py)"
+    )
+    launch.add_argument(
         "--pending-timeout",
         type=float,
         default=None,
@@ -240,6 +243,7 @@ def _launcher(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Laun
             partition=args.partition,
             time=args.time,
             extra=args.extra,
+            srun=args.srun,
             pending_timeout=pending,
             python=args.remote_python,
             sbatch=args.sbatch,

@@ -163,6 +163,9 @@ class Slurm(Launcher):
     extra : str or list of str
         More ``sbatch`` options, as they are (``"--mem-per-cpu=2G
         --constraint=avx2"``).
+    srun : str or list of str
+        Options of the ``srun`` that runs the engines (``"--mpi=pmix"``, so
+        that tasks may use mpi4py among the engines).
     pending_timeout : float
         Seconds the job may wait in the queue; then it is cancelled and
         the cluster reports it so.
@@ -183,6 +186,7 @@ class Slurm(Launcher):
         partition: str | None = None,
         time: str | None = None,
         extra: str | Sequence[str] = (),
+        srun: str | Sequence[str] = (),
         pending_timeout: float = SLURM_PENDING_TIMEOUT_S,
         python: str = "python3",
         sbatch: str = "sbatch",
@@ -192,6 +196,7 @@ class Slurm(Launcher):
         self.partition = partition
         self.time = time
         self.extra = shlex.split(extra) if isinstance(extra, str) else [str(w) for w in extra]
+        self.srun = shlex.split(srun) if isinstance(srun, str) else [str(w) for w in srun]
         if not pending_timeout > 0:
             raise ValueError(f"pending_timeout must be a positive number of seconds, not {pending_timeout!r}")
         self.pending_timeout = float(pending_timeout)

@@ -64,7 +64,7 @@ ALLREDUCE = textwrap.dedent(
         comm = MPI.COMM_WORLD
         return comm.rank, comm.size, comm.allreduce(comm.rank + 1)
 
-    with zpool.Pool(connection=sys.argv[1], processes=3) as pool:
+    with zpool.Pool(connection=sys.argv[1], processes=int(sys.argv[2]) if len(sys.argv) > 2 else 3) as pool:
         view = pool.engines
         print(json.dumps({"ranks": view.ranks, "each": view.apply(allreduce)}))
     """
@@ -303,3 +303,27 @@ def test_a_pool_runs_its_engines_on_other_hosts_through_ssh(hosts, tmp_path):
     while any(alive(pid) for _, pid in out["seen"]):
         assert time.monotonic() < deadline, "the pool's remote engines outlived it"
         time.sleep(0.2)
+
+
+@needs_hosts
+@needs_mpi
+def test_slurm_engines_under_srun_pmix_use_mpi4py_among_them(slurm, tmp_path):
+    started = slurm.start(
+        "--launcher",
+        "slurm",
+        "-n",
+        "2",
+        "--extra=--nodes=1",  # (pmix across fake nodes needs a /tmp per node: see ../shared/testbed)
+        "--srun=--mpi=pmix",
+        "--pending-timeout",
+        "60",
+        "--remote-python",
+        sys.executable,
+    )
+    assert started.returncode == 0, started.stderr
+    mpi = slurm.script(str(tmp_path / "allreduce.py"), ALLREDUCE, "2")
+    assert sorted(mpi["ranks"]) == [0, 1]  # PMIX_RANK
+    for rank, (comm_rank, size, total) in zip(mpi["ranks"], mpi["each"]):
+        assert (comm_rank, size, total) == (rank, 2, 3)
+    assert slurm.stop().returncode == 0
+    assert _squeue(slurm) == ""

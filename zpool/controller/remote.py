@@ -321,7 +321,7 @@ class SlurmEngines(RemoteEngines):
 
     def start(self) -> None:
         script = os.path.join(self.folder, "slurm-job.sh")
-        srun = shlex.join([self._tool("srun"), *self.engine_argv()])
+        srun = shlex.join([self._tool("srun"), *self.launcher.srun, *self.engine_argv()])
         with open(script, "w") as f:
             f.write(f"#!/bin/sh\n# zpool cluster {self.cluster_id}: one engine per task of this job.\nexec {srun}\n")
         launcher = self.launcher
