@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
@@ -138,6 +140,7 @@ def test_every_example_is_covered(name):
         "progress_and_timeline.py",
         "worker_output.py",
         "standalone_cluster.py",
+        "mpi_engines.py",
     }
     assert name in covered, f"add a test that runs examples/{name}"
 
@@ -160,3 +163,17 @@ def test_standalone_cluster():
     assert row[1:] == ["0", "0", "15", "1", "16"]
     assert lines[-1] == "cluster 'default' stopped: its folder is removed"
     assert done.stderr == ""
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec (Debian's openmpi-bin; .ci/run installs it)")
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="no mpi4py (the test extra installs it)")
+def test_mpi_engines():
+    done = run_example("mpi_engines.py", "--engines", "3", "--points", "300000")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "3 engines, MPI ranks" in lines[0]
+    assert "primes below 50,000: 5133" in lines
+    assert "104,729 is prime: True" in done.stdout
+    assert "allreduce over ranks [0, 1, 2]: every rank has pi ~= 3.14159" in done.stdout
+    assert "all ranks agree: True" in done.stdout
+    assert done.stderr == ""  # (mpiexec saw every rank finalize: no "exiting improperly")
