@@ -207,3 +207,15 @@ def fresh_pool(request):
 
 def pytest_report_header(config):
     return f"zpool {zpool.__version__}, {os.cpu_count()} CPUs"
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """Three fake hosts (:class:`tests._hosts.FakeHosts`), removed again after the test with all that runs on them."""
+    from tests._hosts import FakeHosts
+
+    made = FakeHosts(3, str(tmp_path))
+    try:
+        yield made
+    finally:
+        made.close()

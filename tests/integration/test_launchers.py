@@ -20,7 +20,7 @@ import pytest
 
 import zpool
 from tests import _tasks
-from tests._hosts import FakeHosts, HostCluster, alive, no_mpi, no_slurm, no_sshd, unavailable
+from tests._hosts import HostCluster, alive, no_mpi, no_slurm, no_sshd, unavailable
 from zpool.launchers import MPI
 
 WHY_NOT = unavailable()
@@ -95,15 +95,6 @@ KILLED = textwrap.dedent(
         print(json.dumps({"outcomes": outcomes, "after": after}))
     """
 )
-
-
-@pytest.fixture
-def hosts(tmp_path):
-    made = FakeHosts(3, str(tmp_path))
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 @pytest.fixture

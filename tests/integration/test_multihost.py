@@ -106,15 +106,6 @@ AFTER_MEND = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def hosts(tmp_path):
-    made = FakeHosts(3, str(tmp_path))
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def _env(home: str) -> dict[str, str]:
     return {**os.environ, "ZPOOL_HOME": home, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
